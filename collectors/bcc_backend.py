@@ -1,0 +1,377 @@
+"""The eBPF collector: bcc compiles ``bpf/vmtrace.bpf.c`` and streams records.
+
+Records arrive in per-CPU chunks of ``CHUNK_RECS`` through one BPF ring
+buffer; the Python side only appends raw chunk bytes to a spool file while
+the target runs (cheap: one callback per 128 events) and decodes the spool
+with numpy once, at ``stop()``.  Chunks that were not full at stop time are
+read straight from the per-CPU map, so nothing recorded is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vmtrace.errors import HostError
+from vmtrace.schema import EVENT_TYPES
+
+from . import host
+from .base import Collected, Collector, LockIdentity, RecordOptions
+from .qemu import QemuSymbols, is_qemu, qemu_symbols
+
+__all__ = ["BccCollector", "bcc_available", "REC_DTYPE", "decode_chunks"]
+
+_SOURCE = Path(__file__).with_name("bpf") / "vmtrace.bpf.c"
+CHUNK_RECS = 128
+EV_COMM = 255
+
+#: Mirror of ``struct rec`` in vmtrace.bpf.c.
+REC_DTYPE = np.dtype(
+    [
+        ("ts", "<u8"),
+        ("addr", "<u8"),
+        ("value", "<i8"),
+        ("tid", "<u4"),
+        ("peer", "<i4"),
+        ("event", "u1"),
+        ("size", "u1"),
+        ("write", "u1"),
+        ("pad", "V5"),
+    ]
+)
+CHUNK_DTYPE = np.dtype([("n", "<u4"), ("cpu", "<u4"), ("recs", REC_DTYPE, (CHUNK_RECS,))])
+assert REC_DTYPE.itemsize == 40 and CHUNK_DTYPE.itemsize == 8 + 40 * CHUNK_RECS
+
+
+def bcc_available() -> tuple[bool, str]:
+    """Whether bcc can be imported and kernel headers exist for it."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False, (
+            "bcc is not importable: install Debian's python3-bpfcc and use a virtualenv "
+            "made with --system-site-packages from /usr/bin/python3"
+        )
+    release = os.uname().release
+    if not Path(f"/lib/modules/{release}/build").exists():
+        return False, (
+            f"no kernel headers at /lib/modules/{release}/build: bcc compiles BPF against them; "
+            "run the README's setup command (it links Debian's linux-headers-amd64)"
+        )
+    return True, "ok"
+
+
+def _cflags(precise: bool, sched: bool, have: dict[str, bool], ringbuf_pages: int) -> list[str]:
+    flags = [f"-DEV_{name.upper()}={code}" for code, name in enumerate(EVENT_TYPES)]
+    flags += [f"-DEV_COMM={EV_COMM}", f"-DRINGBUF_PAGES={ringbuf_pages}"]
+    if have.get("kvm:kvm_entry"):
+        flags.append("-DHAVE_KVM_ENTRY")
+    if have.get("kvm:kvm_exit"):
+        flags.append("-DHAVE_KVM_EXIT")
+    if precise:
+        flags.append("-DPRECISE")
+    if sched:
+        flags.append("-DWITH_SCHED")
+    return flags
+
+
+def decode_chunks(raw: bytes | bytearray) -> tuple[pd.DataFrame, dict[int, str], dict[int, int]]:
+    """Spool bytes (whole chunks) -> schema rows, tid -> comm, tid -> tgid."""
+    usable = len(raw) - len(raw) % CHUNK_DTYPE.itemsize
+    chunks = np.frombuffer(raw[:usable], dtype=CHUNK_DTYPE)
+    if len(chunks) == 0:
+        return pd.DataFrame({"ts_ns": []}), {}, {}
+    counts = np.minimum(chunks["n"], CHUNK_RECS).astype(np.int64)
+    valid = np.arange(CHUNK_RECS)[None, :] < counts[:, None]
+    recs = chunks["recs"][valid]
+    cpus = np.repeat(chunks["cpu"], counts)
+
+    is_comm = recs["event"] == EV_COMM
+    names: dict[int, str] = {}
+    comms = recs[is_comm]
+    # Chunks arrive per CPU, not in time order: the latest name must win.
+    for rec in comms[np.argsort(comms["ts"], kind="stable")]:
+        comm = rec["addr"].tobytes() + rec["value"].tobytes()
+        names[int(rec["tid"])] = comm.split(b"\0", 1)[0].decode(errors="replace")
+    tgids = {int(r["tid"]): int(r["peer"]) for r in comms}
+    keep = ~is_comm
+    recs, cpus = recs[keep], cpus[keep]
+
+    codes = recs["event"].astype(np.int64)
+    events = pd.Categorical.from_codes(codes, categories=list(EVENT_TYPES))
+    kinds = np.asarray(EVENT_TYPES, dtype=object)[codes]
+    access = np.isin(kinds, ("pio", "mmio", "msr"))
+    sized = np.isin(kinds, ("pio", "mmio", "dispatch_begin"))
+    with_addr = np.isin(
+        kinds,
+        ("kvm_exit", "pio", "mmio", "msr", "futex_enter", "lock_begin", "lock_acquired",
+         "lock_release", "dispatch_begin"),
+    )
+    with_value = ~np.isin(kinds, ("run_enter", "kvm_entry", "sched_in", "wakeup", "lock_begin",
+                                   "lock_acquired", "lock_release", "dispatch_end"))
+    with_peer = np.isin(kinds, ("sched_out", "sched_in", "wakeup"))
+    df = pd.DataFrame(
+        {
+            "ts_ns": recs["ts"].astype(np.int64),
+            "tid": recs["tid"].astype(np.int32),
+            "cpu": cpus.astype(np.int16),
+            "event": events,
+            "addr": pd.array(np.where(with_addr, recs["addr"], 0), dtype="UInt64"),
+            "size": pd.array(recs["size"], dtype="UInt8"),
+            "write": pd.array(recs["write"].astype(bool), dtype="boolean"),
+            "value": pd.array(recs["value"], dtype="Int64"),
+            "peer_tid": pd.array(recs["peer"], dtype="Int32"),
+        }
+    )
+    df.loc[~with_addr, "addr"] = pd.NA
+    df.loc[~sized, "size"] = pd.NA
+    df.loc[~(access | sized), "write"] = pd.NA
+    df.loc[~with_value, "value"] = pd.NA
+    df.loc[~with_peer, "peer_tid"] = pd.NA
+    df["name"] = pd.Series(
+        np.where(np.isin(kinds, ("lock_begin", "lock_acquired", "lock_release")), "BQL", None),
+        dtype="category",
+    )
+    return df, names, tgids
+
+
+class BccCollector(Collector):
+    """Tracepoints (and, for QEMU, uprobes) through bcc; see the module doc."""
+
+    name = "bcc"
+
+    def __init__(self, options: RecordOptions) -> None:
+        super().__init__(options)
+        self._bpf: Any = None
+        self._spool: Any = None
+        self._spool_path = options.spool_dir / "bcc.chunks"
+        self._pid = 0
+        self._have: dict[str, bool] = {}
+        self._syms: QemuSymbols | None = None
+        self._uprobes: list[tuple[str, str, bool]] = []  # (sym, fn, is_return)
+        self._uprobes_since = 0
+        self._uprobes_detached_ns: int | None = None
+        self._bql_addr: int | None = None
+        self._notes: list[str] = []
+        self._names: dict[int, str] = {}
+        self._tgids: dict[int, int] = {}
+        self._start_ns = 0
+
+    # -- attach ----------------------------------------------------------
+    def attach(self, pid: int) -> None:
+        ok, why = bcc_available()
+        if not ok:
+            raise HostError(why)
+        host.require_root("recording with bcc")
+        from bcc import BPF  # imported late: bcc is a system package
+
+        tracefs = host.ensure_tracefs()
+        self._have = host.available_tracepoints(tracefs)
+        needed = ["syscalls:sys_enter_ioctl", "kvm:kvm_pio", "kvm:kvm_userspace_exit"]
+        missing = [tp for tp in needed if not self._have.get(tp)]
+        if missing:
+            raise HostError(
+                f"this kernel lacks tracepoints {', '.join(missing)}: vmtrace needs the kvm "
+                "module loaded and CONFIG_FTRACE_SYSCALLS"
+            )
+        self._pid = pid
+        ring_pages = 1 << max(6, (self.options.buffer_pages * 16).bit_length() - 1)
+        flags = _cflags(self.options.precise, self.options.sched, self._have, ring_pages)
+        try:
+            self._bpf = BPF(src_file=str(_SOURCE).encode(), cflags=flags)
+        except Exception as err:  # bcc raises bare Exception on compile/load errors
+            raise HostError(f"bcc could not load the BPF program: {str(err).splitlines()[0]}") from None
+        self._bpf["targets"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        self._bpf["bql_word"][ctypes.c_int(0)] = ctypes.c_uint64(0)
+        self._spool = open(self._spool_path, "wb")
+        self._bpf["rb"].open_ring_buffer(self._on_chunk)
+        self._attach_uprobes()
+        self._start_ns = time.monotonic_ns()
+
+    def _attach_uprobes(self) -> None:
+        binary = self.options.vmm_binary
+        if not binary or not is_qemu(binary):
+            return
+        syms = qemu_symbols(binary)
+        self._syms = syms
+        if syms.bql_lock is None or syms.mutex_lock is None:
+            self._notes.append(
+                f"{binary} lacks {', '.join(syms.missing)}: the BQL cannot be identified by uprobes"
+            )
+            return
+        plan = [(syms.bql_lock, "bql_lock_enter", False), (syms.mutex_lock, "mutex_lock_enter", False)]
+        if self.options.precise:
+            plan.append((syms.bql_lock, "bql_lock_return", True))
+            if syms.bql_unlock:
+                plan.append((syms.bql_unlock, "bql_unlock_enter", False))
+            for sym, fn in ((syms.dispatch_read, "dispatch_read_enter"),
+                            (syms.dispatch_write, "dispatch_write_enter")):
+                if sym:
+                    plan += [(sym, fn, False), (sym, "dispatch_return", True)]
+        for sym, fn, ret in plan:
+            attach = self._bpf.attach_uretprobe if ret else self._bpf.attach_uprobe
+            # Not pid-filtered: the VMM may be a child of the command vmtrace
+            # started; the BPF side filters on the traced process tree.
+            attach(name=binary.encode(), sym=sym.encode(), fn_name=fn.encode())
+            self._uprobes.append((sym, fn, ret))
+        self._uprobes_since = time.monotonic_ns()
+
+    def _detach_uprobes(self) -> None:
+        binary = self.options.vmm_binary
+        for sym, _fn, ret in self._uprobes:
+            detach = self._bpf.detach_uretprobe if ret else self._bpf.detach_uprobe
+            try:
+                detach(name=binary.encode(), sym=sym.encode())
+            except Exception:  # already gone with the process; nothing is left attached
+                pass
+        if self._uprobes:
+            self._uprobes_detached_ns = time.monotonic_ns()
+        self._uprobes = []
+
+    # -- run -------------------------------------------------------------
+    def _on_chunk(self, _ctx: Any, data: Any, size: int) -> None:
+        self._spool.write(ctypes.string_at(data, size))
+
+    def _check_bql(self) -> None:
+        if self._bql_addr is not None or self._bpf is None:
+            return
+        word = self._bpf["bql_word"][ctypes.c_int(0)].value
+        if word:
+            self._bql_addr = int(word)
+            if not self.options.precise:
+                # Default mode: the uprobes were only for naming the BQL.
+                self._detach_uprobes()
+        elif self._uprobes and time.monotonic_ns() - self._uprobes_since > self.options.identify_timeout_s * 1e9:
+            if not self.options.precise:
+                self._detach_uprobes()
+            self._notes.append(
+                f"the BQL was not taken within {self.options.identify_timeout_s}s of start: not identified"
+            )
+            self._uprobes_since = 1 << 62
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        if self._bpf is None:
+            time.sleep(timeout_ms / 1000)
+            return
+        self._bpf.ring_buffer_poll(timeout_ms)
+        self._check_bql()
+        self._read_proc_names()
+
+    def _read_proc_names(self) -> None:
+        if self._bpf is None:
+            return
+        for key, _v in self._bpf["targets"].items():
+            tgid = int(key.value)
+            if not _is_process(tgid):
+                continue  # sched_process_fork also adds threads
+            try:
+                tasks = list(os.scandir(f"/proc/{tgid}/task"))
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    with open(f"{task.path}/comm") as fh:
+                        self._names[int(task.name)] = fh.read().strip()
+                    self._tgids[int(task.name)] = tgid
+                except OSError:
+                    continue
+
+    # -- stop ------------------------------------------------------------
+    def stop(self) -> Collected:
+        bpf = self._bpf
+        bpf.ring_buffer_consume()
+        self._check_bql()
+        # Partial chunks still in the per-CPU map are events too.
+        partial = bpf["chunks"][ctypes.c_int(0)]
+        tail = b"".join(bytes(c) for c in partial if c.n)
+        lost = {cpu: int(v) for cpu, v in enumerate(bpf["lost"][ctypes.c_int(0)]) if v}
+        self._spool.write(tail)
+        self._spool.close()
+        raw = self._spool_path.read_bytes()
+        events, names, tgids = decode_chunks(raw)
+        # Names read from /proc while the target ran are the freshest.
+        self._names = {**names, **self._names}
+        bql = self._bql_addr
+        if bql is not None and "addr" in events:
+            locked = events["event"].isin(["lock_begin", "lock_acquired", "lock_release"])
+            events.loc[locked, "addr"] = bql
+        fired = events["event"].value_counts().to_dict() if len(events) else {}
+        tracepoints = _tracepoint_report(self._have, fired)
+        probes = {
+            "attached": sorted({s for s, _f, _r in self._uprobes} | set(self._probe_names())),
+            "attached_ns": self._uprobes_since if self._uprobes_since < 1 << 62 else None,
+            "detached_ns": self._uprobes_detached_ns,
+        }
+        locks: list[LockIdentity] = []
+        if self._syms is not None:
+            method = f"uprobe: first {self._syms.mutex_lock} inside {self._syms.bql_lock}"
+            locks.append(LockIdentity("BQL", bql, method, bql is not None))
+        return Collected(
+            events=events,
+            lost_per_cpu=lost,
+            tracepoints=tracepoints,
+            thread_names=self._names,
+            thread_tgids={**tgids, **self._tgids},
+            locks=locks,
+            probes=probes,
+            notes=self._notes,
+        )
+
+    def _probe_names(self) -> list[str]:
+        if self._syms is None:
+            return []
+        names = [self._syms.bql_lock, self._syms.mutex_lock]
+        if self.options.precise:
+            names += [self._syms.bql_unlock, self._syms.dispatch_read, self._syms.dispatch_write]
+        return [n for n in names if n]
+
+    def detach(self) -> None:
+        if self._bpf is not None:
+            self._detach_uprobes()
+            try:
+                self._bpf.cleanup()
+            finally:
+                self._bpf = None
+        if self._spool is not None and not self._spool.closed:
+            self._spool.close()
+
+
+def _is_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1]) == pid
+    except OSError:
+        pass
+    return False
+
+
+# Which schema events come from which tracepoint, for "which tracepoints fired".
+_TP_EVENTS = {
+    "syscalls:sys_enter_ioctl": "run_enter",
+    "syscalls:sys_exit_ioctl": "run_exit",
+    "kvm:kvm_entry": "kvm_entry",
+    "kvm:kvm_exit": "kvm_exit",
+    "kvm:kvm_pio": "pio",
+    "kvm:kvm_mmio": "mmio",
+    "kvm:kvm_msr": "msr",
+    "kvm:kvm_userspace_exit": "userspace_exit",
+    "syscalls:sys_enter_futex": "futex_enter",
+    "syscalls:sys_exit_futex": "futex_exit",
+    "sched:sched_switch": "sched_out",
+    "sched:sched_wakeup": "wakeup",
+}
+
+
+def _tracepoint_report(have: dict[str, bool], fired: dict[str, int]) -> dict[str, dict[str, Any]]:
+    return {
+        tp: {"available": bool(have.get(tp)), "fired": int(fired.get(ev, 0))}
+        for tp, ev in _TP_EVENTS.items()
+    }

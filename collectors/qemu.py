@@ -1,0 +1,116 @@
+"""QEMU as a target: its version, and the symbols vmtrace places uprobes on.
+
+The BQL functions were renamed in QEMU 9.0 (``qemu_mutex_lock_iothread_impl``
+-> ``bql_lock_impl``); both spellings are looked up in the binary's dynamic
+and static symbol tables, and what is absent is reported, never guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+__all__ = ["QemuSymbols", "resolve_binary", "is_qemu", "qemu_version", "qemu_symbols", "symbol_file_offset"]
+
+_BQL_LOCK = ("bql_lock_impl", "qemu_mutex_lock_iothread_impl")
+_BQL_UNLOCK = ("bql_unlock", "qemu_mutex_unlock_iothread")
+
+
+@dataclass(frozen=True)
+class QemuSymbols:
+    """Names of the functions present in one QEMU binary (None: absent)."""
+
+    binary: str
+    bql_lock: str | None
+    bql_unlock: str | None
+    mutex_lock: str | None  # qemu_mutex_lock_impl(QemuMutex *mutex, ...)
+    dispatch_read: str | None
+    dispatch_write: str | None
+
+    @property
+    def missing(self) -> list[str]:
+        names = {
+            "BQL lock (" + "/".join(_BQL_LOCK) + ")": self.bql_lock,
+            "BQL unlock (" + "/".join(_BQL_UNLOCK) + ")": self.bql_unlock,
+            "qemu_mutex_lock_impl": self.mutex_lock,
+            "memory_region_dispatch_read": self.dispatch_read,
+            "memory_region_dispatch_write": self.dispatch_write,
+        }
+        return [k for k, v in names.items() if v is None]
+
+
+def resolve_binary(cmd0: str) -> str | None:
+    """The real path of a command name, or None."""
+    found = shutil.which(cmd0)
+    return os.path.realpath(found) if found else None
+
+
+def is_qemu(binary: str | None) -> bool:
+    return bool(binary) and Path(binary).name.startswith("qemu-system")
+
+
+@lru_cache(maxsize=8)
+def _symbols(binary: str) -> dict[str, int]:
+    """Function symbol -> virtual address from .dynsym and .symtab."""
+    out: dict[str, int] = {}
+    try:
+        with open(binary, "rb") as fh:
+            elf = ELFFile(fh)
+            for section in elf.iter_sections():
+                if not isinstance(section, SymbolTableSection):
+                    continue
+                for sym in section.iter_symbols():
+                    if sym["st_info"]["type"] == "STT_FUNC" and sym["st_value"]:
+                        out.setdefault(sym.name, sym["st_value"])
+    except (OSError, ELFError):
+        return {}
+    return out
+
+
+def symbol_file_offset(binary: str, name: str) -> int | None:
+    """File offset of function ``name`` (what tracefs ``uprobe_events`` takes)."""
+    vaddr = _symbols(binary).get(name)
+    if vaddr is None:
+        return None
+    with open(binary, "rb") as fh:
+        elf = ELFFile(fh)
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_memsz"]:
+                return vaddr - seg["p_vaddr"] + seg["p_offset"]
+    return None
+
+
+def qemu_symbols(binary: str) -> QemuSymbols:
+    syms = _symbols(binary)
+
+    def first(names: tuple[str, ...]) -> str | None:
+        return next((n for n in names if n in syms), None)
+
+    return QemuSymbols(
+        binary=binary,
+        bql_lock=first(_BQL_LOCK),
+        bql_unlock=first(_BQL_UNLOCK),
+        mutex_lock=first(("qemu_mutex_lock_impl",)),
+        dispatch_read=first(("memory_region_dispatch_read",)),
+        dispatch_write=first(("memory_region_dispatch_write",)),
+    )
+
+
+@lru_cache(maxsize=8)
+def qemu_version(binary: str) -> str | None:
+    """'7.2.22' from ``qemu-system-x86_64 --version``, or None."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
+    return m.group(1) if m else None

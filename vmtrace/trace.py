@@ -1,0 +1,188 @@
+"""Read and write trace files (see ``vmtrace.schema`` for the format).
+
+``write_trace`` is the only place events become a file and ``read_trace`` the
+only place a file becomes events, so every reader of a trace sees the same
+validated, typed DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import TraceFileError
+from .schema import EVENT_COLUMNS, EVENT_TYPES, ROLE_VCPU, SCHEMA_VERSION
+
+__all__ = ["Trace", "empty_events", "normalize_events", "write_trace", "read_trace", "check_writable"]
+
+_META_KEY = b"vmtrace"
+
+
+@dataclass
+class Trace:
+    """A trace in memory: ``events`` (schema columns, sorted by ``ts_ns``) and
+    ``meta`` (the JSON metadata object, keys in ``schema.METADATA_KEYS``)."""
+
+    events: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def tsc_hz(self) -> int:
+        return int(self.meta.get("tsc_hz") or 0)
+
+    @property
+    def threads(self) -> pd.DataFrame:
+        """One row per known thread: ``tid`` int32, ``name`` str, ``role`` str,
+        ``vcpu`` Int16 (NA unless the role is vcpu)."""
+        rows = self.meta.get("threads") or []
+        df = pd.DataFrame(rows, columns=["tid", "name", "role", "vcpu"])
+        return df.astype({"tid": "int32", "name": "object", "role": "object", "vcpu": "Int16"})
+
+    @property
+    def lost_events(self) -> int:
+        return int((self.meta.get("lost_events") or {}).get("total", 0))
+
+    def vcpu_tids(self) -> dict[int, int]:
+        """tid -> vCPU index for the threads the recorder identified as vCPUs."""
+        t = self.threads
+        t = t[t["role"] == ROLE_VCPU]
+        return {int(r.tid): int(r.vcpu) if pd.notna(r.vcpu) else -1 for r in t.itertuples()}
+
+    def bql(self) -> dict[str, Any]:
+        for lock in self.meta.get("locks") or []:
+            if lock.get("name") == "BQL":
+                return lock
+        return {"name": "BQL", "identified": False, "method": "none", "futex_uaddr": None}
+
+
+def empty_events() -> pd.DataFrame:
+    """A zero-row DataFrame with the schema's columns and dtypes."""
+    return normalize_events(pd.DataFrame({c: [] for c in EVENT_COLUMNS}))
+
+
+def normalize_events(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast to the schema's dtypes, fill absent columns, sort stably by time.
+
+    Stable sorting keeps the order in which a collector saw two events of the
+    same nanosecond on one CPU.
+    """
+    out = pd.DataFrame(index=df.index)
+    for col, dtype in EVENT_COLUMNS.items():
+        if col == "event":
+            out[col] = pd.Categorical(df[col], categories=list(EVENT_TYPES))
+        elif col == "name":
+            values = df[col] if col in df else pd.Series([None] * len(df), index=df.index)
+            out[col] = values.astype("category")
+        elif col in df:
+            out[col] = df[col].astype(dtype)
+        else:
+            out[col] = pd.Series(pd.NA, index=df.index, dtype=dtype)
+    if out["event"].isna().any():
+        bad = df.loc[out["event"].isna(), "event"].unique()[:5]
+        raise ValueError(f"unknown event names {list(bad)}")
+    order = np.argsort(out["ts_ns"].to_numpy(), kind="stable")
+    return out.iloc[order].reset_index(drop=True)
+
+
+def check_writable(path: Path) -> None:
+    """Fail early, before recording anything, when ``path`` cannot be written."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise TraceFileError(f"cannot write trace {path}: it is a directory; give a file name")
+    if not parent.is_dir():
+        raise TraceFileError(f"cannot write trace {path}: directory {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vmtrace-", dir=parent)
+    except OSError as err:
+        raise TraceFileError(f"cannot write trace {path}: {err.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_trace(path: Path, events: pd.DataFrame, meta: dict[str, Any]) -> Path:
+    """Write a trace file atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    events = normalize_events(events)
+    meta = dict(meta)
+    meta.setdefault("schema_version", SCHEMA_VERSION)
+    meta.setdefault("vmtrace_version", __version__)
+    meta.setdefault("created", pd.Timestamp.now(tz="UTC").isoformat())
+    table = pa.Table.from_pandas(events, preserve_index=False)
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            compression_level=6,
+            # Timestamps and addresses repeat in small deltas: delta encoding
+            # before zstd is what keeps a trace near a few bytes per event.
+            use_dictionary=["event", "name"],
+            column_encoding={"ts_ns": "DELTA_BINARY_PACKED", "tid": "DELTA_BINARY_PACKED"},
+            row_group_size=1 << 20,
+        )
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise TraceFileError(f"cannot write trace {path}: {err.strerror or err}") from None
+    return path
+
+
+def read_trace(path: Path | str) -> Trace:
+    """Read and validate a trace file.
+
+    Raises ``TraceFileError`` for a missing, truncated or corrupt file, a
+    Parquet file that is not a vmtrace trace, and a newer schema version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TraceFileError(f"no such trace file: {path}")
+    if path.is_dir():
+        raise TraceFileError(f"{path} is a directory, not a trace file")
+    try:
+        pf = pq.ParquetFile(path)
+        raw = (pf.schema_arrow.metadata or {}).get(_META_KEY)
+    except (pa.ArrowException, OSError) as err:
+        raise TraceFileError(
+            f"{path} is not a readable trace (truncated or corrupt: {str(err).splitlines()[0]})"
+        ) from None
+    if raw is None:
+        raise TraceFileError(f"{path} is a Parquet file but not a vmtrace trace (no vmtrace metadata)")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise TraceFileError(f"{path}: the trace metadata is corrupt") from None
+    version = meta.get("schema_version")
+    if not isinstance(version, int):
+        raise TraceFileError(f"{path}: the trace metadata has no schema version")
+    if version > SCHEMA_VERSION:
+        raise TraceFileError(
+            f"{path} uses trace schema {version}, newer than this vmtrace reads "
+            f"({SCHEMA_VERSION}); upgrade vmtrace"
+        )
+    try:
+        table = pf.read()
+    except (pa.ArrowException, OSError) as err:
+        raise TraceFileError(f"{path}: cannot read events (truncated or corrupt: {err})") from None
+    missing = [c for c in EVENT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise TraceFileError(f"{path}: trace lacks columns {', '.join(missing)}")
+    events = table.to_pandas()
+    try:
+        events = normalize_events(events)
+    except (ValueError, TypeError) as err:
+        raise TraceFileError(f"{path}: events do not match the schema ({err})") from None
+    return Trace(events=events, meta=meta, path=path)
