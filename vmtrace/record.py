@@ -166,7 +166,7 @@ def record(
     precise: bool = False,
     duration: float | None = None,
     stdout: TextIO | None = None,
-    extra_meta: dict[str, Any] | None = None,
+    extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
 ) -> RecordResult:
     """Record ``cmd`` (started by vmtrace) or the running process ``pid``.
@@ -298,7 +298,7 @@ def _write(
     start_ns: int,
     end_ns: int,
     probe_spool: Path,
-    extra_meta: dict[str, Any],
+    extra_meta: dict[str, Any] | Callable[[], dict[str, Any]],
 ) -> RecordResult:
     user = read_probe_spool(probe_spool)
     frames = [f for f in (collected.events, user) if len(f)]
@@ -348,7 +348,7 @@ def _write(
         "bench": None,
         "notes": notes,
     }
-    meta.update(extra_meta)
+    meta.update(extra_meta() if callable(extra_meta) else extra_meta)
     write_trace(output, events, meta)
     return RecordResult(output, exit_status, len(events), lost_total, interrupted, backend, notes)
 

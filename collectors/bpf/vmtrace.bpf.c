@@ -176,7 +176,7 @@ TRACEPOINT_PROBE(kvm, kvm_msr) {
 TRACEPOINT_PROBE(kvm, kvm_userspace_exit) {
     if (!is_target())
         return 0;
-    s64 v = args->errno < 0 ? args->errno : args->reason;
+    s64 v = args->errno < 0 ? (s64)args->errno : (s64)args->reason;
     emit(cur_tid(), EV_USERSPACE_EXIT, 0, v, 0, 0, 0);
     return 0;
 }

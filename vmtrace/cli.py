@@ -1,0 +1,201 @@
+"""The ``vmtrace`` command: a thin shell over the library.
+
+Each command checks its arguments, calls one library function, renders the
+result, and turns a ``VmtraceError`` into one line on stderr and status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import VmtraceError
+
+app = typer.Typer(
+    help=(
+        "Trace-driven lock profiling of KVM virtual machine monitors.\n\n"
+        "Typical session:\n\n"
+        "  vmtrace doctor                       # what this host can record\n\n"
+        "  vmtrace bench --vmm qemu --bench inl_pmtimer --vcpus 2 --record pm.vmtrace\n\n"
+        "  vmtrace record -o run.vmtrace -- qemu-system-x86_64 -enable-kvm ...\n\n"
+        "  vmtrace report run.vmtrace --bql-breakdown"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    # One line, no traceback: the message says what to do.
+    print(f"vmtrace: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VmtraceError as err:
+            _fail(str(err))
+        except KeyboardInterrupt:
+            print("vmtrace: interrupted", file=sys.stderr)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def record(
+    ctx: typer.Context,
+    output: Path = typer.Option(..., "-o", "--output", help="Trace file to write (Parquet)."),
+    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Attach to a running VMM instead of starting one."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Stop after S seconds (default: until the target exits or Ctrl-C)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (bcc where it works), bcc (eBPF) or ftrace (tracefs only)."),
+    precise: bool = typer.Option(False, "--precise", help="Keep uprobes on the BQL and memory_region_dispatch_* for the whole run: splits device time from dispatch, at a higher observer effect."),
+) -> None:
+    """Record a VMM: KVM exits, KVM_RUN boundaries, futex waits, scheduling.
+
+    Start the VMM under vmtrace (its output passes through, and vmtrace exits
+    with its status):
+
+      vmtrace record -o run.vmtrace -- qemu-system-x86_64 -enable-kvm -cpu max,-arch-capabilities ...
+
+    or attach to a running one: vmtrace record -o run.vmtrace -p PID --duration 5
+
+    Only the target's threads are recorded.  By default only tracepoints stay
+    attached (the BQL is named by uprobes during a short window at start);
+    Ctrl-C stops recording and still writes a complete trace.
+    """
+    from .record import record as do_record
+
+    cmd = list(ctx.args)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if pid is not None and cmd:
+        raise VmtraceError("give either -p PID or a command after --, not both")
+    if pid is None and not cmd:
+        raise VmtraceError("nothing to record: give a command after -- or -p PID")
+    result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration)
+    lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
+    stop = " (stopped by signal)" if result.interrupted else ""
+    err_console.print(
+        f"vmtrace: wrote {result.path} ({result.events:,} events, backend {result.backend}{lost}){stop}"
+    )
+    if result.exit_status is not None:
+        raise typer.Exit(result.exit_status)
+
+
+@app.command()
+@friendly
+def report(
+    trace: Path = typer.Argument(..., help="A trace written by vmtrace record or vmtrace bench --record."),
+    bql_breakdown: bool = typer.Option(True, "--bql-breakdown", help="Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart)."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json."),
+    port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer)."),
+) -> None:
+    """Show where each userspace exit's cycles go, and the BQL's share.
+
+    Reads only the trace file: runs without root, on any machine.
+    """
+    from .analyses.breakdown import bql_breakdown as compute
+    from .render.text import render_breakdown, render_json_safe
+    from .trace import read_trace
+
+    if fmt not in ("text", "json"):
+        raise VmtraceError(f"unknown format {fmt!r}: use text or json")
+    port_no = _parse_int(port, "--port") if port else None
+    b = compute(read_trace(trace), port=port_no)
+    if fmt == "json":
+        print(json.dumps(render_json_safe(b.to_json()), indent=2))
+    else:
+        render_breakdown(b, Console())
+
+
+@app.command()
+@friendly
+def bench(
+    vmm: str = typer.Option("reference", "--vmm", help="qemu or reference (the bundled Python VMM)."),
+    bench_name: str = typer.Option("inl_pmtimer", "--bench", help="inl_pmtimer (ACPI PM timer read), inl_vmm (a port nobody claims), inl_kernel (a port KVM answers), cpuid."),
+    vcpus: int = typer.Option(1, "--vcpus", help="Number of vCPUs; every vCPU runs the loop at once."),
+    iterations: int = typer.Option(20000, "--iterations", help="Operations per vCPU."),
+    locking: Optional[str] = typer.Option(None, "--locking", help="Reference VMM only: 2013, bql or unlocked."),
+    record_to: Optional[Path] = typer.Option(None, "--record", help="Record the run to this trace file."),
+    backend: str = typer.Option("auto", "--backend", help="Recording backend with --record."),
+    precise: bool = typer.Option(False, "--precise", help="Precise recording (see vmtrace record --help)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Run the benchmark guest and print the guest-measured cycles per operation.
+
+      vmtrace bench --vmm qemu --bench inl_pmtimer --vcpus 2 --json
+
+    With --record the run is traced, and `vmtrace report` puts the guest's
+    own number beside the traced breakdown.
+    """
+    from .bench import run_bench
+
+    result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{result.bench} on {result.vmm}" + (f" (locking {result.locking})" if result.locking else ""),
+              title_justify="left")
+    t.add_column("vCPU", justify="right")
+    t.add_column("cycles/op", justify="right")
+    for i, c in enumerate(result.per_vcpu):
+        t.add_row(str(i), f"{c:,.0f}")
+    t.add_row("[bold]mean[/]", f"[bold]{result.cycles_per_op:,.0f}[/]")
+    console = Console()
+    console.print(t)
+    console.print(f"{result.iterations:,} iterations per vCPU, TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
+    if result.trace:
+        console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
+
+
+@app.command()
+@friendly
+def doctor(
+    quick: bool = typer.Option(False, "--quick", help="Skip booting a test guest to see which kvm tracepoints fire."),
+) -> None:
+    """Check this host: root, KVM, tracefs, BPF/bcc, kernel headers, QEMU and
+    which kvm tracepoints fire; say what to do for each failure."""
+    from rich.table import Table
+
+    from .doctor import run_checks
+
+    checks = run_checks(fire_test=not quick)
+    t = Table(title="vmtrace doctor", title_justify="left")
+    for col in ("check", "status", "detail", "what to do"):
+        t.add_column(col)
+    for c in checks:
+        status = "[green]ok[/]" if c.ok else ("[yellow]warn[/]" if c.ok is None else "[red]FAIL[/]")
+        t.add_row(c.name, status, c.detail, c.fix)
+    Console().print(t)
+    if any(c.ok is False for c in checks):
+        raise typer.Exit(1)
+
+
+def _parse_int(text: str, what: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise VmtraceError(f"{what} takes a number such as 0x608 or 1544, not {text!r}") from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
