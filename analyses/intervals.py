@@ -28,7 +28,8 @@ def pair_spans(events: pd.DataFrame, begin: str, end: str, keys: tuple[str, ...]
     UInt64, ``value`` Int64, ``size`` UInt8, ``write`` boolean and ``name``.
     """
     sel = events[events["event"].isin([begin, end])]
-    cols = list(keys) + ["start_ns", "end_ns", "dur_ns", "addr", "value", "size", "write", "name"]
+    carried = [c for c in ("addr", "value", "size", "write", "name") if c not in keys]
+    cols = list(keys) + ["start_ns", "end_ns", "dur_ns"] + carried
     if sel.empty:
         return pd.DataFrame({c: pd.Series([], dtype="int64") for c in cols})
     sel = sel.sort_values(list(keys) + ["ts_ns"], kind="stable")
@@ -45,7 +46,7 @@ def pair_spans(events: pd.DataFrame, begin: str, end: str, keys: tuple[str, ...]
     starts = np.flatnonzero(is_begin & nxt_is_end & same_key)
     ends = starts + 1
     ts = sel["ts_ns"].to_numpy()
-    out = sel.iloc[starts][list(keys) + ["addr", "value", "size", "write", "name"]].reset_index(drop=True)
+    out = sel.iloc[starts][list(keys) + carried].reset_index(drop=True)
     out["start_ns"] = ts[starts]
     out["end_ns"] = ts[ends]
     out["dur_ns"] = out["end_ns"] - out["start_ns"]

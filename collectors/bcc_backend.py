@@ -259,7 +259,9 @@ class BccCollector(Collector):
         if self._bpf is None:
             time.sleep(timeout_ms / 1000)
             return
-        self._bpf.ring_buffer_poll(timeout_ms)
+        # The BPF side never wakes us (see flush_chunk): sleep, then drain.
+        time.sleep(timeout_ms / 1000)
+        self._bpf.ring_buffer_consume()
         self._check_bql()
         self._read_proc_names()
 

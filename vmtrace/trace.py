@@ -114,6 +114,7 @@ def check_writable(path: Path) -> None:
 def write_trace(path: Path, events: pd.DataFrame, meta: dict[str, Any]) -> Path:
     """Write a trace file atomically (a temporary file renamed into place)."""
     path = Path(path)
+    check_writable(path)
     events = normalize_events(events)
     meta = dict(meta)
     meta.setdefault("schema_version", SCHEMA_VERSION)
@@ -135,9 +136,9 @@ def write_trace(path: Path, events: pd.DataFrame, meta: dict[str, Any]) -> Path:
             row_group_size=1 << 20,
         )
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, pa.ArrowException) as err:
         tmp.unlink(missing_ok=True)
-        raise TraceFileError(f"cannot write trace {path}: {err.strerror or err}") from None
+        raise TraceFileError(f"cannot write trace {path}: {getattr(err, 'strerror', None) or err}") from None
     return path
 
 

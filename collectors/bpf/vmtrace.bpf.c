@@ -47,7 +47,9 @@ static __always_inline int is_target(void) {
 }
 
 static __always_inline void flush_chunk(struct chunk *c) {
-    if (rb.ringbuf_output(c, sizeof(*c), 0) != 0) {
+    // No wakeup: a woken consumer lands on this CPU (wake-affine) and
+    // preempts the vCPU thread.  The consumer polls on a timer instead.
+    if (rb.ringbuf_output(c, sizeof(*c), BPF_RB_NO_WAKEUP) != 0) {
         int zero = 0;
         u64 *l = lost.lookup(&zero);
         if (l)

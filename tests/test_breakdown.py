@@ -1,0 +1,137 @@
+"""The exit breakdown on synthetic traces with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmtrace.analyses.breakdown import COMPONENTS, bql_breakdown, exit_breakdown
+from vmtrace.errors import MissingEventsError
+from vmtrace.trace import Trace, empty_events
+
+from .synthetic import ExitScript, SyntheticTrace, expected_total
+
+PARTS = [f"{c}_ns" for c in COMPONENTS]
+
+
+def _one(x: ExitScript, **kw) -> "object":
+    s = SyntheticTrace()
+    s.vcpu(101, 0, [x])
+    return exit_breakdown(s.trace(**kw)).iloc[0]
+
+
+def test_components_of_a_plain_exit() -> None:
+    row = _one(ExitScript(kernel_ns=1000, emulator_ns=200, pre_lock_ns=100, post_ns=300))
+    assert row["vmexit_ns"] == 1000
+    assert row["emulator_ns"] == 200
+    assert row["dispatch_ns"] == 400
+    assert row["lock_wait_ns"] == 0
+    assert row["total_ns"] == 1600
+    assert row["kind"] == "pio" and row["addr"] == 0x608
+
+
+def test_bql_futex_wait_is_bql_lock_wait() -> None:
+    row = _one(ExitScript(bql_futex_ns=5000))
+    assert row["lock_wait_ns"] == 5000
+    assert row["bql_wait_ns"] == 5000
+    # Off CPU while blocked in the futex: counted as blocked on a lock.
+    assert row["offcpu_lock_ns"] == 4998
+    assert row["offcpu_runnable_ns"] == 0
+
+
+def test_unidentified_bql_is_other_lock_wait() -> None:
+    row = _one(ExitScript(bql_futex_ns=5000), bql_identified=False)
+    assert row["lock_wait_ns"] == 5000
+    assert row["bql_wait_ns"] == 0
+
+
+def test_other_lock_is_not_bql() -> None:
+    row = _one(ExitScript(other_futex_ns=700, bql_futex_ns=300))
+    assert row["lock_wait_ns"] == 1000
+    assert row["bql_wait_ns"] == 300
+
+
+def test_lock_span_covers_its_futex_wait_once() -> None:
+    # With lock_begin/lock_acquired around the futex wait, the wait must not
+    # be counted twice.
+    row = _one(ExitScript(bql_futex_ns=4000, lock_span=True))
+    assert row["lock_wait_ns"] == 4000
+    assert row["bql_wait_ns"] == 4000
+
+
+def test_device_span_is_split_from_dispatch() -> None:
+    row = _one(ExitScript(device_ns=900, post_ns=300, pre_lock_ns=100))
+    assert row["device_ns"] == 900
+    assert row["dispatch_ns"] == 400
+
+
+def test_preemption_is_runnable_not_lock() -> None:
+    row = _one(ExitScript(preempted_ns=250, post_ns=1000))
+    assert row["offcpu_runnable_ns"] == 250
+    assert row["offcpu_lock_ns"] == 0
+    assert row["lock_wait_ns"] == 0
+
+
+def test_interleaved_vcpus_and_out_of_order_input() -> None:
+    s = SyntheticTrace()
+    xs = [ExitScript(bql_futex_ns=100 * i) for i in range(20)]
+    s.vcpu(101, 0, xs, start_ns=1_000_000)
+    s.vcpu(102, 1, xs[::-1], start_ns=1_000_050)
+    s.rows.reverse()  # collectors deliver per-CPU chunks out of order
+    ex = exit_breakdown(s.trace())
+    assert len(ex) == 40
+    for tid, scripts in ((101, xs), (102, xs[::-1])):
+        got = ex[ex["tid"] == tid].sort_values("start_ns")
+        assert list(got["bql_wait_ns"]) == [x.bql_futex_ns for x in scripts]
+        assert list(got["total_ns"]) == [expected_total(x) for x in scripts]
+
+
+def test_missing_run_events_say_what_is_missing() -> None:
+    with pytest.raises(MissingEventsError, match="run_enter"):
+        exit_breakdown(Trace(events=empty_events(), meta={"tsc_hz": 1}))
+
+
+def test_summary_in_cycles_and_port_filter() -> None:
+    s = SyntheticTrace()
+    s.vcpu(101, 0, [ExitScript(port=0x608)] * 3 + [ExitScript(port=0x3F8, write=True, post_ns=10_300)])
+    b = bql_breakdown(s.trace(), port=0x608)
+    assert len(b.exits) == 3
+    assert b.components["total"] == pytest.approx(1600 * 2)  # 2 cycles per ns
+    everything = bql_breakdown(s.trace())
+    assert len(everything.exits) == 4
+    assert set(everything.by_kind["addr"]) == {"0x608", "0x3f8"}
+
+
+exit_scripts = st.builds(
+    ExitScript,
+    kernel_ns=st.integers(1, 50_000),
+    emulator_ns=st.integers(2, 5_000),
+    pre_lock_ns=st.integers(0, 5_000),
+    bql_futex_ns=st.sampled_from([0, 0, 3, 10_000, 123_457]),
+    other_futex_ns=st.sampled_from([0, 0, 7, 50_000]),
+    device_ns=st.integers(0, 20_000),
+    post_ns=st.integers(2, 5_000),
+    lock_span=st.booleans(),
+    preempted_ns=st.sampled_from([0, 0, 1]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(exit_scripts, min_size=1, max_size=25), st.lists(exit_scripts, min_size=1, max_size=25))
+def test_partition_and_lock_accounting_property(a: list[ExitScript], b: list[ExitScript]) -> None:
+    s = SyntheticTrace()
+    s.vcpu(201, 0, a, start_ns=10_000)
+    s.vcpu(202, 1, b, start_ns=10_001)
+    ex = exit_breakdown(s.trace())
+    assert len(ex) == len(a) + len(b)
+    parts = ex[PARTS].to_numpy()
+    assert (parts >= 0).all()
+    np.testing.assert_array_equal(parts.sum(axis=1), ex["total_ns"].to_numpy())
+    for tid, scripts in ((201, a), (202, b)):
+        got = ex[ex["tid"] == tid].sort_values("start_ns")
+        assert list(got["total_ns"]) == [expected_total(x) for x in scripts]
+        assert list(got["bql_wait_ns"]) == [x.bql_futex_ns for x in scripts]
+        assert list(got["lock_wait_ns"]) == [x.bql_futex_ns + x.other_futex_ns for x in scripts]
+        assert list(got["device_ns"]) == [x.device_ns for x in scripts]
