@@ -367,6 +367,7 @@ class FtraceCollector(Collector):
             for _ in range(1000):
                 if not self._drain():
                     break
+            self._identify_step()
             self._refresh_threads()
             for cpu in self._fds:
                 try:
@@ -425,6 +426,13 @@ class FtraceCollector(Collector):
         notes = list(self._notes)
         if not tracepoints["kvm:kvm_entry"]["fired"] and tracepoints["kvm:kvm_entry"]["available"]:
             notes.append("kvm:kvm_entry/kvm_exit did not fire on this host: guest time is folded into vmexit")
+        missing_in = _sched_in_missing(events)
+        if missing_in:
+            notes.append(
+                f"{missing_in} sched_out rows are followed by another sched_out of the same thread with no "
+                "sched_in between: this kernel did not record some context switches (on the development "
+                "host, switches from the idle task on some CPUs never reach the ring buffer)"
+            )
         return Collected(
             events=events,
             lost_per_cpu=lost,
@@ -472,6 +480,17 @@ class FtraceCollector(Collector):
             self._finalizer.detach()
         if errors:
             raise HostError("; ".join(errors))
+
+
+def _sched_in_missing(events: pd.DataFrame) -> int:
+    """sched_out rows whose thread's next sched row is also a sched_out."""
+    s = events[events["event"].isin(["sched_in", "sched_out"]).to_numpy()]
+    if s.empty:
+        return 0
+    s = s.iloc[np.argsort(s["tid"].to_numpy(), kind="stable")]
+    out = (s["event"] == "sched_out").to_numpy()
+    tid = s["tid"].to_numpy()
+    return int((out[:-1] & out[1:] & (tid[:-1] == tid[1:])).sum())
 
 
 def _empty() -> pd.DataFrame:

@@ -102,6 +102,7 @@ def report(
     bql_breakdown: bool = typer.Option(True, "--bql-breakdown", help="Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart)."),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer)."),
+    all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop."),
 ) -> None:
     """Show where each userspace exit's cycles go, and the BQL's share.
 
@@ -114,7 +115,7 @@ def report(
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
     port_no = _parse_int(port, "--port") if port else None
-    b = compute(read_trace(trace), port=port_no)
+    b = compute(read_trace(trace), port=port_no, timed_loop=not all_exits)
     if fmt == "json":
         print(json.dumps(render_json_safe(b.to_json()), indent=2))
     else:
