@@ -187,10 +187,10 @@ class BccCollector(Collector):
             self._bpf = BPF(src_file=str(_SOURCE).encode(), cflags=flags)
         except Exception as err:  # bcc raises bare Exception on compile/load errors
             raise HostError(f"bcc could not load the BPF program: {str(err).splitlines()[0]}") from None
-        self._bpf["targets"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
-        self._bpf["bql_word"][ctypes.c_int(0)] = ctypes.c_uint64(0)
+        self._bpf[b"targets"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        self._bpf[b"bql_word"][ctypes.c_int(0)] = ctypes.c_uint64(0)
         self._spool = open(self._spool_path, "wb")
-        self._bpf["rb"].open_ring_buffer(self._on_chunk)
+        self._bpf[b"rb"].open_ring_buffer(self._on_chunk)
         self._attach_uprobes()
         self._start_ns = time.monotonic_ns()
 
@@ -241,7 +241,7 @@ class BccCollector(Collector):
     def _check_bql(self) -> None:
         if self._bql_addr is not None or self._bpf is None:
             return
-        word = self._bpf["bql_word"][ctypes.c_int(0)].value
+        word = self._bpf[b"bql_word"][ctypes.c_int(0)].value
         if word:
             self._bql_addr = int(word)
             if not self.options.precise:
@@ -268,7 +268,7 @@ class BccCollector(Collector):
     def _read_proc_names(self) -> None:
         if self._bpf is None:
             return
-        for key, _v in self._bpf["targets"].items():
+        for key, _v in self._bpf[b"targets"].items():
             tgid = int(key.value)
             if not _is_process(tgid):
                 continue  # sched_process_fork also adds threads
@@ -290,9 +290,9 @@ class BccCollector(Collector):
         bpf.ring_buffer_consume()
         self._check_bql()
         # Partial chunks still in the per-CPU map are events too.
-        partial = bpf["chunks"][ctypes.c_int(0)]
+        partial = bpf[b"chunks"][ctypes.c_int(0)]
         tail = b"".join(bytes(c) for c in partial if c.n)
-        lost = {cpu: int(v) for cpu, v in enumerate(bpf["lost"][ctypes.c_int(0)]) if v}
+        lost = {cpu: int(v) for cpu, v in enumerate(bpf[b"lost"][ctypes.c_int(0)]) if v}
         self._spool.write(tail)
         self._spool.close()
         raw = self._spool_path.read_bytes()

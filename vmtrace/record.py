@@ -179,8 +179,8 @@ def record(
     if (cmd is None) == (pid is None):
         raise VmtraceError("give either a command after -- or -p PID")
     output = Path(output)
-    check_writable(output)
     host.require_root("vmtrace record")
+    check_writable(output)
     if not os.path.exists("/dev/kvm"):
         raise HostError("no /dev/kvm on this host: load the kvm module (modprobe kvm_intel or kvm_amd)")
     if cmd is not None:

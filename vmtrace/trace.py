@@ -99,6 +99,11 @@ def check_writable(path: Path) -> None:
     """Fail early, before recording anything, when ``path`` cannot be written."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    try:
+        path.is_dir()
+        parent.is_dir()
+    except OSError as err:
+        raise TraceFileError(f"cannot write trace {path}: {err.strerror}") from None
     if path.is_dir():
         raise TraceFileError(f"cannot write trace {path}: it is a directory; give a file name")
     if not parent.is_dir():
