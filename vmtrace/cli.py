@@ -187,6 +187,31 @@ def doctor(
         raise typer.Exit(1)
 
 
+vmm_app = typer.Typer(help="The bundled reference VMM (a real KVM VMM in Python).", no_args_is_help=True)
+app.add_typer(vmm_app, name="vmm")
+
+
+@vmm_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def vmm_run(
+    ctx: typer.Context,
+    image: Path = typer.Option(..., "--image", help="A multiboot guest image (e.g. the benchmark guest)."),
+    vcpus: int = typer.Option(1, "--vcpus"),
+    locking: str = typer.Option("bql", "--locking", help="2013 (BQL held outside KVM_RUN), bql (per dispatch) or unlocked."),
+    mem: int = typer.Option(64, "--mem", help="Guest memory in MiB."),
+) -> None:
+    """Boot IMAGE on the reference VMM; arguments after -- go to the guest.
+
+      vmtrace vmm run --image reference_vmm/guest/build/vmtrace-guest.elf --vcpus 2 -- bench=inl_pmtimer
+    """
+    import subprocess
+
+    guest_args = [a for a in ctx.args if a != "--"]
+    cmd = [sys.executable, "-m", "vmtrace.reference_vmm", "run", "--image", str(image), "--vcpus", str(vcpus),
+           "--locking", locking, "--mem", str(mem), "--append", " ".join(guest_args)]
+    raise typer.Exit(subprocess.call(cmd))
+
+
 def _parse_int(text: str, what: str) -> int:
     try:
         return int(text, 0)
