@@ -1,0 +1,74 @@
+"""Command line: ``python -m vmtrace.reference_vmm run --image IMG --vcpus N ...``.
+
+Guest serial output goes to stdout unchanged; the process exits with the
+guest's isa-debug-exit status (QEMU's ``(value << 1) | 1``).  Host errors are
+one line on stderr, ``reference-vmm: error: ...``, exit 2; guest failures add
+a register dump and exit 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Optional, Sequence
+
+from .errors import GuestError, VmmError
+from .vcpu import LOCKING_MODES
+
+__all__ = ["main", "build_parser"]
+
+EXIT_HOST_ERROR = 2
+EXIT_GUEST_FAILURE = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other error
+        print(f"reference-vmm: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_HOST_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m vmtrace.reference_vmm", description="The vmtrace reference VMM (KVM).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="boot a multiboot guest image")
+    run.add_argument("--image", required=True, help="multiboot (v1) kernel, ELF32 or a.out kludge")
+    run.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
+    run.add_argument("--locking", choices=LOCKING_MODES, default="bql", help="locking mode (default bql)")
+    run.add_argument("--mem", type=int, default=128, metavar="MB", help="guest RAM in MiB (default 128)")
+    run.add_argument("--append", default="", help='guest command line, e.g. "bench=inl_pmtimer iterations=20000"')
+    run.add_argument("--iothreads", type=int, default=0, help="IOThreads to start (default 0)")
+    run.add_argument("--timeout", type=float, default=None, metavar="S", help="stop a guest still running after S seconds")
+    run.add_argument("--kvm", default="/dev/kvm", metavar="PATH", help="KVM device (default /dev/kvm)")
+    run.add_argument("--stats", action="store_true", help="print exit and unclaimed-access counts to stderr at the end")
+    run.add_argument("guest_args", nargs="*", help="after --: more guest command-line words")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, run the machine, return the process exit status."""
+    args = build_parser().parse_args(argv)
+    from .machine import MachineConfig, run_machine  # after parsing: --help needs no KVM
+
+    append = " ".join([args.append, *args.guest_args]).strip()
+    config = MachineConfig(
+        image=args.image,
+        vcpus=args.vcpus,
+        locking=args.locking,
+        mem_mb=args.mem,
+        append=append,
+        iothreads=args.iothreads,
+        timeout_s=args.timeout,
+        kvm_path=args.kvm,
+        stats=args.stats,
+    )
+    try:
+        return run_machine(config)
+    except GuestError as e:
+        sys.stdout.flush()
+        print(f"reference-vmm: guest failure: {e}", file=sys.stderr)
+        if e.dump:
+            print(e.dump, file=sys.stderr)
+        return EXIT_GUEST_FAILURE
+    except VmmError as e:
+        print(f"reference-vmm: error: {e}", file=sys.stderr)
+        return EXIT_HOST_ERROR
