@@ -108,3 +108,16 @@ def test_gil_not_found_on_other_interpreters(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(sys, "version_info", (3, 12, 0, "final", 0))
     with pytest.raises(GilNotFound):
         gil_futex_words()
+
+
+def test_lock_futexes_are_named_through_the_probe_api_when_it_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmtrace import probes
+    from vmtrace.reference_vmm.bql import bql
+    from vmtrace.reference_vmm.machine import name_lock_futexes
+
+    named: list[tuple[int, str]] = []
+    monkeypatch.setattr(probes, "name_futex", lambda addr, name: named.append((addr, name)), raising=False)
+    words = name_lock_futexes()
+    assert (bql.futex_addr, "BQL") in named
+    gil = {addr for addr, name in named if name == "GIL"}
+    assert gil == {v for k, v in words.items() if k.startswith("GIL")} and len(gil) == 8
