@@ -123,8 +123,9 @@ class _StopFlag:
         self.signum = signum
 
 
-def _spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> tuple[int, int]:
-    """Fork ``cmd`` held before exec; returns (pid, fd to write to release it).
+def _spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> tuple[int, int, int]:
+    """Fork ``cmd`` held before exec; returns (pid, fd to write "g" to
+    release it, fd that yields an errno if exec failed).
 
     Exec failures come back through a close-on-exec pipe as an errno.
     """
@@ -151,7 +152,7 @@ def _spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> t
             os._exit(127)
     os.close(go_r)
     os.close(err_w)
-    return pid, go_w * 65536 + err_r
+    return pid, go_w, err_r
 
 
 def _exit_status(status: int) -> int:
@@ -212,8 +213,7 @@ def record(
             if cmd is not None:
                 env = dict(os.environ)
                 env[probes.ENV_VAR] = str(probe_spool)
-                child, fds = _spawn_held(cmd, env, stdout)
-                go_w, err_r = divmod(fds, 65536)
+                child, go_w, err_r = _spawn_held(cmd, env, stdout)
                 target_pid = child
             else:
                 target_pid = pid
