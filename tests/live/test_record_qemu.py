@@ -102,13 +102,20 @@ def test_partition_holds_on_real_traces(live: None, pm_traces) -> None:
 
 @pytest.mark.parametrize("vcpus", [1, 2])
 def test_backends_agree(live: None, pm_traces, vcpus: int) -> None:
-    a = bql_breakdown(read_trace(pm_traces[("bcc", vcpus)])).components
-    b = bql_breakdown(read_trace(pm_traces[("ftrace", vcpus)])).components
-    # Each component within 10%, or within 2% of the total for components
-    # too small for a relative comparison (a few hundred cycles).
-    for comp in ("vmexit", "emulator", "dispatch", "lock_wait", "total"):
-        tol = max(0.10 * max(a[comp], b[comp]), 0.02 * a["total"])
-        assert abs(a[comp] - b[comp]) <= tol, (comp, a[comp], b[comp])
+    a = bql_breakdown(read_trace(pm_traces[("bcc", vcpus)]))
+    b = bql_breakdown(read_trace(pm_traces[("ftrace", vcpus)]))
+    # The two backends record two runs, and on a loaded 2-core host the
+    # cost of a run wanders by more than 10%; each run's total is checked
+    # against its own guest above.  Here the backends must agree on how a
+    # run's cost divides: each component's share of the total within 10%
+    # of that share, or within 2 points for components too small for a
+    # relative comparison.
+    for comp in ("vmexit", "emulator", "dispatch", "lock_wait"):
+        sa = a.components[comp] / a.components["total"]
+        sb = b.components[comp] / b.components["total"]
+        assert abs(sa - sb) <= max(0.10 * max(sa, sb), 0.02), (comp, sa, sb)
+    for bd in (a, b):
+        assert bd.components["total"] == pytest.approx(bd.guest_cycles_per_op, rel=0.10)
 
 
 def _qemu_cmd(extra_append: str = "", iterations: int = 2_000_000) -> list[str]:
