@@ -170,7 +170,7 @@ class FtraceCollector(Collector):
         except (OSError, ValueError, IndexError):
             self._page_size = pagesize
         inst.write("options/event-fork", "1")
-        inst.write("set_event_pid", str(pid))
+        self._follow_threads(inst, pid)
         for tp in host.KERNEL_TRACEPOINTS:
             if not host.tracepoint_available(tracefs, tp):
                 continue
@@ -338,6 +338,29 @@ class FtraceCollector(Collector):
             self._probes["detached_at_ns"] = now
             self._probes["attached_ns"] = now - self._probes["attached_at_ns"]
         self._group = None
+
+    @staticmethod
+    def _follow_threads(inst: Instance, pid: int) -> None:
+        """Put every thread of ``pid`` in the instance's pid filter.
+
+        event-fork only adds threads created *after* their creator is in the
+        filter, so a VMM attached with ``-p`` has its vCPU threads listed
+        here.  A thread born between the listing and the write is caught by
+        listing again until nothing new appears."""
+        listed: set[int] = set()
+        for _ in range(5):
+            try:
+                tasks = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+            except OSError:
+                tasks = {pid}
+            if tasks <= listed:
+                return
+            try:
+                listed |= {int(x) for x in inst.read("set_event_pid").split()}
+            except (OSError, ValueError):
+                pass
+            listed |= tasks
+            inst.write("set_event_pid", " ".join(str(t) for t in sorted(listed)))
 
     def _refresh_threads(self) -> None:
         self._last_proc = time.monotonic()

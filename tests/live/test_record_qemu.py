@@ -49,20 +49,73 @@ def tracing_state() -> dict[str, object]:
     return state
 
 
+def _qemu_children(parent: int) -> list[int]:
+    """PIDs of qemu-system-x86_64 processes descended from ``parent``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().strip() != "qemu-system-x86":
+                continue
+            pid = int(d.name)
+            while pid > 1:
+                stat = (Path("/proc") / str(pid) / "stat").read_text()
+                pid = int(stat.rsplit(")", 1)[1].split()[1])
+                if pid == parent:
+                    found.append(int(d.name))
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def record_with_both_backends(out: Path, vcpus: int, iterations: int) -> tuple[Path, Path]:
+    """One QEMU run observed by both backends at once: bcc from the start
+    (``vmtrace bench --record``), ftrace attached by PID once QEMU runs.
+    Two separate runs differ by more than the backends do (preemption on a
+    loaded host moves run means by 10-20%), so agreement is judged on the
+    same exits seen twice."""
+    a, b = out / f"both-bcc-{vcpus}.vmtrace", out / f"both-ftrace-{vcpus}.vmtrace"
+    bench = subprocess.Popen(
+        [*VMTRACE, "bench", "--vmm", "qemu", "--bench", "inl_pmtimer", "--vcpus", str(vcpus),
+         "--iterations", str(iterations), "--record", str(a), "--backend", "bcc", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        pids: list[int] = []
+        while not pids and time.monotonic() < deadline and bench.poll() is None:
+            time.sleep(0.05)
+            pids = _qemu_children(bench.pid)
+        assert pids, "QEMU did not start under vmtrace bench"
+        ftrace = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(b), "-p", str(pids[0])],
+                                capture_output=True, text=True, timeout=240)
+        assert ftrace.returncode == 0, ftrace.stderr
+        _, err = bench.communicate(timeout=240)
+        assert bench.returncode == 0, err
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    return a, b
+
+
 @pytest.fixture(scope="module")
 def pm_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
-    """Record QEMU inl_pmtimer at 1 and 2 vCPUs with both backends, once."""
+    """QEMU inl_pmtimer at 1 and 2 vCPUs: recorded by bcc alone (``bcc``),
+    and recorded by both backends at once (``both-bcc``/``both-ftrace``)."""
     from .. import conftest
 
     if not (conftest.have_root() and conftest.have_kvm() and conftest.have_qemu()):
         return {}
     out = tmp_path_factory.mktemp("pm")
     traces = {}
-    for backend in ("bcc", "ftrace"):
-        for vcpus in (1, 2):
-            path = out / f"pm-{backend}-{vcpus}.vmtrace"
-            run_bench("qemu", "inl_pmtimer", vcpus, ITER, record_to=path, backend=backend)
-            traces[(backend, vcpus)] = path
+    for vcpus in (1, 2):
+        path = out / f"pm-bcc-{vcpus}.vmtrace"
+        run_bench("qemu", "inl_pmtimer", vcpus, ITER, record_to=path, backend="bcc")
+        traces[("bcc", vcpus)] = path
+        # Long enough that ftrace attaches well inside the timed loop.
+        traces[("both-bcc", vcpus)], traces[("both-ftrace", vcpus)] = record_with_both_backends(out, vcpus, 400_000)
     return traces
 
 
@@ -102,21 +155,27 @@ def test_partition_holds_on_real_traces(live: None, pm_traces) -> None:
 
 @pytest.mark.parametrize("vcpus", [1, 2])
 def test_backends_agree(live: None, pm_traces, vcpus: int) -> None:
-    a = bql_breakdown(read_trace(pm_traces[("bcc", vcpus)]))
-    b = bql_breakdown(read_trace(pm_traces[("ftrace", vcpus)]))
-    # The backends record two separate runs; on a loaded 2-core host the
-    # means of two runs differ by more than 10% from preemption outliers
-    # alone (seen: dispatch share 10.4% vs 12.5%).  What a backend measures
-    # is compared on the typical exit instead: per-component medians within
-    # 10%, or within 2% of the median total for components of a few hundred
-    # cycles.  Each run's mean total is checked against its own guest too.
+    import pandas as pd
+
+    a = exit_breakdown(read_trace(pm_traces[("both-bcc", vcpus)]))
+    b = exit_breakdown(read_trace(pm_traces[("both-ftrace", vcpus)]))
+    # Both backends stamp with CLOCK_MONOTONIC, so an exit seen by both has
+    # the same start give or take the two probes' own cost at one tracepoint.
+    a = a.sort_values("start_ns")
+    b = b.sort_values("start_ns")
+    m = pd.merge_asof(b, a, on="start_ns", by="tid", direction="nearest", tolerance=5_000, suffixes=("_f", "_b"))
+    m = m.dropna(subset=["total_ns_b"])
+    assert len(m) >= 0.9 * len(b) and len(m) >= 10_000, (len(m), len(b), len(a))
+    # The issue's bar: component means within 10% (or, for components of a few
+    # hundred cycles, within 2% of the total) over the same exits.
+    total = m["total_ns_b"].mean()
     for comp in ("vmexit", "emulator", "dispatch", "lock_wait", "total"):
-        ma = a.percentiles[comp]["p50"]
-        mb = b.percentiles[comp]["p50"]
-        tol = max(0.10 * max(ma, mb), 0.02 * a.percentiles["total"]["p50"])
+        ma, mb = m[f"{comp}_ns_b"].mean(), m[f"{comp}_ns_f"].mean()
+        tol = max(0.10 * max(ma, mb), 0.02 * total)
         assert abs(ma - mb) <= tol, (comp, ma, mb)
-    for bd in (a, b):
-        assert bd.components["total"] == pytest.approx(bd.guest_cycles_per_op, rel=0.10)
+    # And exit by exit, the two totals are the same interval.
+    diff = (m["total_ns_b"] - m["total_ns_f"]).abs()
+    assert diff.median() < 0.02 * m["total_ns_b"].median()
 
 
 def _qemu_cmd(extra_append: str = "", iterations: int = 2_000_000) -> list[str]:
