@@ -69,6 +69,7 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
         raise MissingEventsError("the exit breakdown", [e for e in need if e not in present], present)
     tids = _vcpu_tids(trace)
     bql_word = trace.bql().get("futex_uaddr")
+    other_named = [a for a, n in trace.futex_names().items() if n != "BQL"]
     vcpu_ev = ev[ev["tid"].isin(list(tids))]
     waits = futex_waits(vcpu_ev)
     locks = pair_spans(vcpu_ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
@@ -84,6 +85,7 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
             devices[devices["tid"] == tid],
             offcpu[offcpu["tid"] == tid],
             bql_word,
+            other_named,
         )
         frame.insert(0, "vcpu", np.int16(vcpu))
         frame.insert(0, "tid", np.int32(tid))
@@ -130,6 +132,7 @@ def _thread_exits(
     devices: pd.DataFrame,
     offcpu: pd.DataFrame,
     bql_word: int | None,
+    other_named: list[int] = (),
 ) -> pd.DataFrame:
     ev = ev.reset_index(drop=True)
     kind = ev["event"].astype(str).to_numpy()
@@ -216,7 +219,12 @@ def _thread_exits(
     free_other = ~inside & ~w_bql
     bql_futex = overlap_sum(t_exit, t_next, w_s[free_bql], w_e[free_bql])
     other_futex = overlap_sum(t_exit, t_next, w_s[free_other], w_e[free_other])
-    bql_wait = lock_bql + bql_futex
+    # A thread inside a BQL span can block on another lock the VMM named
+    # (the reference VMM re-takes the GIL after the BQL's futex returns):
+    # that time is the other lock's, not the BQL's.
+    in_bql = _inside(w_s, lock_s[is_bql_lock], lock_e[is_bql_lock])
+    nested_other = in_bql & np.isin(w_addr, np.asarray(other_named, dtype=np.uint64))
+    bql_wait = lock_bql + bql_futex - overlap_sum(t_exit, t_next, w_s[nested_other], w_e[nested_other])
     lock_wait = lock_all + bql_futex + other_futex
     device = overlap_sum(t_exit, t_next, devices["start_ns"].to_numpy(dtype=np.int64),
                          devices["end_ns"].to_numpy(dtype=np.int64))

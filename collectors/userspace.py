@@ -6,6 +6,7 @@ here as a numpy dtype.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 
 from vmtrace import probes
 
-__all__ = ["PROBE_DTYPE", "read_probe_spool"]
+__all__ = ["PROBE_DTYPE", "ProbeSpool", "read_probe_spool"]
 
 PROBE_DTYPE = np.dtype(
     [
@@ -31,15 +32,23 @@ assert PROBE_DTYPE.itemsize == probes.RECORD.size
 _CODE_TO_EVENT = {code: name for name, code in probes.EVENT_CODES.items()}
 
 
-def read_probe_spool(path: Path) -> pd.DataFrame:
-    """Schema rows for the events a target reported through ``vmtrace.probes``.
+@dataclass
+class ProbeSpool:
+    """What a target reported: schema rows, and the names it gave futex words."""
 
-    Returns an empty frame when the target never enabled probes.  A record cut
-    short by a crash at the end of the file is dropped, not misread.
+    events: pd.DataFrame
+    futex_names: dict[int, str] = field(default_factory=dict)
+
+
+def read_probe_spool(path: Path) -> ProbeSpool:
+    """Decode the spool a target wrote through ``vmtrace.probes``.
+
+    Empty when the target never enabled probes.  A record cut short by a
+    crash at the end of the file is dropped, not misread.
     """
     path = Path(path)
     if not path.exists():
-        return pd.DataFrame({"ts_ns": []})
+        return ProbeSpool(pd.DataFrame({"ts_ns": []}))
     raw = path.read_bytes()
     raw = raw[: len(raw) - len(raw) % PROBE_DTYPE.itemsize]
     recs = np.frombuffer(raw, dtype=PROBE_DTYPE)
@@ -50,6 +59,8 @@ def read_probe_spool(path: Path) -> pd.DataFrame:
             nid, _, name = line.partition("\t")
             if nid.isdigit():
                 names[int(nid)] = name
+    named = recs[recs["code"] == probes.NAME_FUTEX_CODE]
+    futex_names = {int(a): names.get(int(n), f"#{n}") for a, n in zip(named["addr"], named["name_id"])}
     known = np.isin(recs["code"], list(_CODE_TO_EVENT))
     recs = recs[known]
     event = [_CODE_TO_EVENT[int(c)] for c in recs["code"]]
@@ -58,7 +69,7 @@ def read_probe_spool(path: Path) -> pd.DataFrame:
     write = pd.array((recs["sizew"] & 0x80) != 0, dtype="boolean")
     size[~is_dispatch] = pd.NA
     write[~is_dispatch] = pd.NA
-    return pd.DataFrame(
+    events = pd.DataFrame(
         {
             "ts_ns": recs["ts"],
             "tid": recs["tid"],
@@ -70,3 +81,4 @@ def read_probe_spool(path: Path) -> pd.DataFrame:
             "name": [names.get(int(n), f"#{n}") for n in recs["name_id"]],
         }
     )
+    return ProbeSpool(events, futex_names)

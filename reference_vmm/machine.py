@@ -107,12 +107,10 @@ def name_lock_futexes() -> dict[str, int]:
         words.update(gil_futex_words())
     except GilNotFound:
         pass
-    # Needs vmtrace.probes.name_futex (requested from the probe API's owner);
-    # until it exists the names are only returned.
-    name_futex = getattr(probes, "name_futex", None)
-    if name_futex is not None:
-        for name, addr in words.items():
-            name_futex(addr, name.split(".")[0])
+    # The kernel only sees futex addresses; naming them lets the trace tell
+    # a wait on the GIL from a wait on the BQL.
+    for name, addr in words.items():
+        probes.name_futex(addr, name.split(".")[0])
     return words
 
 

@@ -135,3 +135,33 @@ def test_partition_and_lock_accounting_property(a: list[ExitScript], b: list[Exi
         assert list(got["bql_wait_ns"]) == [x.bql_futex_ns for x in scripts]
         assert list(got["lock_wait_ns"]) == [x.bql_futex_ns + x.other_futex_ns for x in scripts]
         assert list(got["device_ns"]) == [x.device_ns for x in scripts]
+
+
+GIL_WORD = 0x7777_0000_0040
+
+
+def _bql_span_with_gil_reacquire(name_gil: bool) -> "object":
+    # The reference VMM's BQL acquire: futex wait on the BQL word, then the
+    # interpreter blocks again to re-take the GIL before lock_acquired.
+    s = SyntheticTrace()
+    s.threads.append({"tid": 7, "name": "CPU 0/KVM", "role": "vcpu", "vcpu": 0})
+    s.add(0, 7, "run_enter")
+    s.add(1000, 7, "pio", addr=0x608, size=4, write=False, value=0)
+    s.add(1200, 7, "run_exit", value=0)
+    s.add(1300, 7, "lock_begin", addr=0x5555_0000_1000, name="BQL")
+    s.add(1300, 7, "futex_enter", addr=0x5555_0000_1000, value=128)
+    s.add(4300, 7, "futex_exit", value=0)  # 3000 on the BQL
+    s.add(4300, 7, "futex_enter", addr=GIL_WORD, value=128)
+    s.add(6300, 7, "futex_exit", value=0)  # 2000 on the GIL
+    s.add(6300, 7, "lock_acquired", addr=0x5555_0000_1000, name="BQL")
+    s.add(6800, 7, "run_enter")
+    meta = {"futex_names": {hex(GIL_WORD): "GIL"}} if name_gil else {}
+    return exit_breakdown(s.trace(**meta)).iloc[0]
+
+
+def test_named_lock_waited_inside_a_bql_span_is_not_the_bql() -> None:
+    row = _bql_span_with_gil_reacquire(name_gil=True)
+    assert row["lock_wait_ns"] == 5000
+    assert row["bql_wait_ns"] == 3000
+    # Without the name the trace cannot tell, and the span is the BQL's.
+    assert _bql_span_with_gil_reacquire(name_gil=False)["bql_wait_ns"] == 5000

@@ -38,6 +38,7 @@ __all__ = [
     "lock_release",
     "dispatch_begin",
     "dispatch_end",
+    "name_futex",
 ]
 
 ENV_VAR: Final = "VMTRACE_PROBES"
@@ -54,6 +55,10 @@ EVENT_CODES: Final[dict[str, int]] = {
     "dispatch_begin": 4,
     "dispatch_end": 5,
 }
+
+#: Not an event: names a futex word (``addr``) so the trace can label waits
+#: on it; the kernel sees only addresses, the VMM knows which lock each is.
+NAME_FUTEX_CODE: Final = 6
 
 _FLUSH_BYTES: Final = 64 * 1024
 
@@ -137,11 +142,16 @@ def _dispatch_end(addr: int, size: int, write: bool, region: str) -> None:
     _emit(5, region, addr, size, write, 0)
 
 
+def _name_futex(addr: int, name: str) -> None:
+    _emit(NAME_FUTEX_CODE, name, addr, 0, False, 0)
+
+
 lock_begin = _noop
 lock_acquired = _noop
 lock_release = _noop
 dispatch_begin = _noop
 dispatch_end = _noop
+name_futex = _noop
 
 
 def flush() -> None:
@@ -155,11 +165,12 @@ def flush() -> None:
 def enable(path: str) -> None:
     """Start writing events to the spool file ``path`` (appending)."""
     global enabled, _fd, _names_fd, lock_begin, lock_acquired, lock_release
-    global dispatch_begin, dispatch_end
+    global dispatch_begin, dispatch_end, name_futex
     _fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     _names_fd = os.open(path + ".names", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     lock_begin, lock_acquired, lock_release = _lock_begin, _lock_acquired, _lock_release
     dispatch_begin, dispatch_end = _dispatch_begin, _dispatch_end
+    name_futex = _name_futex
     enabled = True
     atexit.register(flush)
 
@@ -167,12 +178,12 @@ def enable(path: str) -> None:
 def disable() -> None:
     """Flush, close the spool file and turn every probe back into a no-op."""
     global enabled, _fd, _names_fd, _local, lock_begin, lock_acquired, lock_release
-    global dispatch_begin, dispatch_end
+    global dispatch_begin, dispatch_end, name_futex
     if not enabled:
         return
     flush()
     lock_begin = lock_acquired = lock_release = _noop
-    dispatch_begin = dispatch_end = _noop
+    dispatch_begin = dispatch_end = name_futex = _noop
     enabled = False
     os.close(_fd)
     os.close(_names_fd)

@@ -300,7 +300,8 @@ def _write(
     probe_spool: Path,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]],
 ) -> RecordResult:
-    user = read_probe_spool(probe_spool)
+    spool = read_probe_spool(probe_spool)
+    user = spool.events
     frames = [f for f in (collected.events, user) if len(f)]
     events = normalize_events(pd.concat(frames, ignore_index=True)) if frames else normalize_events(
         pd.DataFrame({"ts_ns": [], "tid": [], "cpu": [], "event": []})
@@ -309,8 +310,10 @@ def _write(
     names = dict(collected.thread_names)
     threads = thread_roles(names, collected.thread_tgids, pid, run_tids)
     locks = [lock.to_json() for lock in collected.locks]
-    if len(user) and (user["name"] == "BQL").any():
-        locks.append({"name": "BQL", "futex_uaddr": None, "method": "probe API (the VMM reports its own lock)", "identified": True})
+    named_bql = [a for a, n in spool.futex_names.items() if n == "BQL"]
+    if not any(lock.get("name") == "BQL" for lock in locks) and (named_bql or (len(user) and (user["name"] == "BQL").any())):
+        locks.append({"name": "BQL", "futex_uaddr": named_bql[0] if named_bql else None,
+                      "method": "probe API (the VMM reports its own lock)", "identified": True})
     tsc, tsc_source = host.tsc_hz()
     vmm = "qemu" if is_qemu(binary) else ("reference" if len(user) or _is_reference(cmd) else "other")
     notes = list(collected.notes)
@@ -341,6 +344,9 @@ def _write(
         "threads": threads,
         "lost_events": {"total": lost_total, "per_cpu": {str(k): v for k, v in collected.lost_per_cpu.items()}},
         "locks": locks,
+        # Futex words the target named (the reference VMM names its BQL and
+        # the interpreter's GIL); keys are hex strings because JSON has no ints.
+        "futex_names": {hex(a): n for a, n in sorted(spool.futex_names.items())},
         "probes": collected.probes,
         "start_ns": start_ns,
         "end_ns": end_ns,

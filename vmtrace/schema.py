@@ -111,6 +111,7 @@ METADATA_KEYS: Final[dict[str, str]] = {
     "threads": "list[dict]: tid, name, role (vcpu|main|iothread|worker|other), vcpu (int or null)",
     "lost_events": "dict: total, per_cpu {cpu: count}",
     "locks": "list[dict]: name, futex_uaddr (int), method (how it was identified), identified (bool)",
+    "futex_names": "dict: hex futex word -> lock name the target reported (optional; e.g. GIL)",
     "probes": "dict: which uprobes were attached, and for how long",
     "start_ns": "int: CLOCK_MONOTONIC when recording started",
     "end_ns": "int: ... when it stopped",

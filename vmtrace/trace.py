@@ -59,6 +59,15 @@ class Trace:
         t = t[t["role"] == ROLE_VCPU]
         return {int(r.tid): int(r.vcpu) if pd.notna(r.vcpu) else -1 for r in t.itertuples()}
 
+    def futex_names(self) -> dict[int, str]:
+        """Futex word -> lock name: the BQL (however it was identified) and
+        any word the target named through the probe API."""
+        names = {int(k, 0) if isinstance(k, str) else int(k): str(v) for k, v in (self.meta.get("futex_names") or {}).items()}
+        for lock in self.meta.get("locks") or []:
+            if lock.get("futex_uaddr"):
+                names[int(lock["futex_uaddr"])] = str(lock.get("name"))
+        return names
+
     def bql(self) -> dict[str, Any]:
         for lock in self.meta.get("locks") or []:
             if lock.get("name") == "BQL":
