@@ -41,7 +41,8 @@ static int parse_bench(struct options *o, const char *v, size_t n, const char **
     }
     b = bench_find(v, (uint32_t)n);
     if (!b) {
-        *err = "unknown bench (expected inl_pmtimer, inl_vmm, inl_kernel, cpuid or all)";
+        *err = "unknown bench (expected inl_pmtimer, inl_vmm, inl_kernel, cpuid, all, "
+               "blk_randread, blk_randwrite, blk_verify or blk_malformed)";
         return -1;
     }
     o->benches[o->nbench++] = b;
@@ -68,6 +69,13 @@ int cmdline_parse(const char *raw, struct options *o, const char **err)
     o->warmup = DEFAULT_WARMUP;
     o->benches[0] = bench_find("inl_pmtimer", 11);
     o->nbench = 1;
+    o->blk.qd = DEFAULT_QD;
+    o->blk.seed = DEFAULT_SEED;
+    o->blk.write_sector = DEFAULT_WRITE_SECTOR;
+    o->blk.write_blocks = DEFAULT_VERIFY_BLOCKS;
+    o->blk.read_sector = DEFAULT_READ_SECTOR;
+    o->blk.read_blocks = DEFAULT_VERIFY_BLOCKS;
+    o->blk.timeout_ms = DEFAULT_TIMEOUT_MS;
 
     /* Skip the image name, then keep the rest (trimmed) for the begin record. */
     while (is_space(*p))
@@ -121,6 +129,32 @@ int cmdline_parse(const char *raw, struct options *o, const char **err)
         } else if (str_eq_n(key, klen, "vcpus")) {
             if (parse_number(val, vlen, 1, &o->vcpus,
                              "vcpus must be an integer >= 1", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "qd")) {
+            if (parse_number(val, vlen, 1, &o->blk.qd, "qd must be an integer >= 1", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "seed")) {
+            if (parse_number(val, vlen, 0, &o->blk.seed, "seed must be a 32-bit integer", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "write_sector")) {
+            if (parse_number(val, vlen, 0, &o->blk.write_sector,
+                             "write_sector must be an integer >= 0", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "write_blocks")) {
+            if (parse_number(val, vlen, 0, &o->blk.write_blocks,
+                             "write_blocks must be an integer >= 0", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "read_sector")) {
+            if (parse_number(val, vlen, 0, &o->blk.read_sector,
+                             "read_sector must be an integer >= 0", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "read_blocks")) {
+            if (parse_number(val, vlen, 0, &o->blk.read_blocks,
+                             "read_blocks must be an integer >= 0", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "timeout_ms")) {
+            if (parse_number(val, vlen, 1, &o->blk.timeout_ms,
+                             "timeout_ms must be an integer >= 1", err))
                 return -1;
         } else {
             warn_token("unknown key", key, klen);

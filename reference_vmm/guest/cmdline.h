@@ -1,4 +1,6 @@
-/* The guest's command line: bench=NAME iterations=K warmup=W vcpus=N. */
+/* The guest's command line: bench=NAME iterations=K warmup=W vcpus=N, and
+ * for the blk benches qd= seed= write_sector= write_blocks= read_sector=
+ * read_blocks= timeout_ms=. */
 #ifndef VMTRACE_GUEST_CMDLINE_H
 #define VMTRACE_GUEST_CMDLINE_H
 
@@ -12,12 +14,20 @@
 #define DEFAULT_ITERATIONS 20000
 #define DEFAULT_WARMUP 1000
 
+#define DEFAULT_QD 1
+#define DEFAULT_SEED 1
+#define DEFAULT_WRITE_SECTOR 0
+#define DEFAULT_READ_SECTOR 2048
+#define DEFAULT_VERIFY_BLOCKS 8
+#define DEFAULT_TIMEOUT_MS 300
+
 struct options {
     const struct bench *benches[MAX_BENCHES];  /* in run order */
     int nbench;
     uint32_t iterations;       /* per vCPU, >= 1 */
     uint32_t warmup;
     uint32_t vcpus;            /* cap on vCPUs, 0 = every enabled CPU in the MADT */
+    struct blk_params blk;
     char args[CMDLINE_MAX];    /* the command line without the image name */
 };
 

@@ -19,13 +19,14 @@
 #include "timer.h"
 
 #define MULTIBOOT_BOOTLOADER_MAGIC 0x2badb002u
+#define MULTIBOOT_INFO_MEMORY      (1u << 0)
 #define MULTIBOOT_INFO_CMDLINE     (1u << 2)
 
 /* isa-debug-exit: QEMU exits with (value << 1) | 1 on a write here. */
 #define DEBUG_EXIT_PORT 0xf4
 
 #define STATUS_OK         0
-#define STATUS_PLATFORM   2    /* no ACPI / PM timer, or a bench setup failed */
+#define STATUS_PLATFORM   2    /* no ACPI / PM timer, a bench setup failed, or a device stalled */
 #define STATUS_SMP        3    /* local APIC unusable or APs did not arrive */
 #define STATUS_USAGE      4    /* bad command-line value */
 
@@ -47,7 +48,9 @@ static uint64_t vcpu_cycles[MAX_CPUS];
 static struct barrier start_line, finish_line;
 
 static char raw_cmdline[CMDLINE_MAX];
+static uint32_t mem_top;       /* end of RAM above 1 MiB, 0 if the loader did not say */
 static struct acpi_info acpi;
+static uint32_t final_status = STATUS_OK;
 
 static void __attribute__((noreturn)) finish(uint32_t status)
 {
@@ -71,15 +74,19 @@ static void __attribute__((noreturn)) fail(uint32_t status, const char *fmt, ...
     finish(status);
 }
 
-/* Copy the command line out of loader memory before anything else runs. */
+/* Copy the command line out of loader memory before anything else runs:
+ * the blk benches reuse the memory after the image, where QEMU puts it. */
 static void copy_cmdline(uint32_t magic, const struct multiboot_info *mbi)
 {
     const char *src;
     size_t i;
 
     raw_cmdline[0] = '\0';
-    if (magic != MULTIBOOT_BOOTLOADER_MAGIC || !mbi || !(mbi->flags & MULTIBOOT_INFO_CMDLINE) ||
-        !mbi->cmdline)
+    if (magic != MULTIBOOT_BOOTLOADER_MAGIC || !mbi)
+        return;
+    if (mbi->flags & MULTIBOOT_INFO_MEMORY && mbi->mem_upper < (0xffffffffu >> 10) - 1024)
+        mem_top = 0x100000u + (mbi->mem_upper << 10);
+    if (!(mbi->flags & MULTIBOOT_INFO_CMDLINE) || !mbi->cmdline)
         return;
     src = (const char *)(uintptr_t)mbi->cmdline;
     for (i = 0; i + 1 < sizeof(raw_cmdline) && src[i]; i++)
@@ -127,8 +134,15 @@ void ap_main(void)
 static void report(const struct bench *b)
 {
     uint64_t sum = 0;
+    uint32_t status;
     int i;
 
+    if (b->own_records) {
+        status = b->report();
+        if (status && final_status == STATUS_OK)
+            final_status = status;
+        return;
+    }
     for (i = 0; i < nvcpus; i++) {
         uint64_t per_op = div_round(vcpu_cycles[i], opts.iterations);
 
@@ -139,8 +153,11 @@ static void report(const struct bench *b)
     }
     kprintf("VMTRACE-BENCH summary bench=%s vcpus=%d iterations=%u cycles_per_op=%llu\n",
             b->name, nvcpus, opts.iterations, div_round(sum, (uint64_t)nvcpus));
-    if (b->report)
-        b->report();
+    if (b->report) {
+        status = (uint32_t)b->report();
+        if (status && final_status == STATUS_OK)
+            final_status = status;
+    }
 }
 
 /* vCPU 0 is the BSP; the others follow in MADT order, up to the vcpus= cap. */
@@ -185,13 +202,6 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
         fail(STATUS_PLATFORM, "ACPI PM timer at port 0x%x does not count", acpi.pm_tmr_port);
     tsc_calibrate(CALIBRATE_MS);
 
-    env.pm_port = acpi.pm_tmr_port;
-    env.pm_mask = acpi.pm_tmr_mask;
-    bench_set_env(&env);
-    for (i = 0; i < opts.nbench; i++)
-        if (opts.benches[i]->setup && opts.benches[i]->setup(&env, &err))
-            fail(STATUS_PLATFORM, "%s setup: %s", opts.benches[i]->name, err);
-
     if (lapic_setup(acpi.lapic_addr, &err))
         fail(STATUS_SMP, "%s", err);
     bsp_id = lapic_id();
@@ -209,6 +219,19 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
         kprintf("VMTRACE-BENCH warning msg=\"vcpus=%u but the MADT lists %d CPUs: using %d\"\n",
                 opts.vcpus, nvcpus, nvcpus);
 
+    env.pm_port = acpi.pm_tmr_port;
+    env.pm_mask = acpi.pm_tmr_mask;
+    env.nvcpus = nvcpus;
+    env.apic_ids = vcpu_apic_id;
+    env.iterations = opts.iterations;
+    env.warmup = opts.warmup;
+    env.mem_top = mem_top;
+    env.blk = opts.blk;
+    bench_set_env(&env);
+    for (i = 0; i < opts.nbench; i++)
+        if (opts.benches[i]->setup && opts.benches[i]->setup(&env, &err))
+            fail(STATUS_PLATFORM, "%s setup: %s", opts.benches[i]->name, err);
+
     arrived = smp_start_aps(vcpu_apic_id + 1, nvcpus - 1, AP_TIMEOUT_MS);
     if (arrived != nvcpus - 1)
         fail(STATUS_SMP, "%d of %d APs arrived within %u ms", arrived, nvcpus - 1,
@@ -220,5 +243,5 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
     kprintf("\"\n");
 
     run_benches(0, report);
-    finish(STATUS_OK);
+    finish(final_status);
 }
