@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None, metavar="S", help="stop a guest still running after S seconds")
     run.add_argument("--kvm", default="/dev/kvm", metavar="PATH", help="KVM device (default /dev/kvm)")
     run.add_argument("--stats", action="store_true", help="print exit and unclaimed-access counts to stderr at the end")
+    run.add_argument("--disk", metavar="PATH", help="raw disk image for a legacy virtio-blk-pci device at 00:02.0")
+    run.add_argument("--blk", choices=("bql", "dataplane"), default=None,
+                     help="who services the virtio-blk queue: the main loop under the BQL (default) "
+                          "or an IOThread without it (dataplane)")
+    run.add_argument("--disk-serial", default="", metavar="S", help="what virtio-blk GET_ID answers (default empty, as QEMU)")
     run.add_argument("guest_args", nargs="*", help="after --: more guest command-line words")
     return parser
 
@@ -60,6 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timeout_s=args.timeout,
         kvm_path=args.kvm,
         stats=args.stats,
+        disk=args.disk,
+        blk=args.blk,
+        disk_serial=args.disk_serial,
     )
     try:
         return run_machine(config)

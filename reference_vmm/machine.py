@@ -9,6 +9,10 @@ machine so one guest image boots on both VMMs:
   in the kernel, as on QEMU;
 * COM1 at 0x3f8, isa-debug-exit at 0xf4, the ACPI PM timer at 0x608, PCI
   configuration ports 0xcf8/0xcfc;
+* with ``disk``, a legacy virtio-blk-pci function at 00:02.0 (I/O BAR0 at
+  0xc000 as SeaBIOS would assign it, INTA# on GSI 11 through an irqfd),
+  serviced by the main loop under the BQL (``blk="bql"``) or by an IOThread
+  without it (``blk="dataplane"``);
 * the roots of ``address_space_io`` and ``address_space_memory`` are I/O
   regions that answer what no device claims (reads all ones, writes
   dropped), counted per address, and take the BQL as QEMU's unassigned
@@ -25,6 +29,7 @@ import collections
 import ctypes
 import os
 import signal
+import stat
 import sys
 import threading
 from dataclasses import dataclass
@@ -32,12 +37,14 @@ from typing import Callable, Optional
 
 from vmtrace import probes
 
+from .block import BlockBackend
 from .bql import bql
 from .devices.acpi import PM_TIMER_PORT, build_acpi_tables
 from .devices.debug_exit import DebugExit
 from .devices.pci import CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT, PciBus
 from .devices.pm_timer import PmTimer
 from .devices.serial import Serial16550
+from .devices.virtio import VirtIOBlock, VirtIOPCIProxy
 from .dispatch import AddressSpaceBus
 from .errors import GuestError, VmmError
 from .iothread import IOThread, MainLoop
@@ -46,12 +53,13 @@ from .kvm.system import Kvm, VcpuFd
 from .kvm_slots import KvmMemoryListener
 from .loader import BOOTLOADER_MAGIC, load_multiboot
 from .memory.address_space import AddressSpace
+from .memory.dma import GuestMemory
 from .memory.owner import Owner
 from .memory.rcu import drain_call_rcu
 from .memory.region import MemoryRegion, transaction
 from .vcpu import LOCKING_MODES, Stop, VcpuThread, dump_registers
 
-__all__ = ["MachineConfig", "Machine", "run_machine", "name_lock_futexes"]
+__all__ = ["MachineConfig", "Machine", "run_machine", "name_lock_futexes", "BLK_MODES"]
 
 ACPI_BASE = 0xF0000
 DEBUG_EXIT_PORT = 0xF4
@@ -73,6 +81,8 @@ class MachineConfig:
     ``serial_out``: receives guest serial output (default: file descriptor 1).
     ``stats``: print exit counts, unclaimed accesses and memory-API counters
     to stderr when the machine stops.
+    ``disk``: a raw image for a virtio-blk device; ``blk``: ``bql`` (the
+    default with a disk) or ``dataplane``; ``disk_serial``: what GET_ID answers.
     """
 
     image: str
@@ -85,6 +95,22 @@ class MachineConfig:
     serial_out: Optional[Callable[[bytes], None]] = None
     kvm_path: str = "/dev/kvm"
     stats: bool = False
+    disk: Optional[str] = None
+    blk: Optional[str] = None
+    disk_serial: str = ""
+
+
+BLK_MODES = ("bql", "dataplane")
+VIRTIO_BLK_SLOT = 2  # the first free slot on QEMU's -M pc -nodefaults (00.0 host bridge, 01.x PIIX)
+VIRTIO_BLK_IO_BASE = 0xC000  # where SeaBIOS puts the first I/O BAR
+VIRTIO_BLK_GSI = 11
+
+
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _write_stdout(data: bytes) -> None:
@@ -126,6 +152,12 @@ class Machine:
             raise VmmError(f"--mem must be between 4 and 3072 MiB, not {config.mem_mb}")
         if not os.path.exists(config.image):  # fail before touching /dev/kvm
             raise VmmError(f"guest image not found: {config.image}")
+        if config.blk is not None and config.blk not in BLK_MODES:
+            raise VmmError(f"--blk must be one of {', '.join(BLK_MODES)}, not {config.blk!r}")
+        if config.blk is not None and config.disk is None:
+            raise VmmError("--blk needs --disk")
+        if config.disk is not None and not os.path.isfile(config.disk) and not _is_block_device(config.disk):
+            raise VmmError(f"disk image not found (or not a file): {config.disk}")
         self.config = config
         self.ram_size = config.mem_mb << 20
         self._serial_out = config.serial_out or _write_stdout
@@ -139,6 +171,9 @@ class Machine:
         self.vcpus: list[VcpuFd] = []
         self.threads: list[VcpuThread] = []
         self.iothreads: list[IOThread] = []
+        self._iothreads_started = False
+        self.blk_backend: Optional[BlockBackend] = None
+        self.virtio_blk: Optional[VirtIOPCIProxy] = None
         self.kvm = Kvm(config.kvm_path)
         try:
             self._build()
@@ -174,7 +209,7 @@ class Machine:
         self.serial = Serial16550(self._serial_write)
         self.debug_exit = DebugExit(self._debug_exit)
         self.pm_timer = PmTimer()
-        self.pci = PciBus()
+        self.pci = PciBus(self.system_io)
         if cfg.locking == "unlocked":
             # The PM timer's state never changes after realize: safe without the BQL.
             self.pm_timer.region.clear_global_locking()
@@ -189,6 +224,10 @@ class Machine:
         self.address_space_io = AddressSpace(self.system_io, "I/O")
         self.address_space_memory.add_listener(KvmMemoryListener(self.vm))
         self.bus = AddressSpaceBus(self.address_space_io, self.address_space_memory, bql)
+        n_iothreads = max(cfg.iothreads, 1 if cfg.blk == "dataplane" else 0)
+        self.iothreads = [IOThread(f"iothread{i}") for i in range(n_iothreads)]
+        if cfg.disk is not None:
+            self._build_virtio_blk(cfg.disk, cfg.blk or "bql", cfg.disk_serial)
 
         layout, tables = build_acpi_tables(ACPI_BASE, cfg.vcpus)
         self.address_space_memory.write_bytes(ACPI_BASE, tables)
@@ -210,6 +249,20 @@ class Machine:
             else:
                 # With the in-kernel LAPIC an AP waits for INIT/SIPI from the BSP.
                 vcpu.set_mp_state(kb.MP_STATE_UNINITIALIZED)
+
+    def _build_virtio_blk(self, path: str, mode: str, serial: str) -> None:
+        try:
+            self.blk_backend = BlockBackend(path)
+        except OSError as e:
+            raise VmmError(f"cannot open disk image {path}: {e.strerror or e}") from None
+        vdev = VirtIOBlock(self.blk_backend, GuestMemory(self.address_space_memory), serial=serial)
+        proxy = VirtIOPCIProxy(vdev, 0x1001, 0x010000, io_base=VIRTIO_BLK_IO_BASE, gsi=VIRTIO_BLK_GSI, vm=self.vm)
+        self.virtio_blk = proxy
+        self.pci.plug(VIRTIO_BLK_SLOT, 0, proxy)
+        if mode == "dataplane":
+            proxy.attach(self.iothreads[0].ctx, self.iothreads[0].name)
+        else:
+            proxy.attach(self.main_loop.ctx, "main loop, BQL")
 
     @staticmethod
     def _cpuid_for(supported: ctypes.Structure, apic_id: int) -> ctypes.Structure:
@@ -304,9 +357,9 @@ class Machine:
         name_lock_futexes()
         try:
             self.main_loop.every(0.05, self._flush_serial)
-            for i in range(cfg.iothreads):
-                self.iothreads.append(IOThread(f"iothread{i}"))
-                self.iothreads[-1].start()
+            self._iothreads_started = True
+            for iothread in self.iothreads:
+                iothread.start()
             for i, vcpu in enumerate(self.vcpus):
                 t = VcpuThread(vcpu, i, self.bus, bql, cfg.locking, self._on_vcpu_stop)
                 self.threads.append(t)
@@ -320,10 +373,17 @@ class Machine:
             if not finished:
                 self.request_stop(Stop(3, f"guest did not exit within {cfg.timeout_s:g} s", guest_failure=True), -1)
             stuck = self._stop_threads()
+            if self.virtio_blk is not None:
+                self.virtio_blk.detach()  # no request is in flight after this
             for iothread in self.iothreads:
                 iothread.stop()
             with bql:
                 self._flush_serial()
+            if self.blk_backend is not None:
+                try:
+                    self.blk_backend.flush()  # a clean stop loses nothing the guest wrote
+                except OSError as e:
+                    raise VmmError(f"flushing disk image {self.blk_backend.path} failed: {e.strerror or e}") from None
         finally:
             if old_handler is not None:
                 signal.signal(_KICK_SIGNAL, old_handler)
@@ -353,10 +413,21 @@ class Machine:
         rebuilds = self.address_space_memory.rebuilds + self.address_space_io.rebuilds
         rcu = rcu_stats()
         lines.append(f"  FlatView rebuilds: {rebuilds}; RCU grace periods: {rcu['grace_periods']}, callbacks: {rcu['callbacks']}")
+        if self.virtio_blk is not None:
+            lines += self.virtio_blk.stats_lines()
         return "\n".join(lines)
 
     def close(self) -> None:
         """Release KVM file descriptors and reclaim the memory map."""
+        if self.virtio_blk is not None:
+            self.virtio_blk.close()
+        if self.blk_backend is not None:
+            self.blk_backend.close()  # fdatasync, then close
+            self.blk_backend = None
+        if not self._iothreads_started:
+            for iothread in self.iothreads:
+                iothread.ctx.close()
+            self._iothreads_started = True  # closed: never twice
         for space in ("address_space_memory", "address_space_io"):
             if hasattr(self, space):
                 getattr(self, space).destroy()

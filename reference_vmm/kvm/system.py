@@ -130,10 +130,25 @@ class VmFd:
         """KVM_IRQFD: inject ``gsi`` whenever eventfd ``fd`` is signalled."""
         _ioctl(self.fd, "KVM_IRQFD", b.KvmIrqfd(fd=fd, gsi=gsi, flags=1 if deassign else 0))
 
-    def ioeventfd(self, fd: int, addr: int, length: int, pio: bool, deassign: bool = False) -> None:
-        """KVM_IOEVENTFD: a guest write to ``addr`` signals eventfd ``fd`` in the kernel."""
-        flags = (2 if pio else 0) | (4 if deassign else 0)
-        _ioctl(self.fd, "KVM_IOEVENTFD", b.KvmIoeventfd(addr=addr, len=length, fd=fd, flags=flags))
+    def ioeventfd(
+        self, fd: int, addr: int, length: int, pio: bool, deassign: bool = False, datamatch: int | None = None
+    ) -> None:
+        """KVM_IOEVENTFD: a guest write to ``addr`` signals eventfd ``fd`` in the kernel.
+
+        With ``datamatch`` only a write of that value does; any other still exits.
+        """
+        flags = (2 if pio else 0) | (4 if deassign else 0) | (1 if datamatch is not None else 0)
+        _ioctl(
+            self.fd,
+            "KVM_IOEVENTFD",
+            b.KvmIoeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=fd, flags=flags),
+        )
+
+    def get_irqchip(self, chip_id: int) -> b.KvmIrqchip:
+        """KVM_GET_IRQCHIP: state of the master PIC (0), slave PIC (1) or IOAPIC (2)."""
+        chip = b.KvmIrqchip(chip_id=chip_id)
+        _ioctl(self.fd, "KVM_GET_IRQCHIP", chip)
+        return chip
 
     def create_vcpu(self, vcpu_id: int) -> "VcpuFd":
         """KVM_CREATE_VCPU and map its ``kvm_run`` page."""
