@@ -1,0 +1,1 @@
+"""Exports of a trace's analyses to other tools' formats (Perfetto)."""

@@ -1,0 +1,495 @@
+"""Self-contained HTML pages: the report of one trace, and pages of sections
+that ``vmtrace sweep`` and ``vmtrace compare`` assemble.
+
+A page is one file that opens offline: plotly.js is inlined once in the
+head, figures carry their data as JSON, and nothing is fetched (no CDN, no
+web fonts, no MathJax).  Text from the trace (thread names, notes) is
+escaped; only fragments vmtrace builds itself go in as HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from vmtrace import __version__
+from vmtrace.analyses.breakdown import Breakdown, bql_breakdown, exit_breakdown
+from vmtrace.analyses.timeline import display_state, timeline
+from vmtrace.errors import VmtraceError
+from vmtrace.trace import Trace
+
+from .figures import (
+    COMPONENT_COLORS,
+    TEMPLATE,
+    breakdown_figure,
+    compare_figure,
+    cost_histogram,
+    detail_window,
+    sweep_figure,
+    thread_labels,
+    timeline_detail,
+    timeline_overview,
+)
+
+__all__ = ["Section", "Html", "write_html", "page_html", "write_html_report", "report_sections", "sweep_figure",
+           "compare_figure"]
+
+
+@dataclass(frozen=True)
+class Html:
+    """A fragment of HTML that vmtrace built itself and that goes into the
+    page unescaped (a plain ``str`` item is escaped as text)."""
+
+    markup: str
+
+
+@dataclass
+class Section:
+    """One titled part of a page.  ``items`` are shown in order: a plotly
+    ``go.Figure``, a ``pd.DataFrame`` (a table), an ``Html`` fragment, or a
+    ``str`` (a paragraph of text)."""
+
+    title: str
+    items: list[Any] = field(default_factory=list)
+    intro: str = ""
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1200px;
+       padding: 0 24px 48px; color: #222; }
+h1 { font-size: 1.5em; margin: 24px 0 4px; } h2 { font-size: 1.2em; margin: 32px 0 8px;
+     border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+p { line-height: 1.45; margin: 6px 0; } .meta { color: #555; font-size: 0.92em; }
+.warn { color: #a40000; font-weight: 600; } .ok { color: #1a7f37; } .note { color: #555; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.9em; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
+th { background: #f5f5f5; } td:first-child, th:first-child { text-align: left; }
+nav a { margin-right: 14px; } .fig { margin: 8px 0 20px; }
+.swatch { display: inline-block; width: 10px; height: 10px; margin-right: 5px; vertical-align: baseline; }
+"""
+
+_FIG_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["sendDataToCloud"]}
+
+
+def _table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for row in df.itertuples(index=False):
+        cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+    return str(v)
+
+
+def _render_item(item: Any, n: int) -> str:
+    if isinstance(item, go.Figure):
+        div = pio.to_html(item, full_html=False, include_plotlyjs=False, config=_FIG_CONFIG,
+                          div_id=f"vmtrace-fig-{n}", default_width="100%", validate=False)
+        return f'<div class="fig">{div}</div>'
+    if isinstance(item, pd.DataFrame):
+        return _table(item)
+    if isinstance(item, Html):
+        return item.markup
+    if isinstance(item, str):
+        return f"<p>{html.escape(item)}</p>"
+    raise TypeError(f"cannot put a {type(item).__name__} on a page")
+
+
+def _anchor(title: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")
+
+
+SectionLike = Union[Section, go.Figure, tuple]
+
+
+def _as_section(s: SectionLike) -> Section:
+    if isinstance(s, Section):
+        return s
+    if isinstance(s, tuple):
+        title, items = s[0], s[1]
+        return Section(str(title), list(items) if isinstance(items, (list, tuple)) else [items],
+                       intro=str(s[2]) if len(s) > 2 else "")
+    return Section(title="", items=[s])
+
+
+def page_html(sections: Sequence[SectionLike], title: str = "vmtrace", header: Html | str = "",
+              tables: Sequence[tuple[str, pd.DataFrame]] = ()) -> str:
+    """The whole page as one string (see ``write_html``)."""
+    secs = [_as_section(s) for s in sections] + [Section(t, [df]) for t, df in tables]
+    nav = " ".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in secs if s.title)
+    parts, n = [], 0
+    for s in secs:
+        if s.title:
+            parts.append(f'<h2 id="{_anchor(s.title)}">{html.escape(s.title)}</h2>')
+        if s.intro:
+            parts.append(f'<p class="note">{html.escape(s.intro)}</p>')
+        for item in s.items:
+            parts.append(_render_item(item, n))
+            n += 1
+    head = header.markup if isinstance(header, Html) else (f"<p>{html.escape(header)}</p>" if header else "")
+    # plotly.js goes in once, inline: the page must open with no network.
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"generator\" content=\"vmtrace {__version__}\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>"
+        f"<h1>{html.escape(title)}</h1>{head}<nav>{nav}</nav>{''.join(parts)}"
+        f"<p class=\"note\">Written by vmtrace {__version__}. Self-contained: opens offline, fetches nothing.</p>"
+        "</body></html>\n"
+    )
+
+
+def write_html(sections: Sequence[SectionLike], path: Path | str, title: str = "vmtrace",
+               header: Html | str = "", tables: Sequence[tuple[str, pd.DataFrame]] = ()) -> Path:
+    """Write one self-contained HTML page at ``path``; returns the path.
+
+    ``sections`` are ``Section``s, bare figures, or tuples ``(title, item)``
+    / ``(title, [items])`` / ``(title, items, intro)`` where an item is a
+    figure, a DataFrame (a table), an ``Html`` fragment or text; ``tables``
+    are ``(title, DataFrame)`` sections appended after them; ``header``
+    goes under the page title.  Written to a temporary file and renamed, so
+    a reader never sees half a page.
+    """
+    path = Path(path)
+    text = page_html(sections, title=title, header=header, tables=tables)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise VmtraceError(f"cannot write {path}: {err.strerror}") from None
+    return path
+
+
+# ----------------------------------------------------------------------------
+# The report of one trace
+
+
+def _analysis(name: str) -> ModuleType | None:
+    """``vmtrace.analyses.NAME`` if this version has it.  The exits, locks and
+    off-CPU analyses land separately from this page; until one does, its
+    section is drawn from the breakdown and the timeline and says so."""
+    try:
+        return importlib.import_module(f"vmtrace.analyses.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"vmtrace.analyses.{name}":
+            raise
+        return None
+
+
+def _header(trace: Trace, b: Breakdown) -> Html:
+    meta = trace.meta
+    target = meta.get("target") or {}
+    vmm = " ".join(str(x) for x in (target.get("vmm"), target.get("vmm_version")) if x) or "unknown VMM"
+    dur = ((meta.get("end_ns") or 0) - (meta.get("start_ns") or 0)) / 1e9
+    lost = b.lost_events
+    per_cpu = ", ".join(f"cpu{k}: {v:,}" for k, v in sorted(b.lost_per_cpu.items()))
+    lost_html = (f'<span class="warn">{lost:,} events lost ({html.escape(per_cpu)})</span>' if lost
+                 else '<span class="ok">no events lost</span>')
+    bql = b.bql
+    bql_html = (f"BQL: futex word {html.escape(str(bql.get('futex_uaddr')))} ({html.escape(str(bql.get('method')))})"
+                if bql.get("identified") else
+                f'<span class="warn">BQL not identified</span> ({html.escape(str(bql.get("method", "no method")))})')
+    lines = [
+        f"{html.escape(vmm)} &middot; backend {html.escape(str(meta.get('backend')))} &middot; mode "
+        f"{html.escape(str(meta.get('mode')))} &middot; KVM {html.escape(b.kvm_flavour)} &middot; TSC "
+        f"{b.tsc_hz / 1e9:.3f} GHz &middot; recorded {dur:.2f} s &middot; {len(b.exits):,} exits in the summary",
+        f"{lost_html} &middot; {bql_html}",
+    ]
+    if trace.path:
+        lines.insert(0, f"trace: {html.escape(str(trace.path))}")
+    if b.guest_cycles_per_op:
+        total = b.components.get("total") or 0.0
+        lines.append(
+            f"guest-measured cycles per operation: <b>{b.guest_cycles_per_op:,.0f}</b> &middot; traced total per "
+            f"exit: <b>{total:,.0f}</b> &middot; traced/guest {total / b.guest_cycles_per_op:.2f}"
+        )
+    notes = "".join(f'<p class="note">note: {html.escape(n)}</p>' for n in b.notes)
+    return Html("".join(f'<p class="meta">{line}</p>' for line in lines) + notes)
+
+
+def _percentiles(b: Breakdown) -> pd.DataFrame:
+    total = b.components.get("total") or 0.0
+    rows = []
+    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total"):
+        mean = b.components.get(c, 0.0)
+        p = b.percentiles.get(c, {})
+        rows.append({
+            "component (cycles per exit)": "  of which BQL" if c == "bql_wait" else c,
+            "mean": mean,
+            "share": f"{100 * mean / total:.1f}%" if total else "-",
+            "p50": p.get("p50"), "p90": p.get("p90"), "p99": p.get("p99"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _by_kind(b: Breakdown, limit: int = 15) -> pd.DataFrame:
+    cols = ["kind", "addr", "exits", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait",
+            "total", "p50", "p99"]
+    df = b.by_kind
+    return df[[c for c in cols if c in df]].head(limit)
+
+
+def _locks_from_timeline(spans: pd.DataFrame, labels: dict[int, str]) -> tuple[go.Figure | None, pd.DataFrame]:
+    waits = spans[spans["state"].isin(["bql_wait", "lock_wait"])]
+    if waits.empty:
+        return None, pd.DataFrame()
+    d = waits.assign(dur=waits["end_ns"] - waits["start_ns"], lock=waits["detail"].astype(str),
+                     thread=waits["tid"].map(labels), off=(waits["sched"] != "on").to_numpy())
+    # A wait cut by a sched switch is one wait: count the runs of one lock.
+    run_id = ((d["start_ns"] != d["end_ns"].shift()) | (d["lock"] != d["lock"].shift())
+              | (d["tid"] != d["tid"].shift())).cumsum()
+    per_wait = d.groupby(run_id).agg(thread=("thread", "first"), lock=("lock", "first"), dur=("dur", "sum"),
+                                     off=("off", "max"))
+    g = per_wait.groupby(["lock", "thread"], sort=False)
+    table = g.agg(waits=("dur", "size"), total_ms=("dur", "sum"), mean_us=("dur", "mean"), max_us=("dur", "max"),
+                  slept=("off", "sum")).reset_index()
+    table["total_ms"] = table["total_ms"] / 1e6
+    table["mean_us"] = table["mean_us"] / 1e3
+    table["max_us"] = table["max_us"] / 1e3
+    table = table.sort_values("total_ms", ascending=False, kind="stable").head(20)
+    table = table.rename(columns={"slept": "went off CPU"})
+    top = table.groupby("lock", sort=False)["total_ms"].sum().index[:8].tolist()
+    fig = go.Figure()
+    for lock in top:
+        t = table[table["lock"] == lock]
+        color = COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None
+        fig.add_bar(y=t["thread"], x=t["total_ms"], name=lock, orientation="h",
+                    marker_color=color, hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>")
+    fig.update_layout(template=TEMPLATE, barmode="stack", height=160 + 30 * table["thread"].nunique(),
+                      title={"text": "Time spent waiting, per thread and lock", "x": 0, "y": 0.97, "yanchor": "top"},
+                      xaxis_title="ms waiting over the whole trace", margin={"t": 100})
+    return fig, table
+
+
+def _offcpu_from_timeline(spans: pd.DataFrame, labels: dict[int, str]) -> tuple[go.Figure, pd.DataFrame]:
+    d = spans.assign(dur=spans["end_ns"] - spans["start_ns"])
+    t = d.pivot_table(index="tid", columns="sched", values="dur", aggfunc="sum", fill_value=0, observed=False)
+    t = t.reindex(columns=["on", "runnable", "blocked"], fill_value=0)
+    total = t.sum(axis=1).replace(0, 1)
+    table = pd.DataFrame({
+        "thread": [labels.get(int(i), str(i)) for i in t.index],
+        "on CPU ms": t["on"] / 1e6,
+        "runnable ms": t["runnable"] / 1e6,
+        "blocked ms": t["blocked"] / 1e6,
+        "runnable %": (100 * t["runnable"] / total).round(2),
+        "blocked %": (100 * t["blocked"] / total).round(2),
+    })
+    fig = go.Figure()
+    for col, color, name in (("on CPU ms", "#8fbc8f", "on CPU"), ("runnable ms", "#f2c12e", "off CPU, runnable"),
+                             ("blocked ms", "#4d4d4d", "off CPU, blocked")):
+        fig.add_bar(y=table["thread"], x=table[col], name=name, orientation="h", marker_color=color,
+                    hovertemplate="%{y}: %{x:.1f} ms<extra>" + name + "</extra>")
+    fig.update_layout(template=TEMPLATE, barmode="stack", height=160 + 30 * len(table),
+                      title={"text": "Where each thread's observed life went", "x": 0, "y": 0.97, "yanchor": "top"},
+                      xaxis_title="ms (first to last event of the thread)", margin={"t": 100})
+    return fig, table
+
+
+def report_sections(
+    trace: Trace,
+    port: int | None = None,
+    timed_loop: bool = True,
+    max_spans: int = 20_000,
+    bins: int = 400,
+) -> tuple[Html, list[Section]]:
+    """The report of one trace as a header and sections (see
+    ``write_html_report`` for the arguments)."""
+    b = bql_breakdown(trace, port=port, timed_loop=timed_loop)
+    all_exits = exit_breakdown(trace)
+    spans = timeline(trace, all_exits)
+    labels = thread_labels(trace.threads, spans["tid"].unique())
+    t0 = int(trace.meta.get("start_ns") or spans["start_ns"].min())
+    sections = [
+        Section("Breakdown", [breakdown_figure(b), cost_histogram(b.exits, b.tsc_hz), _percentiles(b)],
+                intro="Where the cycles of one userspace exit go: the components partition the time from one "
+                      "KVM_RUN to the next (guest, vmexit, emulator, the VMM's exit path and dispatch, device "
+                      "callback, lock wait with the BQL apart)."),
+        Section("Exits", [_by_kind(b)], intro="Mean cycles per exit by exit kind and port or address."),
+    ]
+    # HOOK(analyses.exits): when it lands, draw "Exits" from its result as
+    # the two sections below do from analyses.locks and analyses.offcpu.
+    sections.append(_locks_section(trace, spans, labels))
+    sections.append(_offcpu_section(trace, spans, labels))
+    sections.append(_timeline_section(trace, spans, b, t0, max_spans, bins))
+    return _header(trace, b), sections
+
+
+def _run_analysis(module: str, function: str, trace: Trace) -> tuple[Any, str]:
+    """(result, "") from ``vmtrace.analyses.MODULE.FUNCTION(trace)``, or
+    (None, why not) when this version lacks it or the trace cannot feed it."""
+    mod = _analysis(module)
+    fn = getattr(mod, function, None) if mod is not None else None
+    if fn is None:
+        return None, f"analyses/{module}.py is not in this version: drawn from the timeline. "
+    try:
+        return fn(trace), ""
+    except VmtraceError as err:
+        return None, f"analyses/{module}.py cannot run on this trace ({err}): drawn from the timeline. "
+
+
+def _locks_section(trace: Trace, spans: pd.DataFrame, labels: dict[int, str]) -> Section:
+    intro = "Waits are lock spans the VMM reported and blocking futex waits, the BQL apart. "
+    locks, why = _run_analysis("locks", "lock_report", trace)
+    if locks is not None:
+        fig, table = _locks_from_analysis(locks)
+        notes = [f"note: {n}" for n in getattr(locks, "notes", [])]
+        return Section("Locks", [x for x in (fig, table) if x is not None] + notes, intro=intro)
+    fig, table = _locks_from_timeline(spans, labels)
+    items: list[Any] = [x for x in (fig,) if x is not None]
+    items.append(table if not table.empty else "No lock waits in this trace.")
+    return Section("Locks", items, intro=f"({why.strip()}) " + intro)
+
+
+def _word_label(name: Any, addr: Any) -> str:
+    a = f"{int(addr):#x}" if addr is not None and not pd.isna(addr) else "?"
+    return f"{name} ({a})" if isinstance(name, str) and name else f"futex {a}"
+
+
+def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
+    words = locks.words
+    if words is None or words.empty:
+        return None, pd.DataFrame({"": ["No futex word was waited on in this trace."]})
+    us = 1e3
+    table = pd.DataFrame({
+        "lock": [_word_label(n, a) for n, a in zip(words.get("name", [None] * len(words)), words["addr"])],
+        "waits": words.get("waits"),
+        "went off CPU": words.get("blocked"),
+        "total ms": words["wait_ns"] / 1e6,
+        "mean µs": words.get("mean_ns", pd.Series(np.nan, index=words.index)) / us,
+        "p99 µs": words.get("p99_ns", pd.Series(np.nan, index=words.index)) / us,
+        "max µs": words.get("max_ns", pd.Series(np.nan, index=words.index)) / us,
+        "waiters": words.get("waiter_names", ""),
+        "wakers": words.get("wakers", ""),
+        "holds": words.get("holds", 0),
+    }).head(20)
+    fig = None
+    by = getattr(locks, "by_thread", None)
+    if by is not None and not by.empty:
+        by = by.assign(lock=[_word_label(n, a) for n, a in zip(by.get("name", [None] * len(by)), by["addr"])])
+        top = by.groupby("lock", sort=False)["wait_ns"].sum().sort_values(ascending=False).index[:8]
+        fig = go.Figure()
+        for lock in top:
+            t = by[by["lock"] == lock]
+            thread = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("thread", t.get("name", "?")), t["tid"])]
+            fig.add_bar(y=thread, x=t["wait_ns"] / 1e6, name=lock, orientation="h",
+                        marker_color=COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None,
+                        hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>")
+        fig.update_layout(template=TEMPLATE, barmode="stack", height=180 + 30 * by["tid"].nunique(),
+                          title={"text": "Time spent waiting, per thread and futex word", "x": 0, "y": 0.97,
+                                 "yanchor": "top"},
+                          xaxis_title="ms waiting over the whole trace", margin={"t": 100})
+    return fig, table
+
+
+def _offcpu_section(trace: Trace, spans: pd.DataFrame, labels: dict[int, str]) -> Section:
+    intro = ("Runnable: switched out while runnable or woken and not yet on a CPU (oversubscription, not "
+             "contention). Blocked: asleep, on a lock or on anything else (I/O, an idle loop). ")
+    off, why = _run_analysis("offcpu", "offcpu_report", trace)
+    if off is not None:
+        fig, table = _offcpu_from_analysis(off)
+        notes = [f"note: {n}" for n in getattr(off, "notes", [])]
+        return Section("Off-CPU", [fig, table, *notes], intro=intro)
+    fig, table = _offcpu_from_timeline(spans, labels)
+    return Section("Off-CPU", [fig, table], intro=f"({why.strip()}) " + intro)
+
+
+def _offcpu_from_analysis(off: Any) -> tuple[go.Figure, pd.DataFrame]:
+    t = off.threads
+    zero = pd.Series(0, index=t.index)
+    parts = {
+        "running": t.get("running_ns", zero),
+        "blocked on the BQL": t.get("bql_ns", zero),
+        "blocked on another lock": t.get("lock_ns", zero) - t.get("bql_ns", zero),
+        "blocked, not on a lock": t.get("other_blocked_ns", zero),
+        "runnable, waiting for a CPU": t.get("runnable_ns", zero),
+        "unknown (lost events)": t.get("unknown_ns", zero),
+    }
+    colors = ["#8fbc8f", COMPONENT_COLORS["bql_wait"], COMPONENT_COLORS["other_lock_wait"], "#4d4d4d", "#f2c12e",
+              "#d9d9d9"]
+    names = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("name", "?"), t["tid"])]
+    fig = go.Figure()
+    for (label, v), color in zip(parts.items(), colors):
+        if (v > 0).any():
+            fig.add_bar(y=names, x=v / 1e6, name=label, orientation="h", marker_color=color,
+                        hovertemplate="%{y}: %{x:.1f} ms<extra>" + label + "</extra>")
+    fig.update_layout(template=TEMPLATE, barmode="stack", height=180 + 30 * len(t),
+                      title={"text": "Where each thread's observed life went", "x": 0, "y": 0.97, "yanchor": "top"},
+                      xaxis_title="ms (first to last event of the thread)", yaxis_autorange="reversed",
+                      margin={"t": 100})
+    life = t.get("time_ns", zero).replace(0, 1)
+    table = pd.DataFrame({"thread": names, "life ms": t.get("time_ns", zero) / 1e6,
+                          **{f"{k} %": (100 * v / life).round(2) for k, v in parts.items()}})
+    return fig, table
+
+
+def _timeline_section(trace: Trace, spans: pd.DataFrame, b: Breakdown, t0: int, max_spans: int,
+                      bins: int) -> Section:
+    if spans.empty:
+        return Section("Timeline", ["No thread has events to lay out."])
+    if len(b.exits):
+        # The middle of the exits the summary covers (the timed loop of a
+        # benchmark), where the behaviour the numbers describe is.
+        center = int(b.exits["start_ns"].median())
+    else:
+        center = int((spans["start_ns"].min() + spans["end_ns"].max()) // 2)
+    window = detail_window(spans, center, max_spans)
+    shown = int(((spans["end_ns"] > window[0]) & (spans["start_ns"] < window[1])).sum())
+    whole = (int(spans["end_ns"].max()) - int(spans["start_ns"].min())) / 1e6
+    off = display_state(spans).str.startswith("off-CPU")
+    intro = (
+        f"{len(spans):,} spans over {whole:,.1f} ms. The first chart summarises all of them: per thread, the "
+        f"share of each state in {bins} equal time bins. The second shows every one of the {shown:,} spans "
+        f"in a {(window[1] - window[0]) / 1e6:.2f} ms window starting {(window[0] - t0) / 1e6:,.1f} ms into "
+        f"the recording (the middle of the summarised exits); the page carries at most {max_spans:,} spans "
+        f"so it stays small. Off-CPU time ({100 * off.mean():.1f}% of spans) is drawn over the state it "
+        f"interrupted; hover a span for its exit, lock or device. `vmtrace export --perfetto` writes every "
+        f"span for Perfetto."
+    )
+    return Section("Timeline", [timeline_overview(spans, trace.threads, t0, bins),
+                                timeline_detail(spans, trace.threads, window)], intro=intro)
+
+
+def write_html_report(
+    trace: Trace,
+    path: Path | str,
+    port: int | None = None,
+    timed_loop: bool = True,
+    max_spans: int = 20_000,
+    bins: int = 400,
+) -> Path:
+    """Write the HTML report of ``trace`` (a ``Trace``) to ``path``: the
+    breakdown (stacked cycles per exit by component per vCPU, the cost
+    histogram, percentiles), exits, locks, off-CPU and the timeline.
+
+    ``port`` and ``timed_loop`` select the exits of the summary as in
+    ``bql_breakdown``; ``max_spans`` caps the spans the Gantt chart carries
+    (a window around the middle of the summarised exits) and ``bins`` the
+    time bins of the whole-trace overview.  Returns the path.
+    """
+    header, sections = report_sections(trace, port=port, timed_loop=timed_loop, max_spans=max_spans, bins=bins)
+    name = trace.path.name if trace.path else "trace"
+    return write_html(sections, path, title=f"vmtrace report: {name}", header=header)
