@@ -20,10 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_disk, supports_o_direct
 from .errors import TargetError, VmtraceError
 
 __all__ = [
     "BENCHES",
+    "BLK_BENCHES",
+    "BLK_MODES",
     "VMMS",
     "LOCKING_MODES",
     "BenchResult",
@@ -33,7 +36,7 @@ __all__ = [
     "run_bench",
 ]
 
-BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid")
+BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", *BLK_BENCHES)
 VMMS = ("qemu", "reference")
 LOCKING_MODES = ("2013", "bql", "unlocked")
 GUEST_DIR = Path(__file__).resolve().parent.parent / "reference_vmm" / "guest"
@@ -44,14 +47,21 @@ _KV = re.compile(r'(\w+)=("[^"]*"|\S+)')
 @dataclass
 class BenchResult:
     """Guest-measured results of one run.  ``cycles_per_op`` is the mean of
-    ``per_vcpu`` (TSC cycles per operation, as the guest timed them)."""
+    ``per_vcpu`` (TSC cycles per operation, as the guest timed them); None
+    for blk_malformed, which times nothing.
+
+    The blk benches add ``cycles_per_request`` (the same mean: with qd > 1 a
+    vCPU's cycles per request is its inverse throughput, not a latency),
+    ``iops`` (all requests over the span from the first vCPU's start to the
+    last one's end), ``per_vcpu_iops``, and the guest's ``blkdev``,
+    ``checksums`` (blk_verify) and ``malformed`` (blk_malformed) records."""
 
     vmm: str
     bench: str
     vcpus: int
     iterations: int
     tsc_hz: int
-    cycles_per_op: float
+    cycles_per_op: float | None
     per_vcpu: list[float]
     pm_port: int | None
     exit_status: int
@@ -60,6 +70,16 @@ class BenchResult:
     command: list[str] = field(default_factory=list)
     trace: str | None = None
     checks: dict[str, int] = field(default_factory=dict)
+    iops: float | None = None
+    cycles_per_request: float | None = None
+    per_vcpu_iops: list[float] = field(default_factory=list)
+    queue_depth: int | None = None
+    blk: str | None = None
+    disk: str | None = None
+    errors: int = 0
+    blkdev: dict[str, str] = field(default_factory=dict)
+    checksums: list[dict[str, str]] = field(default_factory=list)
+    malformed: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,37 +110,68 @@ def vmm_command(
     locking: str | None = None,
     extra: str = "",
     qemu: str = "qemu-system-x86_64",
+    disk: Path | None = None,
+    blk: str | None = None,
 ) -> list[str]:
-    """The command line that runs the guest ``bench`` on ``vmm``."""
+    """The command line that runs the guest ``bench`` on ``vmm``; with
+    ``disk``, the VM gets a legacy virtio-blk-pci device on that raw image,
+    its queue serviced under the BQL (``blk`` "bql", the default) or by an
+    IOThread (``blk`` "dataplane")."""
     append = f"bench={bench} iterations={iterations} {extra}".strip()
     if vmm == "qemu":
-        return [
+        cmd = [
             qemu, "-enable-kvm", "-cpu", "max,-arch-capabilities", "-M", "pc",
             "-smp", str(vcpus), "-m", "64", "-display", "none", "-nodefaults",
             "-no-reboot", "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-            # debug-threads names the vCPU threads "CPU n/KVM", as vmtrace expects.
+            # debug-threads names the vCPU threads "CPU n/KVM" and the
+            # IOThread "IO iothread0", as vmtrace expects.
             "-name", "vmtrace-bench,debug-threads=on",
             "-kernel", str(image), "-append", append,
         ]
+        if disk is not None:
+            cmd += _qemu_blk_args(disk, blk or "bql")
+        return cmd
     if vmm == "reference":
-        return [
+        cmd = [
             sys.executable, "-m", "vmtrace.reference_vmm", "run", "--image", str(image),
             "--vcpus", str(vcpus), "--locking", locking or "bql", "--append", append,
         ]
+        if disk is not None:
+            cmd += ["--disk", str(disk), "--blk", blk or "bql"]
+        return cmd
     raise VmtraceError(f"unknown VMM {vmm!r}: choose one of {', '.join(VMMS)}")
 
 
+def _qemu_blk_args(disk: Path, blk: str) -> list[str]:
+    # Legacy virtio-pci (the guest's driver, and what the reference VMM
+    # offers), one queue as the guest negotiates no VIRTIO_BLK_F_MQ anyway.
+    # cache=none keeps the host page cache out of the measured path; a file
+    # system without O_DIRECT (tmpfs) gets writeback instead.  aio=threads
+    # works with either.
+    cache = "none" if supports_o_direct(disk) else "writeback"
+    device = "virtio-blk-pci,disable-modern=on,drive=vmtrace-disk,num-queues=1"
+    args = ["-drive", f"file={disk},if=none,id=vmtrace-disk,format=raw,cache={cache},aio=threads"]
+    if blk == "dataplane":
+        args += ["-object", "iothread,id=iothread0"]
+        device += ",iothread=iothread0"
+    return args + ["-device", device]
+
+
 def parse_bench_output(text: str) -> dict[str, Any]:
-    """The ``VMTRACE-BENCH`` records of a guest's serial output, by kind."""
-    out: dict[str, Any] = {"begin": {}, "result": [], "summary": [], "check": {}, "error": [], "end": {}}
+    """The ``VMTRACE-BENCH`` records of a guest's serial output, by kind:
+    lists for ``result``, ``summary``, ``error``, ``checksum`` and
+    ``malformed``; ``check`` merged into one dict of ints; the last record
+    for any other kind (``begin``, ``end``, ``blkdev``, ...)."""
+    out: dict[str, Any] = {"begin": {}, "result": [], "summary": [], "check": {}, "error": [], "end": {},
+                           "checksum": [], "malformed": [], "blkdev": {}}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if not m:
             continue
         kind, rest = m.group(1), m.group(2)
         fields = {k: v.strip('"') for k, v in _KV.findall(rest)}
-        if kind in ("result", "summary", "error"):
+        if kind in ("result", "summary", "error", "checksum", "malformed"):
             out[kind].append(fields)
         elif kind == "check":
             out["check"].update({k: int(v) for k, v in fields.items() if v.lstrip("-").isdigit()})
@@ -130,24 +181,29 @@ def parse_bench_output(text: str) -> dict[str, Any]:
 
 
 def _result(vmm: str, bench: str, parsed: dict[str, Any], status: int, wall: float,
-            cmd: list[str], locking: str | None, output: str) -> BenchResult:
+            cmd: list[str], locking: str | None, output: str, stderr: str = "",
+            blk: dict[str, Any] | None = None) -> BenchResult:
     if parsed["error"]:
         raise TargetError(f"the guest reported an error: {parsed['error'][0].get('msg', parsed['error'][0])}")
     summaries = [s for s in parsed["summary"] if s.get("bench") == bench]
-    if not summaries:
-        tail = " | ".join(output.strip().splitlines()[-3:]) or "no output"
+    untimed = bench == "blk_malformed" and parsed["malformed"]
+    if not summaries and not untimed:
+        # The VMM's own complaint (a disk it cannot open) is on stderr.
+        lines = output.strip().splitlines()[-3:] + stderr.strip().splitlines()[-2:]
+        tail = " | ".join(line.strip() for line in lines if line.strip()) or "no output"
         raise TargetError(f"{vmm} exited with status {status} before the guest printed results ({tail})")
-    summary = summaries[-1]
-    per = [float(r["cycles_per_op"]) for r in parsed["result"] if r.get("bench") == bench]
+    summary = summaries[-1] if summaries else {}
+    results = [r for r in parsed["result"] if r.get("bench") == bench]
+    per = [float(r["cycles_per_op"]) for r in results]
     begin = parsed["begin"]
     port = begin.get("pm_port")
-    return BenchResult(
+    res = BenchResult(
         vmm=vmm,
         bench=bench,
-        vcpus=int(summary.get("vcpus", len(per))),
+        vcpus=int(summary.get("vcpus", begin.get("vcpus", len(per)))),
         iterations=int(summary.get("iterations", 0)),
         tsc_hz=int(begin.get("tsc_hz", 0)),
-        cycles_per_op=float(summary["cycles_per_op"]),
+        cycles_per_op=float(summary["cycles_per_op"]) if summary else None,
         per_vcpu=per,
         pm_port=int(port, 0) if port else None,
         exit_status=status,
@@ -156,6 +212,20 @@ def _result(vmm: str, bench: str, parsed: dict[str, Any], status: int, wall: flo
         command=cmd,
         checks=parsed["check"],
     )
+    if bench in BLK_BENCHES:
+        blk = blk or {}
+        res.queue_depth = blk.get("queue_depth")
+        res.blk = blk.get("blk")
+        res.disk = blk.get("disk")
+        if summary:
+            res.iops = float(summary.get("iops", 0))
+            res.cycles_per_request = float(summary.get("cycles_per_request", summary["cycles_per_op"]))
+            res.errors = int(summary.get("errors", 0))
+        res.per_vcpu_iops = [float(r.get("iops", 0)) for r in results]
+        res.blkdev = dict(parsed["blkdev"])
+        res.checksums = [c for c in parsed["checksum"] if c.get("bench") == bench]
+        res.malformed = list(parsed["malformed"])
+    return res
 
 
 def run_bench(
@@ -169,22 +239,65 @@ def run_bench(
     precise: bool = False,
     timeout_s: float = 300.0,
     echo: bool = False,
+    queue_depth: int | None = None,
+    blk: str | None = None,
+    disk: Path | None = None,
 ) -> BenchResult:
     """Run ``bench`` on ``vmm`` with ``vcpus`` vCPUs; record it when
     ``record_to`` is given (the guest's results then land in the trace's
-    ``bench`` metadata, where the report puts them beside the traced cost)."""
+    ``bench`` metadata, where the report puts them beside the traced cost).
+
+    The blk_* benches take ``queue_depth`` (requests in flight per vCPU,
+    default 1), ``blk`` ("bql", the default, or "dataplane") and ``disk`` (a
+    raw image; by default a 64 MiB one made in a temporary directory and
+    removed afterwards).  blk_randwrite and blk_verify overwrite data on it."""
     if bench not in BENCHES:
         raise VmtraceError(f"unknown bench {bench!r}: choose one of {', '.join(BENCHES)}")
     if vcpus < 1 or vcpus > 64:
         raise VmtraceError("--vcpus must be between 1 and 64")
+    if iterations < 1:
+        raise VmtraceError("--iterations must be at least 1")
+    if vmm not in VMMS:
+        raise VmtraceError(f"unknown VMM {vmm!r}: choose one of {', '.join(VMMS)}")
     if vmm == "reference" and locking not in (None, *LOCKING_MODES):
         raise VmtraceError(f"unknown locking mode {locking!r}: choose one of {', '.join(LOCKING_MODES)}")
     if vmm == "qemu" and locking not in (None, "bql"):
         raise VmtraceError("QEMU's locking is fixed by its version: --locking applies to --vmm reference")
+    is_blk = bench in BLK_BENCHES
+    if not is_blk and (queue_depth is not None or blk is not None or disk is not None):
+        raise VmtraceError(f"--queue-depth, --blk and --disk apply to the {', '.join(BLK_BENCHES)} benches, not {bench}")
+    if is_blk:
+        queue_depth = 1 if queue_depth is None else queue_depth
+        if not 1 <= queue_depth <= 64:
+            raise VmtraceError("--queue-depth must be between 1 and 64")
+        blk = blk or "bql"
+        if blk not in BLK_MODES:
+            raise VmtraceError(f"unknown --blk mode {blk!r}: choose one of {', '.join(BLK_MODES)}")
+        if disk is not None:
+            check_disk(disk)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise VmtraceError("no usable /dev/kvm: load the kvm module and run as root (or join group kvm)")
     image = guest_image()
-    cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking)
+    if not is_blk:
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking)
+        return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None)
+    extra = f"qd={queue_depth}"
+    if bench in ("blk_randread", "blk_randwrite"):
+        # A short untimed run first: the host's first touches of the image
+        # and QEMU's first requests are slower than the steady state.
+        extra += f" warmup={min(1000, max(1, iterations // 10))}"
+    with tempfile.TemporaryDirectory(prefix="vmtrace-disk-") as tmp:
+        if disk is None:
+            disk = make_disk(Path(tmp) / "disk.img", DEFAULT_DISK_BYTES)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk)
+        info = {"queue_depth": queue_depth, "blk": blk, "disk": None if Path(tmp) in disk.parents else str(disk)}
+        return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info)
+
+
+def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_to: Path | None,
+             backend: str, precise: bool, timeout_s: float, echo: bool,
+             blk: dict[str, Any] | None) -> BenchResult:
+    stderr = ""
     with tempfile.TemporaryFile(mode="w+") as out:
         t0 = time.monotonic()
         if record_to is None:
@@ -195,6 +308,7 @@ def run_bench(
             except subprocess.TimeoutExpired:
                 raise TargetError(f"{vmm} did not finish within {timeout_s:.0f}s") from None
             status = proc.returncode
+            stderr = proc.stderr or ""
         else:
             from .record import record
 
@@ -206,7 +320,8 @@ def run_bench(
                 text = out.read()
                 holder["text"] = text
                 try:
-                    res = _result(vmm, bench, parse_bench_output(text), -1, time.monotonic() - t0, cmd, locking, text)
+                    res = _result(vmm, bench, parse_bench_output(text), -1, time.monotonic() - t0, cmd, locking,
+                                  text, blk=blk)
                     return {"bench": res.to_json()}
                 except VmtraceError:
                     return {"bench": None}
@@ -219,7 +334,7 @@ def run_bench(
         text = out.read()
     if echo:
         sys.stdout.write(text)
-    result = _result(vmm, bench, parse_bench_output(text), status, wall, cmd, locking, text)
+    result = _result(vmm, bench, parse_bench_output(text), status, wall, cmd, locking, text, stderr, blk)
     if record_to is not None:
         result.trace = str(record_to)
     return result

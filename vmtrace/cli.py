@@ -126,7 +126,7 @@ def report(
 @friendly
 def bench(
     vmm: str = typer.Option("reference", "--vmm", help="qemu or reference (the bundled Python VMM)."),
-    bench_name: str = typer.Option("inl_pmtimer", "--bench", help="inl_pmtimer (ACPI PM timer read), inl_vmm (a port nobody claims), inl_kernel (a port KVM answers), cpuid."),
+    bench_name: str = typer.Option("inl_pmtimer", "--bench", help="inl_pmtimer (ACPI PM timer read), inl_vmm (a port nobody claims), inl_kernel (a port KVM answers), cpuid; on a virtio-blk disk: blk_randread, blk_randwrite (random 4 KiB requests), blk_verify (pattern written, read back, checksummed), blk_malformed (what the device answers to bad requests)."),
     vcpus: int = typer.Option(1, "--vcpus", help="Number of vCPUs; every vCPU runs the loop at once."),
     iterations: int = typer.Option(20000, "--iterations", help="Operations per vCPU."),
     locking: Optional[str] = typer.Option(None, "--locking", help="Reference VMM only: 2013, bql or unlocked."),
@@ -134,21 +134,31 @@ def bench(
     backend: str = typer.Option("auto", "--backend", help="Recording backend with --record."),
     precise: bool = typer.Option(False, "--precise", help="Precise recording (see vmtrace record --help)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    queue_depth: Optional[int] = typer.Option(None, "--queue-depth", help="blk_* benches: requests in flight per vCPU (default 1)."),
+    blk_mode: Optional[str] = typer.Option(None, "--blk", help="blk_* benches: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL)."),
+    disk: Optional[Path] = typer.Option(None, "--disk", help="blk_* benches: raw disk image (default: a 64 MiB one in a temporary directory). blk_randwrite and blk_verify overwrite data on it."),
 ) -> None:
     """Run the benchmark guest and print the guest-measured cycles per operation.
 
       vmtrace bench --vmm qemu --bench inl_pmtimer --vcpus 2 --json
+
+      vmtrace bench --vmm qemu --bench blk_randread --vcpus 2 --queue-depth 16 --blk dataplane
 
     With --record the run is traced, and `vmtrace report` puts the guest's
     own number beside the traced breakdown.
     """
     from .bench import run_bench
 
-    result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise)
+    result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
+                       queue_depth=queue_depth, blk=blk_mode, disk=disk)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
     from rich.table import Table
+
+    if result.blk is not None:
+        _render_blk(result, Console())
+        return
 
     t = Table(title=f"{result.bench} on {result.vmm}" + (f" (locking {result.locking})" if result.locking else ""),
               title_justify="left")
@@ -160,6 +170,37 @@ def bench(
     console = Console()
     console.print(t)
     console.print(f"{result.iterations:,} iterations per vCPU, TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
+    if result.trace:
+        console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
+
+
+def _render_blk(result: Any, console: Console) -> None:
+    from rich.table import Table
+
+    console.print(f"{result.bench} on {result.vmm}, --blk {result.blk}, queue depth {result.queue_depth}")
+    if result.malformed:
+        t = Table()
+        for col in ("kind", "answered", "status", "used len", "then ok"):
+            t.add_column(col)
+        for m in result.malformed:
+            t.add_row(m.get("kind", "?"), m.get("answered", "?"), m.get("status", "?"), m.get("used_len", "?"),
+                      m.get("then_ok", "?"))
+        console.print(t)
+    else:
+        t = Table()
+        t.add_column("vCPU", justify="right")
+        t.add_column("cycles/request", justify="right")
+        t.add_column("IOPS", justify="right")
+        for i, (c, iops) in enumerate(zip(result.per_vcpu, result.per_vcpu_iops)):
+            t.add_row(str(i), f"{c:,.0f}", f"{iops:,.0f}")
+        t.add_row("[bold]all[/]", f"[bold]{result.cycles_per_request:,.0f}[/]", f"[bold]{result.iops:,.0f}[/]")
+        console.print(t)
+        console.print(f"{result.iterations:,} requests per vCPU, {result.errors} errors, "
+                      f"TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
+    for c in result.checksums:
+        console.print(f"checksum {c.get('region')}: sector {c.get('sector')}, {c.get('blocks')} blocks, {c.get('fnv')}")
+    for name, value in result.checks.items():
+        console.print(f"check {name}={value}")
     if result.trace:
         console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
 

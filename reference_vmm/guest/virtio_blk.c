@@ -182,7 +182,8 @@ static int start_device(int first, const char **err)
             return -1;
         }
         if (blk.nslots * BLK_DESC_PER_SLOT > blk.qsize) {
-            *err = "vcpus * qd * 3 descriptors do not fit in the device's queue";
+            *err = "vcpus * qd * 3 descriptors do not fit in the device's queue "
+                   "(QEMU's has 256: vcpus * qd <= 85)";
             return -1;
         }
     } else if (inw((uint16_t)(io + VIRTIO_PCI_QUEUE_NUM)) != blk.qsize) {
