@@ -103,6 +103,7 @@ def report(
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer)."),
     all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report (breakdown, exits, locks, off-CPU, timeline) to this file."),
 ) -> None:
     """Show where each userspace exit's cycles go, and the BQL's share.
 
@@ -115,7 +116,13 @@ def report(
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
     port_no = _parse_int(port, "--port") if port else None
-    b = compute(read_trace(trace), port=port_no, timed_loop=not all_exits)
+    tr = read_trace(trace)
+    b = compute(tr, port=port_no, timed_loop=not all_exits)
+    if html is not None:
+        from .render.html import write_html_report
+
+        # On stderr, so that --format json keeps stdout one JSON document.
+        err_console.print(f"vmtrace: wrote {write_html_report(tr, html, port=port_no, timed_loop=not all_exits)}")
     if fmt == "json":
         print(json.dumps(render_json_safe(b.to_json()), indent=2))
     else:
@@ -251,6 +258,28 @@ def vmm_run(
     cmd = [sys.executable, "-m", "vmtrace.reference_vmm", "run", "--image", str(image), "--vcpus", str(vcpus),
            "--locking", locking, "--mem", str(mem), "--append", " ".join(guest_args)]
     raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+@friendly
+def export(
+    trace: Path = typer.Argument(..., help="A trace written by vmtrace record or vmtrace bench --record."),
+    perfetto: Optional[Path] = typer.Option(None, "--perfetto", help="Write the timeline as Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing (a name ending in .gz compresses it)."),
+) -> None:
+    """Export a trace's per-thread timeline to another tool.
+
+      vmtrace export run.vmtrace --perfetto run.json     # open it in ui.perfetto.dev
+
+    One track per thread (CPU 0/KVM, ...); on vCPU tracks each exit is a
+    slice holding its components (vmexit, emulator, dispatch, device, BQL
+    wait, ...) and, inside those, the time spent off CPU.
+    """
+    from .export.perfetto import write_perfetto
+    from .trace import read_trace
+
+    if perfetto is None:
+        raise VmtraceError("nothing to export: give --perfetto OUT")
+    err_console.print(f"vmtrace: wrote {write_perfetto(read_trace(trace), perfetto)}")
 
 
 def _parse_int(text: str, what: str) -> int:
