@@ -242,6 +242,7 @@ def run_bench(
     queue_depth: int | None = None,
     blk: str | None = None,
     disk: Path | None = None,
+    guest_args: str = "",
 ) -> BenchResult:
     """Run ``bench`` on ``vmm`` with ``vcpus`` vCPUs; record it when
     ``record_to`` is given (the guest's results then land in the trace's
@@ -250,7 +251,9 @@ def run_bench(
     The blk_* benches take ``queue_depth`` (requests in flight per vCPU,
     default 1), ``blk`` ("bql", the default, or "dataplane") and ``disk`` (a
     raw image; by default a 64 MiB one made in a temporary directory and
-    removed afterwards).  blk_randwrite and blk_verify overwrite data on it."""
+    removed afterwards).  blk_randwrite and blk_verify overwrite data on it.
+    ``guest_args`` go to the guest's command line as they are (``seed=7
+    write_sector=100 ...``: see the guest README)."""
     if bench not in BENCHES:
         raise VmtraceError(f"unknown bench {bench!r}: choose one of {', '.join(BENCHES)}")
     if vcpus < 1 or vcpus > 64:
@@ -279,13 +282,14 @@ def run_bench(
         raise VmtraceError("no usable /dev/kvm: load the kvm module and run as root (or join group kvm)")
     image = guest_image()
     if not is_blk:
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args)
         return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None)
     extra = f"qd={queue_depth}"
     if bench in ("blk_randread", "blk_randwrite"):
         # A short untimed run first: the host's first touches of the image
         # and QEMU's first requests are slower than the steady state.
         extra += f" warmup={min(1000, max(1, iterations // 10))}"
+    extra = f"{extra} {guest_args}".strip()
     with tempfile.TemporaryDirectory(prefix="vmtrace-disk-") as tmp:
         if disk is None:
             disk = make_disk(Path(tmp) / "disk.img", DEFAULT_DISK_BYTES)
