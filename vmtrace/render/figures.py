@@ -215,7 +215,7 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
         fig.add_scatter(
             x=[list(np.asarray(x[0])[has_g]), list(np.asarray(x[1])[has_g])], y=guest[has_g].to_numpy(),
             mode="markers", name="guest-measured cycles/op",
-            marker={"symbol": "line-ew-open", "size": 28, "line": {"width": 3, "color": "black"}},
+            marker={"symbol": "line-ew-open", "size": 28, "color": "black", "line": {"width": 3, "color": "black"}},
             hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>",
         )
     effect = pd.to_numeric(df.get("observer_effect", pd.Series(np.nan, index=df.index)), errors="coerce")
@@ -262,7 +262,7 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
         if g.notna().any():
             fig.add_scatter(x=list(g[g.notna()].index), y=g[g.notna()].to_numpy(dtype=np.float64), mode="markers",
                             name="guest-measured cycles/op",
-                            marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3, "color": "black"}},
+                            marker={"symbol": "line-ew-open", "size": 40, "color": "black", "line": {"width": 3, "color": "black"}},
                             hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>")
     totals = [sum(values[lab].values()) for lab in labels]
     if len(labels) > 1 and totals[0]:

@@ -75,7 +75,7 @@ p { line-height: 1.45; margin: 6px 0; } .meta { color: #555; font-size: 0.92em; 
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.9em; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
 th { background: #f5f5f5; } td:first-child, th:first-child { text-align: left; }
-nav a { margin-right: 14px; } .fig { margin: 8px 0 20px; }
+nav a { margin-right: 14px; } .fig { margin: 8px 0 20px; } .table { overflow-x: auto; }
 .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 5px; vertical-align: baseline; }
 """
 
@@ -88,7 +88,7 @@ def _table(df: pd.DataFrame) -> str:
     for row in df.itertuples(index=False):
         cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _fmt(v: Any) -> str:
@@ -328,27 +328,68 @@ def report_sections(
                 intro="Where the cycles of one userspace exit go: the components partition the time from one "
                       "KVM_RUN to the next (guest, vmexit, emulator, the VMM's exit path and dispatch, device "
                       "callback, lock wait with the BQL apart)."),
-        Section("Exits", [_by_kind(b)], intro="Mean cycles per exit by exit kind and port or address."),
+        _exits_section(trace, b, port),
     ]
-    # HOOK(analyses.exits): when it lands, draw "Exits" from its result as
-    # the two sections below do from analyses.locks and analyses.offcpu.
     sections.append(_locks_section(trace, spans, labels))
     sections.append(_offcpu_section(trace, spans, labels))
     sections.append(_timeline_section(trace, spans, b, t0, max_spans, bins))
     return _header(trace, b), sections
 
 
-def _run_analysis(module: str, function: str, trace: Trace) -> tuple[Any, str]:
+def _run_analysis(module: str, function: str, trace: Trace, **kw: Any) -> tuple[Any, str]:
     """(result, "") from ``vmtrace.analyses.MODULE.FUNCTION(trace)``, or
     (None, why not) when this version lacks it or the trace cannot feed it."""
     mod = _analysis(module)
     fn = getattr(mod, function, None) if mod is not None else None
     if fn is None:
-        return None, f"analyses/{module}.py is not in this version: drawn from the timeline. "
+        return None, f"analyses/{module}.py is not in this version: drawn from the breakdown and timeline. "
     try:
-        return fn(trace), ""
+        return fn(trace, **kw), ""
     except VmtraceError as err:
-        return None, f"analyses/{module}.py cannot run on this trace ({err}): drawn from the timeline. "
+        return None, f"analyses/{module}.py cannot run on this trace ({err}): drawn from the breakdown. "
+
+
+def _exits_section(trace: Trace, b: Breakdown, port: int | None) -> Section:
+    intro = "Mean cycles per exit by component, by exit kind and port or address (the summarised exits). "
+    items: list[Any] = [_by_kind(b)]
+    stats, why = _run_analysis("exits", "exit_stats", trace, port=port)
+    if stats is None:
+        return Section("Exits", items, intro=f"({why.strip()}) " + intro)
+    acc = stats.by_access
+    if acc is not None and len(acc):
+        top = acc.head(12)
+        label = [f"{k} {'' if pd.isna(a) else hex(int(a))} {d}" for k, a, d in
+                 zip(top["kind"], top["addr"], top.get("dir", [""] * len(top)))]
+        fig = go.Figure(go.Bar(y=label, x=top["count"], orientation="h", marker_color=COMPONENT_COLORS["vmexit"],
+                               customdata=np.round(top["mean_ns"].to_numpy(dtype=np.float64) / 1e3, 2),
+                               hovertemplate="%{y}: %{x:,} exits, mean %{customdata} µs<extra></extra>"))
+        fig.update_layout(template=TEMPLATE, height=160 + 28 * len(top), yaxis_autorange="reversed",
+                          title={"text": "Every exit of the trace by access, as perf kvm stat counts them", "x": 0,
+                                 "y": 0.97, "yanchor": "top"},
+                          xaxis_title="exits", margin={"t": 70})
+        items.append(fig)
+        items.append(_stat_table(acc.assign(addr=acc["addr"].map(lambda a: "-" if pd.isna(a) else hex(int(a)))),
+                                 ["kind", "addr", "dir"]))
+    if stats.by_reason is not None and len(stats.by_reason):
+        items.append(_stat_table(stats.by_reason, ["reason", "handled"]))
+    items += [f"note: {n}" for n in getattr(stats, "notes", [])]
+    return Section("Exits", items, intro=intro + f"Then every exit by access and by reason, timed from "
+                   f"{stats.source} events.")
+
+
+def _stat_table(df: pd.DataFrame, keys: list[str], limit: int = 15) -> pd.DataFrame:
+    """``exit_table`` columns with times in µs and shares in %."""
+    out = df[[k for k in keys if k in df]].head(limit).copy()
+    for c in ("count", "userspace"):
+        if c in df:
+            out[c] = df[c].head(limit)
+    for c in ("share", "time_share"):
+        if c in df:
+            out[f"{c} %"] = (100 * df[c].head(limit).astype(float)).round(2)
+    for c in ("mean_ns", "p50_ns", "p99_ns", "max_ns"):
+        if c in df:
+            out[c.replace("_ns", " µs")] = (df[c].head(limit).astype(float) / 1e3).round(2)
+    return out
 
 
 def _locks_section(trace: Trace, spans: pd.DataFrame, labels: dict[int, str]) -> Section:
