@@ -188,6 +188,10 @@ class BccCollector(Collector):
         except Exception as err:  # bcc raises bare Exception on compile/load errors
             raise HostError(f"bcc could not load the BPF program: {str(err).splitlines()[0]}") from None
         self._bpf[b"targets"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        slots = self._bpf[b"slots"]
+        slot = slots[ctypes.c_int(pid & 0xFFFF)]
+        slot.target = pid
+        slots[ctypes.c_int(pid & 0xFFFF)] = slot
         self._bpf[b"bql_word"][ctypes.c_int(0)] = ctypes.c_uint64(0)
         self._spool = open(self._spool_path, "wb")
         self._bpf[b"rb"].open_ring_buffer(self._on_chunk)

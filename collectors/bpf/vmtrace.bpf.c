@@ -13,6 +13,8 @@
 
 #define CHUNK_RECS 128
 #define KVM_RUN_CMD 0xAE80
+#define NR_IOCTL 16   // x86_64 syscall numbers: KVM here is x86 only
+#define NR_FUTEX 202
 
 struct rec {
     u64 ts;
@@ -35,15 +37,46 @@ struct chunk {
 BPF_RINGBUF_OUTPUT(rb, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(chunks, struct chunk, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
-BPF_HASH(targets, u32, u8, 1024);   // tgids being traced
-BPF_HASH(tids, u32, u8, 65536);      // threads of the target seen so far
-BPF_HASH(in_run, u32, u8, 4096);     // threads inside ioctl(KVM_RUN)
+BPF_HASH(targets, u32, u8, 1024);   // tgids being traced (the full list)
+// The hot path asks "is this a target / a known thread / inside KVM_RUN?" on
+// every ioctl, futex and context switch of the host.  Hash maps answer that
+// with locking and hashing; these direct-mapped arrays (slot = id & 0xffff,
+// holding the full id so another id in the same slot never matches) answer
+// with one load.  Two live target threads sharing a slot would shadow each
+// other; with pid_max 4M that needs 64 target threads in one slot's class.
+#define SLOTS 65536
+struct slot {
+    u32 target;  // tgid of a traced process
+    u32 seen;    // tid of a target thread already named
+    u32 run;     // tid of a thread inside ioctl(KVM_RUN)
+};
+BPF_ARRAY(slots, struct slot, SLOTS);
 BPF_ARRAY(bql_word, u64, 1);         // the BQL's futex word, once identified
 BPF_HASH(bql_pending, u32, u8, 4096);  // inside the BQL lock function
 
+static __always_inline struct slot *slot_of(u32 id) {
+    int i = id & (SLOTS - 1);
+    return slots.lookup(&i);
+}
+
+#define SLOT_HAS(field, id) slot_has_##field(id)
+#define SLOT_SET(field, id, value) slot_set_##field(id, value)
+#define SLOT_FIELD(field)                                                    \
+    static __always_inline int slot_has_##field(u32 id) {                    \
+        struct slot *s = slot_of(id);                                        \
+        return s && s->field == id;                                          \
+    }                                                                        \
+    static __always_inline void slot_set_##field(u32 id, u32 value) {        \
+        struct slot *s = slot_of(id);                                        \
+        if (s)                                                               \
+            s->field = value;                                                \
+    }
+SLOT_FIELD(target)
+SLOT_FIELD(seen)
+SLOT_FIELD(run)
+
 static __always_inline int is_target(void) {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    return targets.lookup(&tgid) != NULL;
+    return SLOT_HAS(target, bpf_get_current_pid_tgid() >> 32);
 }
 
 static __always_inline void flush_chunk(struct chunk *c) {
@@ -95,9 +128,8 @@ static __always_inline void emit_comm(u32 tid, const char *comm16) {
 }
 
 static __always_inline void note_thread(u32 tid) {
-    u8 one = 1;
-    if (tids.lookup(&tid) == NULL) {
-        tids.update(&tid, &one);
+    if (!SLOT_HAS(seen, tid)) {
+        SLOT_SET(seen, tid, tid);
         char comm[16] = {};
         bpf_get_current_comm(comm, sizeof(comm));
         emit_comm(tid, comm);
@@ -108,30 +140,57 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     u32 parent = args->parent_pid;
     u32 child = args->child_pid;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (targets.lookup(&tgid) || targets.lookup(&parent)) {
+    if (SLOT_HAS(target, tgid) || SLOT_HAS(target, parent)) {
         u8 one = 1;
         targets.update(&child, &one);
+        SLOT_SET(target, child, child);
     }
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_ioctl) {
-    if (args->cmd != KVM_RUN_CMD || !is_target())
+// The syscalls come through the raw sys_enter/sys_exit tracepoints.  Any
+// syscall tracepoint already sends every syscall of the host down the
+// tracing path; the per-syscall ones then build a perf record of the
+// arguments for the program.  The raw ones hand over the registers, and a
+// syscall that is neither ioctl nor futex leaves after one compare.
+RAW_TRACEPOINT_PROBE(sys_enter) {
+    long nr = (long)ctx->args[1];
+    if (nr != NR_IOCTL && nr != NR_FUTEX)
         return 0;
+    if (!is_target())
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    u64 a0 = 0, a1 = 0;
+    bpf_probe_read_kernel(&a0, sizeof(a0), &regs->di);
+    bpf_probe_read_kernel(&a1, sizeof(a1), &regs->si);
     u32 tid = cur_tid();
-    u8 one = 1;
-    note_thread(tid);
-    in_run.update(&tid, &one);
-    emit(tid, EV_RUN_ENTER, 0, 0, 0, 0, 0);
+    if (nr == NR_IOCTL) {
+        if ((u32)a1 != KVM_RUN_CMD)
+            return 0;
+        note_thread(tid);
+        SLOT_SET(run, tid, tid);
+        emit(tid, EV_RUN_ENTER, 0, 0, 0, 0, 0);
+    } else {
+        note_thread(tid);
+        emit(tid, EV_FUTEX_ENTER, a0, (s32)a1, 0, 0, 0);
+    }
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_ioctl) {
+RAW_TRACEPOINT_PROBE(sys_exit) {
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long nr = 0;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    s64 ret = (s64)ctx->args[1];
     u32 tid = cur_tid();
-    if (in_run.lookup(&tid) == NULL)
-        return 0;
-    in_run.delete(&tid);
-    emit(tid, EV_RUN_EXIT, 0, args->ret, 0, 0, 0);
+    if (nr == NR_IOCTL) {
+        if (!SLOT_HAS(run, tid))
+            return 0;
+        SLOT_SET(run, tid, 0);
+        emit(tid, EV_RUN_EXIT, 0, ret, 0, 0, 0);
+    } else if (nr == NR_FUTEX && is_target()) {
+        emit(tid, EV_FUTEX_EXIT, 0, ret, 0, 0, 0);
+    }
     return 0;
 }
 
@@ -153,49 +212,63 @@ TRACEPOINT_PROBE(kvm, kvm_exit) {
 }
 #endif
 
-TRACEPOINT_PROBE(kvm, kvm_pio) {
+// The kvm events use raw tracepoints: the program gets the tracepoint's own
+// arguments, and the kernel skips formatting a perf record nobody reads.
+// That record-building was most of the per-exit cost of these probes.
+
+// An access's data, 1 to 8 bytes; the branches give the verifier constant sizes.
+static __always_inline void read_value(u64 *val, u32 size, const void *data) {
+    if (size >= 8)
+        bpf_probe_read_kernel(val, 8, data);
+    else if (size >= 4)
+        bpf_probe_read_kernel(val, 4, data);
+    else if (size >= 2)
+        bpf_probe_read_kernel(val, 2, data);
+    else if (size == 1)
+        bpf_probe_read_kernel(val, 1, data);
+}
+
+// kvm_pio(rw, port, size, count, const void *data)
+RAW_TRACEPOINT_PROBE(kvm_pio) {
     if (!is_target())
         return 0;
-    emit(cur_tid(), EV_PIO, args->port, args->val, args->size, args->rw != 0, 0);
+    u32 size = (u32)ctx->args[2];
+    u64 val = 0;
+    const void *data = (const void *)ctx->args[4];
+    if (data)
+        read_value(&val, size, data);
+    emit(cur_tid(), EV_PIO, (u32)ctx->args[1], val, size, (u32)ctx->args[0] != 0, 0);
     return 0;
 }
 
-TRACEPOINT_PROBE(kvm, kvm_mmio) {
+// kvm_mmio(int type, int len, u64 gpa, void *val); KVM_TRACE_MMIO_WRITE is 2
+RAW_TRACEPOINT_PROBE(kvm_mmio) {
     if (!is_target())
         return 0;
-    // KVM_TRACE_MMIO_WRITE is 2
-    emit(cur_tid(), EV_MMIO, args->gpa, args->val, args->len, args->type == 2, 0);
+    u32 len = (u32)ctx->args[1];
+    u64 val = 0;
+    const void *data = (const void *)ctx->args[3];
+    if (data)
+        read_value(&val, len, data);
+    emit(cur_tid(), EV_MMIO, ctx->args[2], val, len, (int)ctx->args[0] == 2, 0);
     return 0;
 }
 
-TRACEPOINT_PROBE(kvm, kvm_msr) {
+// kvm_msr(unsigned write, u32 ecx, u64 data, bool exception)
+RAW_TRACEPOINT_PROBE(kvm_msr) {
     if (!is_target())
         return 0;
-    emit(cur_tid(), EV_MSR, args->ecx, args->data, 0, args->write != 0, 0);
+    emit(cur_tid(), EV_MSR, (u32)ctx->args[1], ctx->args[2], 0, (u32)ctx->args[0] != 0, 0);
     return 0;
 }
 
-TRACEPOINT_PROBE(kvm, kvm_userspace_exit) {
+// kvm_userspace_exit(u32 reason, int errno)
+RAW_TRACEPOINT_PROBE(kvm_userspace_exit) {
     if (!is_target())
         return 0;
-    s64 v = args->errno < 0 ? (s64)args->errno : (s64)args->reason;
+    int err = (int)ctx->args[1];
+    s64 v = err < 0 ? (s64)err : (s64)(u32)ctx->args[0];
     emit(cur_tid(), EV_USERSPACE_EXIT, 0, v, 0, 0, 0);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_futex) {
-    if (!is_target())
-        return 0;
-    u32 tid = cur_tid();
-    note_thread(tid);
-    emit(tid, EV_FUTEX_ENTER, (u64)args->uaddr, args->op, 0, 0, 0);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_futex) {
-    if (!is_target())
-        return 0;
-    emit(cur_tid(), EV_FUTEX_EXIT, 0, args->ret, 0, 0, 0);
     return 0;
 }
 
@@ -207,14 +280,14 @@ TRACEPOINT_PROBE(sched, sched_switch) {
         note_thread(prev);
         emit(prev, EV_SCHED_OUT, 0, args->prev_state, 0, 0, next);
     }
-    if (next != 0 && tids.lookup(&next))
+    if (next != 0 && SLOT_HAS(seen, next))
         emit(next, EV_SCHED_IN, 0, 0, 0, 0, prev);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_wakeup) {
     u32 pid = args->pid;
-    if (tids.lookup(&pid) == NULL)
+    if (!SLOT_HAS(seen, pid))
         return 0;
     emit(pid, EV_WAKEUP, 0, 0, 0, 0, cur_tid());
     return 0;
