@@ -4,8 +4,16 @@ As QEMU's ``dma_memory_map``/``address_space_map``: a guest-physical range
 is translated through the address space's current FlatView into host views
 of RAM.  A range that touches anything but RAM (a hole, MMIO, past the end
 of the address space) raises :class:`DmaError`; the device decides what that
-means for the guest (virtio marks itself broken).  Unlike QEMU there is no
-bounce buffer for MMIO: a device cannot DMA into another device here.
+means for the guest (virtio marks itself broken).
+
+Except once per request: QEMU maps a non-RAM range into its one bounce
+buffer (at most a page, and only while nobody else holds it), and a virtio
+request with a single such buffer goes through.  A guest sees the difference
+(``blk_malformed``: a data buffer outside RAM completes with S_OK on QEMU), so
+:meth:`GuestMemory.map` does the same when given a :class:`Bounce`: the
+window reads as zeros (what QEMU's DMA reads from unassigned memory) and
+what the device writes there goes nowhere.  It never reaches a device's
+registers or any host memory but the bounce page itself.
 
 The views alias the RAM mapping itself: a device writes guest memory in
 place and ``preadv`` fills it without a copy.  The caller holds the RCU read
@@ -15,11 +23,24 @@ releases them when the request is done.
 
 from __future__ import annotations
 
-from .address_space import AddressSpace
+from typing import Optional
 
-__all__ = ["DmaError", "GuestMemory"]
+from .address_space import AddressSpace
+from .flatview import FlatView
+
+__all__ = ["DmaError", "GuestMemory", "Bounce", "BOUNCE_SIZE"]
 
 _ADDR_LIMIT = 1 << 64
+BOUNCE_SIZE = 4096  # QEMU's TARGET_PAGE_SIZE cap on its bounce buffer
+
+
+class Bounce:
+    """The one bounce window a request may use (QEMU's ``bounce.in_use``)."""
+
+    __slots__ = ("in_use",)
+
+    def __init__(self) -> None:
+        self.in_use = False
 
 
 class DmaError(Exception):
@@ -36,12 +57,14 @@ class GuestMemory:
 
     def __init__(self, space: AddressSpace) -> None:
         self.space = space
+        self.bounced = 0  # non-RAM windows handed out through a Bounce
 
-    def map(self, addr: int, length: int) -> list[memoryview]:
+    def map(self, addr: int, length: int, bounce: Optional[Bounce] = None) -> list[memoryview]:
         """Writable host views covering ``[addr, addr + length)``, split where RAM ranges split.
 
-        Raises :class:`DmaError` unless every byte is RAM.  Caller holds
-        ``rcu_read_lock()`` and calls ``release()`` on each view afterwards.
+        Raises :class:`DmaError` unless every byte is RAM, or, with ``bounce``
+        free, all but one window of at most :data:`BOUNCE_SIZE` bytes.
+        Caller holds ``rcu_read_lock()`` and calls ``release()`` on each view.
         """
         end = addr + length
         if addr < 0 or length < 0 or end > _ADDR_LIMIT:
@@ -51,15 +74,28 @@ class GuestMemory:
         pos = addr
         while pos < end:
             fr = view.lookup(pos)
-            if fr is None or fr.mr.kind != "ram":
+            if fr is not None and fr.mr.kind == "ram":
+                off = pos - fr.start + fr.offset_in_region
+                n = min(end, fr.end) - pos
+                out.append(memoryview(fr.mr.ram)[off : off + n])  # type: ignore[arg-type]
+            elif bounce is not None and not bounce.in_use:
+                bounce.in_use = True
+                self.bounced += 1
+                stop = fr.end if fr is not None else self._next_range(view, pos)
+                out.append(memoryview(bytearray(min(end, stop, pos + BOUNCE_SIZE) - pos)))
+            else:
                 for v in out:
                     v.release()
                 raise DmaError(addr, length)
-            off = pos - fr.start + fr.offset_in_region
-            n = min(end, fr.end) - pos
-            out.append(memoryview(fr.mr.ram)[off : off + n])  # type: ignore[arg-type]
-            pos += n
+            pos += len(out[-1])
         return out
+
+    @staticmethod
+    def _next_range(view: FlatView, pos: int) -> int:
+        for r in view.ranges:
+            if r.start > pos:
+                return r.start
+        return _ADDR_LIMIT
 
     def map_one(self, addr: int, length: int) -> memoryview:
         """As :meth:`map`, for a structure that must be one contiguous host range (a vring)."""

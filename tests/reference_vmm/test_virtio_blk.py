@@ -52,10 +52,15 @@ class Rig:
         self.dev = VirtIOBlock(self.backend, self.mem, serial=serial)
         self.irqs = 0
         self.dev.on_interrupt = self._irq
-        self.drv = RingDriver(self.mem.read, self.mem.write, RING)
+        self.drv = RingDriver(self.mem.read, self.guest_write, RING)
         self.dev.set_features(1 << VIRTIO_BLK_F_FLUSH)
         self.dev.set_queue_addr(0, RING)
         self.dev.set_status(7)
+
+    def guest_write(self, addr: int, data: bytes) -> None:
+        """A guest store: dropped where there is no RAM, as on unassigned memory."""
+        if self.mem.is_ram(addr, len(data)):
+            self.mem.write(addr, data)
 
     def _irq(self) -> None:
         self.irqs += 1
@@ -208,17 +213,14 @@ def _good_read(rig: Rig) -> None:
 def _broken_cases():
     ram_end = RAM_SIZE
 
-    def out_of_ram(r: Rig) -> None:
-        r.request(T_IN, 0, [Buf(ram_end - 256, 512, True)])  # runs off the end of RAM
+    def data_and_status_outside_ram(r: Rig) -> None:
+        r.request(T_IN, 0, [Buf(1 << 40, 512, True)], status=(1 << 40) + 0x1000)  # two bounce windows
 
-    def past_4g(r: Rig) -> None:
-        r.request(T_IN, 0, [Buf(1 << 40, 512, True)])
+    def more_than_a_page_outside_ram(r: Rig) -> None:
+        r.request(T_IN, 0, [Buf(ram_end - 256, 256 + 4097, True)])
 
-    def into_mmio(r: Rig) -> None:
-        r.request(T_IN, 0, [Buf(MMIO_BASE, 512, True)])
-
-    def header_out_of_ram(r: Rig) -> None:
-        r.drv.offer(r.drv.chain([Buf(ram_end + 0x1000, 16), Buf(STATUS, 1, True)]))
+    def header_and_data_outside_ram(r: Rig) -> None:
+        r.drv.offer(r.drv.chain([Buf(ram_end + 0x1000, 16), Buf(MMIO_BASE, 512, True), Buf(STATUS, 1, True)]))
 
     def loop(r: Rig) -> None:
         r.mem.write(HDR, struct.pack("<IIQ", T_IN, 0, 0))
@@ -278,8 +280,9 @@ def _broken_cases():
         r.drv.offer(0)
 
     return [
-        ("buffer-not-in-ram", out_of_ram), ("buffer-not-in-ram", past_4g), ("buffer-not-in-ram", into_mmio),
-        ("buffer-not-in-ram", header_out_of_ram), ("looped-descriptor", loop), ("looped-descriptor", self_loop),
+        ("buffer-not-in-ram", data_and_status_outside_ram), ("buffer-not-in-ram", more_than_a_page_outside_ram),
+        ("buffer-not-in-ram", header_and_data_outside_ram),
+        ("looped-descriptor", loop), ("looped-descriptor", self_loop),
         ("next-out-of-range", next_past_table), ("incorrect-order", readable_after_writable),
         ("zero-sized-buffer", zero_sized), ("missing-headers", no_status), ("missing-headers", no_header),
         ("outhdr-too-short", short_header), ("head-out-of-range", head_past_table), ("avail-index", avail_jumps),
@@ -304,17 +307,49 @@ def test_malformed_chain_breaks_the_device_until_reset(rig: Rig, kind: str, buil
     rig.dev.set_status(0)
     rig.dev.reset()
     assert not rig.dev.broken
-    rig.drv = RingDriver(rig.mem.read, rig.mem.write, RING)
+    rig.drv = RingDriver(rig.mem.read, rig.guest_write, RING)
     rig.dev.set_queue_addr(0, RING)
     rig.dev.set_status(7)
     _good_read(rig)
     assert len(rig.kick()) == 1 and rig.status(STATUS + 0x200) == S_OK
 
 
+@pytest.mark.parametrize("where", ["straddles-ram-end", "past-4g", "mmio"])
+def test_one_data_buffer_outside_ram_is_bounced_as_qemu_does(rig: Rig, where: str) -> None:
+    # QEMU maps one non-RAM window per request into its bounce buffer: the
+    # read completes, what lands outside RAM goes nowhere.
+    addr = {"straddles-ram-end": RAM_SIZE - 256, "past-4g": 1 << 40, "mmio": MMIO_BASE}[where]
+    head = rig.request(T_IN, 1, [Buf(addr, 512, True)])
+    assert rig.kick() == [(head, 513)]
+    assert rig.status() == S_OK and not rig.dev.broken and rig.mem.bounced == 1
+    if where == "straddles-ram-end":
+        assert rig.mem.read(RAM_SIZE - 256, 256) == rig.content[512:768]
+
+
+def test_header_outside_ram_reads_as_zeros(rig: Rig) -> None:
+    # A zero header is a read of sector 0; with no data buffer it moves nothing.
+    head = rig.request(T_OUT, 5, [Buf(DATA, 512, True)], hdr=RAM_SIZE + 0x1000)
+    assert rig.kick() == [(head, 513)]
+    assert rig.status() == S_OK and rig.mem.read(DATA, 512) == rig.content[:512]
+
+
+def test_status_outside_ram_is_never_seen(rig: Rig) -> None:
+    head = rig.request(T_IN, 0, [Buf(DATA, 512, True)], status=1 << 40)
+    assert rig.kick() == [(head, 513)]
+    assert rig.mem.read(DATA, 512) == rig.content[:512] and not rig.dev.broken
+
+
+def test_write_from_outside_ram_writes_zeros(rig: Rig) -> None:
+    rig.request(T_OUT, 2, [Buf(1 << 40, 512)])
+    rig.kick()
+    assert rig.status() == S_OK
+    assert rig.on_disk()[1024:1536] == bytes(512) and rig.on_disk()[1536:] == rig.content[1536:]
+
+
 def test_one_report_per_kind_but_every_error_counted(rig: Rig, capsys) -> None:
     for _ in range(3):
         rig.dev.reset()
-        rig.drv = RingDriver(rig.mem.read, rig.mem.write, RING)
+        rig.drv = RingDriver(rig.mem.read, rig.guest_write, RING)
         rig.dev.set_queue_addr(0, RING)
         rig.drv.offer(256)
         rig.kick()

@@ -288,6 +288,7 @@ class VirtIOPCIProxy(PciDevice):
             parts = ", ".join(f"{k} {requests[k]}" for k in
                               ("read", "write", "flush", "get-id", "unsupported", "ioerr-range", "ioerr-host"))
             lines.append(f"    requests: {total} ({parts})")
+        lines.append(f"    DMA windows outside RAM (bounced, as QEMU): {vdev.mem.bounced}")
         errors = sum(vdev.guest_errors.values())
         lines.append(f"    guest errors that broke the device: {errors}"
                      + (f" (last: {vdev.last_guest_error})" if errors else ""))

@@ -12,7 +12,8 @@ and stop; none of them escapes as a host error.  The checks follow QEMU's
 ``virtqueue_split_pop``: the head index, the avail index moving by more than
 the queue size, chains that loop or point past the table, readable buffers
 after writable ones, zero-sized buffers, buffers that are not guest RAM,
-malformed indirect tables.
+malformed indirect tables.  A buffer outside guest RAM is one of them unless
+it is the request's only one, which QEMU bounces (see :mod:`...memory.dma`).
 
 Ring updates follow the order the spec requires of a device: an element is
 written to the used ring before the used index that publishes it (x86 keeps
@@ -24,7 +25,7 @@ from __future__ import annotations
 import struct
 from typing import Optional
 
-from ...memory.dma import DmaError, GuestMemory
+from ...memory.dma import Bounce, DmaError, GuestMemory
 
 __all__ = [
     "VirtioError",
@@ -229,7 +230,8 @@ class VirtQueue:
         out_sg: list[memoryview] = []
         in_sg: list[memoryview] = []
         try:
-            self._map_chain(table, max_entries, indirect is not None, (addr, length, flags, nxt), out_sg, in_sg)
+            self._map_chain(table, max_entries, indirect is not None, (addr, length, flags, nxt), out_sg, in_sg,
+                            Bounce())
         except BaseException:
             for v in out_sg + in_sg:
                 v.release()
@@ -247,8 +249,14 @@ class VirtQueue:
         desc: tuple[int, int, int, int],
         out_sg: list[memoryview],
         in_sg: list[memoryview],
+        bounce: Bounce,
     ) -> None:
-        """Map every descriptor of one chain into ``out_sg`` / ``in_sg``."""
+        """Map every descriptor of one chain into ``out_sg`` / ``in_sg``.
+
+        One buffer window outside RAM is tolerated per element (``bounce``), as
+        QEMU's single bounce buffer tolerates it; a second one is a bogus
+        descriptor.
+        """
         addr, length, flags, nxt = desc
         entries = 0
         while True:
@@ -263,7 +271,7 @@ class VirtQueue:
             if length == 0:
                 raise VirtioError("zero-sized-buffer", "virtio: zero sized buffers are not allowed")
             try:
-                sg.extend(self.mem.map(addr, length))
+                sg.extend(self.mem.map(addr, length, bounce))
             except DmaError:
                 raise VirtioError("buffer-not-in-ram", "virtio: bogus descriptor or out of resources") from None
             if len(out_sg) + len(in_sg) > VIRTQUEUE_MAX_SIZE:
