@@ -1,0 +1,114 @@
+"""virtio-blk through the BQL or through an IOThread, on QEMU and the reference VMM, side by side.
+
+Runs the benchmark guest's blk_randread (or blk_randwrite) on each
+configuration - QEMU without an IOThread (the main loop services the queue
+under the BQL), QEMU with one (dataplane), the reference VMM with --blk bql
+and with --blk dataplane - at each vCPU count and queue depth, interleaved
+round-robin so that host noise spreads over all of them, and prints the
+guest-measured IOPS and cycles per request (median of the rounds).
+
+A configuration that cannot run (the reference VMM before its virtio-blk
+device exists, a QEMU without IOThreads) is shown as "n/a" with the reason
+below the table, and is not tried again in later rounds.
+
+    sudo .venv/bin/python benchmarks/blk_dataplane.py [--rounds 1] [--iterations 400]
+        [--vcpus 1,2,4] [--qd 1,16] [--vmm qemu,reference] [--bench blk_randread]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from vmtrace.bench import run_bench
+from vmtrace.blk import DEFAULT_DISK_BYTES, make_disk
+from vmtrace.errors import VmtraceError
+
+CONFIGS = {
+    ("qemu", "bql"): "QEMU main loop (BQL)",
+    ("qemu", "dataplane"): "QEMU IOThread",
+    ("reference", "bql"): "reference --blk bql",
+    ("reference", "dataplane"): "reference --blk dataplane",
+}
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sys.exit(f"blk_dataplane: error: {what} takes numbers such as 1,2,4, not {text!r}")
+    if not values or min(values) < 1:
+        sys.exit(f"blk_dataplane: error: {what} takes positive numbers, not {text!r}")
+    return values
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the table shows medians")
+    ap.add_argument("--iterations", type=int, default=400, help="timed requests per vCPU")
+    ap.add_argument("--vcpus", default="1,2,4")
+    ap.add_argument("--qd", default="1,16", help="queue depths (requests in flight per vCPU)")
+    ap.add_argument("--vmm", default="qemu,reference")
+    ap.add_argument("--bench", default="blk_randread", choices=("blk_randread", "blk_randwrite"))
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    args = ap.parse_args()
+    if args.rounds < 1 or args.iterations < 1:
+        sys.exit("blk_dataplane: error: --rounds and --iterations must be at least 1")
+    vcpu_counts, depths = _ints(args.vcpus, "--vcpus"), _ints(args.qd, "--qd")
+    vmms = [v.strip() for v in args.vmm.split(",") if v.strip()]
+    configs = [c for c in CONFIGS if c[0] in vmms]
+    if not configs:
+        sys.exit(f"blk_dataplane: error: --vmm takes qemu and/or reference, not {args.vmm!r}")
+
+    iops: dict[tuple, list[float]] = {}
+    cpr: dict[tuple, list[float]] = {}
+    failed: dict[tuple, str] = {}
+    with tempfile.TemporaryDirectory(prefix="vmtrace-blk-") as tmp:
+        # One image for every run: making 64 MiB of data each time would
+        # cost more than some of the runs.
+        disk = make_disk(Path(tmp) / "disk.img", DEFAULT_DISK_BYTES)
+        for rnd in range(args.rounds):
+            for vcpus in vcpu_counts:
+                for qd in depths:
+                    for vmm, mode in configs:
+                        if (vmm, mode) in failed:
+                            continue
+                        key = (vmm, mode, vcpus, qd)
+                        try:
+                            res = run_bench(vmm, args.bench, vcpus, args.iterations, queue_depth=qd, blk=mode,
+                                            disk=disk, timeout_s=args.timeout)
+                        except VmtraceError as err:
+                            failed[(vmm, mode)] = f"{vmm} {mode} {vcpus} vCPU qd {qd}: {err}"
+                            print(f"# round {rnd} {CONFIGS[(vmm, mode)]}, {vcpus} vCPU, qd {qd}: not available",
+                                  file=sys.stderr)
+                            continue
+                        iops.setdefault(key, []).append(res.iops or 0.0)
+                        cpr.setdefault(key, []).append(res.cycles_per_request or 0.0)
+                        print(f"# round {rnd} {CONFIGS[(vmm, mode)]}, {vcpus} vCPU, qd {qd}: "
+                              f"{res.iops:,.0f} IOPS, {res.cycles_per_request:,.0f} cycles/request"
+                              + (f", {res.errors} errors" if res.errors else ""), file=sys.stderr)
+
+    width = 28
+    print(f"{args.bench}: {args.iterations} requests per vCPU, 4 KiB, 64 MiB image, median of {args.rounds} "
+          "round(s); each cell: IOPS (all vCPUs) / TSC cycles per request (mean over vCPUs)")
+    print(f"{'vCPUs':>5} {'qd':>4}  " + "".join(f"{CONFIGS[c]:>{width}}" for c in configs))
+    for vcpus in vcpu_counts:
+        for qd in depths:
+            cells = []
+            for vmm, mode in configs:
+                key = (vmm, mode, vcpus, qd)
+                if key in iops:
+                    cell = f"{statistics.median(iops[key]):,.0f} / {statistics.median(cpr[key]):,.0f}"
+                else:
+                    cell = "n/a"
+                cells.append(f"{cell:>{width}}")
+            print(f"{vcpus:>5} {qd:>4}  " + "".join(cells))
+    for reason in failed.values():
+        print(f"n/a: {reason}")
+
+
+if __name__ == "__main__":
+    main()
