@@ -1,0 +1,44 @@
+"""vmtrace sweep end to end on the reference VMM: traces, summary, HTML."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vmtrace.analyses.breakdown import bql_breakdown
+from vmtrace.trace import read_trace
+
+from .test_record_qemu import live  # noqa: F401  (fixture: root, KVM, bcc)
+
+
+def test_sweep_writes_traces_summary_and_report(live: None, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "sweep", "-o", str(out), "--vmm", "reference",
+         "--locking", "bql,unlocked", "--vcpus", "1,2", "--iterations", "1500"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(zip(summary["config"], summary["vcpus"])) == [
+        ("reference bql", 1), ("reference bql", 2), ("reference unlocked", 1), ("reference unlocked", 2)]
+    assert json.loads((out / "summary.json").read_text())[3]["config"] == "reference unlocked"
+    for row in summary.itertuples():
+        # Every number in the summary is the trace's own breakdown.
+        b = bql_breakdown(read_trace(row.trace))
+        assert row.total == pytest.approx(b.components["total"])
+        assert row.bql_wait == pytest.approx(b.components["bql_wait"])
+        assert row.observer_effect == pytest.approx(row.traced_guest_cycles_per_op / row.guest_cycles_per_op)
+        assert row.guest_cycles_per_op > 0 and row.exits >= row.vcpus * 1500
+    unlocked = summary[summary["config"] == "reference unlocked"]
+    assert (unlocked["bql_wait"] <= 0.01 * unlocked["total"]).all()
+    html = (out / "report.html").read_text()
+    assert "Cycles per exit by component" in html
+    assert not re.search(r"<script[^>]*\bsrc=|<link[^>]*\bhref=\"http", html)
+    assert "reference unlocked" in proc.stdout
