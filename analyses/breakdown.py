@@ -28,25 +28,19 @@ import numpy as np
 import pandas as pd
 
 from vmtrace.errors import MissingEventsError, VmtraceError
-from vmtrace.schema import KVM_EXIT_REASONS, ROLE_VCPU
+from vmtrace.schema import ROLE_VCPU
 from vmtrace.trace import Trace
 
-from .intervals import futex_waits, offcpu_spans, overlap_sum, pair_spans
+from .intervals import futex_waits, inside_by_thread, offcpu_spans, overlap_by_thread, pair_spans
+from .runs import event_codes, run_cycles, vcpu_threads
 
 __all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakdown"]
 
 #: The partition, in the order reports stack it.
 COMPONENTS: tuple[str, ...] = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "device")
 
-_DECODE = ("pio", "mmio", "msr")
-
-
 def _vcpu_tids(trace: Trace) -> dict[int, int]:
-    tids = trace.vcpu_tids()
-    if not tids:
-        run = trace.events.loc[trace.events["event"] == "run_enter", "tid"].unique()
-        tids = {int(t): i for i, t in enumerate(sorted(run))}
-    return tids
+    return vcpu_threads(trace)
 
 
 def exit_breakdown(trace: Trace) -> pd.DataFrame:
@@ -54,12 +48,16 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
 
     Columns: ``tid`` int32, ``vcpu`` int16, ``start_ns``/``end_ns`` int64
     (run_enter to the next run_enter), ``kind`` str (pio, mmio, msr, or the
-    KVM exit reason: HLT, INTR, ...), ``addr`` UInt64 (port, GPA or MSR; NA
-    otherwise), ``write`` boolean, ``reason`` Int64 (KVM_EXIT_*), then
-    int64 nanoseconds ``guest_ns``, ``vmexit_ns``, ``emulator_ns``,
+    KVM exit reason: HLT, INTR, EINTR for a signal ...), ``addr`` UInt64
+    (port, GPA or MSR; NA otherwise), ``write`` boolean, ``reason`` Int64
+    (KVM_EXIT_*, or -errno when KVM_RUN was interrupted), then int64
+    nanoseconds ``guest_ns``, ``vmexit_ns``, ``emulator_ns``,
     ``dispatch_ns``, ``lock_wait_ns``, ``bql_wait_ns``, ``device_ns``,
     ``total_ns`` (the partition: the first six sum to ``total_ns``), and
-    ``offcpu_lock_ns``, ``offcpu_other_ns``, ``offcpu_runnable_ns``.
+    ``offcpu_lock_ns``, ``offcpu_other_ns``, ``offcpu_runnable_ns``, and
+    ``offcpu_woken_ns`` (the part of the first two after the thread was
+    woken: runnable, waiting for a CPU).  Cycles whose run_exit is missing,
+    or that span a lost-event marker, are left out.
     Raises ``MissingEventsError`` when the trace has no KVM_RUN events.
     """
     ev = trace.events
@@ -68,37 +66,124 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     if not set(need) <= set(present):
         raise MissingEventsError("the exit breakdown", [e for e in need if e not in present], present)
     tids = _vcpu_tids(trace)
+    cyc = run_cycles(trace, tids).cycles
+    cyc = cyc[(cyc["complete"] & ~cyc["lost"]).to_numpy()].reset_index(drop=True)
+    if cyc.empty:
+        return _empty_exits()
     bql_word = trace.bql().get("futex_uaddr")
     other_named = [a for a, n in trace.futex_names().items() if n != "BQL"]
-    vcpu_ev = ev[ev["tid"].isin(list(tids))]
-    waits = futex_waits(vcpu_ev)
-    locks = pair_spans(vcpu_ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
-    devices = pair_spans(vcpu_ev, "dispatch_begin", "dispatch_end")
-    offcpu = offcpu_spans(vcpu_ev)
-    frames = []
-    for tid, vcpu in sorted(tids.items()):
-        t_ev = vcpu_ev[vcpu_ev["tid"] == tid]
-        frame = _thread_exits(
-            t_ev,
-            waits[waits["tid"] == tid],
-            locks[locks["tid"] == tid],
-            devices[devices["tid"] == tid],
-            offcpu[offcpu["tid"] == tid],
-            bql_word,
-            other_named,
-        )
-        frame.insert(0, "vcpu", np.int16(vcpu))
-        frame.insert(0, "tid", np.int32(tid))
-        frames.append(frame)
-    if not frames:
-        return _empty_exits()
-    out = pd.concat(frames, ignore_index=True)
+
+    # The userspace events of the vCPU threads, selected by type first (a
+    # cheap code lookup) so the thread filter runs on few rows.
+    codes = ev["event"].cat.codes.to_numpy()
+    wanted = event_codes(("futex_enter", "futex_exit", "lock_begin", "lock_acquired", "dispatch_begin",
+                          "dispatch_end"))
+    rows = np.flatnonzero(wanted[codes])
+    rows = rows[np.isin(ev["tid"].to_numpy()[rows], list(tids))]
+    sub = ev.iloc[rows]
+    waits = futex_waits(sub)
+    locks = pair_spans(sub, "lock_begin", "lock_acquired", keys=("tid", "name"))
+    devices = pair_spans(sub, "dispatch_begin", "dispatch_end")
+    offcpu = offcpu_spans(ev)
+    offcpu = offcpu[offcpu["tid"].isin(list(tids)).to_numpy()]
+
+    c_tid = cyc["tid"].to_numpy(dtype=np.int64)
+    t_enter = cyc["start_ns"].to_numpy(dtype=np.int64)
+    t_next = cyc["end_ns"].to_numpy(dtype=np.int64)
+    t_exit = cyc["exit_ns"].to_numpy(dtype=np.int64)
+    t_dec = cyc["decode_ns"].to_numpy(dtype=np.int64)
+    kexit = cyc["kexit_ns"].to_numpy(dtype=np.float64, na_value=np.nan)
+    kentry = cyc["kentry_ns"].to_numpy(dtype=np.float64, na_value=np.nan)
+    has_guest = ~np.isnan(kexit) & ~np.isnan(kentry)
+    guest = np.where(has_guest, np.nan_to_num(kexit) - np.nan_to_num(kentry), 0).astype(np.int64)
+    vmexit = t_dec - t_enter - guest
+    emulator = t_exit - t_dec
+
+    def over(s_tid: np.ndarray, s: np.ndarray, e: np.ndarray, start: np.ndarray = t_exit) -> np.ndarray:
+        return overlap_by_thread(c_tid, start, t_next, s_tid, s, e)
+
+    def inside(p_tid: np.ndarray, p: np.ndarray, s_tid: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+        return inside_by_thread(p_tid, p, s_tid, s, e) >= 0
+
+    # Userspace part: run_exit -> next run_enter.
+    l_tid = locks["tid"].to_numpy(dtype=np.int64)
+    lock_s = locks["start_ns"].to_numpy(dtype=np.int64)
+    lock_e = locks["end_ns"].to_numpy(dtype=np.int64)
+    is_bql_lock = (locks["name"].astype(str) == "BQL").to_numpy() if len(locks) else np.zeros(0, bool)
+    lock_all = over(l_tid, lock_s, lock_e)
+    lock_bql = over(l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
+    # Futex waits inside a reported lock span are that lock's, not another.
+    w_tid = waits["tid"].to_numpy(dtype=np.int64)
+    w_s = waits["start_ns"].to_numpy(dtype=np.int64)
+    w_e = waits["end_ns"].to_numpy(dtype=np.int64)
+    w_in_lock = inside(w_tid, w_s, l_tid, lock_s, lock_e)
+    w_addr = waits["uaddr"].to_numpy(dtype="uint64", na_value=0)
+    w_bql = (w_addr == np.uint64(bql_word)) if bql_word else np.zeros(len(waits), bool)
+    free_bql = ~w_in_lock & w_bql
+    free_other = ~w_in_lock & ~w_bql
+    bql_futex = over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
+    other_futex = over(w_tid[free_other], w_s[free_other], w_e[free_other])
+    # A thread inside a BQL span can block on another lock the VMM named
+    # (the reference VMM re-takes the GIL after the BQL's futex returns):
+    # that time is the other lock's, not the BQL's.
+    in_bql = inside(w_tid, w_s, l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
+    nested_other = in_bql & np.isin(w_addr, np.asarray(other_named, dtype=np.uint64))
+    bql_wait = lock_bql + bql_futex - over(w_tid[nested_other], w_s[nested_other], w_e[nested_other])
+    lock_wait = lock_all + bql_futex + other_futex
+    device = over(devices["tid"].to_numpy(dtype=np.int64), devices["start_ns"].to_numpy(dtype=np.int64),
+                  devices["end_ns"].to_numpy(dtype=np.int64))
+    user = t_next - t_exit
+    # Spans can only overlap when events were lost; never let the remainder
+    # go negative: shrink device first, as the least trusted span.
+    device = np.minimum(device, np.maximum(user - lock_wait, 0))
+    lock_wait = np.minimum(lock_wait, user)
+    bql_wait = np.minimum(bql_wait, lock_wait)
+    dispatch = user - lock_wait - device
+
+    # Off-CPU overlay over the whole cycle.
+    o_tid = offcpu["tid"].to_numpy(dtype=np.int64)
+    off_s = offcpu["start_ns"].to_numpy(dtype=np.int64)
+    off_e = offcpu["end_ns"].to_numpy(dtype=np.int64)
+    runnable = offcpu["runnable"].to_numpy(dtype=bool)
+    wake = offcpu["wakeup_ns"].to_numpy(dtype=np.float64, na_value=np.nan)
+    woken = ~np.isnan(wake)
+    in_wait = inside(o_tid, off_s, w_tid, w_s, w_e) | inside(o_tid, off_s, l_tid, lock_s, lock_e)
+    lk, ot = ~runnable & in_wait, ~runnable & ~in_wait
+    off_run = over(o_tid[runnable], off_s[runnable], off_e[runnable], t_enter)
+    off_lock = over(o_tid[lk], off_s[lk], off_e[lk], t_enter)
+    off_other = over(o_tid[ot], off_s[ot], off_e[ot], t_enter)
+    off_woken = over(o_tid[woken], wake[woken].astype(np.int64), off_e[woken], t_enter)
+
+    out = pd.DataFrame(
+        {
+            "tid": cyc["tid"].to_numpy(dtype=np.int32),
+            "vcpu": cyc["vcpu"].to_numpy(dtype=np.int16),
+            "start_ns": t_enter,
+            "end_ns": t_next,
+            "kind": cyc["kind"].to_numpy(dtype=object),
+            "addr": cyc["addr"].array,
+            "write": cyc["write"].array,
+            "reason": cyc["reason"].array,
+            "guest_ns": guest,
+            "vmexit_ns": vmexit.astype(np.int64),
+            "emulator_ns": emulator.astype(np.int64),
+            "dispatch_ns": dispatch.astype(np.int64),
+            "lock_wait_ns": lock_wait.astype(np.int64),
+            "bql_wait_ns": bql_wait.astype(np.int64),
+            "device_ns": device.astype(np.int64),
+            "total_ns": (t_next - t_enter).astype(np.int64),
+            "offcpu_lock_ns": off_lock,
+            "offcpu_other_ns": off_other,
+            "offcpu_runnable_ns": off_run,
+            "offcpu_woken_ns": off_woken,
+        }
+    )
     return out.sort_values("start_ns", kind="stable").reset_index(drop=True)
 
 
 _NS_COLS = (
     "guest_ns", "vmexit_ns", "emulator_ns", "dispatch_ns", "lock_wait_ns", "bql_wait_ns",
-    "device_ns", "total_ns", "offcpu_lock_ns", "offcpu_other_ns", "offcpu_runnable_ns",
+    "device_ns", "total_ns", "offcpu_lock_ns", "offcpu_other_ns", "offcpu_runnable_ns", "offcpu_woken_ns",
 )
 
 
@@ -113,183 +198,6 @@ def _empty_exits() -> pd.DataFrame:
     for c in _NS_COLS:
         df[c] = pd.Series([], dtype="int64")
     return df
-
-
-def _last_before(cycle: np.ndarray, pos: np.ndarray, limit_pos: np.ndarray, n: int) -> np.ndarray:
-    """Per cycle, the position of the last marked event before ``limit_pos``
-    of its cycle (-1 when none).  ``cycle``/``pos`` describe marked events."""
-    out = np.full(n, -1, dtype=np.int64)
-    ok = (cycle >= 0) & (pos < limit_pos[np.clip(cycle, 0, n - 1)])
-    # Later positions overwrite earlier ones: assignment keeps the last.
-    out[cycle[ok]] = pos[ok]
-    return out
-
-
-def _thread_exits(
-    ev: pd.DataFrame,
-    waits: pd.DataFrame,
-    locks: pd.DataFrame,
-    devices: pd.DataFrame,
-    offcpu: pd.DataFrame,
-    bql_word: int | None,
-    other_named: list[int] = (),
-) -> pd.DataFrame:
-    ev = ev.reset_index(drop=True)
-    kind = ev["event"].astype(str).to_numpy()
-    ts = ev["ts_ns"].to_numpy()
-    cycle = np.cumsum(kind == "run_enter") - 1
-    enter_pos = np.flatnonzero(kind == "run_enter")
-    n = len(enter_pos) - 1  # the last run_enter starts a cycle that never closed
-    if n <= 0:
-        return _empty_exits().drop(columns=["tid", "vcpu"])
-    pos = np.arange(len(ev))
-    end_pos = enter_pos[1:]
-
-    exit_pos = np.full(n, -1, dtype=np.int64)
-    m = (kind == "run_exit") & (cycle >= 0) & (cycle < n)
-    first = pd.Series(pos[m]).groupby(cycle[m]).first()
-    exit_pos[first.index.to_numpy()] = first.to_numpy()
-    complete = exit_pos >= 0
-    # Cycles without a run_exit (lost events) cannot be attributed.
-    limit = np.where(complete, exit_pos, end_pos)
-
-    def last_of(mk: np.ndarray, before: np.ndarray) -> np.ndarray:
-        mk = mk & (cycle < n)
-        return _last_before(cycle[mk], pos[mk], before, n)
-
-    uexit = last_of(kind == "userspace_exit", np.where(complete, exit_pos + 1, 0))
-    reason = np.full(n, -1, dtype=np.int64)
-    ok_u = uexit >= 0
-    value = ev["value"].to_numpy(dtype="float64", na_value=-1)
-    reason[ok_u] = value[uexit[ok_u]].astype(np.int64)
-
-    # Upstream KVM traces a userspace PIO/MMIO *read* when the next KVM_RUN
-    # completes it (complete_emulator_pio_in), carrying the data; some hosts
-    # (PVM here) trace it at decode time with the data still 0.  Which one
-    # this trace shows is read off the data: completions name the previous
-    # exit's port, and must not be taken for this exit's decode.
-    is_dec = np.isin(kind, _DECODE) & (cycle >= 0) & (cycle < n)
-    is_read = ~ev["write"].fillna(False).to_numpy(dtype=bool)
-    first_dec = np.full(n, -1, dtype=np.int64)
-    fd = pd.Series(pos[is_dec]).groupby(cycle[is_dec]).first()
-    first_dec[fd.index.to_numpy()] = fd.to_numpy()
-    prev_reason = np.concatenate(([-1], reason[:-1]))
-    first_kexit = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    ke = (kind == "kvm_exit") & (cycle >= 0) & (cycle < n)
-    if ke.any():
-        fk = pd.Series(pos[ke]).groupby(cycle[ke]).first()
-        first_kexit[fk.index.to_numpy()] = fk.to_numpy()
-    cyc = np.clip(cycle, 0, max(n - 1, 0))
-    candidate = (
-        is_dec & is_read & (pos == first_dec[cyc]) & np.isin(prev_reason[cyc], (2, 6)) & (pos < first_kexit[cyc])
-    )
-    completion = candidate if _reads_traced_at_completion(value[candidate]) else np.zeros_like(candidate)
-    decode = last_of(is_dec & ~completion, limit)
-    kexit = last_of(kind == "kvm_exit", limit)
-    kentry = last_of(kind == "kvm_entry", np.where(kexit >= 0, kexit, 0))
-    # Where the exit itself left no decode event, take its completion.
-    comp_of_next = np.full(n, -1, dtype=np.int64)
-    cp = np.flatnonzero(completion)
-    comp_of_next[cycle[cp] - 1] = cp
-    name_pos = np.where(decode >= 0, decode, comp_of_next)
-
-    t_enter = ts[enter_pos[:n]]
-    t_next = ts[end_pos]
-    t_exit = np.where(complete, ts[np.clip(exit_pos, 0, None)], t_next)
-    has_dec = decode >= 0
-    t_dec = np.where(has_dec, ts[np.clip(decode, 0, None)], np.where(uexit >= 0, ts[np.clip(uexit, 0, None)], t_exit))
-    has_guest = (kexit >= 0) & (kentry >= 0)
-    guest = np.where(has_guest, ts[np.clip(kexit, 0, None)] - ts[np.clip(kentry, 0, None)], 0)
-    vmexit = t_dec - t_enter - guest
-    emulator = t_exit - t_dec
-
-    # Userspace part: run_exit -> next run_enter.
-    lock_s = locks["start_ns"].to_numpy(dtype=np.int64)
-    lock_e = locks["end_ns"].to_numpy(dtype=np.int64)
-    is_bql_lock = (locks["name"].astype(str) == "BQL").to_numpy() if len(locks) else np.zeros(0, bool)
-    lock_all = overlap_sum(t_exit, t_next, lock_s, lock_e)
-    lock_bql = overlap_sum(t_exit, t_next, lock_s[is_bql_lock], lock_e[is_bql_lock])
-    # Futex waits inside a reported lock span are that lock's, not another.
-    w_s = waits["start_ns"].to_numpy(dtype=np.int64)
-    w_e = waits["end_ns"].to_numpy(dtype=np.int64)
-    inside = _inside(w_s, lock_s, lock_e)
-    w_addr = waits["uaddr"].to_numpy(dtype="uint64", na_value=0)
-    w_bql = (w_addr == np.uint64(bql_word)) if bql_word else np.zeros(len(waits), bool)
-    free_bql = ~inside & w_bql
-    free_other = ~inside & ~w_bql
-    bql_futex = overlap_sum(t_exit, t_next, w_s[free_bql], w_e[free_bql])
-    other_futex = overlap_sum(t_exit, t_next, w_s[free_other], w_e[free_other])
-    # A thread inside a BQL span can block on another lock the VMM named
-    # (the reference VMM re-takes the GIL after the BQL's futex returns):
-    # that time is the other lock's, not the BQL's.
-    in_bql = _inside(w_s, lock_s[is_bql_lock], lock_e[is_bql_lock])
-    nested_other = in_bql & np.isin(w_addr, np.asarray(other_named, dtype=np.uint64))
-    bql_wait = lock_bql + bql_futex - overlap_sum(t_exit, t_next, w_s[nested_other], w_e[nested_other])
-    lock_wait = lock_all + bql_futex + other_futex
-    device = overlap_sum(t_exit, t_next, devices["start_ns"].to_numpy(dtype=np.int64),
-                         devices["end_ns"].to_numpy(dtype=np.int64))
-    user = t_next - t_exit
-    # Spans can only overlap when events were lost; never let the remainder
-    # go negative: shrink device first, as the least trusted span.
-    device = np.minimum(device, np.maximum(user - lock_wait, 0))
-    lock_wait = np.minimum(lock_wait, user)
-    bql_wait = np.minimum(bql_wait, lock_wait)
-    dispatch = user - lock_wait - device
-
-    # Off-CPU overlay.
-    off_s = offcpu["start_ns"].to_numpy(dtype=np.int64)
-    off_e = offcpu["end_ns"].to_numpy(dtype=np.int64)
-    runnable = offcpu["runnable"].to_numpy(dtype=bool)
-    in_wait = _inside(off_s, w_s, w_e) | _inside(off_s, lock_s, lock_e)
-    off_run = overlap_sum(t_enter, t_next, off_s[runnable], off_e[runnable])
-    off_lock = overlap_sum(t_enter, t_next, off_s[~runnable & in_wait], off_e[~runnable & in_wait])
-    off_other = overlap_sum(t_enter, t_next, off_s[~runnable & ~in_wait], off_e[~runnable & ~in_wait])
-
-    has_name = name_pos >= 0
-    name_idx = np.clip(name_pos, 0, None)
-    exit_kind = np.array(
-        [kind[p] if h else _reason_name(r) for p, h, r in zip(name_idx, has_name, reason)], dtype=object
-    )
-    addr = ev["addr"].array.take(name_idx) if n else pd.array([], dtype="UInt64")
-    addr[~has_name] = pd.NA
-    write_col = ev["write"].array.take(name_idx) if n else pd.array([], dtype="boolean")
-    write_col[~has_name] = pd.NA
-    out = pd.DataFrame(
-        {
-            "start_ns": t_enter.astype(np.int64),
-            "end_ns": t_next.astype(np.int64),
-            "kind": exit_kind,
-            "addr": addr,
-            "write": write_col,
-            "reason": pd.array(np.where(reason >= 0, reason, 0), dtype="Int64"),
-            "guest_ns": guest.astype(np.int64),
-            "vmexit_ns": vmexit.astype(np.int64),
-            "emulator_ns": emulator.astype(np.int64),
-            "dispatch_ns": dispatch.astype(np.int64),
-            "lock_wait_ns": lock_wait.astype(np.int64),
-            "bql_wait_ns": bql_wait.astype(np.int64),
-            "device_ns": device.astype(np.int64),
-            "total_ns": (t_next - t_enter).astype(np.int64),
-            "offcpu_lock_ns": off_lock,
-            "offcpu_other_ns": off_other,
-            "offcpu_runnable_ns": off_run,
-        }
-    )
-    out.loc[reason < 0, "reason"] = pd.NA
-    return out[complete].reset_index(drop=True)
-
-
-def _reads_traced_at_completion(values: np.ndarray) -> bool:
-    """Decode-time read events carry 0 (the data is not there yet); most
-    completion events carry data.  A majority of non-zero values says the
-    kernel traces reads at completion."""
-    return len(values) > 0 and float(np.mean(values != 0)) > 0.5
-
-
-def _reason_name(reason: int) -> str:
-    if reason < 0:
-        return "unknown"
-    return KVM_EXIT_REASONS.get(int(reason), f"reason_{reason}")
 
 
 def _inside(points: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
@@ -392,7 +300,10 @@ def timed_loop_exits(exits: pd.DataFrame, port: int) -> pd.DataFrame:
     """The exits of a benchmark guest's timed loop: per vCPU, the longest run
     of consecutive exits on ``port``.  The guest's own cycles-per-operation
     covers exactly that loop, so this is what to compare it with (boot-time
-    and calibration accesses to the same port are left out)."""
+    and calibration accesses to the same port are left out).  The run's first
+    exit is left out too: its cycle began before the loop (an AP's first one
+    holds everything it did since it was started), while every later cycle
+    is one iteration, from one access to the next."""
     parts = []
     for _vcpu, grp in exits.groupby("vcpu", sort=True):
         on = (grp["addr"] == port).fillna(False).to_numpy(dtype=np.int8)
@@ -401,7 +312,8 @@ def timed_loop_exits(exits: pd.DataFrame, port: int) -> pd.DataFrame:
             continue
         starts, ends = edges[::2], edges[1::2]
         longest = int(np.argmax(ends - starts))
-        parts.append(grp.iloc[starts[longest]:ends[longest]])
+        first = starts[longest] + (1 if ends[longest] - starts[longest] > 1 else 0)
+        parts.append(grp.iloc[first:ends[longest]])
     return pd.concat(parts, ignore_index=True) if parts else exits.iloc[0:0]
 
 

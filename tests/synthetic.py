@@ -7,16 +7,20 @@ exactly those durations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
+from vmtrace.schema import EVENT_COLUMNS, SCHEMA_VERSION
 from vmtrace.trace import Trace, normalize_events
 
 BQL_WORD = 0x5555_0000_1000
 OTHER_WORD = 0x5555_0000_2000
 TSC_HZ = 2_000_000_000  # 2 cycles per ns keeps expected values easy
+FUTEX_WAIT_PRIVATE = 128
+FUTEX_WAKE_PRIVATE = 129
 
 
 @dataclass
@@ -32,61 +36,166 @@ class ExitScript:
     other_futex_ns: int = 0  # blocked on another futex word
     device_ns: int = 0  # dispatch_begin -> dispatch_end (precise)
     post_ns: int = 300  # the rest of userspace until the next run_enter
-    lock_span: bool = False  # emit lock_begin/lock_acquired around the BQL wait
+    lock_span: bool = False  # lock_begin/lock_acquired around the BQL wait, lock_release after device
     preempted_ns: int = 0  # runnable, off CPU, inside the post part
+    waker: int | None = None  # thread whose futex wake call ends the BQL wait
+    wake_latency_ns: int = 0  # woken -> back on a CPU, at the end of the BQL wait
+    sleep_ns: int = 0  # blocked off CPU on no lock, in the post part after preemption
+    lose: tuple[str, ...] = ()  # events of this exit the collector lost (a `lost` marker instead)
+
+    def __post_init__(self) -> None:
+        if self.waker is not None and self.bql_futex_ns < self.wake_latency_ns + 4:
+            raise ValueError("a woken BQL wait needs bql_futex_ns >= wake_latency_ns + 4")
+        off = (self.preempted_ns + 1 if self.preempted_ns else 0) + (self.sleep_ns + 1 if self.sleep_ns else 0)
+        if self.post_ns < off:
+            raise ValueError("post_ns must leave room for the off-CPU spans inside it")
+
+    @property
+    def hold_ns(self) -> int:
+        """lock_acquired -> lock_release of the BQL, when lock_span."""
+        return self.other_futex_ns + self.device_ns
+
+    @property
+    def bql_offcpu_ns(self) -> int:
+        """Off CPU inside the BQL wait (sched_out at +1, sched_in at -1)."""
+        return self.bql_futex_ns - 2 if self.bql_futex_ns else 0
+
+
+@dataclass
+class ExitSpan:
+    """Where one scripted exit landed: what a correct analysis must find."""
+
+    tid: int
+    vcpu: int
+    start_ns: int
+    end_ns: int
+    script: ExitScript
 
 
 @dataclass
 class SyntheticTrace:
     rows: list[dict[str, Any]] = field(default_factory=list)
     threads: list[dict[str, Any]] = field(default_factory=list)
+    exits: list[ExitSpan] = field(default_factory=list)
+    frame: pd.DataFrame | None = None  # events built in bulk (see ``replicate``)
 
     def add(self, ts: int, tid: int, event: str, **cols: Any) -> None:
         self.rows.append({"ts_ns": ts, "tid": tid, "cpu": cols.pop("cpu", tid % 2), "event": event, **cols})
 
-    def vcpu(self, tid: int, index: int, exits: list[ExitScript], start_ns: int = 1_000_000) -> int:
+    def thread(self, tid: int, name: str, role: str, vcpu: int | None = None) -> None:
+        if not any(t["tid"] == tid for t in self.threads):
+            self.threads.append({"tid": tid, "name": name, "role": role, "vcpu": vcpu})
+
+    def lose(self, ts: int, cpu: int, count: int = 1) -> None:
+        """A collector's marker: ``count`` events of ``cpu`` lost before ``ts``."""
+        self.add(ts, -1, "lost", cpu=cpu, value=count)
+
+    def futex(self, ts: int, tid: int, word: int, dur_ns: int, op: int = FUTEX_WAIT_PRIVATE, ret: int = 0,
+              blocked: bool = False, waker: int | None = None) -> int:
+        """One futex call of ``tid``; a ``blocked`` wait goes off CPU inside
+        it and, with a ``waker``, is ended by that thread's wake call on the
+        same word.  Returns the time the call returns."""
+        self.add(ts, tid, "futex_enter", addr=word, value=op)
+        if blocked:
+            self.add(ts + 1, tid, "sched_out", value=1, peer_tid=0)
+            if waker is not None:
+                self.add(ts + dur_ns - 3, waker, "futex_enter", addr=word, value=FUTEX_WAKE_PRIVATE)
+                self.add(ts + dur_ns - 2, tid, "wakeup", peer_tid=waker, cpu=waker % 2)
+                self.add(ts + dur_ns - 2, waker, "futex_exit", value=1)
+            self.add(ts + dur_ns - 1, tid, "sched_in", peer_tid=0)
+        self.add(ts + dur_ns, tid, "futex_exit", value=ret)
+        return ts + dur_ns
+
+    def vcpu(self, tid: int, index: int, exits: Sequence[ExitScript], start_ns: int = 1_000_000) -> int:
         """Emit ``exits`` for one vCPU thread; returns the time of the final
         run_enter (which opens a cycle that never closes)."""
-        self.threads.append({"tid": tid, "name": f"CPU {index}/KVM", "role": "vcpu", "vcpu": index})
+        self.thread(tid, f"CPU {index}/KVM", "vcpu", index)
         t = start_ns
         for x in exits:
-            self.add(t, tid, "run_enter")
-            t += x.kernel_ns
-            self.add(t, tid, "pio", addr=x.port, size=4, write=x.write, value=0)
-            t += x.emulator_ns // 2
-            self.add(t, tid, "userspace_exit", value=2)
-            t += x.emulator_ns - x.emulator_ns // 2
-            self.add(t, tid, "run_exit", value=0)
-            t += x.pre_lock_ns
-            if x.lock_span:
-                self.add(t, tid, "lock_begin", addr=BQL_WORD, name="BQL")
-            if x.bql_futex_ns:
-                self.add(t, tid, "futex_enter", addr=BQL_WORD, value=128)
-                self.add(t + 1, tid, "sched_out", value=1, peer_tid=0)
-                self.add(t + x.bql_futex_ns - 1, tid, "sched_in", peer_tid=0)
-                t += x.bql_futex_ns
-                self.add(t, tid, "futex_exit", value=0)
-            if x.lock_span:
-                self.add(t, tid, "lock_acquired", addr=BQL_WORD, name="BQL")
-            if x.other_futex_ns:
-                self.add(t, tid, "futex_enter", addr=OTHER_WORD, value=128)
-                t += x.other_futex_ns
-                self.add(t, tid, "futex_exit", value=0)
-            if x.device_ns:
-                self.add(t, tid, "dispatch_begin", addr=x.port, size=4, write=x.write)
-                t += x.device_ns
-                self.add(t, tid, "dispatch_end", addr=x.port, size=4, write=x.write)
-            if x.preempted_ns:
-                self.add(t + 1, tid, "sched_out", value=0, peer_tid=999)
-                self.add(t + 1 + x.preempted_ns, tid, "sched_in", peer_tid=999)
-            t += x.post_ns
+            if x.waker is not None:
+                self.thread(x.waker, "qemu-system-x86", "main")
+            end = self._exit(tid, t, x)
+            self.exits.append(ExitSpan(tid, index, t, end, x))
+            t = end
         self.add(t, tid, "run_enter")
         return t
 
+    def _exit(self, tid: int, t: int, x: ExitScript) -> int:
+        cpu = tid % 2
+
+        def emit(ts: int, event: str, **cols: Any) -> None:
+            if event in x.lose:
+                self.lose(ts, cpu)
+            else:
+                self.add(ts, tid, event, **cols)
+
+        emit(t, "run_enter")
+        t += x.kernel_ns
+        emit(t, "pio", addr=x.port, size=4, write=x.write, value=0)
+        t += x.emulator_ns // 2
+        emit(t, "userspace_exit", value=2)
+        t += x.emulator_ns - x.emulator_ns // 2
+        emit(t, "run_exit", value=0)
+        t += x.pre_lock_ns
+        if x.lock_span:
+            emit(t, "lock_begin", addr=BQL_WORD, name="BQL")
+        if x.bql_futex_ns:
+            emit(t, "futex_enter", addr=BQL_WORD, value=FUTEX_WAIT_PRIVATE)
+            emit(t + 1, "sched_out", value=1, peer_tid=0)
+            if x.waker is not None:
+                woken = t + x.bql_futex_ns - 1 - x.wake_latency_ns
+                self.add(woken - 1, x.waker, "futex_enter", addr=BQL_WORD, value=FUTEX_WAKE_PRIVATE)
+                emit(woken, "wakeup", peer_tid=x.waker, cpu=x.waker % 2)
+                self.add(woken + 1, x.waker, "futex_exit", value=1)
+            emit(t + x.bql_futex_ns - 1, "sched_in", peer_tid=0)
+            t += x.bql_futex_ns
+            emit(t, "futex_exit", value=0)
+        if x.lock_span:
+            emit(t, "lock_acquired", addr=BQL_WORD, name="BQL")
+        if x.other_futex_ns:
+            emit(t, "futex_enter", addr=OTHER_WORD, value=FUTEX_WAIT_PRIVATE)
+            t += x.other_futex_ns
+            emit(t, "futex_exit", value=0)
+        if x.device_ns:
+            emit(t, "dispatch_begin", addr=x.port, size=4, write=x.write)
+            t += x.device_ns
+            emit(t, "dispatch_end", addr=x.port, size=4, write=x.write)
+        if x.lock_span:
+            emit(t, "lock_release", addr=BQL_WORD, name="BQL")
+        off = t
+        if x.preempted_ns:
+            emit(off + 1, "sched_out", value=0, peer_tid=999)
+            emit(off + 1 + x.preempted_ns, "sched_in", peer_tid=999)
+            off += 1 + x.preempted_ns
+        if x.sleep_ns:
+            emit(off + 1, "sched_out", value=1, peer_tid=0)
+            emit(off + 1 + x.sleep_ns, "wakeup", peer_tid=0)
+            emit(off + 1 + x.sleep_ns, "sched_in", peer_tid=0)
+        return t + x.post_ns
+
+    def shuffle_by_cpu(self, seed: int = 0) -> None:
+        """Deliver rows the way per-CPU buffers do: each CPU's rows in order,
+        chunks of a few rows from the CPUs interleaved in no time order."""
+        rng = np.random.default_rng(seed)
+        per_cpu: dict[int, list[dict[str, Any]]] = {}
+        for r in self.rows:
+            per_cpu.setdefault(r["cpu"], []).append(r)
+        queues = {cpu: list(reversed(rows)) for cpu, rows in per_cpu.items()}
+        out: list[dict[str, Any]] = []
+        while queues:
+            cpu = list(queues)[rng.integers(len(queues))]
+            for _ in range(int(rng.integers(1, 8))):
+                if not queues[cpu]:
+                    break
+                out.append(queues[cpu].pop())
+            if not queues[cpu]:
+                del queues[cpu]
+        self.rows = out
+
     def trace(self, bql_identified: bool = True, **meta: Any) -> Trace:
-        df = normalize_events(pd.DataFrame(self.rows))
+        df = normalize_events(self.frame if self.frame is not None else pd.DataFrame(self.rows))
         m: dict[str, Any] = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "tsc_hz": TSC_HZ,
             "threads": self.threads,
             "locks": [{"name": "BQL", "futex_uaddr": BQL_WORD if bql_identified else None,
@@ -101,3 +210,58 @@ class SyntheticTrace:
 
 def expected_total(x: ExitScript) -> int:
     return x.kernel_ns + x.emulator_ns + x.pre_lock_ns + x.bql_futex_ns + x.other_futex_ns + x.device_ns + x.post_ns
+
+
+def replicate(templates: Sequence[ExitScript], sequences: dict[int, np.ndarray], start_ns: int = 1_000_000,
+              waker_offset: int = 10_000) -> SyntheticTrace:
+    """A large trace, vectorised: vCPU ``tid`` runs exits ``templates[i]`` for
+    ``i`` in ``sequences[tid]``, exactly as ``SyntheticTrace.vcpu`` would emit
+    them (each template is emitted once and its rows are shifted in time).
+    A template's waker becomes thread ``tid + waker_offset``, so vCPUs never
+    share one.  Returns a SyntheticTrace whose ``frame`` holds the events
+    (``rows`` and ``exits`` stay empty: 10M dicts would not fit)."""
+    tmpl_rows = []
+    tmpl_len = []
+    placeholder_self, placeholder_waker = 1, 3
+    for x in templates:
+        scratch = SyntheticTrace()
+        y = replace(x, waker=placeholder_waker) if x.waker is not None else x
+        tmpl_len.append(scratch._exit(placeholder_self, 0, y))
+        tmpl_rows.append(pd.DataFrame(scratch.rows))
+    proto = pd.concat(tmpl_rows, ignore_index=True)
+    counts = np.array([len(r) for r in tmpl_rows])
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    lengths = np.asarray(tmpl_len, dtype=np.int64)
+    cols = {c: proto[c].to_numpy() if c in proto else np.full(len(proto), None, dtype=object)
+            for c in EVENT_COLUMNS if c not in ("ts_ns", "tid", "cpu")}
+    p_ts = proto["ts_ns"].to_numpy(dtype=np.int64)
+    p_self = proto["tid"].to_numpy() == placeholder_self
+    p_lost = proto["tid"].to_numpy() < 0
+    p_woken = (proto["peer_tid"] == placeholder_waker).fillna(False).to_numpy(dtype=bool) if "peer_tid" in proto \
+        else np.zeros(len(proto), dtype=bool)
+    parts = []
+    threads = []
+    for index, (tid, seq) in enumerate(sequences.items()):
+        seq = np.asarray(seq, dtype=np.int64)
+        starts = start_ns + np.concatenate(([0], np.cumsum(lengths[seq])[:-1]))
+        n_rows = counts[seq]
+        # Row j of exit k is template row offsets[seq[k]] + j.
+        exit_of_row = np.repeat(np.arange(len(seq)), n_rows)
+        within = np.arange(n_rows.sum()) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+        src = offsets[seq][exit_of_row] + within
+        waker = tid + waker_offset
+        tids = np.where(p_self[src], tid, np.where(p_lost[src], -1, waker))
+        # A wakeup fires on its waker's CPU; a lost marker is on the vCPU's.
+        cpu = np.where(p_woken[src], waker % 2, np.where(p_lost[src], tid % 2, tids % 2))
+        part = {"ts_ns": p_ts[src] + starts[exit_of_row], "tid": tids, "cpu": cpu}
+        part.update({c: v[src] for c, v in cols.items()})
+        part["peer_tid"] = np.where(p_woken[src], waker, part["peer_tid"])
+        fin = start_ns + int(lengths[seq].sum())
+        parts.append(pd.DataFrame(part))
+        parts.append(pd.DataFrame({"ts_ns": [fin], "tid": [tid], "cpu": [tid % 2], "event": ["run_enter"]}))
+        threads.append({"tid": tid, "name": f"CPU {index}/KVM", "role": "vcpu", "vcpu": index})
+        if any(templates[i].waker is not None for i in np.unique(seq)):
+            threads.append({"tid": tid + waker_offset, "name": "qemu-system-x86", "role": "main", "vcpu": None})
+    out = SyntheticTrace(threads=threads)
+    out.frame = pd.concat(parts, ignore_index=True)
+    return out

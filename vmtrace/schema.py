@@ -34,7 +34,15 @@ lock_release        ... released it
 dispatch_begin      userspace: device callback starts; ``addr`` = port/address,
                     ``size``, ``write``, ``name`` = MemoryRegion name
 dispatch_end        ... returns
+lost                collector marker: ``value`` events recorded on ``cpu``
+                    were lost between the previous event of that CPU and
+                    ``ts_ns`` (the first event after the gap, or when the
+                    loss was noticed); ``tid`` = -1.  Analyses distrust any
+                    span across such a gap (see analyses.intervals.lost_windows)
 ==================  ==========================================================
+
+Schema 2 added ``lost``; a schema-1 trace reads as one with no markers (its
+metadata ``lost_events`` still counts what was lost, without saying where).
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ __all__ = [
     "ROLE_OTHER",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: Event names in the order of their category codes in every trace file.
 EVENT_TYPES: Final[tuple[str, ...]] = (
@@ -78,6 +86,8 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
     "lock_release",
     "dispatch_begin",
     "dispatch_end",
+    # New types go last: the codes of the others are stable across versions.
+    "lost",
 )
 
 #: Column name -> pandas dtype.  Nullable columns use pandas' masked dtypes.
@@ -155,6 +165,8 @@ FUTEX_OPS: Final[dict[int, str]] = {
 }
 FUTEX_CMD_MASK: Final = 0x7F
 FUTEX_WAIT_OPS: Final = frozenset({0, 6, 9, 11})
+#: ... and those that wake waiters on uaddr.
+FUTEX_WAKE_OPS: Final = frozenset({1, 4, 5, 7, 10})
 
 ROLE_VCPU: Final = "vcpu"
 ROLE_MAIN: Final = "main"

@@ -86,21 +86,28 @@ def normalize_events(df: pd.DataFrame) -> pd.DataFrame:
     Stable sorting keeps the order in which a collector saw two events of the
     same nanosecond on one CPU.
     """
-    out = pd.DataFrame(index=df.index)
+    cols: dict[str, Any] = {}
     for col, dtype in EVENT_COLUMNS.items():
         if col == "event":
-            out[col] = pd.Categorical(df[col], categories=list(EVENT_TYPES))
+            values = df[col]
+            same = isinstance(values.dtype, pd.CategoricalDtype) and list(values.cat.categories) == list(EVENT_TYPES)
+            cols[col] = values.array if same else pd.Categorical(values, categories=list(EVENT_TYPES))
         elif col == "name":
             values = df[col] if col in df else pd.Series([None] * len(df), index=df.index)
-            out[col] = values.astype("category")
+            cols[col] = values.astype("category").array
         elif col in df:
-            out[col] = df[col].astype(dtype)
+            cols[col] = df[col].astype(dtype).array
         else:
-            out[col] = pd.Series(pd.NA, index=df.index, dtype=dtype)
+            cols[col] = pd.Series(pd.NA, index=df.index, dtype=dtype).array
+    # No copies: at 10M events every column copy costs hundreds of MB.
+    out = pd.DataFrame(cols, copy=False)
     if out["event"].isna().any():
-        bad = df.loc[out["event"].isna(), "event"].unique()[:5]
+        bad = df.loc[out["event"].isna().to_numpy(), "event"].unique()[:5]
         raise ValueError(f"unknown event names {list(bad)}")
-    order = np.argsort(out["ts_ns"].to_numpy(), kind="stable")
+    ts = out["ts_ns"].to_numpy()
+    if len(ts) < 2 or bool((ts[1:] >= ts[:-1]).all()):
+        return out
+    order = np.argsort(ts, kind="stable")
     return out.iloc[order].reset_index(drop=True)
 
 
@@ -156,6 +163,25 @@ def write_trace(path: Path, events: pd.DataFrame, meta: dict[str, Any]) -> Path:
     return path
 
 
+_NULLABLE = {"UInt64": pd.UInt64Dtype(), "UInt8": pd.UInt8Dtype(), "boolean": pd.BooleanDtype(),
+             "Int64": pd.Int64Dtype(), "Int32": pd.Int32Dtype()}
+
+
+def _read_events(pf: pq.ParquetFile) -> pd.DataFrame:
+    """The events, one column at a time, straight to the schema's pandas
+    dtypes: the peak is one copy of the events plus one Arrow column (not
+    the whole Arrow table beside its pandas copy), and a nullable column
+    never takes the float64/object detour of ``Table.to_pandas``."""
+    cols: dict[str, Any] = {}
+    for name, dtype in EVENT_COLUMNS.items():
+        col = pf.read(columns=[name]).column(0)
+        if dtype in _NULLABLE:
+            cols[name] = _NULLABLE[dtype].__from_arrow__(col)
+        else:
+            cols[name] = col.to_pandas().array
+    return pd.DataFrame(cols, copy=False)
+
+
 def read_trace(path: Path | str) -> Trace:
     """Read and validate a trace file.
 
@@ -188,14 +214,13 @@ def read_trace(path: Path | str) -> Trace:
             f"{path} uses trace schema {version}, newer than this vmtrace reads "
             f"({SCHEMA_VERSION}); upgrade vmtrace"
         )
-    try:
-        table = pf.read()
-    except (pa.ArrowException, OSError) as err:
-        raise TraceFileError(f"{path}: cannot read events (truncated or corrupt: {err})") from None
-    missing = [c for c in EVENT_COLUMNS if c not in table.column_names]
+    missing = [c for c in EVENT_COLUMNS if c not in pf.schema_arrow.names]
     if missing:
         raise TraceFileError(f"{path}: trace lacks columns {', '.join(missing)}")
-    events = table.to_pandas()
+    try:
+        events = _read_events(pf)
+    except (pa.ArrowException, OSError) as err:
+        raise TraceFileError(f"{path}: cannot read events (truncated or corrupt: {err})") from None
     try:
         events = normalize_events(events)
     except (ValueError, TypeError) as err:
