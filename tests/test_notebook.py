@@ -1,0 +1,24 @@
+"""The notebook in notebooks/ runs clean against a sample trace (nbclient)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_breakdown_notebook_runs_clean() -> None:
+    path = REPO / "notebooks" / "bql_breakdown.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    # Executed in a scratch copy: the committed notebook stays output-free.
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "exits," in text and "lost events" in text
+    assert "BQL" in text
+    # The figures rendered as plotly JSON, not as an error or nothing.
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 2
