@@ -126,3 +126,19 @@ def test_compare_figure_and_write_html_forms(tmp_path) -> None:
     assert ">Table</h2>" in rest and "<td>guest_cycles_per_op</td>" in rest
     assert rest.count("Plotly.newPlot(") == 2
     assert "<h2" not in page_html([go.Figure()])
+
+
+def test_sections_fall_back_without_the_other_analyses(tmp_path, monkeypatch) -> None:
+    # Exits, locks and off-CPU come from their own analyses where this
+    # version has them; without them the page still has every section,
+    # drawn from the breakdown and the timeline, and says so.
+    import vmtrace.render.html as page
+
+    monkeypatch.setattr(page, "_analysis", lambda name: None)
+    rest = _without_plotly(write_html_report(read_trace(SAMPLE), tmp_path / "r.html").read_text(encoding="utf-8"))
+    for title in ("Exits", "Locks", "Off-CPU", "Timeline"):
+        assert f">{title}</h2>" in rest
+    for name in ("exits", "locks", "offcpu"):
+        assert f"analyses/{name}.py is not in this version" in rest
+    assert "Time spent waiting, per thread and lock" in rest
+    assert "<td>BQL</td>" in rest  # the precise trace reports its BQL spans by name
