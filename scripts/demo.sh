@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The main job, in one command (Debian 12, root): set up what is missing, run
-# the PM-timer benchmark guest on a VMM while recording it, and print the BQL
-# breakdown.  VMM: reference (default, the bundled Python VMM) or qemu.
-#   bash scripts/demo.sh            # reference VMM, 2 vCPUs, BQL locking
-#   bash scripts/demo.sh qemu       # QEMU 7.2 from Debian
+# The main job, in one command (Debian 12, root): set up what is missing, then
+# reproduce the KVM Forum 2013 PM-timer figure: cycles per PM-timer read at
+# 1/2/4/8 vCPUs with and without the BQL, each run untraced (the guest's own
+# number) and recorded, broken down by component.  Writes out/sweep-$VMM/
+# (traces, summary.csv/json, report.html) and prints the BQL breakdown of the
+# largest BQL run.
+#   bash scripts/demo.sh            # reference VMM: --locking bql vs unlocked
+#   bash scripts/demo.sh qemu       # QEMU 7.2 from Debian (its locking is fixed)
+#   VCPUS=1,2 bash scripts/demo.sh  # fewer vCPU counts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VMM=${1:-reference}
-VCPUS=${VCPUS:-2}
+VCPUS=${VCPUS:-1,2,4,8}
 bash scripts/setup.sh
-mkdir -p out
 V=.venv/bin/vmtrace
-trace=out/demo-$VMM-${VCPUS}vcpu.vmtrace
-if [ "$VMM" = reference ]; then
-  $V bench --vmm reference --bench inl_pmtimer --vcpus "$VCPUS" --locking bql --iterations 5000 --record "$trace"
-else
-  $V bench --vmm qemu --bench inl_pmtimer --vcpus "$VCPUS" --iterations 20000 --record "$trace"
-fi
-$V report "$trace" --bql-breakdown
-echo "trace: $trace  (open it with pandas: vmtrace.trace.read_trace, or any Parquet reader)"
+out=out/sweep-$VMM
+case "$VMM" in
+  reference) $V sweep -o "$out" --vmm reference --locking bql,unlocked --vcpus "$VCPUS"
+             last=$out/reference-bql-${VCPUS##*,}vcpu.vmtrace ;;
+  qemu)      $V sweep -o "$out" --vmm qemu --vcpus "$VCPUS"
+             last=$out/qemu-${VCPUS##*,}vcpu.vmtrace ;;
+  *) echo "demo: unknown VMM '$VMM': use reference or qemu" >&2; exit 2 ;;
+esac
+$V report "$last" --bql-breakdown
+echo "figure: $out/report.html (self-contained, opens offline); traces and summary in $out/"
