@@ -450,3 +450,29 @@ def test_guest_memory_maps_ram_only(rig: Rig) -> None:
         with pytest.raises(DmaError):
             rig.mem.map(addr, length)
     assert rig.mem.is_ram(0, RAM_SIZE) and not rig.mem.is_ram(0, RAM_SIZE + 1)
+
+
+# -- the image backend -----------------------------------------------------------------------------
+def test_backend_rounds_capacity_down_and_writes_without_o_direct_too(tmp_path: Path) -> None:
+    img = tmp_path / "a.img"
+    img.write_bytes(b"x" * 1000)  # not a whole number of sectors: capacity rounds down
+    b = BlockBackend(str(img))
+    try:
+        assert b.direct and b.sectors == 1  # ext4 and (since Linux 6.6) tmpfs take O_DIRECT
+    finally:
+        b.close()
+    b = BlockBackend(str(img), direct=False)
+    b.pwritev(0, [memoryview(bytearray(b"\x07" * 512))])
+    b.close()
+    assert img.read_bytes() == b"\x07" * 512 + b"x" * 488
+
+
+def test_backend_short_read_at_the_end_is_an_error(tmp_path: Path) -> None:
+    img = tmp_path / "b.img"
+    img.write_bytes(bytes(1024))
+    b = BlockBackend(str(img))
+    try:
+        with pytest.raises(OSError):
+            b.preadv(512, [memoryview(bytearray(1024))])
+    finally:
+        b.close()

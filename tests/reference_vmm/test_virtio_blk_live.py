@@ -12,6 +12,7 @@ in-kernel PIC (irqfd), and where the queue work ran in the probe trace.
 from __future__ import annotations
 
 import collections
+import ctypes
 import mmap
 import os
 import struct
@@ -276,8 +277,6 @@ def test_ioeventfd_outw_signals_the_eventfd_without_an_exit(kvm) -> None:
     vcpu = None
     try:
         vm.set_tss_addr(0xFFFBD000)
-        import ctypes
-
         vm.set_user_memory_region(0, 0, 0x10000, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
         # mov dx, 0xc010; xor ax, ax; out dx, ax; mov ax, 1; out dx, ax; hlt   (16-bit real mode)
         code = bytes.fromhex("BA10C0" "31C0" "EF" "B80100" "EF" "F4")
