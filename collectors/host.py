@@ -77,7 +77,8 @@ def ensure_tracefs() -> Path:
     )
     path = tracefs_path()
     if path is None:
-        detail = proc.stderr.strip() or "no events directory after mounting"
+        # mount(8) adds a second line about dmesg; the error stays one line.
+        detail = (proc.stderr.strip().splitlines() or ["no events directory after mounting"])[0]
         raise HostError(
             f"tracefs is not mounted and mounting it failed ({detail}); "
             "run `mount -t tracefs nodev /sys/kernel/tracing` or enable CONFIG_TRACING"

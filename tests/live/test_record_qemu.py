@@ -278,3 +278,36 @@ def test_lost_events_are_in_every_report(live: None, pm_traces) -> None:
     assert "lost events:" in text
     js = json.loads(subprocess.run(VMTRACE + ["report", str(path), "-f", "json"], capture_output=True, text=True).stdout)
     assert isinstance(js["lost_events"], int) and "lost_per_cpu" in js
+
+
+def _in_namespace(setup: str, argv: list[str], user_ns: bool = False) -> subprocess.CompletedProcess:
+    """Run ``argv`` in a private mount namespace after shell ``setup``: how a
+    test gives this host the states it cannot otherwise be put in (no
+    /dev/kvm, no tracefs) without touching the host's own mounts.  In a user
+    namespace root cannot mount tracefs, as on a host whose kernel or policy
+    forbids it."""
+    need(shutil.which("unshare") is not None, "needs unshare(1) (util-linux)")
+    flags = ["-r", "-m"] if user_ns else ["-m"]
+    return subprocess.run(["unshare", *flags, "sh", "-c", f'{setup} && exec "$@"', "sh", *argv],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_no_dev_kvm_is_a_clear_error(live: None) -> None:
+    out = _in_namespace("mount -t tmpfs none /dev",
+                        [*VMTRACE, "bench", "--vmm", "qemu", "--iterations", "100"])
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/dev/kvm" in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("backend", ["bcc", "ftrace"])
+def test_tracefs_not_mountable_is_a_clear_error(live: None, tmp_path: Path, backend: str) -> None:
+    before = tracing_state()
+    out = _in_namespace("mount -t tmpfs none /sys/kernel/tracing && mount -t tmpfs none /sys/kernel/debug",
+                        [*VMTRACE, "record", "--backend", backend, "-o", str(tmp_path / "t.vmtrace"), "--", "true"],
+                        user_ns=True)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tracefs" in lines[0] and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "t.vmtrace").exists()
+    assert tracing_state() == before
