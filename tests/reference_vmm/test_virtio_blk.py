@@ -438,6 +438,8 @@ def test_config_space_and_write_cache(rig: Rig) -> None:
     rig.dev.set_features(0)
     rig.dev.set_status(7)
     assert rig.backend.writethrough and rig.dev.get_config()[32] == 0
+    rig.dev.reset()
+    assert not rig.backend.writethrough
 
 
 # -- guest memory --------------------------------------------------------------------------------

@@ -127,6 +127,10 @@ class VirtIOBlock(VirtIODevice):
         self.bytes_written = 0
         super().__init__("virtio-blk", VIRTIO_ID_BLOCK, BLK_CONFIG_LEN, features, mem, [queue_size])
 
+    def reset(self) -> None:
+        super().reset()
+        self.backend.writethrough = False  # as virtio_blk_reset: back to the disk's own cache mode
+
     def set_status(self, value: int) -> None:
         super().set_status(value)
         if value & 4:  # DRIVER_OK: as QEMU, a driver that cannot flush gets a write-through disk
