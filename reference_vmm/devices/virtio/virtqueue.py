@@ -209,6 +209,8 @@ class VirtQueue:
         if avail_idx == last:
             return None
         if (avail_idx - last) & 0xFFFF > self.num:
+            # QEMU 7.2 ends up broken too, later: it pops a ring's worth of stale
+            # heads before "Virtqueue size exceeded"; refusing at once moves no data.
             raise VirtioError("avail-index", f"Guest moved avail index from {last} to {avail_idx}")
         head = _U16.unpack_from(rings.avail, 4 + 2 * (last % self.num))[0]
         self.last_avail_idx = (last + 1) & 0xFFFF
