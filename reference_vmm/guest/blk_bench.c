@@ -365,6 +365,7 @@ int report_blk(void)
 {
     uint64_t hz = tsc_hz(), sum = 0, tmin = ~0ull, tmax = 0, iops;
     uint32_t total = 0, errors = 0, timed = 0;
+    uint8_t last_error = 0;
     int v, stalled = -1;
 
     for (v = 0; v < env.nvcpus; v++) {
@@ -384,6 +385,8 @@ int report_blk(void)
         }
         total += st->requests;
         errors += st->errors;
+        if (st->errors)
+            last_error = st->last_error;
         if (st->stalled && stalled < 0)
             stalled = v;
         kprintf("VMTRACE-BENCH result bench=%s vcpu=%d apic_id=%u iterations=%u cycles=%llu "
@@ -418,7 +421,7 @@ int report_blk(void)
     }
     if (errors)
         kprintf("VMTRACE-BENCH warning msg=\"%u requests completed with a status other than "
-                "OK (last: %u)\"\n", errors, stats[0].errors ? stats[0].last_error : 0);
+                "OK (one was %u)\"\n", errors, last_error);
     if (stalled >= 0) {
         kprintf("VMTRACE-BENCH error msg=\"vcpu %d: no request completed for %u ms: the "
                 "device stopped answering\"\n", stalled, BLK_STALL_MS);
