@@ -31,10 +31,18 @@ from vmtrace.errors import MissingEventsError, VmtraceError
 from vmtrace.schema import ROLE_VCPU
 from vmtrace.trace import Trace
 
-from .intervals import futex_waits, inside_by_thread, offcpu_spans, overlap_by_thread, pair_spans
-from .runs import event_codes, run_cycles, vcpu_threads
+from .intervals import (
+    ThreadWindows,
+    futex_waits,
+    inside_by_thread,
+    lost_windows,
+    offcpu_spans,
+    pair_spans,
+    present_events,
+)
+from .runs import run_cycles, vcpu_threads
 
-__all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakdown"]
+__all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakdown", "histogram", "timed_loop_exits"]
 
 #: The partition, in the order reports stack it.
 COMPONENTS: tuple[str, ...] = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "device")
@@ -61,7 +69,7 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     Raises ``MissingEventsError`` when the trace has no KVM_RUN events.
     """
     ev = trace.events
-    present = sorted(str(e) for e in ev["event"].unique())
+    present = present_events(ev)
     need = ["run_enter", "run_exit"]
     if not set(need) <= set(present):
         raise MissingEventsError("the exit breakdown", [e for e in need if e not in present], present)
@@ -73,19 +81,11 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     bql_word = trace.bql().get("futex_uaddr")
     other_named = [a for a, n in trace.futex_names().items() if n != "BQL"]
 
-    # The userspace events of the vCPU threads, selected by type first (a
-    # cheap code lookup) so the thread filter runs on few rows.
-    codes = ev["event"].cat.codes.to_numpy()
-    wanted = event_codes(("futex_enter", "futex_exit", "lock_begin", "lock_acquired", "dispatch_begin",
-                          "dispatch_end"))
-    rows = np.flatnonzero(wanted[codes])
-    rows = rows[np.isin(ev["tid"].to_numpy()[rows], list(tids))]
-    sub = ev.iloc[rows]
-    waits = futex_waits(sub)
-    locks = pair_spans(sub, "lock_begin", "lock_acquired", keys=("tid", "name"))
-    devices = pair_spans(sub, "dispatch_begin", "dispatch_end")
+    # Spans of every thread; the windows below only see their own thread's.
+    waits = futex_waits(ev)
+    locks = pair_spans(ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
+    devices = pair_spans(ev, "dispatch_begin", "dispatch_end")
     offcpu = offcpu_spans(ev)
-    offcpu = offcpu[offcpu["tid"].isin(list(tids)).to_numpy()]
 
     c_tid = cyc["tid"].to_numpy(dtype=np.int64)
     t_enter = cyc["start_ns"].to_numpy(dtype=np.int64)
@@ -99,8 +99,11 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     vmexit = t_dec - t_enter - guest
     emulator = t_exit - t_dec
 
-    def over(s_tid: np.ndarray, s: np.ndarray, e: np.ndarray, start: np.ndarray = t_exit) -> np.ndarray:
-        return overlap_by_thread(c_tid, start, t_next, s_tid, s, e)
+    user_win = ThreadWindows(c_tid, t_exit, t_next)
+    cycle_win = ThreadWindows(c_tid, t_enter, t_next)
+
+    def over(s_tid: np.ndarray, s: np.ndarray, e: np.ndarray, win: ThreadWindows = user_win) -> np.ndarray:
+        return win.overlap(s_tid, s, e)
 
     def inside(p_tid: np.ndarray, p: np.ndarray, s_tid: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
         return inside_by_thread(p_tid, p, s_tid, s, e) >= 0
@@ -149,10 +152,10 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     woken = ~np.isnan(wake)
     in_wait = inside(o_tid, off_s, w_tid, w_s, w_e) | inside(o_tid, off_s, l_tid, lock_s, lock_e)
     lk, ot = ~runnable & in_wait, ~runnable & ~in_wait
-    off_run = over(o_tid[runnable], off_s[runnable], off_e[runnable], t_enter)
-    off_lock = over(o_tid[lk], off_s[lk], off_e[lk], t_enter)
-    off_other = over(o_tid[ot], off_s[ot], off_e[ot], t_enter)
-    off_woken = over(o_tid[woken], wake[woken].astype(np.int64), off_e[woken], t_enter)
+    off_run = over(o_tid[runnable], off_s[runnable], off_e[runnable], cycle_win)
+    off_lock = over(o_tid[lk], off_s[lk], off_e[lk], cycle_win)
+    off_other = over(o_tid[ot], off_s[ot], off_e[ot], cycle_win)
+    off_woken = over(o_tid[woken], wake[woken].astype(np.int64), off_e[woken], cycle_win)
 
     out = pd.DataFrame(
         {
@@ -160,7 +163,7 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
             "vcpu": cyc["vcpu"].to_numpy(dtype=np.int16),
             "start_ns": t_enter,
             "end_ns": t_next,
-            "kind": cyc["kind"].to_numpy(dtype=object),
+            "kind": cyc["kind"].array,
             "addr": cyc["addr"].array,
             "write": cyc["write"].array,
             "reason": cyc["reason"].array,
@@ -176,9 +179,11 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
             "offcpu_other_ns": off_other,
             "offcpu_runnable_ns": off_run,
             "offcpu_woken_ns": off_woken,
-        }
+        },
+        copy=False,
     )
-    return out.sort_values("start_ns", kind="stable").reset_index(drop=True)
+    order = np.argsort(t_enter, kind="stable")
+    return out.take(order).reset_index(drop=True)
 
 
 _NS_COLS = (
@@ -234,6 +239,8 @@ class Breakdown:
     kvm_flavour: str
     notes: list[str] = field(default_factory=list)
     guest_cycles_per_op: float | None = None
+    histograms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    excluded_lost: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -245,6 +252,8 @@ class Breakdown:
             "kvm_flavour": self.kvm_flavour,
             "components": self.components,
             "percentiles": self.percentiles,
+            "histograms": self.histograms,
+            "excluded_lost": self.excluded_lost,
             "bql": self.bql,
             "by_kind": _records(self.by_kind),
             "by_vcpu": _records(self.by_vcpu),
@@ -255,6 +264,25 @@ class Breakdown:
             "mode": self.meta.get("mode"),
             "vmm": (self.meta.get("target") or {}).get("vmm"),
         }
+
+
+#: Histogram bins per doubling of cycles (bins grow by 2 ** (1/4), ~19%).
+HIST_BINS_PER_OCTAVE = 4
+
+
+def histogram(cycles: np.ndarray, per_octave: int = HIST_BINS_PER_OCTAVE) -> dict[str, list[float]]:
+    """Log-spaced histogram of per-exit cycles: ``edges`` (len n+1, the first
+    0, then 2**(k/per_octave) from 64 cycles up past the maximum) and
+    ``counts`` (len n).  Cost per exit spans orders of magnitude (a fast PIO
+    against one that waited for the BQL), so equal-ratio bins show both."""
+    cycles = np.asarray(cycles, dtype=np.float64)
+    if len(cycles) == 0:
+        return {"edges": [], "counts": []}
+    top = max(float(cycles.max()), 64.0)
+    steps = int(np.ceil(np.log2(top / 64.0) * per_octave)) + 1
+    edges = np.concatenate(([0.0], 64.0 * 2.0 ** (np.arange(steps + 1) / per_octave)))
+    counts, _ = np.histogram(np.clip(cycles, 0, None), bins=edges)
+    return {"edges": [round(float(e), 1) for e in edges], "counts": [int(c) for c in counts]}
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -276,14 +304,14 @@ def summarize(exits: pd.DataFrame, tsc_hz: int) -> pd.DataFrame:
     row: dict[str, float] = {"exits": float(len(exits))}
     for c in _SUMMARY_COLS:
         row[c] = float(exits[f"{c}_ns"].mean() * k) if len(exits) else 0.0
-    row["p50"] = float(exits["total_ns"].quantile(0.5) * k) if len(exits) else 0.0
-    row["p99"] = float(exits["total_ns"].quantile(0.99) * k) if len(exits) else 0.0
+    for q in (50, 90, 99):
+        row[f"p{q}"] = float(exits["total_ns"].quantile(q / 100) * k) if len(exits) else 0.0
     return pd.DataFrame([row])
 
 
 def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int) -> pd.DataFrame:
     if exits.empty:
-        return pd.DataFrame(columns=keys + ["exits", *_SUMMARY_COLS, "p50", "p99"])
+        return pd.DataFrame(columns=keys + ["exits", *_SUMMARY_COLS, "p50", "p90", "p99"])
     parts = []
     for key, grp in exits.groupby(keys, dropna=False, sort=True, observed=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -331,6 +359,14 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     exits = exit_breakdown(trace)
     bench = trace.meta.get("bench") or {}
     notes = list(trace.meta.get("notes") or [])
+    excluded = 0
+    if len(lost_windows(trace.events)):
+        cyc = run_cycles(trace).cycles
+        excluded = int((cyc["complete"] & cyc["lost"]).sum())
+        notes.append(f"{excluded:,} exits span lost events and are left out")
+    elif trace.lost_events:
+        notes.append(f"{trace.lost_events:,} events were lost and the trace does not say where: "
+                     "an exit across them may be mis-attributed")
     loop_port = bench.get("pm_port") if bench.get("bench") == "inl_pmtimer" else None
     if timed_loop and port is None and loop_port:
         exits = timed_loop_exits(exits, int(loop_port))
@@ -343,13 +379,13 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     comp = summarize(exits, tsc).iloc[0].to_dict()
     components = {c: float(comp[c]) for c in _SUMMARY_COLS}
     k = tsc / 1e9
+    ns_cols = [f"{c}_ns" for c in _SUMMARY_COLS]
+    qs = exits[ns_cols].quantile([0.5, 0.9, 0.99]) if len(exits) else None
     percentiles = {
-        c: {
-            f"p{q}": float(exits[f"{c}_ns"].quantile(q / 100) * k) if len(exits) else 0.0
-            for q in (50, 90, 99)
-        }
+        c: {f"p{q}": float(qs.loc[q / 100, f"{c}_ns"] * k) if qs is not None else 0.0 for q in (50, 90, 99)}
         for c in _SUMMARY_COLS
     }
+    histograms = {c: histogram(exits[f"{c}_ns"].to_numpy() * k) for c in _SUMMARY_COLS}
     by_kind = _grouped(exits.assign(addr=exits["addr"].astype("Float64")), ["kind", "addr"], tsc)
     by_kind["addr"] = by_kind["addr"].map(lambda a: None if pd.isna(a) else hex(int(a)))
     by_vcpu = _grouped(exits, ["vcpu"], tsc)
@@ -379,4 +415,6 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
         notes=notes,
         guest_cycles_per_op=bench.get("cycles_per_op"),
         meta=trace.meta,
+        histograms=histograms,
+        excluded_lost=excluded,
     )

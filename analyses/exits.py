@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
-from .intervals import lost_windows, overlaps_loss
+from .intervals import lost_windows, overlaps_loss, present_events, rank_in
 from .runs import DECODE_EVENTS, event_codes, exit_reason_name, run_cycles, vcpu_threads
 
 __all__ = ["VMX_EXIT_REASONS", "SVM_EXIT_CODES", "exit_events", "exit_table", "Exits", "exit_stats"]
@@ -73,7 +74,7 @@ _DECODE_REASON = {"pio": "IO", "mmio": "MMIO", "msr": "MSR"}
 
 _EXIT_COLS = {
     "tid": "int32", "vcpu": "int16", "start_ns": "int64", "end_ns": "Int64", "dur_ns": "Int64",
-    "reason": "object", "kind": "object", "addr": "UInt64", "size": "UInt8", "write": "boolean",
+    "reason": "category", "kind": "category", "addr": "UInt64", "size": "UInt8", "write": "boolean",
     "userspace": "bool",
 }
 
@@ -104,7 +105,7 @@ def exit_events(trace: Trace) -> pd.DataFrame:
     trace has neither KVM_RUN nor kvm_exit/kvm_entry events.
     """
     ev = trace.events
-    present = sorted(str(e) for e in ev["event"].unique())
+    present = present_events(ev)
     has_run = {"run_enter", "run_exit"} <= set(present)
     has_kvm = {"kvm_exit", "kvm_entry"} <= set(present)
     if not (has_run or has_kvm):
@@ -117,52 +118,58 @@ def exit_events(trace: Trace) -> pd.DataFrame:
         out = _from_kvm_exit(trace, tids)
     else:
         out = _from_runs(trace, tids)
-    out = out.astype(_EXIT_COLS)
-    return out.sort_values(["start_ns", "tid"], kind="stable").reset_index(drop=True)
+    order = np.lexsort((out["tid"].to_numpy(), out["start_ns"].to_numpy()))
+    return out.take(order).reset_index(drop=True)
+
+
+def _labels(codes: np.ndarray, namer: Any) -> pd.Categorical:
+    """A categorical of ``namer(code)`` for each code, naming each distinct
+    code once."""
+    uniq, inv = np.unique(np.asarray(codes, dtype=np.int64), return_inverse=True)
+    names = [namer(int(c)) for c in uniq]
+    # Distinct codes can share a name (reason_N fallbacks never do; keep safe).
+    cats = list(dict.fromkeys(names))
+    remap = np.array([cats.index(n) for n in names], dtype=np.int64)
+    return pd.Categorical.from_codes(remap[inv] if len(uniq) else inv, categories=cats)
 
 
 def _from_runs(trace: Trace, tids: dict[int, int]) -> pd.DataFrame:
     rc = run_cycles(trace, tids)
-    c = rc.cycles[rc.cycles["complete"] & ~rc.cycles["lost"]]
-    reason = c["reason"]
-    names = np.where(reason.isna().to_numpy(), "unknown",
-                     reason.fillna(0).astype(np.int64).map(exit_reason_name).to_numpy())
-    user = pd.DataFrame(
-        {
-            "tid": c["tid"].to_numpy(),
-            "vcpu": c["vcpu"].to_numpy(),
-            "start_ns": c["decode_ns"].to_numpy(),
-            "end_ns": c["end_ns"].to_numpy(),
-            "dur_ns": (c["end_ns"] - c["decode_ns"]).to_numpy(),
-            "reason": names,
-            "kind": c["kind"].to_numpy(),
-            "addr": c["addr"].array,
-            "size": c["size"].array,
-            "write": c["write"].array,
-            "userspace": np.ones(len(c), dtype=bool),
-        }
-    )
+    good = (rc.cycles["complete"] & ~rc.cycles["lost"]).to_numpy()
+    c = rc.cycles[good]
+    reason = c["reason"].to_numpy(dtype=np.float64, na_value=np.nan)
+    has = ~np.isnan(reason)
+    # NaN reasons get a code no KVM exit or errno has.
+    unknown = np.iinfo(np.int64).min
+    names = _labels(np.where(has, np.nan_to_num(reason), unknown).astype(np.int64),
+                    lambda r: "unknown" if r == unknown else exit_reason_name(r))
     d = rc.decodes
-    keep_cycle = np.zeros(len(rc.cycles) + 1, dtype=bool)
-    keep_cycle[:-1] = (rc.cycles["complete"] & ~rc.cycles["lost"]).to_numpy()
+    keep_cycle = np.append(good, False)
     d = d[(d["role"] == "kernel").to_numpy() & keep_cycle[d["cycle"].to_numpy()]]
-    vcpu_of = d["tid"].map(tids)
-    kernel = pd.DataFrame(
+    n_u, n_k = len(c), len(d)
+    vcpu_of = np.array([tids[int(t)] for t in sorted(tids)], dtype=np.int16)
+    dur = pd.array(np.concatenate(((c["end_ns"] - c["decode_ns"]).to_numpy(), np.zeros(n_k, np.int64))), dtype="Int64")
+    dur[n_u:] = pd.NA
+    end = pd.array(np.concatenate((c["end_ns"].to_numpy(), np.zeros(n_k, np.int64))), dtype="Int64")
+    end[n_u:] = pd.NA
+    k_reason = pd.Categorical(d["kind"].map(_DECODE_REASON).astype(object), categories=list(_DECODE_REASON.values()))
+    return pd.DataFrame(
         {
-            "tid": d["tid"].to_numpy(),
-            "vcpu": vcpu_of.to_numpy(dtype=np.int16),
-            "start_ns": d["ts_ns"].to_numpy(),
-            "end_ns": pd.array([pd.NA] * len(d), dtype="Int64"),
-            "dur_ns": pd.array([pd.NA] * len(d), dtype="Int64"),
-            "reason": d["kind"].map(_DECODE_REASON).to_numpy(dtype=object),
-            "kind": d["kind"].to_numpy(dtype=object),
-            "addr": d["addr"].array,
-            "size": d["size"].array,
-            "write": d["write"].array,
-            "userspace": np.zeros(len(d), dtype=bool),
-        }
+            "tid": np.concatenate((c["tid"].to_numpy(), d["tid"].to_numpy())).astype(np.int32),
+            "vcpu": np.concatenate((c["vcpu"].to_numpy(),
+                                    vcpu_of[rank_in(np.array(sorted(tids)), d["tid"].to_numpy())])).astype(np.int16),
+            "start_ns": np.concatenate((c["decode_ns"].to_numpy(), d["ts_ns"].to_numpy())).astype(np.int64),
+            "end_ns": end,
+            "dur_ns": dur,
+            "reason": union_categoricals([names, k_reason]),
+            "kind": union_categoricals([c["kind"].array, d["kind"].array]),
+            "addr": pd.concat([c["addr"], d["addr"]], ignore_index=True).array,
+            "size": pd.concat([c["size"], d["size"]], ignore_index=True).array,
+            "write": pd.concat([c["write"], d["write"]], ignore_index=True).array,
+            "userspace": np.concatenate((np.ones(n_u, dtype=bool), np.zeros(n_k, dtype=bool))),
+        },
+        copy=False,
     )
-    return pd.concat([user.astype(_EXIT_COLS), kernel.astype(_EXIT_COLS)], ignore_index=True)
 
 
 def _from_kvm_exit(trace: Trace, tids: dict[int, int]) -> pd.DataFrame:
@@ -316,14 +323,14 @@ def exit_stats(trace: Trace, port: int | None = None) -> Exits:
     exits = exit_events(trace)
     if port is not None:
         exits = exits[(exits["addr"] == port).fillna(False).to_numpy(dtype=bool)].reset_index(drop=True)
-    present = set(str(e) for e in ev["event"].unique())
+    present = set(present_events(ev))
     source = "kvm_exit" if {"kvm_exit", "kvm_entry"} <= present else "KVM_RUN"
-    by_reason = exit_table(exits.assign(handled=np.where(exits["userspace"], "userspace", "kernel")),
-                           ["reason", "handled"])
+    handled = pd.Categorical.from_codes(exits["userspace"].to_numpy().astype(np.int8), ["kernel", "userspace"])
+    by_reason = exit_table(exits.assign(handled=handled), ["reason", "handled"])
     acc = exits[exits["kind"].isin(DECODE_EVENTS).to_numpy()]
     write = acc["write"].to_numpy(dtype=bool, na_value=False)
     is_pio = (acc["kind"] == "pio").to_numpy()
-    direction = np.where(is_pio, np.where(write, "out", "in"), np.where(write, "write", "read"))
+    direction = pd.Categorical.from_codes(np.where(is_pio, 0, 2) + write, ["in", "out", "read", "write"])
     by_access = exit_table(acc.assign(dir=direction), ["kind", "addr", "dir"])
     by_vcpu = exit_table(exits, ["vcpu"]).sort_values("vcpu", kind="stable").reset_index(drop=True)
     notes = []

@@ -30,6 +30,9 @@ __all__ = [
     "thread_lifetimes",
     "overlap_by_thread",
     "inside_by_thread",
+    "ThreadWindows",
+    "rank_in",
+    "present_events",
 ]
 
 # sched_switch prev_state bits that name a task state (TASK_REPORT); the bit
@@ -37,6 +40,12 @@ __all__ = [
 # raw value, ftrace the masked one: both read as runnable through the mask.
 _TASK_REPORT_MASK = 0xFF
 _EVENT_CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
+
+
+def present_events(events: pd.DataFrame) -> list[str]:
+    """Names of the event types that occur in ``events``, sorted."""
+    counts = np.bincount(events["event"].cat.codes.to_numpy() + 1, minlength=len(EVENT_TYPES) + 1)[1:]
+    return sorted(EVENT_TYPES[i] for i in np.flatnonzero(counts))
 
 
 def pair_spans(
@@ -397,7 +406,93 @@ def overlap_by_thread(win_tid: np.ndarray, win_start: np.ndarray, win_end: np.nd
         raise OverflowError("trace too long to shift threads apart in int64")
     shift = inv * span - lo
     w_shift, s_shift = shift[: len(win_start)], shift[len(win_start):]
-    return overlap_sum(win_start + w_shift, win_end + w_shift, s_start + s_shift, s_end + s_shift)
+    ws, we = win_start + w_shift, win_end + w_shift
+    ss, se = s_start + s_shift, s_end + s_shift
+    if len(ws) > 1 and not (bool((ws[1:] >= we[:-1]).all()) and bool((we >= ws).all())):
+        return overlap_sum(ws, we, ss, se)
+    return _overlap_sorted_windows(ws, we, ss, se)
+
+
+def _overlap_sorted_windows(ws: np.ndarray, we: np.ndarray, ss: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """``overlap_sum`` when the windows are sorted and disjoint (a thread's
+    exits are): each span is clipped into the windows it meets, so the cost
+    is a binary search per span, not two per window."""
+    n = len(ws)
+    first = np.searchsorted(we, ss, side="right")
+    last = np.searchsorted(ws, se, side="left") - 1
+    meets = first <= last
+    first, last, ss, se = first[meets], last[meets], ss[meets], se[meets]
+    one = first == last
+    total = np.bincount(first[one], weights=np.minimum(se[one], we[first[one]]) - np.maximum(ss[one], ws[first[one]]),
+                        minlength=n)
+    many = ~one
+    if many.any():
+        f, l_, s0, e0 = first[many], last[many], ss[many], se[many]
+        total += np.bincount(f, weights=we[f] - np.maximum(s0, ws[f]), minlength=n)
+        total += np.bincount(l_, weights=np.minimum(e0, we[l_]) - ws[l_], minlength=n)
+        # Windows strictly between the first and the last are covered whole.
+        cover = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(cover, f + 1, 1)
+        np.add.at(cover, l_, -1)
+        total += np.cumsum(cover[:n]) * (we - ws)
+    return np.rint(total).astype(np.int64)
+
+
+def rank_in(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in ``sorted_keys`` (-1 when absent): a lookup
+    table for thread ids (small non-negative integers), else a search."""
+    sorted_keys = np.asarray(sorted_keys, dtype=np.int64)
+    values = np.asarray(values)
+    if len(sorted_keys) == 0 or len(values) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    hi = max(int(sorted_keys.max()), int(values.max()))
+    if int(sorted_keys.min()) >= 0 and int(values.min()) >= 0 and hi < 1 << 24:
+        table = np.full(hi + 1, -1, dtype=np.int64)
+        table[sorted_keys] = np.arange(len(sorted_keys))
+        return table[values]
+    i = np.clip(np.searchsorted(sorted_keys, values), 0, len(sorted_keys) - 1)
+    return np.where(sorted_keys[i] == values, i, -1)
+
+
+class ThreadWindows:
+    """Time windows of many threads, for repeated overlap sums against sets
+    of per-thread spans (the breakdown asks ten of them of one set of exits).
+
+    The threads' windows are moved to disjoint ranges once (thread rank times
+    the windows' extent); each query then shifts only its spans.
+    """
+
+    def __init__(self, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        self.start = np.asarray(start, dtype=np.int64)
+        self.end = np.asarray(end, dtype=np.int64)
+        tid = np.asarray(tid, dtype=np.int64)
+        self.keys = np.unique(tid)
+        n = len(self.start)
+        self.lo = int(self.start.min()) if n else 0
+        self.hi = int(self.end.max()) if n else 0
+        self.extent = self.hi - self.lo + 1
+        if self.extent * (len(self.keys) + 1) >= 1 << 62:
+            raise OverflowError("trace too long to shift threads apart in int64")
+        shift = rank_in(self.keys, tid) * self.extent - self.lo
+        self.ws = self.start + shift
+        self.we = self.end + shift
+        self.sorted = n < 2 or (bool((self.ws[1:] >= self.we[:-1]).all()) and bool((self.we >= self.ws).all()))
+
+    def overlap(self, s_tid: np.ndarray, s_start: np.ndarray, s_end: np.ndarray) -> np.ndarray:
+        """Per window, the time covered by the spans of its thread (one
+        thread's spans disjoint)."""
+        if len(self.ws) == 0 or len(s_start) == 0:
+            return np.zeros(len(self.ws), dtype=np.int64)
+        rank = rank_in(self.keys, np.asarray(s_tid, dtype=np.int64))
+        ok = rank >= 0
+        shift = rank[ok] * self.extent - self.lo
+        # Spans reach no window outside [lo, hi]: clipping keeps them in
+        # their thread's range.
+        ss = np.clip(np.asarray(s_start, dtype=np.int64)[ok], self.lo, self.hi) + shift
+        se = np.clip(np.asarray(s_end, dtype=np.int64)[ok], self.lo, self.hi) + shift
+        if self.sorted:
+            return _overlap_sorted_windows(self.ws, self.we, ss, se)
+        return overlap_sum(self.ws, self.we, ss, se)
 
 
 def inside_by_thread(p_tid: np.ndarray, points: np.ndarray,

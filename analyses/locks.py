@@ -33,6 +33,7 @@ from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
+    present_events,
     futex_calls,
     last_match,
     lost_windows,
@@ -79,7 +80,7 @@ def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, s
 
 def _need_futex(trace: Trace) -> None:
     ev = trace.events
-    present = sorted(str(e) for e in ev["event"].unique())
+    present = present_events(ev)
     need = ["futex_enter", "futex_exit"]
     if not set(need) <= set(present):
         raise MissingEventsError("the lock analysis", [e for e in need if e not in present], present)
@@ -250,7 +251,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     good = waits[~waits["lost"]]
     life = thread_lifetimes(ev)
     info = thread_info(trace, life["tid"].to_numpy())
-    label = dict(zip(life["tid"].astype(int), info["name"]))
+    label = {int(t): f"{n} [{int(t)}]" for t, n in zip(life["tid"], info["name"])}
     target_ns = int(life["time_ns"].sum())
 
     good = good.assign(eagain=(good["ret"] == -EAGAIN).fillna(False).to_numpy(dtype=bool),

@@ -25,6 +25,7 @@ from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
+    present_events,
     futex_waits,
     inside_by_thread,
     lost_windows,
@@ -42,7 +43,7 @@ OFFCPU_STATES: tuple[str, ...] = ("running", "lock", "other_blocked", "runnable"
 
 def _need_sched(trace: Trace) -> None:
     ev = trace.events
-    present = sorted(str(e) for e in ev["event"].unique())
+    present = present_events(ev)
     need = ["sched_out", "sched_in"]
     if not set(need) <= set(present):
         raise MissingEventsError("the off-CPU analysis", [e for e in need if e not in present], present)

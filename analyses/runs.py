@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ import pandas as pd
 from vmtrace.schema import EVENT_TYPES, KVM_EXIT_REASONS
 from vmtrace.trace import Trace
 
-from .intervals import lost_windows, overlaps_loss
+from .intervals import lost_windows, overlaps_loss, rank_in
 
 __all__ = ["RunCycles", "vcpu_threads", "run_cycles", "event_codes", "exit_reason_name", "DECODE_EVENTS"]
 
@@ -33,7 +34,8 @@ DECODE_EVENTS: tuple[str, ...] = ("pio", "mmio", "msr")
 _CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
 # The KVM_EXIT_* reason each decode kind ends a KVM_RUN with.
 _REASON_OF_DECODE = {"pio": (2,), "mmio": (6,), "msr": (29, 30)}
-_KIND_NONE = -1
+_ROLES = ("exit", "completion", "kernel", "stray")
+assert [_CODE[k] for k in DECODE_EVENTS] == list(range(_CODE["pio"], _CODE["pio"] + 3))
 
 
 def event_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
@@ -121,66 +123,79 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     sel = np.flatnonzero(wanted[codes])
     tid_all = ev["tid"].to_numpy()
     sorted_tids = np.array(sorted(tids), dtype=np.int64)
-    sel = sel[np.isin(tid_all[sel], sorted_tids)]
-    thr = np.searchsorted(sorted_tids, tid_all[sel]).astype(np.int16 if len(sorted_tids) < 2**15 else np.int64)
+    # Thread rank of every selected event (-1: not a vCPU), by table lookup.
+    rank = rank_in(sorted_tids, tid_all[sel])
+    keep = rank >= 0
+    sel, rank = sel[keep], rank[keep]
     # Stable: within a thread, trace order (time, then collector order).
-    order = np.argsort(thr, kind="stable")
-    sel, thr = sel[order], thr[order].astype(np.int64)
+    order = np.argsort(rank.astype(np.int16) if len(sorted_tids) < 1 << 15 else rank, kind="stable")
+    sel, thr = sel[order], rank[order]
     code = codes[sel]
     ts = ev["ts_ns"].to_numpy()[sel]
     n_ev = len(sel)
-    pos = np.arange(n_ev)
+    # Positions of each kind, in thread-then-time order: everything below
+    # touches these subsets, not the whole selection.
+    by_code = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[by_code], np.arange(len(EVENT_TYPES) + 1))
+    pos_of = {name: by_code[bounds[_CODE[name]]:bounds[_CODE[name] + 1]] for name in
+              ("run_enter", "run_exit", "userspace_exit", "kvm_entry", "kvm_exit")}
+    dec_all = np.flatnonzero((code >= _CODE["pio"]) & (code <= _CODE["msr"]))
 
-    is_enter = code == _CODE["run_enter"]
-    enter_pos = np.flatnonzero(is_enter)
+    enter_pos = pos_of["run_enter"]
     n_all = len(enter_pos)
-    g = np.cumsum(is_enter) - 1
+    is_enter = np.zeros(n_ev, dtype=bool)
+    is_enter[enter_pos] = True
+    g_all = np.cumsum(is_enter) - 1
     cyc_thr = thr[enter_pos]
-    valid = g >= 0
-    valid[valid] = cyc_thr[g[valid]] == thr[valid]
-    gv = np.where(valid, g, 0)
     closed = np.zeros(n_all, dtype=bool)
     closed[:-1] = cyc_thr[1:] == cyc_thr[:-1]
-    next_pos = np.concatenate((enter_pos[1:], [n_ev]))
+    next_pos = np.append(enter_pos[1:], n_ev)
 
-    def first(mask: np.ndarray) -> np.ndarray:
-        p = np.flatnonzero(mask & valid)
-        return _first_last(g[p], p, n_all, last=False)
+    def in_cycle(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions that fall inside a cycle of their own thread, and the
+        cycle of each."""
+        g = g_all[p]
+        ok = g >= 0
+        ok[ok] = cyc_thr[g[ok]] == thr[p[ok]]
+        return p[ok], g[ok]
 
-    def last_before(mask: np.ndarray, limit: np.ndarray) -> np.ndarray:
-        p = np.flatnonzero(mask & valid)
-        p = p[p < limit[g[p]]]
-        return _first_last(g[p], p, n_all, last=True)
+    def first(name: str) -> np.ndarray:
+        p, g = in_cycle(pos_of[name])
+        return _first_last(g, p, n_all, last=False)
 
-    exit_pos = first(code == _CODE["run_exit"])
-    complete = closed & (exit_pos >= 0)
-    limit = np.where(exit_pos >= 0, exit_pos, next_pos)
+    def last_before(name: str, limit: np.ndarray) -> np.ndarray:
+        p, g = in_cycle(pos_of[name])
+        ok = p < limit[g]
+        return _first_last(g[ok], p[ok], n_all, last=True)
 
-    uexit = last_before(code == _CODE["userspace_exit"], np.where(exit_pos >= 0, exit_pos + 1, 0))
+    exit_pos = first("run_exit")
+    has_exit = exit_pos >= 0
+    complete = closed & has_exit
+    limit = np.where(has_exit, exit_pos, next_pos)
+
+    uexit = last_before("userspace_exit", np.where(has_exit, exit_pos + 1, 0))
     has_reason = uexit >= 0
     reason = np.zeros(n_all, dtype=np.int64)
     if has_reason.any():
-        reason[has_reason] = ev["value"].take(sel[uexit[has_reason]]).to_numpy(dtype=np.int64, na_value=0)
+        reason[has_reason] = ev["value"].array.take(sel[uexit[has_reason]]).to_numpy(dtype=np.int64, na_value=0)
 
-    is_dec = np.isin(code, [_CODE[k] for k in DECODE_EVENTS]) & valid
-    dec_p = np.flatnonzero(is_dec)
+    dec_p, gd = in_cycle(dec_all)
     dec_rows = sel[dec_p]
-    dec_write = ev["write"].take(dec_rows).to_numpy(dtype=bool, na_value=False)
-    dec_value = ev["value"].take(dec_rows).to_numpy(dtype=np.float64, na_value=0.0)
-    first_dec = _first_last(g[dec_p], dec_p, n_all, last=False)
+    dec_write = ev["write"].array.take(dec_rows).to_numpy(dtype=bool, na_value=False)
+    dec_value = ev["value"].array.take(dec_rows).to_numpy(dtype=np.float64, na_value=0.0)
+    first_dec = _first_last(gd, dec_p, n_all, last=False)
     # The previous cycle of the same thread, and how it ended.
     prev_same = np.zeros(n_all, dtype=bool)
     prev_same[1:] = cyc_thr[1:] == cyc_thr[:-1]
     prev_reason = np.full(n_all, -1, dtype=np.int64)
     prev_reason[1:] = np.where(prev_same[1:] & has_reason[:-1], reason[:-1], -1)
-    first_kexit = first(code == _CODE["kvm_exit"])
+    first_kexit = first("kvm_exit")
     first_kexit = np.where(first_kexit >= 0, first_kexit, np.iinfo(np.int64).max)
     # Upstream KVM traces a userspace PIO/MMIO *read* when the next KVM_RUN
     # completes it (complete_emulator_pio_in), carrying the data; some hosts
     # (PVM here) trace it at decode time with the data still 0.  Which one
     # this trace shows is read off the data: completions name the previous
     # exit's port, and must not be taken for this exit's decode.
-    gd = g[dec_p]
     candidate = (
         ~dec_write
         & (dec_p == first_dec[gd])
@@ -195,99 +210,104 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     # in-kernel PIO just before a signal interrupts KVM_RUN is not the exit).
     dec_code = code[dec_p]
     before = dec_p < limit[gd]
-    cand = dec_p[~completion & before]
-    decode = _first_last(g[cand], cand, n_all, last=True)
+    cand = ~completion & before
+    decode = _first_last(gd[cand], dec_p[cand], n_all, last=True)
     has_dec = decode >= 0
-    d_code = code[np.clip(decode, 0, None)]
+    d_code = code[np.maximum(decode, 0)] if n_ev else np.zeros(n_all, dtype=code.dtype)
     agrees = ~has_reason
     for kind_name, reasons in _REASON_OF_DECODE.items():
         agrees |= (d_code == _CODE[kind_name]) & np.isin(reason, reasons)
     decode = np.where(has_dec & agrees, decode, -1)
     has_dec = decode >= 0
 
-    kexit = last_before(code == _CODE["kvm_exit"], limit)
-    kentry = last_before(code == _CODE["kvm_entry"], np.where(kexit >= 0, kexit, 0))
+    kexit = last_before("kvm_exit", limit)
+    kentry = last_before("kvm_entry", np.where(kexit >= 0, kexit, 0))
     # Where the exit itself left no decode event, take its completion.
     comp_p = dec_p[completion]
+    comp_g = gd[completion]
     comp_of_next = np.full(n_all, -1, dtype=np.int64)
-    comp_g = g[comp_p]
-    keep = (comp_g >= 1) & prev_same[comp_g]
-    comp_of_next[comp_g[keep] - 1] = comp_p[keep]
+    ok = (comp_g >= 1) & prev_same[comp_g]
+    comp_of_next[comp_g[ok] - 1] = comp_p[ok]
     name_pos = np.where(has_dec, decode, comp_of_next)
 
     t_enter = ts[enter_pos]
-    t_next = ts[np.clip(next_pos, 0, n_ev - 1)] if n_ev else t_enter
-    t_exit = np.where(exit_pos >= 0, ts[np.clip(exit_pos, 0, None)], t_next)
-    t_dec = np.where(has_dec, ts[np.clip(decode, 0, None)], np.where(has_reason, ts[np.clip(uexit, 0, None)], t_exit))
+    t_next = ts[np.minimum(next_pos, max(n_ev - 1, 0))] if n_ev else t_enter
+    t_exit = np.where(has_exit, ts[np.maximum(exit_pos, 0)], t_next) if n_ev else t_enter
+    t_dec = np.where(has_dec, ts[np.maximum(decode, 0)],
+                     np.where(has_reason, ts[np.maximum(uexit, 0)], t_exit)) if n_ev else t_enter
 
     # Exit kind: a decode's event name, else the reason's name.
-    has_name = name_pos >= 0
-    name_code = code[np.clip(name_pos, 0, None)]
-    reason_names = {int(r): exit_reason_name(int(r)) for r in np.unique(reason[has_reason & ~has_name])}
+    keep_c = np.flatnonzero(closed)
+    has_name = name_pos[keep_c] >= 0
+    name_rows = sel[np.maximum(name_pos[keep_c], 0)] if n_ev else keep_c
+    name_code = codes[name_rows]
+    c_reason = reason[keep_c]
+    c_has_reason = has_reason[keep_c]
+    reason_names = {int(r): exit_reason_name(int(r)) for r in np.unique(c_reason[c_has_reason & ~has_name])}
     labels = list(DECODE_EVENTS) + ["unknown"] + list(reason_names.values())
-    label_idx = np.full(n_all, len(DECODE_EVENTS), dtype=np.int64)
+    label_idx = np.full(len(keep_c), len(DECODE_EVENTS), dtype=np.int16)
     for i, k in enumerate(DECODE_EVENTS):
         label_idx[has_name & (name_code == _CODE[k])] = i
     for j, r in enumerate(reason_names):
-        label_idx[~has_name & has_reason & (reason == r)] = len(DECODE_EVENTS) + 1 + j
-    kind = np.asarray(labels, dtype=object)[label_idx]
+        label_idx[~has_name & c_has_reason & (c_reason == r)] = len(DECODE_EVENTS) + 1 + j
+    kind = pd.Categorical.from_codes(label_idx, categories=labels)
 
-    keep_c = np.flatnonzero(closed)
-    name_rows = sel[np.clip(name_pos, 0, None)]
-    addr = ev["addr"].take(name_rows).array.copy()
-    size = ev["size"].take(name_rows).array.copy()
-    write = ev["write"].take(name_rows).array.copy()
-    addr[~has_name] = pd.NA
-    size[~has_name] = pd.NA
-    write[~has_name] = pd.NA
-    tid_of = sorted_tids[cyc_thr]
-    kexit_ns = pd.array(ts[np.clip(kexit, 0, None)] if n_ev else kexit, dtype="Int64")
-    kexit_ns[kexit < 0] = pd.NA
-    kentry_ns = pd.array(ts[np.clip(kentry, 0, None)] if n_ev else kentry, dtype="Int64")
-    kentry_ns[(kentry < 0) | (kexit < 0)] = pd.NA
-    reason_col = pd.array(reason, dtype="Int64")
-    reason_col[~has_reason] = pd.NA
+    def named(col: str) -> Any:
+        arr = ev[col].array.take(name_rows)
+        arr[~has_name] = pd.NA
+        return arr
+
+    def opt_time(p: np.ndarray, valid: np.ndarray) -> Any:
+        arr = pd.array(ts[np.maximum(p, 0)] if n_ev else p, dtype="Int64")
+        arr[~valid] = pd.NA
+        return arr
+
+    kx, ke = kexit[keep_c], kentry[keep_c]
+    reason_col = pd.array(c_reason, dtype="Int64")
+    reason_col[~c_has_reason] = pd.NA
+    vcpu_of = np.array([tids[int(t)] for t in sorted_tids], dtype=np.int16)
+    c_thr = cyc_thr[keep_c]
     cycles = pd.DataFrame(
         {
-            "tid": tid_of.astype(np.int32),
-            "vcpu": np.array([tids[int(t)] for t in sorted_tids], dtype=np.int16)[cyc_thr]
-            if len(sorted_tids) else np.zeros(0, np.int16),
-            "start_ns": t_enter.astype(np.int64),
-            "end_ns": t_next.astype(np.int64),
-            "exit_ns": t_exit.astype(np.int64),
-            "decode_ns": t_dec.astype(np.int64),
-            "kexit_ns": kexit_ns,
-            "kentry_ns": kentry_ns,
+            "tid": sorted_tids[c_thr].astype(np.int32),
+            "vcpu": vcpu_of[c_thr] if len(vcpu_of) else np.zeros(0, np.int16),
+            "start_ns": t_enter[keep_c],
+            "end_ns": t_next[keep_c],
+            "exit_ns": t_exit[keep_c],
+            "decode_ns": t_dec[keep_c],
+            "kexit_ns": opt_time(kx, kx >= 0),
+            "kentry_ns": opt_time(ke, (ke >= 0) & (kx >= 0)),
             "reason": reason_col,
             "kind": kind,
-            "addr": addr,
-            "size": size,
-            "write": write,
-            "complete": complete,
-        }
-    ).iloc[keep_c].reset_index(drop=True)
+            "addr": named("addr"),
+            "size": named("size"),
+            "write": named("write"),
+            "complete": complete[keep_c],
+        },
+        copy=False,
+    )
     cycles["lost"] = overlaps_loss(cycles["start_ns"].to_numpy(), cycles["end_ns"].to_numpy(), lost_windows(ev))
 
     # Decode roles, with cycle numbers renumbered to rows of ``cycles``.
     row_of = np.full(n_all, -1, dtype=np.int64)
     row_of[keep_c] = np.arange(len(keep_c))
-    role = np.full(len(dec_p), "kernel", dtype=object)
-    role[completion] = "completion"
-    is_exit_dec = has_dec[gd] & (decode[gd] == dec_p)
-    role[is_exit_dec] = "exit"
+    role = np.full(len(dec_p), _ROLES.index("kernel"), dtype=np.int8)
+    role[completion] = _ROLES.index("completion")
+    role[has_dec[gd] & (decode[gd] == dec_p)] = _ROLES.index("exit")
     # Decodes after run_exit cannot be exits the kernel handled: they belong
     # to no exit (a lost run_enter would put them there).
-    role[~before & ~completion] = "stray"
+    role[~before & ~completion] = _ROLES.index("stray")
     decodes = pd.DataFrame(
         {
             "tid": tid_all[dec_rows].astype(np.int32),
-            "ts_ns": ts[dec_p].astype(np.int64),
-            "kind": np.asarray(EVENT_TYPES, dtype=object)[dec_code],
-            "addr": ev["addr"].take(dec_rows).array,
-            "size": ev["size"].take(dec_rows).array,
-            "write": ev["write"].take(dec_rows).array,
+            "ts_ns": ts[dec_p],
+            "kind": pd.Categorical.from_codes(dec_code - _CODE["pio"], categories=list(DECODE_EVENTS)),
+            "addr": ev["addr"].array.take(dec_rows),
+            "size": ev["size"].array.take(dec_rows),
+            "write": ev["write"].array.take(dec_rows),
             "cycle": row_of[gd],
-            "role": role,
-        }
+            "role": pd.Categorical.from_codes(role, categories=list(_ROLES)),
+        },
+        copy=False,
     )
     return RunCycles(cycles=cycles, decodes=decodes, completions_traced=completions_traced)
