@@ -133,8 +133,18 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     nested_other = in_bql & np.isin(w_addr, np.asarray(other_named, dtype=np.uint64))
     bql_wait = lock_bql + bql_futex - over(w_tid[nested_other], w_s[nested_other], w_e[nested_other])
     lock_wait = lock_all + bql_futex + other_futex
-    device = over(devices["tid"].to_numpy(dtype=np.int64), devices["start_ns"].to_numpy(dtype=np.int64),
-                  devices["end_ns"].to_numpy(dtype=np.int64))
+    d_tid = devices["tid"].to_numpy(dtype=np.int64)
+    d_s = devices["start_ns"].to_numpy(dtype=np.int64)
+    d_e = devices["end_ns"].to_numpy(dtype=np.int64)
+    # A device callback that takes a lock (QEMU's BQL inside a region's
+    # callback, the reference VMM's disk path) waits inside its own span:
+    # that wait is lock_wait, and device keeps only the rest.
+    l_in_dev = inside(l_tid, lock_s, d_tid, d_s, d_e)
+    free = free_bql | free_other
+    w_in_dev = free & inside(w_tid, w_s, d_tid, d_s, d_e)
+    device = (over(d_tid, d_s, d_e) - over(l_tid[l_in_dev], lock_s[l_in_dev], lock_e[l_in_dev])
+              - over(w_tid[w_in_dev], w_s[w_in_dev], w_e[w_in_dev]))
+    device = np.maximum(device, 0)
     user = t_next - t_exit
     # Spans can only overlap when events were lost; never let the remainder
     # go negative: shrink device first, as the least trusted span.
