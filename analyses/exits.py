@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import union_categoricals
 
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
-from .intervals import lost_windows, overlaps_loss, present_events, rank_in
+from .intervals import lost_windows, present_events, rank_in, thread_spans_lost
 from .runs import DECODE_EVENTS, event_codes, exit_reason_name, run_cycles, vcpu_threads
 
 __all__ = ["VMX_EXIT_REASONS", "SVM_EXIT_CODES", "exit_events", "exit_table", "Exits", "exit_stats"]
@@ -90,6 +89,10 @@ def _hw_reason_name(code: np.ndarray, flavour: str) -> np.ndarray:
 
 
 def exit_events(trace: Trace) -> pd.DataFrame:
+    return _exit_events(trace)[0]
+
+
+def _exit_events(trace: Trace) -> tuple[pd.DataFrame, int]:
     """One row per VM exit of every vCPU thread, complete exits only.
 
     Columns: ``tid`` int32, ``vcpu`` int16, ``start_ns`` int64 (kvm_exit;
@@ -114,12 +117,9 @@ def exit_events(trace: Trace) -> pd.DataFrame:
     tids = vcpu_threads(trace)
     if not tids:
         tids = {int(t): i for i, t in enumerate(sorted(ev.loc[(ev["event"] == "kvm_exit").to_numpy(), "tid"].unique()))}
-    if has_kvm:
-        out = _from_kvm_exit(trace, tids)
-    else:
-        out = _from_runs(trace, tids)
+    out, excluded = _from_kvm_exit(trace, tids) if has_kvm else _from_runs(trace, tids)
     order = np.lexsort((out["tid"].to_numpy(), out["start_ns"].to_numpy()))
-    return out.take(order).reset_index(drop=True)
+    return out.take(order).reset_index(drop=True), excluded
 
 
 def _labels(codes: np.ndarray, namer: Any) -> pd.Categorical:
@@ -133,7 +133,19 @@ def _labels(codes: np.ndarray, namer: Any) -> pd.Categorical:
     return pd.Categorical.from_codes(remap[inv] if len(uniq) else inv, categories=cats)
 
 
-def _from_runs(trace: Trace, tids: dict[int, int]) -> pd.DataFrame:
+def _concat_labels(a: pd.Categorical, b: pd.Categorical) -> pd.Categorical:
+    """Two categoricals end to end, categories merged, without hashing the
+    values (``union_categoricals`` refuses categories of different dtypes,
+    which an empty one has)."""
+    cats = list(dict.fromkeys([str(c) for c in a.categories] + [str(c) for c in b.categories]))
+    index = {c: i for i, c in enumerate(cats)}
+    ra = np.array([index[str(c)] for c in a.categories] + [-1], dtype=np.int64)
+    rb = np.array([index[str(c)] for c in b.categories] + [-1], dtype=np.int64)
+    codes = np.concatenate((ra[np.asarray(a.codes)], rb[np.asarray(b.codes)]))
+    return pd.Categorical.from_codes(codes, categories=cats)
+
+
+def _from_runs(trace: Trace, tids: dict[int, int]) -> tuple[pd.DataFrame, int]:
     rc = run_cycles(trace, tids)
     good = (rc.cycles["complete"] & ~rc.cycles["lost"]).to_numpy()
     c = rc.cycles[good]
@@ -153,6 +165,7 @@ def _from_runs(trace: Trace, tids: dict[int, int]) -> pd.DataFrame:
     end = pd.array(np.concatenate((c["end_ns"].to_numpy(), np.zeros(n_k, np.int64))), dtype="Int64")
     end[n_u:] = pd.NA
     k_reason = pd.Categorical(d["kind"].map(_DECODE_REASON).astype(object), categories=list(_DECODE_REASON.values()))
+    excluded = int((rc.cycles["complete"] & rc.cycles["lost"]).sum())
     return pd.DataFrame(
         {
             "tid": np.concatenate((c["tid"].to_numpy(), d["tid"].to_numpy())).astype(np.int32),
@@ -161,18 +174,18 @@ def _from_runs(trace: Trace, tids: dict[int, int]) -> pd.DataFrame:
             "start_ns": np.concatenate((c["decode_ns"].to_numpy(), d["ts_ns"].to_numpy())).astype(np.int64),
             "end_ns": end,
             "dur_ns": dur,
-            "reason": union_categoricals([names, k_reason]),
-            "kind": union_categoricals([c["kind"].array, d["kind"].array]),
+            "reason": _concat_labels(names, k_reason),
+            "kind": _concat_labels(c["kind"].array, d["kind"].array),
             "addr": pd.concat([c["addr"], d["addr"]], ignore_index=True).array,
             "size": pd.concat([c["size"], d["size"]], ignore_index=True).array,
             "write": pd.concat([c["write"], d["write"]], ignore_index=True).array,
             "userspace": np.concatenate((np.ones(n_u, dtype=bool), np.zeros(n_k, dtype=bool))),
         },
         copy=False,
-    )
+    ), excluded
 
 
-def _from_kvm_exit(trace: Trace, tids: dict[int, int]) -> pd.DataFrame:
+def _from_kvm_exit(trace: Trace, tids: dict[int, int]) -> tuple[pd.DataFrame, int]:
     """kvm_exit -> next kvm_entry of the same thread, with no other kvm_exit
     between; the first decode and any run_exit inside say what it was."""
     ev = trace.events
@@ -234,8 +247,8 @@ def _from_kvm_exit(trace: Trace, tids: dict[int, int]) -> pd.DataFrame:
             "userspace": user,
         }
     )
-    lost = overlaps_loss(ts[x], ts[e], lost_windows(ev))
-    return out[~lost].astype(_EXIT_COLS)
+    lost = thread_spans_lost(ev, tid[x], ts[x], ts[e])
+    return out[~lost].astype(_EXIT_COLS), int(lost.sum())
 
 
 _STAT_COLS = ["count", "share", "timed", "time_ns", "time_share", "min_ns", "mean_ns", "p50_ns", "p99_ns", "max_ns"]
@@ -320,7 +333,7 @@ def exit_stats(trace: Trace, port: int | None = None) -> Exits:
     is ``in``/``out`` for PIO, ``read``/``write`` for MMIO and MSR), and by
     vCPU.  ``port`` keeps only exits on that port or address."""
     ev = trace.events
-    exits = exit_events(trace)
+    exits, excluded = _exit_events(trace)
     if port is not None:
         exits = exits[(exits["addr"] == port).fillna(False).to_numpy(dtype=bool)].reset_index(drop=True)
     present = set(present_events(ev))
@@ -335,16 +348,7 @@ def exit_stats(trace: Trace, port: int | None = None) -> Exits:
     by_vcpu = exit_table(exits, ["vcpu"]).sort_values("vcpu", kind="stable").reset_index(drop=True)
     notes = []
     windows = lost_windows(ev)
-    # Count what the loss took, for the report: closed cycles (or kvm_exit
-    # pairs) that the marker windows overlap.
-    excluded = 0
     if len(windows):
-        if source == "KVM_RUN":
-            c = run_cycles(trace).cycles
-            excluded = int((c["lost"] & c["complete"]).sum())
-        else:
-            kx = ev[(ev["event"] == "kvm_exit").to_numpy()]
-            excluded = int(overlaps_loss(kx["ts_ns"].to_numpy(), kx["ts_ns"].to_numpy(), windows).sum())
         notes.append(f"{excluded:,} exits across lost events are left out")
     elif trace.lost_events:
         notes.append(f"{trace.lost_events:,} events were lost and the trace does not say where")

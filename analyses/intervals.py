@@ -33,6 +33,7 @@ __all__ = [
     "ThreadWindows",
     "rank_in",
     "present_events",
+    "thread_spans_lost",
 ]
 
 # sched_switch prev_state bits that name a task state (TASK_REPORT); the bit
@@ -369,6 +370,64 @@ def overlaps_loss(start: np.ndarray, end: np.ndarray, windows: pd.DataFrame) -> 
     return res
 
 
+def thread_spans_lost(events: pd.DataFrame, s_tid: np.ndarray, s_start: np.ndarray, s_end: np.ndarray,
+                      windows: pd.DataFrame | None = None) -> np.ndarray:
+    """Whether each span of a thread may have lost events: it overlaps a
+    lost-event window of a CPU the thread could have been on then.
+
+    A thread was possibly on CPU C during a window when its last own event
+    before the window, its first after it, or any of its own events inside
+    it, was recorded on C (own: not a wakeup, which fires on the waker's
+    CPU).  A thread seen only on other CPUs around and during the window lost
+    nothing there: with one lossy CPU among eight, the other seven vCPUs'
+    exits stay.  (A thread that migrated to C and back with every event on
+    C lost goes unnoticed; that takes two migrations inside one gap.)
+    """
+    windows = lost_windows(events) if windows is None else windows
+    s_tid = np.asarray(s_tid, dtype=np.int64)
+    s_start = np.asarray(s_start, dtype=np.int64)
+    s_end = np.asarray(s_end, dtype=np.int64)
+    out = np.zeros(len(s_tid), dtype=bool)
+    if len(windows) == 0 or len(s_tid) == 0:
+        return out
+    threads = np.unique(s_tid)
+    codes = events["event"].cat.codes.to_numpy()
+    ev_tid = events["tid"].to_numpy()
+    own = ~np.isin(codes, [_EVENT_CODE["wakeup"], _EVENT_CODE["lost"]])
+    rows = np.flatnonzero(own & np.isin(ev_tid, threads))
+    e_tid = ev_tid[rows].astype(np.int64)
+    e_ts = events["ts_ns"].to_numpy()[rows]
+    e_cpu = events["cpu"].to_numpy()[rows].astype(np.int64)
+    n_w, n_t = len(windows), len(threads)
+    pw = np.repeat(np.arange(n_w), n_t)
+    pt = np.tile(threads, n_w)
+    ws = windows["start_ns"].to_numpy(dtype=np.int64)[pw]
+    we = windows["end_ns"].to_numpy(dtype=np.int64)[pw]
+    wc = windows["cpu"].to_numpy(dtype=np.int64)[pw]
+    prev = last_match(pt, ws, e_tid, e_ts)
+    # The first event after the window: the last one "before" in negated time.
+    nxt = last_match(pt, -we, e_tid, -e_ts, strict=True)
+    cpu_key = e_tid * 4096 + e_cpu
+    inside = last_match(pt * 4096 + wc, we, cpu_key, e_ts)
+    on_c = (prev >= 0) & (e_cpu[np.maximum(prev, 0)] == wc) if len(rows) else np.zeros(len(pw), bool)
+    on_c |= (nxt >= 0) & (e_cpu[np.maximum(nxt, 0)] == wc) if len(rows) else False
+    on_c |= (inside >= 0) & (e_ts[np.maximum(inside, 0)] > ws) if len(rows) else False
+    if not on_c.any():
+        return out
+    # Per thread, its own windows against its own spans: shift each thread
+    # to a range of its own and test all at once.
+    lo = int(min(s_start.min(), ws[on_c].min(initial=0), 0))
+    hi = int(max(s_end.max(), we[on_c].max()))
+    extent = hi - lo + 1
+    if extent * (n_t + 1) >= 1 << 62:
+        raise OverflowError("trace too long to shift threads apart in int64")
+    w_rank = rank_in(threads, pt[on_c])
+    s_rank = rank_in(threads, s_tid)
+    w_start = np.maximum(ws[on_c], lo)
+    shifted = pd.DataFrame({"start_ns": w_start + w_rank * extent - lo, "end_ns": we[on_c] + w_rank * extent - lo})
+    return overlaps_loss(s_start + s_rank * extent - lo, s_end + s_rank * extent - lo, shifted)
+
+
 def thread_lifetimes(events: pd.DataFrame) -> pd.DataFrame:
     """Per thread seen in ``events``: ``tid`` int32, ``first_ns``, ``last_ns``
     and ``time_ns`` int64 (its observed lifetime: first to last event).
@@ -423,8 +482,10 @@ def _overlap_sorted_windows(ws: np.ndarray, we: np.ndarray, ss: np.ndarray, se: 
     meets = first <= last
     first, last, ss, se = first[meets], last[meets], ss[meets], se[meets]
     one = first == last
-    total = np.bincount(first[one], weights=np.minimum(se[one], we[first[one]]) - np.maximum(ss[one], ws[first[one]]),
-                        minlength=n)
+    # bincount sums float64 weights: exact for totals below 2**53 ns (104 days).
+    total = np.zeros(n, dtype=np.float64)
+    total += np.bincount(first[one], weights=np.minimum(se[one], we[first[one]]) - np.maximum(ss[one], ws[first[one]]),
+                         minlength=n)
     many = ~one
     if many.any():
         f, l_, s0, e0 = first[many], last[many], ss[many], se[many]

@@ -39,9 +39,9 @@ from .intervals import (
     lost_windows,
     offcpu_spans,
     overlap_by_thread,
-    overlaps_loss,
     pair_spans,
     thread_lifetimes,
+    thread_spans_lost,
 )
 from .offcpu import thread_info
 
@@ -57,15 +57,19 @@ def _parse_addr(key: Any) -> int:
 
 
 def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, str]:
-    """Futex word -> name, from (later wins): ``name`` on futex_enter events,
-    the metadata map ``futex_names`` ({addr: name}, keys int or hex
-    strings), the recorder's identified locks (the BQL), then ``extra``."""
+    """Futex word -> name, from (later wins): lock_begin events (a reported
+    lock span's ``name`` and address), ``name`` on futex_enter events, the
+    metadata map ``futex_names`` ({addr: name}, keys int or hex strings),
+    the recorder's identified locks (the BQL), then ``extra``."""
     names: dict[int, str] = {}
     ev = trace.events
-    fe = ev[(ev["event"] == "futex_enter").to_numpy() & ev["name"].notna().to_numpy()]
-    if len(fe):
-        pairs = fe[["addr", "name"]].dropna().drop_duplicates()
-        names.update({int(a): str(n) for a, n in zip(pairs["addr"], pairs["name"])})
+    # Lock spans the target reported name their lock's address; a name on a
+    # futex event names its word.
+    for event in ("lock_begin", "futex_enter"):
+        rows = ev[(ev["event"] == event).to_numpy() & ev["name"].notna().to_numpy()]
+        if len(rows):
+            pairs = rows[["addr", "name"]].dropna().drop_duplicates()
+            names.update({int(a): str(n) for a, n in zip(pairs["addr"], pairs["name"]) if int(a)})
     for key, name in (trace.meta.get("futex_names") or {}).items():
         try:
             names[_parse_addr(key)] = str(name)
@@ -144,7 +148,7 @@ def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
             "ret": waits["ret"].array,
             "offcpu_ns": offcpu,
             "woken_by": pd.array(woken_by, dtype="Int32"),
-            "lost": overlaps_loss(start, end, lost_windows(ev)),
+            "lost": thread_spans_lost(ev, tid, start, end),
         }
     )
     out.loc[woken_by < 0, "woken_by"] = pd.NA
@@ -181,8 +185,8 @@ def lock_holds(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
             "start_ns": spans["start_ns"].to_numpy(dtype=np.int64),
             "end_ns": spans["end_ns"].to_numpy(dtype=np.int64),
             "dur_ns": spans["dur_ns"].to_numpy(dtype=np.int64),
-            "lost": overlaps_loss(spans["start_ns"].to_numpy(dtype=np.int64), spans["end_ns"].to_numpy(dtype=np.int64),
-                                  lost_windows(ev)),
+            "lost": thread_spans_lost(ev, spans["tid"].to_numpy(dtype=np.int64),
+                                      spans["start_ns"].to_numpy(dtype=np.int64), spans["end_ns"].to_numpy(dtype=np.int64)),
         }
     )
 
@@ -244,8 +248,8 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     names = word_names(trace, extra_names)
     waits = lock_waits(trace, names)
     calls = futex_calls(ev)
-    calls_lost = overlaps_loss(calls["start_ns"].to_numpy(dtype=np.int64), calls["end_ns"].to_numpy(dtype=np.int64),
-                               lost_windows(ev))
+    calls_lost = thread_spans_lost(ev, calls["tid"].to_numpy(dtype=np.int64), calls["start_ns"].to_numpy(dtype=np.int64),
+                                   calls["end_ns"].to_numpy(dtype=np.int64))
     calls = calls[~calls_lost].reset_index(drop=True)
     holds = lock_holds(trace, names)
     good = waits[~waits["lost"]]

@@ -30,9 +30,9 @@ from .intervals import (
     inside_by_thread,
     lost_windows,
     offcpu_spans,
-    overlaps_loss,
     pair_spans,
     thread_lifetimes,
+    thread_spans_lost,
 )
 
 __all__ = ["OFFCPU_STATES", "offcpu_by_thread", "OffCpu", "offcpu_report"]
@@ -86,7 +86,7 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     s_tid = off["tid"].to_numpy(dtype=np.int64)
     s_start = off["start_ns"].to_numpy(dtype=np.int64)
     s_end = off["end_ns"].to_numpy(dtype=np.int64)
-    lost = overlaps_loss(s_start, s_end, lost_windows(ev))
+    lost = thread_spans_lost(ev, s_tid, s_start, s_end)
 
     waits = futex_waits(ev)
     bql_word = trace.bql().get("futex_uaddr")

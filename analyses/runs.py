@@ -26,7 +26,7 @@ import pandas as pd
 from vmtrace.schema import EVENT_TYPES, KVM_EXIT_REASONS
 from vmtrace.trace import Trace
 
-from .intervals import lost_windows, overlaps_loss, rank_in
+from .intervals import rank_in, thread_spans_lost
 
 __all__ = ["RunCycles", "vcpu_threads", "run_cycles", "event_codes", "exit_reason_name", "DECODE_EVENTS"]
 
@@ -286,7 +286,8 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
         },
         copy=False,
     )
-    cycles["lost"] = overlaps_loss(cycles["start_ns"].to_numpy(), cycles["end_ns"].to_numpy(), lost_windows(ev))
+    cycles["lost"] = thread_spans_lost(ev, cycles["tid"].to_numpy(), cycles["start_ns"].to_numpy(),
+                                        cycles["end_ns"].to_numpy())
 
     # Decode roles, with cycle numbers renumbered to rows of ``cycles``.
     row_of = np.full(n_all, -1, dtype=np.int64)

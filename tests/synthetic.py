@@ -21,6 +21,7 @@ OTHER_WORD = 0x5555_0000_2000
 TSC_HZ = 2_000_000_000  # 2 cycles per ns keeps expected values easy
 FUTEX_WAIT_PRIVATE = 128
 FUTEX_WAKE_PRIVATE = 129
+VMX_IO_INSTRUCTION = 30
 
 
 @dataclass
@@ -42,8 +43,12 @@ class ExitScript:
     wake_latency_ns: int = 0  # woken -> back on a CPU, at the end of the BQL wait
     sleep_ns: int = 0  # blocked off CPU on no lock, in the post part after preemption
     lose: tuple[str, ...] = ()  # events of this exit the collector lost (a `lost` marker instead)
+    kernel_exits: tuple[int, ...] = ()  # ports of PIO exits the kernel handles inside kernel_ns
+    guest_ns: int = 0  # with kvm_entry/kvm_exit: guest mode time at the end of kernel_ns
 
     def __post_init__(self) -> None:
+        if (self.guest_ns or self.kernel_exits) and self.kernel_ns < self.guest_ns + 3 * len(self.kernel_exits) + 2:
+            raise ValueError("kernel_ns must hold the guest time and the kernel-handled exits")
         if self.waker is not None and self.bql_futex_ns < self.wake_latency_ns + 4:
             raise ValueError("a woken BQL wait needs bql_futex_ns >= wake_latency_ns + 4")
         off = (self.preempted_ns + 1 if self.preempted_ns else 0) + (self.sleep_ns + 1 if self.sleep_ns else 0)
@@ -130,6 +135,22 @@ class SyntheticTrace:
                 self.add(ts, tid, event, **cols)
 
         emit(t, "run_enter")
+        # Inside kernel_ns, ending one ns before the decode: the exits the
+        # kernel handles itself (3 ns each), then guest_ns in guest mode;
+        # where the host fires them, kvm_entry/kvm_exit (IO_INSTRUCTION)
+        # around each guest run.
+        k = t + x.kernel_ns - 1 - x.guest_ns - 3 * len(x.kernel_exits)
+        if x.guest_ns:
+            emit(k, "kvm_entry")
+        for port in x.kernel_exits:
+            if x.guest_ns:
+                emit(k + 1, "kvm_exit", value=VMX_IO_INSTRUCTION, addr=0)
+            emit(k + 2, "pio", addr=port, size=1, write=True, value=0)
+            if x.guest_ns:
+                emit(k + 3, "kvm_entry")
+            k += 3
+        if x.guest_ns:
+            emit(k + x.guest_ns, "kvm_exit", value=VMX_IO_INSTRUCTION, addr=0)
         t += x.kernel_ns
         emit(t, "pio", addr=x.port, size=4, write=x.write, value=0)
         t += x.emulator_ns // 2
