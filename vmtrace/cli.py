@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from .errors import VmtraceError
 
@@ -95,38 +96,125 @@ def record(
         raise typer.Exit(result.exit_status)
 
 
-@app.command()
+class _OneLineUsageErrors(TyperCommand):
+    """A command whose usage errors (unknown option, bad value) are one line
+    on stderr and status 2, like every other vmtrace error."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as err:
+            # click's UsageError (exit code 2), which typer either imports from
+            # click or vendors, depending on its version.
+            if getattr(err, "exit_code", None) != 2 or not hasattr(err, "format_message"):
+                raise
+            message = " ".join(str(err.format_message()).split())
+            print(f"vmtrace: error: {message} (see vmtrace {ctx.info_name} --help)", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+
+#: The views of `vmtrace report`, in the order they print and key the JSON.
+REPORT_VIEWS = ("bql_breakdown", "exits", "locks", "offcpu")
+
+
+@app.command(cls=_OneLineUsageErrors)
 @friendly
 def report(
     trace: Path = typer.Argument(..., help="A trace written by vmtrace record or vmtrace bench --record."),
-    bql_breakdown: bool = typer.Option(True, "--bql-breakdown", help="Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart)."),
-    fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json."),
-    port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer)."),
-    all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop."),
+    bql_breakdown: bool = typer.Option(False, "--bql-breakdown", help="Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart); with distributions, per exit kind/port, per vCPU.  The default view."),
+    exits: bool = typer.Option(False, "--exits", help="What perf kvm stat gives, on any host: count, share, time share, min/mean/max per exit reason, per PIO port and MMIO address, per vCPU."),
+    locks: bool = typer.Option(False, "--locks", help="Every futex word the target waited on: waits, wait time (mean, p99), waiting and waking threads, hold times, the BQL named; time inside futex calls."),
+    offcpu: bool = typer.Option(False, "--offcpu", help="Per thread: running, blocked on a lock, blocked on anything else, runnable but waiting for a CPU."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
+    port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
+    all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
+    lock: list[str] = typer.Option([], "--lock", help="Name a futex word, NAME=0xADDR (repeatable); with --locks."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report (breakdown, exits, locks, off-CPU, timeline) to this file."),
 ) -> None:
     """Show where each userspace exit's cycles go, and the BQL's share.
 
+    One or more views of one trace (several combine in one call):
+
+      vmtrace report pm.vmtrace                       # --bql-breakdown
+      vmtrace report pm.vmtrace --exits --locks --offcpu
+      vmtrace report pm.vmtrace --locks --lock GIL=0x7f3a2c001040 -f json
+
     Reads only the trace file: runs without root, on any machine.
     """
-    from .analyses.breakdown import bql_breakdown as compute
-    from .render.text import render_breakdown, render_json_safe
+    from .render.text import render_json_safe
     from .trace import read_trace
 
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
+    chosen = [v for v, on in zip(REPORT_VIEWS, (bql_breakdown, exits, locks, offcpu)) if on] or ["bql_breakdown"]
+    # An option that no chosen view reads is a mistake to point out, not to ignore.
+    if port is not None and not {"bql_breakdown", "exits"} & set(chosen):
+        raise VmtraceError("--port applies to --bql-breakdown and --exits")
+    if all_exits and "bql_breakdown" not in chosen:
+        raise VmtraceError("--all-exits applies to --bql-breakdown")
+    if lock and "locks" not in chosen:
+        raise VmtraceError("--lock applies to --locks")
     port_no = _parse_int(port, "--port") if port else None
+    names = dict(_parse_lock(spec) for spec in lock)
     tr = read_trace(trace)
-    b = compute(tr, port=port_no, timed_loop=not all_exits)
+    results = {view: _report_view(view, tr, port_no, all_exits, names) for view in chosen}
     if html is not None:
         from .render.html import write_html_report
 
         # On stderr, so that --format json keeps stdout one JSON document.
         err_console.print(f"vmtrace: wrote {write_html_report(tr, html, port=port_no, timed_loop=not all_exits)}")
     if fmt == "json":
-        print(json.dumps(render_json_safe(b.to_json()), indent=2))
-    else:
-        render_breakdown(b, Console())
+        docs = {view: r.to_json() for view, r in results.items()}
+        print(json.dumps(render_json_safe(docs[chosen[0]] if len(docs) == 1 else docs), indent=2))
+        return
+    console = _report_console()
+    for view, r in results.items():
+        _render_view(view, r, console)
+
+
+def _report_view(view: str, tr: Any, port: Optional[int], all_exits: bool, names: dict[int, str]) -> Any:
+    """Compute one view of ``vmtrace report``: the library call a notebook makes."""
+    if view == "bql_breakdown":
+        from .analyses.breakdown import bql_breakdown
+
+        return bql_breakdown(tr, port=port, timed_loop=not all_exits)
+    if view == "exits":
+        from .analyses.exits import exit_stats
+
+        return exit_stats(tr, port=port)
+    if view == "locks":
+        from .analyses.locks import lock_report
+
+        return lock_report(tr, extra_names=names)
+    from .analyses.offcpu import offcpu_report
+
+    return offcpu_report(tr)
+
+
+def _render_view(view: str, result: Any, console: Console) -> None:
+    from .render import text
+
+    render = {"bql_breakdown": text.render_breakdown, "exits": text.render_exits, "locks": text.render_locks,
+              "offcpu": text.render_offcpu}[view]
+    render(result, console)
+
+
+def _report_console() -> Console:
+    # Piped output would be squeezed to 80 columns and numbers elided; a log
+    # or a script keeps them whole at 160.
+    import os
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
+
+
+def _parse_lock(spec: str) -> tuple[int, str]:
+    name, sep, addr = spec.partition("=")
+    if not sep or not name.strip() or not addr.strip():
+        raise VmtraceError(f"--lock takes NAME=0xADDR, such as GIL=0x7f3a2c001040, not {spec!r}")
+    return _parse_int(addr.strip(), "--lock"), name.strip()
 
 
 @app.command()

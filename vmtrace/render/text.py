@@ -59,20 +59,52 @@ def _components_table(b: Breakdown) -> Table:
     return t
 
 
+def fmt_cycles_short(v: float | None) -> str:
+    """Cycles in at most 7 characters: 24,357 as is, 4.35M and 847k
+    rounded with their unit (an exit that waited for a second is 2.6G)."""
+    if v is None or v != v:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= 100 * scale if unit == "k" else abs(v) >= scale:
+            x = v / scale
+            return f"{x:.2f}{unit}" if abs(x) < 10 else f"{x:.1f}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
+    return f"{v:,.0f}"
+
+
 def _group_table(df: pd.DataFrame, keys: list[str], title: str, limit: int = 12) -> Table:
-    t = Table(title=title, title_justify="left")
-    for k in keys:
-        t.add_column(k)
-    for col in ("exits", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total", "p50", "p99"):
-        t.add_column(col, justify="right")
+    comps = ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total", "p50", "p99")
+    heads = {"lock_wait": "lock", "bql_wait": "BQL", "emulator": "emul"}
+    rows = []
     for row in df.head(limit).to_dict(orient="records"):
         cells = [str(row.get(k) if row.get(k) is not None else "-") for k in keys]
         cells.append(f"{int(row['exits']):,}")
-        cells += [fmt_cycles(row[c]) for c in ("vmexit", "emulator", "dispatch", "device", "lock_wait",
-                                                "bql_wait", "total", "p50", "p99")]
-        t.add_row(*cells)
-    if len(df) > limit:
-        t.caption = f"{len(df) - limit} more rows in --format json"
+        cells += [fmt_cycles_short(row.get(c)) for c in comps]
+        rows.append(cells)
+    more = len(df) - limit
+    return _grid(f"{title}, mean cycles per exit (p50/p99 of the total)",
+                 [(k, "k") for k in keys] + [("exits", "r")] + [(heads.get(c, c), "r") for c in comps], rows,
+                 f"{more} more rows in --format json" if more > 0 else None)
+
+
+def _histogram_table(b: Breakdown, rows: int = 12) -> Table | None:
+    """The distribution of total cycles per exit, coarsened to ``rows``
+    log-spaced bins between the first and the last non-empty one."""
+    h = getattr(b, "histograms", {}).get("total") or {}
+    counts, edges = h.get("counts") or [], h.get("edges") or []
+    nz = [i for i, c in enumerate(counts) if c]
+    if not nz:
+        return None
+    lo, hi = nz[0], nz[-1] + 1
+    step = max(1, -(-(hi - lo) // rows))
+    t = Table(title="distribution of cycles per exit (total)", title_justify="left", box=None, pad_edge=False)
+    t.add_column("cycles", justify="right", no_wrap=True)
+    t.add_column("exits", justify="right", no_wrap=True)
+    t.add_column("", no_wrap=True)
+    groups = [(i, min(i + step, hi)) for i in range(lo, hi, step)]
+    sums = [sum(counts[a:z]) for a, z in groups]
+    top = max(sums) or 1
+    for (a, z), n in zip(groups, sums):
+        t.add_row(f"{fmt_cycles(edges[a])} - {fmt_cycles(edges[z])}", f"{n:,}", "█" * round(40 * n / top))
     return t
 
 
@@ -80,8 +112,13 @@ def render_breakdown(b: Breakdown, console: Console | None = None) -> None:
     console = console or Console()
     _header(b, console)
     console.print(_components_table(b))
+    hist = _histogram_table(b)
+    if hist is not None:
+        console.print(hist)
     console.print(_group_table(b.by_kind, ["kind", "addr"], "by exit kind and port/address"))
     console.print(_group_table(b.by_vcpu, ["vcpu"], "by vCPU"))
+    if b.by_role["role"].nunique() > 1 if len(b.by_role) else False:
+        console.print(_group_table(b.by_role, ["role"], "by thread role"))
     if b.guest_cycles_per_op:
         total = b.components.get("total") or 0.0
         ratio = total / b.guest_cycles_per_op if b.guest_cycles_per_op else float("nan")
@@ -109,3 +146,195 @@ def render_json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and obj != obj:
         return None
     return obj
+
+
+# ----------------------------------------------------------------------------
+# Exits, locks and off-CPU views.  Tables are sized for 100 columns: numbers
+# never wrap (a column that would cut one is given its full width), names
+# fold when the terminal is narrower.
+
+
+def fmt_us(ns: float | None) -> str:
+    """Nanoseconds as microseconds, with the digits that matter at each scale."""
+    if ns is None or ns != ns:
+        return "-"
+    us = ns / 1e3
+    if us < 10:
+        return f"{us:.2f}"
+    if us < 1000:
+        return f"{us:.1f}"
+    return f"{us:,.0f}"
+
+
+def fmt_dur(ns: float | None) -> str:
+    """A duration with its unit, at most 7 characters: 850ns, 21.3µs,
+    5.09ms, 1.66s, so one column holds a PIO exit and a lock wait alike."""
+    if ns is None or ns != ns:
+        return "-"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            v = ns / scale
+            return f"{v:.2f}{unit}" if v < 10 else f"{v:.1f}{unit}" if v < 100 else f"{v:,.0f}{unit}"
+    return f"{ns:.0f}ns"
+
+
+def fmt_ms(ns: float | None) -> str:
+    if ns is None or ns != ns:
+        return "-"
+    ms = ns / 1e6
+    return f"{ms:.2f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def fmt_pct(share: float | None) -> str:
+    if share is None or share != share:
+        return "-"
+    return f"{100 * share:.1f}%"
+
+
+def _grid(title: str, columns: list[tuple[str, str]], rows: list[list[str]], caption: str | None = None) -> Table:
+    """A compact table; ``columns`` are (header, kind): "r" a number and "k"
+    a short key, neither ever cut, or "l" text that may fold."""
+    from rich import box
+
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, caption=caption,
+              caption_justify="left", show_edge=False, padding=(0, 1), collapse_padding=True)
+    for i, (name, kind) in enumerate(columns):
+        if kind in ("r", "k"):
+            width = max([len(name)] + [len(r[i]) for r in rows])
+            t.add_column(name, justify="right" if kind == "r" else "left", no_wrap=True, min_width=width)
+        else:
+            t.add_column(name, justify="left", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _lost_line(lost: int, markers: int, console: Console) -> None:
+    style = "bold red" if lost or markers else "green"
+    where = f", {markers:,} lost-event markers" if markers else ""
+    console.print(f"lost events: [{style}]{lost:,}[/]{where}")
+
+
+def render_exits(x: Any, console: Console | None = None, limit: int = 15) -> None:
+    """The ``--exits`` view (``analyses.exits.Exits``)."""
+    console = console or Console()
+    n = len(x.exits)
+    user = int(x.exits["userspace"].sum()) if n else 0
+    src = "kvm_exit -> kvm_entry" if x.source == "kvm_exit" else "KVM_RUN + decode (no kvm_exit on this host)"
+    console.print(f"[bold]vmtrace exits[/]  source: {src}  kvm={x.kvm_flavour}")
+    console.print(f"exits: {n:,} ({user:,} to userspace, {n - user:,} handled in the kernel)")
+    _lost_line(x.lost_events, x.lost_markers, console)
+    stat_cols = [("count", "r"), ("%", "r"), ("time %", "r"), ("min", "r"), ("mean", "r"), ("p99", "r"),
+                 ("max", "r")]
+
+    def stats(r: dict[str, Any]) -> list[str]:
+        return [f"{int(r['count']):,}", fmt_pct(r["share"]), fmt_pct(r["time_share"]) if r["timed"] else "-",
+                fmt_dur(r["min_ns"]), fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_dur(r["max_ns"])]
+
+    rows = [[str(r["reason"]), str(r["handled"])] + stats(r) for r in x.by_reason.head(limit).to_dict("records")]
+    more = len(x.by_reason) - limit
+    console.print(_grid("by exit reason", [("reason", "k"), ("handled", "k")] + stat_cols, rows,
+                        f"{more} more in --format json" if more > 0 else None))
+    if len(x.by_access):
+        rows = [[str(r["kind"]), "-" if pd.isna(r["addr"]) else f"{int(r['addr']):#x}", str(r["dir"])] + stats(r)
+                for r in x.by_access.head(limit).to_dict("records")]
+        more = len(x.by_access) - limit
+        console.print(_grid("by port (PIO) / address (MMIO, MSR)", [("kind", "k"), ("addr", "k"), ("dir", "k")]
+                            + stat_cols, rows, f"{more} more in --format json" if more > 0 else None))
+    rows = [[str(int(r["vcpu"])), f"{int(r['count']):,}", f"{int(r['userspace']):,}", fmt_pct(r["time_share"]),
+             fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_dur(r["max_ns"])] for r in x.by_vcpu.to_dict("records")]
+    console.print(_grid("by vCPU", [("vcpu", "r"), ("count", "r"), ("userspace", "r"), ("time %", "r"),
+                                    ("mean", "r"), ("p99", "r"), ("max", "r")], rows))
+    for note in x.notes:
+        console.print(f"[dim]note: {note}[/]")
+
+
+def _word_label(name: Any, addr: int) -> str:
+    return f"{name} {addr:#x}" if isinstance(name, str) and name else f"{addr:#x}"
+
+
+def render_locks(lk: Any, console: Console | None = None, limit: int = 12) -> None:
+    """The ``--locks`` view (``analyses.locks.Locks``)."""
+    console = console or Console()
+    tot = lk.totals
+    console.print("[bold]vmtrace locks[/]  futex words the target waited on, most wait time first")
+    _lost_line(lk.lost_events, lk.lost_markers, console)
+    bql = lk.bql
+    if bql.get("identified"):
+        console.print(f"BQL: futex word {bql.get('futex_uaddr') or '-'} ({bql.get('method')})")
+    else:
+        console.print(f"BQL: [yellow]not identified[/] ({bql.get('method', 'no method')})")
+    target = tot["target_ns"]
+    line = (f"target threads' time {fmt_ms(target)} ms: in futex waits {fmt_pct(tot['futex_wait_share'])}, "
+            f"in futex wakes {fmt_pct(tot['futex_wake_share'])}")
+    console.print(line)
+    if tot.get("sched_events"):
+        console.print(
+            f"on-CPU time inside futex calls: {fmt_pct(tot['futex_oncpu_share'])} of {fmt_ms(tot['oncpu_ns'])} ms "
+            f"on CPU (waits {fmt_pct(tot['futex_wait_oncpu_share'])}, wakes {fmt_pct(tot['futex_wake_oncpu_share'])}):"
+            " the kernel's futex work, spinning on its hash-bucket lock included"
+        )
+    words = lk.words
+    rows = []
+    for r in words.head(limit).to_dict("records"):
+        rows.append([_word_label(r["name"], int(r["addr"])), f"{int(r['waits']):,}", f"{int(r['blocked']):,}",
+                     fmt_dur(r["wait_ns"]), fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_dur(r["max_ns"]),
+                     fmt_pct(r["wait_share"]), str(int(r["waiters"])), f"{int(r['wake_calls']):,}"])
+    more = len(words) - limit
+    console.print(_grid("futex words: wait calls, how many slept, time waiting, waiting threads, wake calls",
+                        [("lock", "k"), ("waits", "r"), ("slept", "r"), ("waited", "r"), ("mean", "r"),
+                         ("p99", "r"), ("max", "r"), ("of time", "r"), ("waiters", "r"), ("wakes", "r")], rows,
+                        f"{more} more in --format json" if more > 0 else None))
+    held = words[words["holds"] > 0]
+    if len(held):
+        rows = [[_word_label(r["name"], int(r["addr"])), f"{int(r['holds']):,}", fmt_dur(r["hold_ns"]),
+                 fmt_dur(r["hold_mean_ns"]), fmt_dur(r["hold_p99_ns"])] for r in held.head(limit).to_dict("records")]
+        console.print(_grid("hold times (lock_acquired -> lock_release, as the target reported them)",
+                            [("lock", "k"), ("holds", "r"), ("held", "r"), ("mean", "r"), ("p99", "r")], rows))
+    bt = lk.by_thread
+    if len(bt):
+        rows = [[_word_label(r["name"], int(r["addr"])), f"{r['thread']} [{int(r['tid'])}]", str(r["role"]),
+                 f"{int(r['waits']):,}", fmt_dur(r["wait_ns"]), f"{int(r['wake_calls']):,}"]
+                for r in bt.head(limit).to_dict("records")]
+        more = len(bt) - limit
+        console.print(_grid("waiting and waking threads", [("lock", "k"), ("thread", "l"), ("role", "k"),
+                                                           ("waits", "r"), ("waited", "r"), ("wake calls", "r")], rows,
+                            f"{more} more in --format json" if more > 0 else None))
+    for note in lk.notes:
+        console.print(f"[dim]note: {note}[/]")
+
+
+def render_offcpu(off: Any, console: Console | None = None) -> None:
+    """The ``--offcpu`` view (``analyses.offcpu.OffCpu``): each thread's
+    lifetime split into running, blocked on a lock, blocked on anything else,
+    and runnable but waiting for a CPU."""
+    console = console or Console()
+    console.print("[bold]vmtrace off-CPU[/]  where each thread's time went (first to last event of the thread)")
+    _lost_line(off.lost_events, off.lost_markers, console)
+    shown = ["running_ns", "lock_ns", "bql_ns", "other_blocked_ns", "runnable_ns", "woken_wait_ns"]
+    heads = [("running", "r"), ("lock", "r"), ("BQL", "r"), ("other", "r"), ("runnable", "r"), ("woken", "r")]
+    if off.threads["unknown_ns"].any():
+        shown.append("unknown_ns")
+        heads.append(("unknown", "r"))
+    cols = [("thread", "l"), ("role", "k"), ("time ms", "r")] + heads + [("switches", "r")]
+
+    def row(label: str, role: str, r: dict[str, Any]) -> list[str]:
+        life = r["time_ns"] or 1
+        return [label, role, fmt_ms(r["time_ns"])] + [fmt_pct(r[c] / life) for c in shown] + [
+            f"{int(r['switches']):,}"]
+
+    rows = [row(f"{r['name']} [{int(r['tid'])}]", str(r["role"]), r) for r in off.threads.to_dict("records")]
+    v = off.totals.get("vcpu") or {}
+    if v.get("time_ns"):
+        rows.append(row("all vCPUs", "vcpu", {**v, "switches": int(off.threads.loc[off.threads["role"] == "vcpu",
+                                                                                    "switches"].sum())}))
+    console.print(_grid("share of each thread's time: running; blocked on a lock (BQL: of it, the BQL), on "
+                        "anything else; runnable without a CPU (woken: of it, after a wakeup)", cols, rows))
+    if v.get("time_ns"):
+        console.print(
+            f"vCPU threads: blocked on locks {fmt_ms(v['lock_ns'])} ms (BQL {fmt_ms(v['bql_ns'])} ms); runnable "
+            f"without a CPU {fmt_ms(v['runnable_ns'])} ms, of it {fmt_ms(v['woken_wait_ns'])} ms after a wakeup "
+            "(oversubscription, not lock contention)"
+        )
+    for note in off.notes:
+        console.print(f"[dim]note: {note}[/]")
