@@ -34,6 +34,18 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def wide_console() -> Console:
+    """A console for wide tables: the terminal's width on a terminal, and
+    160 columns when piped (rich would otherwise squeeze to 80 and elide
+    the numbers a script or a log is being kept for)."""
+    import os
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
+
+
 def _fail(message: str, code: int = 2) -> None:
     # One line, no traceback: the message says what to do.
     print(f"vmtrace: error: {message}", file=sys.stderr)
@@ -346,6 +358,100 @@ def vmm_run(
     cmd = [sys.executable, "-m", "vmtrace.reference_vmm", "run", "--image", str(image), "--vcpus", str(vcpus),
            "--locking", locking, "--mem", str(mem), "--append", " ".join(guest_args)]
     raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+@friendly
+def sweep(
+    outdir: Path = typer.Option(..., "-o", "--output", help="Directory for the traces, summary.csv/json and report.html."),
+    vmm: str = typer.Option("reference", "--vmm", help="qemu, reference, or both: qemu,reference."),
+    bench_name: str = typer.Option("inl_pmtimer", "--bench", help="Benchmark the guest runs (see vmtrace bench --help)."),
+    vcpus: str = typer.Option("1,2,4,8", "--vcpus", help="Comma-separated vCPU counts."),
+    locking: Optional[str] = typer.Option(None, "--locking", help="Reference VMM locking modes, comma-separated (default: bql,unlocked)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Operations per vCPU (default: 20000 on QEMU, 3000 on the reference VMM)."),
+    backend: str = typer.Option("auto", "--backend", help="Recording backend: auto, bcc or ftrace."),
+) -> None:
+    """Reproduce the seed's figure: cost per exit by component across vCPU counts.
+
+      vmtrace sweep -o pm-sweep                                 # reference VMM, bql vs unlocked, 1-8 vCPUs
+      vmtrace sweep -o qemu-sweep --vmm qemu --vcpus 1,2,4
+
+    Each configuration runs twice: untraced (the guest's own cycles per op)
+    and recorded.  The summary puts the traced breakdown beside the guest's
+    number and the observer effect (traced / untraced guest cost); the HTML
+    report stacks the components per vCPU count, configurations side by side.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .render.text import render_sweep
+    from .sweep import configs_for, run_sweep, write_summary
+
+    counts = [_parse_int(v.strip(), "--vcpus") for v in vcpus.split(",") if v.strip()]
+    if not counts or any(n < 1 or n > 64 for n in counts):
+        raise VmtraceError("--vcpus takes counts between 1 and 64, such as 1,2,4,8")
+    configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None)
+    console = wide_console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("sweep", total=2 * len(configs) * len(counts))
+        started = [False]
+
+        def step(what: str) -> None:
+            if started[0]:
+                bar.advance(task)
+            started[0] = True
+            bar.update(task, description=what)
+
+        summary = run_sweep(configs, counts, outdir, bench=bench_name, iterations=iterations, backend=backend,
+                            progress=step)
+        bar.advance(task)
+    files = write_summary(summary, outdir)
+    files.append(_sweep_html(summary, outdir / "report.html"))
+    render_sweep(summary, console)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+def _sweep_html(summary: Any, path: Path) -> Path:
+    from .render.figures import sweep_figure
+    from .render.html import write_html
+
+    write_html([("Cycles per exit by component", sweep_figure(summary))], path,
+               title="vmtrace sweep", tables=[("Summary", summary.drop(columns=["trace"]))])
+    return path
+
+
+@app.command()
+@friendly
+def compare(
+    traces: list[Path] = typer.Argument(..., help="Two or more traces; the first is the baseline."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page here."),
+    port: Optional[str] = typer.Option(None, "--port", help="Compare exits on this port only (default: each trace's bench port)."),
+) -> None:
+    """Components of several traces side by side, with deltas from the first.
+
+      vmtrace compare bql-4vcpu.vmtrace unlocked-4vcpu.vmtrace
+      vmtrace compare a.vmtrace b.vmtrace c.vmtrace --format json
+    """
+    from .compare import compare_traces, comparison_json
+    from .render.text import render_comparison
+
+    if fmt not in ("table", "json"):
+        raise VmtraceError(f"--format takes table or json, not {fmt!r}")
+    table, breakdowns = compare_traces(traces, port=_parse_int(port, "--port") if port else None)
+    if html is not None:
+        from .render.figures import compare_figure
+        from .render.html import write_html
+
+        write_html([("Cycles per exit by component", compare_figure(table))], html, title="vmtrace compare",
+                   tables=[("Comparison (cycles per exit)", table.reset_index())])
+    if fmt == "json":
+        print(json.dumps(comparison_json(table, breakdowns), indent=2))
+        return
+    console = wide_console()
+    render_comparison(table, console)
+    if html is not None:
+        console.print(f"wrote {html}")
 
 
 @app.command()

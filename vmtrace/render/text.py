@@ -148,6 +148,45 @@ def render_json_safe(obj: Any) -> Any:
     return obj
 
 
+def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
+    """The sweep summary: one row per configuration and vCPU count."""
+    console = console or Console()
+    t = Table(title="cycles per exit by component (traced) beside the guest's own cycles per op",
+              title_justify="left")
+    cols = ["config", "vCPUs", "guest", "traced guest", "effect", "vmexit", "emulator", "dispatch",
+            "device", "lock wait", "BQL", "total"]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "config" else "right", no_wrap=True)
+    for r in summary.itertuples(index=False):
+        t.add_row(r.config, str(r.vcpus), fmt_cycles(r.guest_cycles_per_op), fmt_cycles(r.traced_guest_cycles_per_op),
+                  f"{r.observer_effect:.2f}x" if r.observer_effect == r.observer_effect else "-",
+                  fmt_cycles(r.vmexit), fmt_cycles(r.emulator), fmt_cycles(r.dispatch), fmt_cycles(r.device),
+                  fmt_cycles(r.lock_wait), fmt_cycles(r.bql_wait), fmt_cycles(r.total))
+    console.print(t)
+
+
+def render_comparison(table: pd.DataFrame, console: Console | None = None) -> None:
+    """``vmtrace compare``: one column per trace, deltas from the first."""
+    console = console or Console()
+    t = Table(title="cycles per exit, deltas from the first trace", title_justify="left")
+    t.add_column("component", no_wrap=True)
+    for c in table.columns:
+        t.add_column(str(c), justify="right", no_wrap=True)
+    for comp, row in table.iterrows():
+        cells = []
+        for c, v in row.items():
+            if v is None or pd.isna(v):
+                cells.append("-")
+            elif str(c).endswith("Δ%"):
+                cells.append(f"{v:+.1f}%")
+            elif str(c).endswith("Δ"):
+                cells.append(f"{v:+,.0f}")
+            else:
+                cells.append(fmt_cycles(v))
+        t.add_row(str(comp), *cells)
+    console.print(t)
+
+
 # ----------------------------------------------------------------------------
 # Exits, locks and off-CPU views.  Tables are sized for 100 columns: numbers
 # never wrap (a column that would cut one is given its full width), names
