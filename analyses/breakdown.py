@@ -33,12 +33,14 @@ from vmtrace.trace import Trace
 
 from .intervals import (
     ThreadWindows,
+    dense_codes,
     futex_waits,
     inside_by_thread,
     lost_windows,
     offcpu_spans,
     pair_spans,
     present_events,
+    rank_in,
 )
 from .runs import run_cycles, vcpu_threads
 
@@ -319,19 +321,50 @@ def summarize(exits: pd.DataFrame, tsc_hz: int) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int) -> pd.DataFrame:
-    if exits.empty:
-        return pd.DataFrame(columns=keys + ["exits", *_SUMMARY_COLS, "p50", "p90", "p99"])
-    parts = []
-    for key, grp in exits.groupby(keys, dropna=False, sort=True, observed=True):
-        key = key if isinstance(key, tuple) else (key,)
-        s = summarize(grp, tsc_hz)
-        for name, val in zip(keys, key):
-            s.insert(0, name, [val])
-        parts.append(s)
-    out = pd.concat(parts, ignore_index=True)
-    out["exits"] = out["exits"].astype(int)
-    return out.sort_values("exits", ascending=False, kind="stable").reset_index(drop=True)
+def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int, order: np.ndarray | None = None) -> pd.DataFrame:
+    """``summarize`` per group of ``keys``: the ``keys``, ``exits``, mean
+    cycles per component, and p50/p90/p99 of the total; most exits first.
+
+    Sums are bincounts and percentiles are read off one sort of the totals
+    (``order``, an argsort of ``total_ns``, shared by every grouping), so a
+    million exits group in a few passes, not one pandas group at a time.
+    """
+    cols = keys + ["exits", *_SUMMARY_COLS, "p50", "p90", "p99"]
+    n = len(exits)
+    if n == 0:
+        return pd.DataFrame(columns=cols)
+    k = tsc_hz / 1e9
+    combined = np.zeros(n, dtype=np.int64)
+    for key in keys:
+        col = exits[key]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            c = col.cat.codes.to_numpy().astype(np.int64)
+            c = np.where(c < 0, len(col.cat.categories), c)
+        else:
+            # factorize refuses a plain numpy column wrapped as a pandas
+            # array (what int16 vcpu numbers arrive as); hand it numpy.
+            values = col.to_numpy() if isinstance(col.dtype, np.dtype) else col.array
+            c = pd.factorize(values, sort=True, use_na_sentinel=False)[0].astype(np.int64)
+        combined = combined * (int(c.max()) + 1) + c
+    gid = dense_codes(combined)
+    n_groups = int(gid.max()) + 1
+    counts = np.bincount(gid, minlength=n_groups)
+    total = exits["total_ns"].to_numpy(dtype=np.float64)
+    order = np.argsort(total, kind="stable") if order is None else order
+    by_group = order[np.argsort(gid[order].astype(np.int16) if n_groups < 1 << 15 else gid[order], kind="stable")]
+    starts = np.cumsum(counts) - counts
+    out = pd.DataFrame({key: exits[key].array.take(by_group[starts]) for key in keys})
+    out["exits"] = counts
+    for c in _SUMMARY_COLS:
+        out[c] = np.bincount(gid, weights=exits[f"{c}_ns"].to_numpy(dtype=np.float64), minlength=n_groups) / counts * k
+    sorted_total = total[by_group]
+    for p in (50, 90, 99):
+        # Linear interpolation between the ranks around q, as pandas does.
+        pos = starts + (counts - 1) * (p / 100)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, starts + counts - 1)
+        out[f"p{p}"] = (sorted_total[lo] + (sorted_total[hi] - sorted_total[lo]) * (pos - lo)) * k
+    return out[cols].sort_values("exits", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def timed_loop_exits(exits: pd.DataFrame, port: int) -> pd.DataFrame:
@@ -386,9 +419,10 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
         )
     elif port is not None:
         exits = exits[(exits["addr"] == port).fillna(False)].reset_index(drop=True)
-    comp = summarize(exits, tsc).iloc[0].to_dict()
-    components = {c: float(comp[c]) for c in _SUMMARY_COLS}
     k = tsc / 1e9
+    components = {c: float(exits[f"{c}_ns"].to_numpy(dtype=np.float64).mean() * k) if len(exits) else 0.0
+                  for c in _SUMMARY_COLS}
+    by_total = np.argsort(exits["total_ns"].to_numpy(), kind="stable")
     ns_cols = [f"{c}_ns" for c in _SUMMARY_COLS]
     qs = exits[ns_cols].quantile([0.5, 0.9, 0.99]) if len(exits) else None
     percentiles = {
@@ -396,12 +430,18 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
         for c in _SUMMARY_COLS
     }
     histograms = {c: histogram(exits[f"{c}_ns"].to_numpy() * k) for c in _SUMMARY_COLS}
-    by_kind = _grouped(exits.assign(addr=exits["addr"].astype("Float64")), ["kind", "addr"], tsc)
-    by_kind["addr"] = by_kind["addr"].map(lambda a: None if pd.isna(a) else hex(int(a)))
-    by_vcpu = _grouped(exits, ["vcpu"], tsc)
+    by_kind = _grouped(exits, ["kind", "addr"], tsc, by_total)
+    by_kind["addr"] = pd.Series(by_kind["addr"].array, dtype=object).map(lambda a: None if pd.isna(a) else hex(int(a)))
+    by_vcpu = _grouped(exits, ["vcpu"], tsc, by_total)
     threads = trace.threads
-    role = exits["tid"].map(dict(zip(threads["tid"], threads["role"]))).fillna(ROLE_VCPU)
-    by_role = _grouped(exits.assign(role=role), ["role"], tsc)
+    roles = dict(zip(threads["tid"].astype(int), threads["role"]))
+    tids = np.unique(exits["tid"].to_numpy())
+    role_of_tid = [str(roles.get(int(t), ROLE_VCPU)) for t in tids]
+    role_names = sorted(set(role_of_tid))
+    role_code = np.array([role_names.index(r) for r in role_of_tid], dtype=np.int64)
+    role = pd.Categorical.from_codes(role_code[rank_in(tids, exits["tid"].to_numpy())] if len(tids) else
+                                     np.zeros(0, np.int64), categories=role_names)
+    by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total)
     bql = dict(trace.bql())
     bql["futex_uaddr"] = hex(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
     lost = trace.meta.get("lost_events") or {}

@@ -165,3 +165,16 @@ def test_named_lock_waited_inside_a_bql_span_is_not_the_bql() -> None:
     assert row["bql_wait_ns"] == 3000
     # Without the name the trace cannot tell, and the span is the BQL's.
     assert _bql_span_with_gil_reacquire(name_gil=False)["bql_wait_ns"] == 5000
+
+
+def test_grouping_by_a_plain_numpy_vcpu_column() -> None:
+    # Regression: a trace whose exits carry vcpu as numpy int16 (reference
+    # VMM, 1 vCPU) broke pandas.factorize inside the per-vCPU grouping.
+    from vmtrace.analyses.breakdown import _grouped
+
+    s = SyntheticTrace()
+    s.vcpu(101, 0, [ExitScript(), ExitScript(post_ns=500)])
+    ex = exit_breakdown(s.trace())
+    ex["vcpu"] = ex["vcpu"].to_numpy().astype(np.int16)
+    g = _grouped(ex, ["vcpu"], 2_000_000_000, None)
+    assert list(g["vcpu"]) == [0] and int(g["exits"].iloc[0]) == 2
