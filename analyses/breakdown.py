@@ -39,6 +39,7 @@ from .intervals import (
     lost_windows,
     offcpu_spans,
     pair_spans,
+    missing_events,
     present_events,
     rank_in,
 )
@@ -71,10 +72,10 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     Raises ``MissingEventsError`` when the trace has no KVM_RUN events.
     """
     ev = trace.events
-    present = present_events(ev)
     need = ["run_enter", "run_exit"]
-    if not set(need) <= set(present):
-        raise MissingEventsError("the exit breakdown", [e for e in need if e not in present], present)
+    missing = missing_events(ev, need)
+    if missing:
+        raise MissingEventsError("the exit breakdown", missing, present_events(ev))
     tids = _vcpu_tids(trace)
     cyc = run_cycles(trace, tids).cycles
     cyc = cyc[(cyc["complete"] & ~cyc["lost"]).to_numpy()].reset_index(drop=True)

@@ -31,7 +31,7 @@ import pandas as pd
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
-from .intervals import lost_windows, present_events, rank_in, thread_spans_lost
+from .intervals import lost_windows, missing_events, present_events, rank_in, thread_spans_lost
 from .runs import DECODE_EVENTS, event_codes, exit_reason_name, run_cycles, vcpu_threads
 
 __all__ = ["VMX_EXIT_REASONS", "SVM_EXIT_CODES", "exit_events", "exit_table", "Exits", "exit_stats"]
@@ -108,12 +108,11 @@ def _exit_events(trace: Trace) -> tuple[pd.DataFrame, int]:
     trace has neither KVM_RUN nor kvm_exit/kvm_entry events.
     """
     ev = trace.events
-    present = present_events(ev)
-    has_run = {"run_enter", "run_exit"} <= set(present)
-    has_kvm = {"kvm_exit", "kvm_entry"} <= set(present)
+    has_run = not missing_events(ev, ["run_enter", "run_exit"])
+    has_kvm = not missing_events(ev, ["kvm_exit", "kvm_entry"])
     if not (has_run or has_kvm):
         raise MissingEventsError("the exit statistics", ["run_enter and run_exit, or kvm_exit and kvm_entry"],
-                                 present)
+                                 present_events(ev))
     tids = vcpu_threads(trace)
     if not tids:
         tids = {int(t): i for i, t in enumerate(sorted(ev.loc[(ev["event"] == "kvm_exit").to_numpy(), "tid"].unique()))}
@@ -336,8 +335,7 @@ def exit_stats(trace: Trace, port: int | None = None) -> Exits:
     exits, excluded = _exit_events(trace)
     if port is not None:
         exits = exits[(exits["addr"] == port).fillna(False).to_numpy(dtype=bool)].reset_index(drop=True)
-    present = set(present_events(ev))
-    source = "kvm_exit" if {"kvm_exit", "kvm_entry"} <= present else "KVM_RUN"
+    source = "KVM_RUN" if missing_events(ev, ["kvm_exit", "kvm_entry"]) else "kvm_exit"
     handled = pd.Categorical.from_codes(exits["userspace"].to_numpy().astype(np.int8), ["kernel", "userspace"])
     by_reason = exit_table(exits.assign(handled=handled), ["reason", "handled"])
     acc = exits[exits["kind"].isin(DECODE_EVENTS).to_numpy()]

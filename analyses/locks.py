@@ -33,6 +33,7 @@ from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
+    missing_events,
     present_events,
     futex_calls,
     last_match,
@@ -84,10 +85,10 @@ def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, s
 
 def _need_futex(trace: Trace) -> None:
     ev = trace.events
-    present = present_events(ev)
     need = ["futex_enter", "futex_exit"]
-    if not set(need) <= set(present):
-        raise MissingEventsError("the lock analysis", [e for e in need if e not in present], present)
+    missing = missing_events(ev, need)
+    if missing:
+        raise MissingEventsError("the lock analysis", missing, present_events(ev))
 
 
 def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFrame:

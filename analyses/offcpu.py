@@ -25,6 +25,7 @@ from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
+    missing_events,
     present_events,
     futex_waits,
     inside_by_thread,
@@ -43,10 +44,10 @@ OFFCPU_STATES: tuple[str, ...] = ("running", "lock", "other_blocked", "runnable"
 
 def _need_sched(trace: Trace) -> None:
     ev = trace.events
-    present = present_events(ev)
     need = ["sched_out", "sched_in"]
-    if not set(need) <= set(present):
-        raise MissingEventsError("the off-CPU analysis", [e for e in need if e not in present], present)
+    missing = missing_events(ev, need)
+    if missing:
+        raise MissingEventsError("the off-CPU analysis", missing, present_events(ev))
 
 
 def thread_info(trace: Trace, tids: np.ndarray) -> pd.DataFrame:
