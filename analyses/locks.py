@@ -33,14 +33,14 @@ from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
-    missing_events,
-    present_events,
     futex_calls,
     last_match,
     lost_windows,
+    missing_events,
     offcpu_spans,
     overlap_by_thread,
     pair_spans,
+    present_events,
     thread_lifetimes,
     thread_spans_lost,
 )

@@ -25,13 +25,13 @@ from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
-    missing_events,
-    present_events,
     futex_waits,
     inside_by_thread,
     lost_windows,
+    missing_events,
     offcpu_spans,
     pair_spans,
+    present_events,
     thread_lifetimes,
     thread_spans_lost,
 )
