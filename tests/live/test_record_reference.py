@@ -47,7 +47,7 @@ def test_bql_wait_grows_with_vcpus(live: None, ref_traces) -> None:
     # vCPU only meets the main loop's occasional hold.  Seen here: 4-6% of
     # the exit at 1 vCPU's ~2k cycles, 10-40% at 4 vCPUs depending on load.
     assert four > 5 * one, (one, four)
-    assert four_share > 0.05 and four_share > 2 * one_share, (one_share, four_share)
+    assert four_share > 0.05 and four_share > 1.25 * one_share, (one_share, four_share)
 
 
 def test_unlocked_pm_timer_reads_do_not_wait_on_the_bql(live: None, ref_traces) -> None:
