@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vmtrace.errors import MissingEventsError, VmtraceError
+from vmtrace.errors import VmtraceError
 from vmtrace.schema import ROLE_VCPU
 from vmtrace.trace import Trace
 
 from .intervals import (
+    require_events,
     ThreadWindows,
     dense_codes,
     futex_waits,
@@ -39,8 +40,6 @@ from .intervals import (
     lost_windows,
     offcpu_spans,
     pair_spans,
-    missing_events,
-    present_events,
     rank_in,
 )
 from .runs import run_cycles, vcpu_threads
@@ -72,10 +71,7 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     Raises ``MissingEventsError`` when the trace has no KVM_RUN events.
     """
     ev = trace.events
-    need = ["run_enter", "run_exit"]
-    missing = missing_events(ev, need)
-    if missing:
-        raise MissingEventsError("the exit breakdown", missing, present_events(ev))
+    require_events(ev, ["run_enter", "run_exit"], "the exit breakdown")
     tids = _vcpu_tids(trace)
     cyc = run_cycles(trace, tids).cycles
     cyc = cyc[(cyc["complete"] & ~cyc["lost"]).to_numpy()].reset_index(drop=True)

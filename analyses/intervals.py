@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from vmtrace.errors import MissingEventsError
 from vmtrace.schema import EVENT_TYPES, FUTEX_CMD_MASK, FUTEX_WAIT_OPS, FUTEX_WAKE_OPS
 
 __all__ = [
@@ -55,6 +56,14 @@ def missing_events(events: pd.DataFrame, need: list[str]) -> list[str]:
     """The events of ``need`` that ``events`` lacks."""
     codes = events["event"].cat.codes.to_numpy()
     return [e for e in need if not (codes == _EVENT_CODE[e]).any()]
+
+
+def require_events(events: pd.DataFrame, need: list[str], what: str) -> None:
+    """Raise ``MissingEventsError`` naming what ``what`` needs and what the
+    trace has, when ``events`` lacks any type of ``need``."""
+    missing = missing_events(events, need)
+    if missing:
+        raise MissingEventsError(what, missing, present_events(events))
 
 
 def pair_spans(

@@ -29,18 +29,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
+    require_events,
     futex_calls,
     last_match,
     lost_windows,
-    missing_events,
     offcpu_spans,
     overlap_by_thread,
     pair_spans,
-    present_events,
     thread_lifetimes,
     thread_spans_lost,
 )
@@ -51,10 +49,6 @@ __all__ = ["word_names", "lock_waits", "lock_holds", "lock_report", "Locks", "EA
 EAGAIN = 11  # a wait whose word changed before it slept returns -EAGAIN
 
 
-def _parse_addr(key: Any) -> int:
-    if isinstance(key, str):
-        return int(key, 0)
-    return int(key)
 
 
 def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, str]:
@@ -71,24 +65,11 @@ def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, s
         if len(rows):
             pairs = rows[["addr", "name"]].dropna().drop_duplicates()
             names.update({int(a): str(n) for a, n in zip(pairs["addr"], pairs["name"]) if int(a)})
-    for key, name in (trace.meta.get("futex_names") or {}).items():
-        try:
-            names[_parse_addr(key)] = str(name)
-        except (TypeError, ValueError):
-            continue
-    for lock in trace.meta.get("locks") or []:
-        if lock.get("futex_uaddr"):
-            names[int(lock["futex_uaddr"])] = str(lock.get("name"))
+    names.update(trace.futex_names())
     names.update(extra or {})
     return names
 
 
-def _need_futex(trace: Trace) -> None:
-    ev = trace.events
-    need = ["futex_enter", "futex_exit"]
-    missing = missing_events(ev, need)
-    if missing:
-        raise MissingEventsError("the lock analysis", missing, present_events(ev))
 
 
 def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFrame:
@@ -102,7 +83,7 @@ def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
     unknown) and ``lost`` bool (the call spans a lost-event marker: another
     call may hide inside, so it is left out of every statistic).
     """
-    _need_futex(trace)
+    require_events(trace.events, ["futex_enter", "futex_exit"], "the lock analysis")
     ev = trace.events
     names = names if names is not None else word_names(trace)
     calls = futex_calls(ev)
@@ -244,7 +225,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     target's thread time, on-CPU time, and time inside futex wait / wake /
     other calls, on CPU and in all, with shares.
     """
-    _need_futex(trace)
+    require_events(trace.events, ["futex_enter", "futex_exit"], "the lock analysis")
     ev = trace.events
     names = word_names(trace, extra_names)
     waits = lock_waits(trace, names)

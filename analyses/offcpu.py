@@ -21,17 +21,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
 from .intervals import (
+    require_events,
     futex_waits,
     inside_by_thread,
     lost_windows,
-    missing_events,
     offcpu_spans,
     pair_spans,
-    present_events,
     thread_lifetimes,
     thread_spans_lost,
 )
@@ -42,12 +40,6 @@ __all__ = ["OFFCPU_STATES", "offcpu_by_thread", "OffCpu", "offcpu_report"]
 OFFCPU_STATES: tuple[str, ...] = ("running", "lock", "other_blocked", "runnable", "unknown")
 
 
-def _need_sched(trace: Trace) -> None:
-    ev = trace.events
-    need = ["sched_out", "sched_in"]
-    missing = missing_events(ev, need)
-    if missing:
-        raise MissingEventsError("the off-CPU analysis", missing, present_events(ev))
 
 
 def thread_info(trace: Trace, tids: np.ndarray) -> pd.DataFrame:
@@ -80,7 +72,7 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     runnable; woken, not yet on a CPU) and ``switches`` int64 (off-CPU
     spans).  Raises ``MissingEventsError`` without sched events.
     """
-    _need_sched(trace)
+    require_events(trace.events, ["sched_out", "sched_in"], "the off-CPU analysis")
     ev = trace.events
     life = thread_lifetimes(ev)
     off = offcpu_spans(ev)

@@ -101,16 +101,6 @@ class _Details:
         return table[inv]
 
 
-def _futex_names(trace: Trace) -> dict[int, str]:
-    # Trace.futex_names() (words the target named, e.g. the reference VMM's
-    # GIL) is newer than some traces' readers; the BQL is always known.
-    names = trace.futex_names() if hasattr(trace, "futex_names") else {}
-    bql = trace.bql().get("futex_uaddr")
-    if bql:
-        names[int(bql)] = "BQL"
-    return names
-
-
 def _exit_labels(exits: pd.DataFrame, details: _Details) -> np.ndarray:
     """Detail code per exit: ``pio 0x608 read``, ``HLT``, ..."""
     if exits.empty:
@@ -302,7 +292,7 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
     if exits is None:
         exits = exit_breakdown(trace)
     vcpus = _vcpu_tids(trace)
-    names = _futex_names(trace)
+    names = trace.futex_names()
     bql_word = trace.bql().get("futex_uaddr")
     details = _Details()
     exit_detail = _exit_labels(exits, details)

@@ -13,7 +13,7 @@ from plotly.offline import get_plotlyjs
 
 from vmtrace.render.figures import COMPONENT_LABELS
 from vmtrace.render.html import Html, Section, compare_figure, page_html, sweep_figure, write_html, write_html_report
-from vmtrace.trace import read_trace
+from vmtrace.trace import Trace, read_trace
 
 from .conftest import REPO
 from .synthetic import ExitScript, SyntheticTrace
@@ -128,17 +128,14 @@ def test_compare_figure_and_write_html_forms(tmp_path) -> None:
     assert "<h2" not in page_html([go.Figure()])
 
 
-def test_sections_fall_back_without_the_other_analyses(tmp_path, monkeypatch) -> None:
-    # Exits, locks and off-CPU come from their own analyses where this
-    # version has them; without them the page still has every section,
-    # drawn from the breakdown and the timeline, and says so.
-    import vmtrace.render.html as page
-
-    monkeypatch.setattr(page, "_analysis", lambda name: None)
-    rest = _without_plotly(write_html_report(read_trace(SAMPLE), tmp_path / "r.html").read_text(encoding="utf-8"))
+def test_a_view_the_trace_cannot_feed_says_why(tmp_path) -> None:
+    # Exits, locks and off-CPU come from their analyses; a trace without
+    # futex or sched events still gets every section, saying what is missing.
+    t = read_trace(SAMPLE)
+    ev = t.events[~t.events["event"].isin(["futex_enter", "futex_exit", "sched_out", "sched_in", "wakeup"])]
+    trace = Trace(events=ev.reset_index(drop=True), meta=t.meta)
+    rest = _without_plotly(write_html_report(trace, tmp_path / "r.html").read_text(encoding="utf-8"))
     for title in ("Exits", "Locks", "Off-CPU", "Timeline"):
         assert f">{title}</h2>" in rest
-    for name in ("exits", "locks", "offcpu"):
-        assert f"analyses/{name}.py is not in this version" in rest
-    assert "Time spent waiting, per thread and lock" in rest
-    assert "<td>BQL</td>" in rest  # the precise trace reports its BQL spans by name
+    assert rest.count("Not available for this trace") == 2
+    assert "the lock analysis needs" in rest and "the off-CPU analysis needs" in rest

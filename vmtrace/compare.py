@@ -22,7 +22,7 @@ __all__ = ["ROWS", "label_for", "compare_breakdowns", "compare_traces", "compari
 ROWS = (*COMPONENTS, "bql_wait", "total", "guest_cycles_per_op", "exits")
 
 
-def label_for(path: Path, b: Breakdown, taken: set[str]) -> str:
+def label_for(path: Path, taken: set[str]) -> str:
     """A short column label: the file's stem, made unique."""
     label = Path(path).stem
     n = 2
@@ -61,7 +61,7 @@ def compare_traces(paths: list[Path], port: int | None = None) -> tuple[pd.DataF
     breakdowns: dict[str, Breakdown] = {}
     for p in paths:
         b = bql_breakdown(read_trace(p), port=port)
-        breakdowns[label_for(p, b, set(breakdowns))] = b
+        breakdowns[label_for(p, set(breakdowns))] = b
     return compare_breakdowns(breakdowns), breakdowns
 
 

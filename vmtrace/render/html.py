@@ -10,12 +10,10 @@ escaped; only fragments vmtrace builds itself go in as HTML.
 from __future__ import annotations
 
 import html
-import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -25,6 +23,9 @@ from plotly.offline import get_plotlyjs
 
 from vmtrace import __version__
 from vmtrace.analyses.breakdown import Breakdown, bql_breakdown, exit_breakdown
+from vmtrace.analyses.exits import exit_stats
+from vmtrace.analyses.locks import lock_report
+from vmtrace.analyses.offcpu import offcpu_report
 from vmtrace.analyses.timeline import display_state, timeline
 from vmtrace.errors import VmtraceError
 from vmtrace.trace import Trace
@@ -37,7 +38,6 @@ from .figures import (
     cost_histogram,
     detail_window,
     sweep_figure,
-    thread_labels,
     timeline_detail,
     timeline_overview,
 )
@@ -188,18 +188,6 @@ def write_html(sections: Sequence[SectionLike], path: Path | str, title: str = "
 # The report of one trace
 
 
-def _analysis(name: str) -> ModuleType | None:
-    """``vmtrace.analyses.NAME`` if this version has it.  The exits, locks and
-    off-CPU analyses land separately from this page; until one does, its
-    section is drawn from the breakdown and the timeline and says so."""
-    try:
-        return importlib.import_module(f"vmtrace.analyses.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"vmtrace.analyses.{name}":
-            raise
-        return None
-
-
 def _header(trace: Trace, b: Breakdown) -> Html:
     meta = trace.meta
     target = meta.get("target") or {}
@@ -253,62 +241,6 @@ def _by_kind(b: Breakdown, limit: int = 15) -> pd.DataFrame:
     return df[[c for c in cols if c in df]].head(limit)
 
 
-def _locks_from_timeline(spans: pd.DataFrame, labels: dict[int, str]) -> tuple[go.Figure | None, pd.DataFrame]:
-    waits = spans[spans["state"].isin(["bql_wait", "lock_wait"])]
-    if waits.empty:
-        return None, pd.DataFrame()
-    d = waits.assign(dur=waits["end_ns"] - waits["start_ns"], lock=waits["detail"].astype(str),
-                     thread=waits["tid"].map(labels), off=(waits["sched"] != "on").to_numpy())
-    # A wait cut by a sched switch is one wait: count the runs of one lock.
-    run_id = ((d["start_ns"] != d["end_ns"].shift()) | (d["lock"] != d["lock"].shift())
-              | (d["tid"] != d["tid"].shift())).cumsum()
-    per_wait = d.groupby(run_id).agg(thread=("thread", "first"), lock=("lock", "first"), dur=("dur", "sum"),
-                                     off=("off", "max"))
-    g = per_wait.groupby(["lock", "thread"], sort=False)
-    table = g.agg(waits=("dur", "size"), total_ms=("dur", "sum"), mean_us=("dur", "mean"), max_us=("dur", "max"),
-                  slept=("off", "sum")).reset_index()
-    table["total_ms"] = table["total_ms"] / 1e6
-    table["mean_us"] = table["mean_us"] / 1e3
-    table["max_us"] = table["max_us"] / 1e3
-    table = table.sort_values("total_ms", ascending=False, kind="stable").head(20)
-    table = table.rename(columns={"slept": "went off CPU"})
-    top = table.groupby("lock", sort=False)["total_ms"].sum().index[:8].tolist()
-    fig = go.Figure()
-    for lock in top:
-        t = table[table["lock"] == lock]
-        color = COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None
-        fig.add_bar(y=t["thread"], x=t["total_ms"], name=lock, orientation="h",
-                    marker_color=color, hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>")
-    fig.update_layout(template=TEMPLATE, barmode="stack", height=160 + 30 * table["thread"].nunique(),
-                      title={"text": "Time spent waiting, per thread and lock", "x": 0, "y": 0.97, "yanchor": "top"},
-                      xaxis_title="ms waiting over the whole trace", margin={"t": 100})
-    return fig, table
-
-
-def _offcpu_from_timeline(spans: pd.DataFrame, labels: dict[int, str]) -> tuple[go.Figure, pd.DataFrame]:
-    d = spans.assign(dur=spans["end_ns"] - spans["start_ns"])
-    t = d.pivot_table(index="tid", columns="sched", values="dur", aggfunc="sum", fill_value=0, observed=False)
-    t = t.reindex(columns=["on", "runnable", "blocked"], fill_value=0)
-    total = t.sum(axis=1).replace(0, 1)
-    table = pd.DataFrame({
-        "thread": [labels.get(int(i), str(i)) for i in t.index],
-        "on CPU ms": t["on"] / 1e6,
-        "runnable ms": t["runnable"] / 1e6,
-        "blocked ms": t["blocked"] / 1e6,
-        "runnable %": (100 * t["runnable"] / total).round(2),
-        "blocked %": (100 * t["blocked"] / total).round(2),
-    })
-    fig = go.Figure()
-    for col, color, name in (("on CPU ms", "#8fbc8f", "on CPU"), ("runnable ms", "#f2c12e", "off CPU, runnable"),
-                             ("blocked ms", "#4d4d4d", "off CPU, blocked")):
-        fig.add_bar(y=table["thread"], x=table[col], name=name, orientation="h", marker_color=color,
-                    hovertemplate="%{y}: %{x:.1f} ms<extra>" + name + "</extra>")
-    fig.update_layout(template=TEMPLATE, barmode="stack", height=160 + 30 * len(table),
-                      title={"text": "Where each thread's observed life went", "x": 0, "y": 0.97, "yanchor": "top"},
-                      xaxis_title="ms (first to last event of the thread)", margin={"t": 100})
-    return fig, table
-
-
 def report_sections(
     trace: Trace,
     port: int | None = None,
@@ -321,7 +253,6 @@ def report_sections(
     b = bql_breakdown(trace, port=port, timed_loop=timed_loop)
     all_exits = exit_breakdown(trace)
     spans = timeline(trace, all_exits)
-    labels = thread_labels(trace.threads, spans["tid"].unique())
     t0 = int(trace.meta.get("start_ns") or spans["start_ns"].min())
     sections = [
         Section("Breakdown", [breakdown_figure(b), cost_histogram(b.exits, b.tsc_hz), _percentiles(b)],
@@ -330,29 +261,25 @@ def report_sections(
                       "callback, lock wait with the BQL apart)."),
         _exits_section(trace, b, port),
     ]
-    sections.append(_locks_section(trace, spans, labels))
-    sections.append(_offcpu_section(trace, spans, labels))
+    sections.append(_locks_section(trace))
+    sections.append(_offcpu_section(trace))
     sections.append(_timeline_section(trace, spans, b, t0, max_spans, bins))
     return _header(trace, b), sections
 
 
-def _run_analysis(module: str, function: str, trace: Trace, **kw: Any) -> tuple[Any, str]:
-    """(result, "") from ``vmtrace.analyses.MODULE.FUNCTION(trace)``, or
-    (None, why not) when this version lacks it or the trace cannot feed it."""
-    mod = _analysis(module)
-    fn = getattr(mod, function, None) if mod is not None else None
-    if fn is None:
-        return None, f"analyses/{module}.py is not in this version: drawn from the breakdown and timeline. "
+def _run_analysis(fn: Callable[..., Any], trace: Trace, **kw: Any) -> tuple[Any, str]:
+    """(result, "") from the analysis ``fn``, or (None, why) when the trace
+    cannot feed it (no futex or sched events, say): the section says so."""
     try:
         return fn(trace, **kw), ""
     except VmtraceError as err:
-        return None, f"analyses/{module}.py cannot run on this trace ({err}): drawn from the breakdown. "
+        return None, f"Not available for this trace: {err}. "
 
 
 def _exits_section(trace: Trace, b: Breakdown, port: int | None) -> Section:
     intro = "Mean cycles per exit by component, by exit kind and port or address (the summarised exits). "
     items: list[Any] = [_by_kind(b)]
-    stats, why = _run_analysis("exits", "exit_stats", trace, port=port)
+    stats, why = _run_analysis(exit_stats, trace, port=port)
     if stats is None:
         return Section("Exits", items, intro=f"({why.strip()}) " + intro)
     acc = stats.by_access
@@ -372,7 +299,7 @@ def _exits_section(trace: Trace, b: Breakdown, port: int | None) -> Section:
                                  ["kind", "addr", "dir"]))
     if stats.by_reason is not None and len(stats.by_reason):
         items.append(_stat_table(stats.by_reason, ["reason", "handled"]))
-    items += [f"note: {n}" for n in getattr(stats, "notes", [])]
+    items += [f"note: {n}" for n in stats.notes]
     return Section("Exits", items, intro=intro + f"Then every exit by access and by reason, timed from "
                    f"{stats.source} events.")
 
@@ -392,17 +319,14 @@ def _stat_table(df: pd.DataFrame, keys: list[str], limit: int = 15) -> pd.DataFr
     return out
 
 
-def _locks_section(trace: Trace, spans: pd.DataFrame, labels: dict[int, str]) -> Section:
+def _locks_section(trace: Trace) -> Section:
     intro = "Waits are lock spans the VMM reported and blocking futex waits, the BQL apart. "
-    locks, why = _run_analysis("locks", "lock_report", trace)
-    if locks is not None:
-        fig, table = _locks_from_analysis(locks)
-        notes = [f"note: {n}" for n in getattr(locks, "notes", [])]
-        return Section("Locks", [x for x in (fig, table) if x is not None] + notes, intro=intro)
-    fig, table = _locks_from_timeline(spans, labels)
-    items: list[Any] = [x for x in (fig,) if x is not None]
-    items.append(table if not table.empty else "No lock waits in this trace.")
-    return Section("Locks", items, intro=f"({why.strip()}) " + intro)
+    locks, why = _run_analysis(lock_report, trace)
+    if locks is None:
+        return Section("Locks", [why.strip()], intro=intro)
+    fig, table = _locks_from_analysis(locks)
+    notes = [f"note: {n}" for n in locks.notes]
+    return Section("Locks", [x for x in (fig, table) if x is not None] + notes, intro=intro)
 
 
 def _word_label(name: Any, addr: Any) -> str:
@@ -446,16 +370,14 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
     return fig, table
 
 
-def _offcpu_section(trace: Trace, spans: pd.DataFrame, labels: dict[int, str]) -> Section:
+def _offcpu_section(trace: Trace) -> Section:
     intro = ("Runnable: switched out while runnable or woken and not yet on a CPU (oversubscription, not "
              "contention). Blocked: asleep, on a lock or on anything else (I/O, an idle loop). ")
-    off, why = _run_analysis("offcpu", "offcpu_report", trace)
-    if off is not None:
-        fig, table = _offcpu_from_analysis(off)
-        notes = [f"note: {n}" for n in getattr(off, "notes", [])]
-        return Section("Off-CPU", [fig, table, *notes], intro=intro)
-    fig, table = _offcpu_from_timeline(spans, labels)
-    return Section("Off-CPU", [fig, table], intro=f"({why.strip()}) " + intro)
+    off, why = _run_analysis(offcpu_report, trace)
+    if off is None:
+        return Section("Off-CPU", [why.strip()], intro=intro)
+    fig, table = _offcpu_from_analysis(off)
+    return Section("Off-CPU", [fig, table, *(f"note: {n}" for n in off.notes)], intro=intro)
 
 
 def _offcpu_from_analysis(off: Any) -> tuple[go.Figure, pd.DataFrame]:
