@@ -62,7 +62,12 @@ class Trace:
     def futex_names(self) -> dict[int, str]:
         """Futex word -> lock name: the BQL (however it was identified) and
         any word the target named through the probe API."""
-        names = {int(k, 0) if isinstance(k, str) else int(k): str(v) for k, v in (self.meta.get("futex_names") or {}).items()}
+        names: dict[int, str] = {}
+        for key, name in (self.meta.get("futex_names") or {}).items():
+            try:  # hex strings as written; ints from other writers; junk skipped
+                names[int(key, 0) if isinstance(key, str) else int(key)] = str(name)
+            except (TypeError, ValueError):
+                continue
         for lock in self.meta.get("locks") or []:
             if lock.get("futex_uaddr"):
                 names[int(lock["futex_uaddr"])] = str(lock.get("name"))
