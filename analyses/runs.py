@@ -36,6 +36,8 @@ _CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
 _REASON_OF_DECODE = {"pio": (2,), "mmio": (6,), "msr": (29, 30)}
 _ROLES = ("exit", "completion", "kernel", "stray")
 assert [_CODE[k] for k in DECODE_EVENTS] == list(range(_CODE["pio"], _CODE["pio"] + 3))
+_CYCLE_KINDS = ("run_enter", "run_exit", "kvm_entry", "kvm_exit") + DECODE_EVENTS + ("userspace_exit",)
+assert [_CODE[k] for k in _CYCLE_KINDS] == list(range(len(_CYCLE_KINDS)))
 
 
 def event_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
@@ -119,25 +121,28 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     ev = trace.events
     tids = tids if tids is not None else vcpu_threads(trace)
     codes = ev["event"].cat.codes.to_numpy()
-    wanted = event_codes(("run_enter", "run_exit", "userspace_exit", "kvm_entry", "kvm_exit") + DECODE_EVENTS)
-    sel = np.flatnonzero(wanted[codes])
+    # The events a cycle is made of are the first kinds of the schema (see
+    # _CYCLE_KINDS): one comparison selects them, and -1 wraps to 255.
+    sel = np.flatnonzero(codes.view(np.uint8) < len(_CYCLE_KINDS))
     tid_all = ev["tid"].to_numpy()
     sorted_tids = np.array(sorted(tids), dtype=np.int64)
-    # Thread rank of every selected event (-1: not a vCPU), by table lookup.
-    rank = rank_in(sorted_tids, tid_all[sel])
     # Group by thread, keeping trace order (time, then collector order)
     # inside each: for a few vCPUs one pass per thread beats a sort.
     if len(sorted_tids) <= 16:
-        parts = [np.flatnonzero(rank == i) for i in range(len(sorted_tids))]
-        order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        thr = np.repeat(np.arange(len(sorted_tids)), [len(p) for p in parts])
+        tid_sel = tid_all[sel]
+        parts = [sel[tid_sel == t] for t in sorted_tids]
+        del tid_sel
+        sel = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        thr = np.repeat(np.arange(len(sorted_tids), dtype=np.int16), [len(p) for p in parts])
+        del parts
     else:
+        rank = rank_in(sorted_tids, tid_all[sel])
         keep = np.flatnonzero(rank >= 0)
         order = keep[np.argsort(rank[keep].astype(np.int16) if len(sorted_tids) < 1 << 15 else rank[keep],
                                 kind="stable")]
         thr = rank[order]
-    sel = sel[order]
-    del rank, order
+        sel = sel[order]
+        del rank, order
     code = codes[sel]
     ts = ev["ts_ns"].to_numpy()[sel]
     n_ev = len(sel)
@@ -151,7 +156,7 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     n_all = len(enter_pos)
     is_enter = np.zeros(n_ev, dtype=bool)
     is_enter[enter_pos] = True
-    g_all = np.cumsum(is_enter) - 1
+    g_all = np.cumsum(is_enter, dtype=np.int32) - 1
     cyc_thr = thr[enter_pos]
     closed = np.zeros(n_all, dtype=bool)
     closed[:-1] = cyc_thr[1:] == cyc_thr[:-1]

@@ -19,9 +19,10 @@ sched pipe`` switches about 280k times a second, until the file holds the
 wanted number of events.  Traces and perf.data files are cached in
 ``--workdir`` (default /tmp/vmtrace-analysis-speed); a 10M-event perf.data
 is about 1.2 GB.  Targets: the breakdown at >= 5M events/s, every analysis
-under 2 GB at 10M events.  ``--tuned`` adds a run of each analysis with
-numpy's hugepage advice off and glibc keeping freed memory (see TUNED_ENV):
-on a host whose THP defragments on fault, that is where the cold time goes.
+under 2 GB at 10M events.  Each analysis runs with the allocator settings the
+``vmtrace`` command applies (``vmtrace.alloc.tune_for_large_arrays``: no
+hugepage advice from numpy, glibc keeping freed memory); ``--defaults`` adds
+a row per analysis with the process defaults a notebook starts with.
 """
 
 from __future__ import annotations
@@ -38,16 +39,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ANALYSES = ("partition", "breakdown", "exits", "locks", "offcpu")
-# Page-fault stalls, not computation, dominate a cold 10M-event run on hosts
-# whose transparent hugepages defragment on fault for madvised memory (THP
-# "defrag: madvise", this one): numpy madvises its large arrays, and glibc
-# hands every array over 32 MB back to the kernel when it is freed.
-TUNED_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0", "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-             "MALLOC_TRIM_THRESHOLD_": str(1 << 31)}
 
 
-def _child(analysis: str, path: str) -> None:
+def _child(analysis: str, path: str, tuned: bool) -> None:
     """Run one analysis on one trace file and print one JSON line."""
+    if tuned:
+        from vmtrace.alloc import tune_for_large_arrays
+
+        tune_for_large_arrays()
     from vmtrace.analyses.breakdown import bql_breakdown
     from vmtrace.analyses.exits import exit_stats
     from vmtrace.analyses.locks import lock_report
@@ -104,9 +103,8 @@ def _rows_of(x: object, synthetic: type) -> list:
 
 
 def _run_child(analysis: str, path: Path, tuned: bool) -> dict:
-    env = {**os.environ, **TUNED_ENV} if tuned else None
-    out = subprocess.run([sys.executable, __file__, "--child", analysis, str(path)], capture_output=True, text=True,
-                         check=True, cwd=REPO, env=env)
+    out = subprocess.run([sys.executable, __file__, "--child", analysis, str(path), "tuned" if tuned else "defaults"],
+                         capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -145,18 +143,18 @@ def _time_perf_script(path: Path, repeat: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--child", nargs=2, metavar=("ANALYSIS", "TRACE"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("ANALYSIS", "TRACE", "ALLOC"), help=argparse.SUPPRESS)
     ap.add_argument("--make", nargs=2, metavar=("EVENTS", "TRACE"), help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="1e6,1e7", help="event counts, comma-separated (default 1e6,1e7)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest is shown (default 3)")
     ap.add_argument("--analyses", default=",".join(ANALYSES), help="comma-separated, or none (perf only)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/vmtrace-analysis-speed"))
     ap.add_argument("--no-perf", action="store_true", help="skip the perf script comparison")
-    ap.add_argument("--tuned", action="store_true",
-                    help="also run each analysis with " + " ".join(f"{k}={v}" for k, v in TUNED_ENV.items()))
+    ap.add_argument("--defaults", action="store_true",
+                    help="also run each analysis with the process's default allocator settings")
     args = ap.parse_args()
     if args.child:
-        _child(*args.child)
+        _child(args.child[0], args.child[1], args.child[2] == "tuned")
         return
     if args.make:
         _make_trace(int(args.make[0]), Path(args.make[1]))
@@ -173,11 +171,11 @@ def main() -> None:
             # Generated in a process of its own, so its memory is nobody's peak.
             subprocess.run([sys.executable, __file__, "--make", str(n), str(path)], check=True, cwd=REPO)
         for analysis in [a for a in args.analyses.split(",") if a and a != "none"]:
-            for tuned in (False, True) if args.tuned else (False,):
+            for tuned in (True, False) if args.defaults else (True,):
                 runs = [_run_child(analysis, path, tuned) for _ in range(args.repeat)]
                 best = min(runs, key=lambda r: r["analysis_s"])
                 peak = max(r["maxrss_mb"] for r in runs)
-                label = analysis + (" (tuned env)" if tuned else "")
+                label = analysis + ("" if tuned else " (defaults)")
                 print(f"{label:<26}{best['events']:>12,}{best['read_s']:>9.2f}{best['analysis_s']:>12.2f}"
                       f"{best['cpu_s']:>8.2f}{best['events'] / best['analysis_s'] / 1e6:>12.2f}{peak:>10,.0f}")
         if perf_ok:

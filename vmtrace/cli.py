@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
+from .alloc import tune_for_large_arrays
 from .errors import VmtraceError
 
 app = typer.Typer(
@@ -484,6 +485,9 @@ def _parse_int(text: str, what: str) -> int:
 
 
 def main() -> None:
+    # A cold breakdown of a large trace spends a third of its time in page
+    # faults with the process defaults (see vmtrace/alloc.py).
+    tune_for_large_arrays()
     app()
 
 
