@@ -10,7 +10,6 @@ a host that emulates every guest instruction a request costs the guest
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -19,44 +18,19 @@ from pathlib import Path
 import pytest
 
 from vmtrace.bench import guest_image, parse_bench_output, run_bench, vmm_command
-from vmtrace.blk import BLOCK, QEMU_MALFORMED, SECTOR, pattern, region_checksum
+from tests.blk_checks import random_disk, verify_write_and_read
+from vmtrace.blk import QEMU_MALFORMED
 
 pytestmark = [pytest.mark.live, pytest.mark.qemu, pytest.mark.timeout(120)]
 
-DISK_BYTES = 16 << 20
-
-
 @pytest.fixture
 def disk(tmp_path: Path, qemu: None) -> Path:
-    """A raw image of random bytes, so that a read returning the wrong
-    sector (or zeros) cannot match by accident."""
-    path = tmp_path / "disk.img"
-    path.write_bytes(os.urandom(DISK_BYTES))
-    return path
+    return random_disk(tmp_path / "disk.img")
 
 
 @pytest.mark.parametrize("mode", ["bql", "dataplane"])
-def test_verify_pattern_on_image_and_read_checksums(disk: Path, tmp_path: Path, mode: str) -> None:
-    before = disk.read_bytes()
-    seed, wsec, wblocks, rsec, rblocks = 0xC0FFEE, 1000, 10, 20003, 6   # odd sectors: not block-aligned
-    res = run_bench("qemu", "blk_verify", 2, 1, queue_depth=3, blk=mode, disk=disk, timeout_s=90,
-                    guest_args=f"seed={seed} write_sector={wsec} write_blocks={wblocks} "
-                               f"read_sector={rsec} read_blocks={rblocks}")
-    assert res.exit_status == 1 and res.errors == 0
-    assert res.checks["blk_readback_ok"] == 1
-    assert res.checks["blk_flush_ok"] == 1
-
-    after = disk.read_bytes()
-    lo, hi = wsec * SECTOR, wsec * SECTOR + wblocks * BLOCK
-    assert after[lo:hi] == pattern(seed, wsec, wblocks * BLOCK // SECTOR)
-    assert after[:lo] == before[:lo] and after[hi:] == before[hi:], "bytes outside the written region changed"
-
-    sums = {c["region"]: c for c in res.checksums}
-    assert int(sums["written"]["fnv"], 16) == region_checksum(after, wsec, wblocks)
-    assert int(sums["read"]["fnv"], 16) == region_checksum(before, rsec, rblocks)
-    assert (int(sums["read"]["sector"]), int(sums["read"]["blocks"])) == (rsec, rblocks)
-    # Writes + read-backs + reads, averaged over the two vCPUs.
-    assert res.iterations == round((2 * wblocks + rblocks) / 2)
+def test_verify_pattern_on_image_and_read_checksums(disk: Path, mode: str) -> None:
+    res = verify_write_and_read("qemu", disk, mode)
     assert res.cycles_per_request and res.cycles_per_request > 0
 
 

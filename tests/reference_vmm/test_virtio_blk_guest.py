@@ -10,7 +10,6 @@ counting them in ``--stats``.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -18,36 +17,19 @@ import pytest
 
 from tests.reference_vmm.conftest import run_vmm
 from vmtrace.bench import parse_bench_output, run_bench
-from vmtrace.blk import BLOCK, QEMU_MALFORMED, SECTOR, pattern, region_checksum
+from tests.blk_checks import random_disk, verify_write_and_read
+from vmtrace.blk import QEMU_MALFORMED
 
 pytestmark = pytest.mark.live
 
-DISK_BYTES = 16 << 20
-
-
 @pytest.fixture
 def disk(tmp_path: Path, kvm: None, guest_image: Path) -> Path:
-    path = tmp_path / "disk.img"
-    path.write_bytes(os.urandom(DISK_BYTES))  # random: a wrong sector or zeros cannot match by accident
-    return path
+    return random_disk(tmp_path / "disk.img")
 
 
 @pytest.mark.parametrize("mode", ["bql", "dataplane"])
 def test_blk_verify_writes_the_pattern_and_reads_the_image(disk: Path, mode: str) -> None:
-    before = disk.read_bytes()
-    seed, wsec, wblocks, rsec, rblocks = 0xC0FFEE, 1000, 10, 20003, 6  # odd sectors: not block-aligned
-    res = run_bench("reference", "blk_verify", 2, 1, queue_depth=3, blk=mode, disk=disk, timeout_s=90,
-                    guest_args=f"seed={seed} write_sector={wsec} write_blocks={wblocks} "
-                               f"read_sector={rsec} read_blocks={rblocks}")
-    assert res.exit_status == 1 and res.errors == 0
-    assert res.checks["blk_readback_ok"] == 1 and res.checks["blk_flush_ok"] == 1
-    after = disk.read_bytes()
-    lo, hi = wsec * SECTOR, wsec * SECTOR + wblocks * BLOCK
-    assert after[lo:hi] == pattern(seed, wsec, wblocks * BLOCK // SECTOR)
-    assert after[:lo] == before[:lo] and after[hi:] == before[hi:], "bytes outside the written region changed"
-    sums = {c["region"]: c for c in res.checksums}
-    assert int(sums["written"]["fnv"], 16) == region_checksum(after, wsec, wblocks)
-    assert int(sums["read"]["fnv"], 16) == region_checksum(before, rsec, rblocks)
+    verify_write_and_read("reference", disk, mode)
 
 
 @pytest.mark.parametrize("mode", ["bql", "dataplane"])
