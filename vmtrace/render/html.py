@@ -340,26 +340,26 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
         return None, pd.DataFrame({"": ["No futex word was waited on in this trace."]})
     us = 1e3
     table = pd.DataFrame({
-        "lock": [_word_label(n, a) for n, a in zip(words.get("name", [None] * len(words)), words["addr"])],
-        "waits": words.get("waits"),
-        "went off CPU": words.get("blocked"),
+        "lock": [_word_label(n, a) for n, a in zip(words["name"], words["addr"])],
+        "waits": words["waits"],
+        "went off CPU": words["blocked"],
         "total ms": words["wait_ns"] / 1e6,
-        "mean µs": words.get("mean_ns", pd.Series(np.nan, index=words.index)) / us,
-        "p99 µs": words.get("p99_ns", pd.Series(np.nan, index=words.index)) / us,
-        "max µs": words.get("max_ns", pd.Series(np.nan, index=words.index)) / us,
-        "waiters": words.get("waiter_names", ""),
-        "wakers": words.get("wakers", ""),
-        "holds": words.get("holds", 0),
+        "mean µs": words["mean_ns"] / us,
+        "p99 µs": words["p99_ns"] / us,
+        "max µs": words["max_ns"] / us,
+        "waiters": words["waiter_names"],
+        "wakers": words["wakers"],
+        "holds": words["holds"],
     }).head(20)
     fig = None
-    by = getattr(locks, "by_thread", None)
-    if by is not None and not by.empty:
-        by = by.assign(lock=[_word_label(n, a) for n, a in zip(by.get("name", [None] * len(by)), by["addr"])])
+    by = locks.by_thread
+    if not by.empty:
+        by = by.assign(lock=[_word_label(n, a) for n, a in zip(by["name"], by["addr"])])
         top = by.groupby("lock", sort=False)["wait_ns"].sum().sort_values(ascending=False).index[:8]
         fig = go.Figure()
         for lock in top:
             t = by[by["lock"] == lock]
-            thread = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("thread", t.get("name", "?")), t["tid"])]
+            thread = [f"{n} [{int(tid)}]" for n, tid in zip(t["thread"], t["tid"])]
             fig.add_bar(y=thread, x=t["wait_ns"] / 1e6, name=lock, orientation="h",
                         marker_color=COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None,
                         hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>")
