@@ -80,6 +80,9 @@ _REQUEST_MAX_SECTORS = 0x7FFFFFFF >> 9  # QEMU's BDRV_REQUEST_MAX_SECTORS
 _OUTHDR = struct.Struct("<IIQ")
 
 _IO_REGION = {False: "virtio-blk-read", True: "virtio-blk-write"}
+#: The probe span of one request, from its pop off the avail ring to its push
+#: on the used ring (``addr``: the avail ring index it was taken from).
+REQUEST_REGION = "virtio-blk-req"
 
 
 def _take_front(sg: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
@@ -148,17 +151,35 @@ class VirtIOBlock(VirtIODevice):
     def process_queue(self, vq: VirtQueue) -> bool:
         """QEMU's ``virtio_blk_handle_vq``: drain the ring with notifications off, then recheck."""
         completed = False
+        traced = probes.enabled
         try:
             while True:
                 vq.set_notification(False)
                 while True:
-                    elem = vq.pop()
+                    if traced:
+                        # One span per request, pop to push: the batch's span alone
+                        # cannot say where one request ends and the next begins.
+                        if vq.empty():
+                            break
+                        avail = vq.last_avail_idx
+                        probes.dispatch_begin(avail, 0, False, REQUEST_REGION)
+                        try:
+                            elem = vq.pop()
+                        except BaseException:
+                            probes.dispatch_end(avail, 0, False, REQUEST_REGION)
+                            raise
+                    else:
+                        elem = vq.pop()
                     if elem is None:
+                        if traced:
+                            probes.dispatch_end(avail, 0, False, REQUEST_REGION)
                         break
                     try:
                         self._handle_request(vq, elem)
                     finally:
                         elem.release()
+                        if traced:
+                            probes.dispatch_end(avail, 0, False, REQUEST_REGION)
                     completed = True
                 vq.set_notification(True)
                 if vq.empty():  # a request may have arrived after the last pop but before re-enabling
