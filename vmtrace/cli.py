@@ -127,7 +127,7 @@ class _OneLineUsageErrors(TyperCommand):
 
 
 #: The views of `vmtrace report`, in the order they print and key the JSON.
-REPORT_VIEWS = ("bql_breakdown", "exits", "locks", "offcpu")
+REPORT_VIEWS = ("bql_breakdown", "exits", "locks", "offcpu", "requests")
 
 
 @app.command(cls=_OneLineUsageErrors)
@@ -138,6 +138,7 @@ def report(
     exits: bool = typer.Option(False, "--exits", help="What perf kvm stat gives, on any host: count, share, time share, min/mean/max per exit reason, per PIO port and MMIO address, per vCPU."),
     locks: bool = typer.Option(False, "--locks", help="Every futex word the target waited on: waits, wait time (mean, p99), waiting and waking threads, hold times, the BQL named; time inside futex calls."),
     offcpu: bool = typer.Option(False, "--offcpu", help="Per thread: running, blocked on a lock, blocked on anything else, runnable but waiting for a CPU."),
+    requests: bool = typer.Option(False, "--requests", help="virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99."),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
     all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
@@ -151,6 +152,7 @@ def report(
       vmtrace report pm.vmtrace                       # --bql-breakdown
       vmtrace report pm.vmtrace --exits --locks --offcpu
       vmtrace report pm.vmtrace --locks --lock GIL=0x7f3a2c001040 -f json
+      vmtrace report blk.vmtrace --requests           # virtio-blk, per request
 
     Reads only the trace file: runs without root, on any machine.
     """
@@ -159,7 +161,7 @@ def report(
 
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
-    chosen = [v for v, on in zip(REPORT_VIEWS, (bql_breakdown, exits, locks, offcpu)) if on] or ["bql_breakdown"]
+    chosen = [v for v, on in zip(REPORT_VIEWS, (bql_breakdown, exits, locks, offcpu, requests)) if on] or ["bql_breakdown"]
     # An option that no chosen view reads is a mistake to point out, not to ignore.
     if port is not None and not {"bql_breakdown", "exits"} & set(chosen):
         raise VmtraceError("--port applies to --bql-breakdown and --exits")
@@ -199,6 +201,10 @@ def _report_view(view: str, tr: Any, port: Optional[int], all_exits: bool, names
         from .analyses.locks import lock_report
 
         return lock_report(tr, extra_names=names)
+    if view == "requests":
+        from .analyses.requests import request_report
+
+        return request_report(tr)
     from .analyses.offcpu import offcpu_report
 
     return offcpu_report(tr)
@@ -208,7 +214,7 @@ def _render_view(view: str, result: Any, console: Console) -> None:
     from .render import text
 
     render = {"bql_breakdown": text.render_breakdown, "exits": text.render_exits, "locks": text.render_locks,
-              "offcpu": text.render_offcpu}[view]
+              "offcpu": text.render_offcpu, "requests": text.render_requests}[view]
     render(result, console)
 
 
@@ -348,16 +354,29 @@ def vmm_run(
     vcpus: int = typer.Option(1, "--vcpus"),
     locking: str = typer.Option("bql", "--locking", help="2013 (BQL held outside KVM_RUN), bql (per dispatch) or unlocked."),
     mem: int = typer.Option(64, "--mem", help="Guest memory in MiB."),
+    disk: Optional[Path] = typer.Option(None, "--disk", help="A raw disk image for a legacy virtio-blk-pci device at 00:02.0."),
+    blk_mode: Optional[str] = typer.Option(None, "--blk", help="With --disk: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL)."),
 ) -> None:
     """Boot IMAGE on the reference VMM; arguments after -- go to the guest.
 
       vmtrace vmm run --image reference_vmm/guest/build/vmtrace-guest.elf --vcpus 2 -- bench=inl_pmtimer
+
+      vmtrace vmm run --image ... --vcpus 2 --disk disk.img --blk dataplane -- bench=blk_randread qd=16
     """
     import subprocess
 
+    from .blk import BLK_MODES, check_disk
+
+    if blk_mode is not None and blk_mode not in BLK_MODES:
+        raise VmtraceError(f"--blk takes {' or '.join(BLK_MODES)}, not {blk_mode!r}")
+    if blk_mode is not None and disk is None:
+        raise VmtraceError("--blk needs --disk")
     guest_args = [a for a in ctx.args if a != "--"]
     cmd = [sys.executable, "-m", "vmtrace.reference_vmm", "run", "--image", str(image), "--vcpus", str(vcpus),
            "--locking", locking, "--mem", str(mem), "--append", " ".join(guest_args)]
+    if disk is not None:
+        check_disk(disk)
+        cmd += ["--disk", str(disk), "--blk", blk_mode or "bql"]
     raise typer.Exit(subprocess.call(cmd))
 
 

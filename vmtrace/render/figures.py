@@ -32,6 +32,9 @@ __all__ = [
     "timeline_detail",
     "thread_labels",
     "detail_window",
+    "PHASE_COLORS",
+    "request_phases_figure",
+    "request_timeline_figure",
 ]
 
 #: One colour per component, kept by every chart (kernel parts in blues,
@@ -277,14 +280,21 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
+_ROLE_NAMES = {"main": "main loop", "iothread": "IOThread", "worker": "worker"}
+
+
 def thread_labels(trace_threads: pd.DataFrame, tids: Sequence[int]) -> dict[int, str]:
-    """A label per tid, vCPUs by index first: ``CPU 0/KVM [15080]``."""
+    """A label per tid: ``CPU 0/KVM [15080]``; a thread whose name does not
+    say its role gets it beside, ``python (main loop) [15077]``, so the
+    thread that runs the main loop or an IOThread is found at a glance."""
     known = {int(r.tid): r for r in trace_threads.itertuples()}
     labels = {}
     for tid in tids:
         r = known.get(int(tid))
         name = str(r.name) if r is not None and r.name else "?"
-        labels[int(tid)] = f"{name} [{int(tid)}]"
+        role = _ROLE_NAMES.get(str(r.role)) if r is not None else None
+        shown = name if role is None or (role == "IOThread" and name.startswith("IO ")) else f"{name} ({role})"
+        labels[int(tid)] = f"{shown} [{int(tid)}]"
     return labels
 
 
@@ -385,4 +395,91 @@ def timeline_detail(spans: pd.DataFrame, trace_threads: pd.DataFrame, window: tu
         xaxis={"title": "µs since the window's start", "range": [0, max(view_end, 1.0)]}, margin={"t": 110},
         yaxis={"tickvals": list(range(len(tids))), "ticktext": [labels[t] for t in tids], "autorange": "reversed"},
     )
+    return fig
+
+
+#: One colour per phase of a virtio-blk request (``analyses.requests.PHASES``);
+#: lock waits keep the breakdown's reds, disk I/O the device's purple.
+PHASE_COLORS: dict[str, str] = {
+    "notify": "#1f77b4",
+    "bql_wait": COMPONENT_COLORS["bql_wait"],
+    "queued": "#c7c7c7",
+    "processing": COMPONENT_COLORS["dispatch"],
+    "disk": COMPONENT_COLORS["device"],
+    "lock_wait": COMPONENT_COLORS["other_lock_wait"],
+    "tail": "#bcbd22",
+    "irq": "#17becf",
+}
+PHASE_LABELS: dict[str, str] = {
+    "notify": "notify (kick -> pickup)",
+    "bql_wait": "BQL wait",
+    "queued": "queued behind the batch",
+    "processing": "processing (pop -> push)",
+    "disk": "disk I/O",
+    "lock_wait": "other lock wait (GIL ...)",
+    "tail": "tail (push -> interrupt)",
+    "irq": "completion interrupt",
+}
+_ROLE_TITLES = {"vcpu": "vCPU", "main": "main loop", "iothread": "IOThread"}
+
+
+def request_phases_figure(phases: pd.DataFrame, stat: str = "mean_ns") -> go.Figure:
+    """Per role of the servicing thread, the mean request split by phase
+    (µs, stacked in the order a request goes through them), with the p50
+    and p99 of the total beside it."""
+    from vmtrace.analyses.requests import PHASES
+
+    roles = list(dict.fromkeys(phases["role"]))
+    labels = [_ROLE_TITLES.get(r, r) for r in roles]
+    fig = go.Figure()
+    for p in PHASES:
+        v = [float(phases.loc[(phases["role"] == r) & (phases["phase"] == p), stat].sum()) / 1e3 for r in roles]
+        if not any(v):
+            continue
+        fig.add_bar(y=labels, x=v, name=PHASE_LABELS[p], orientation="h", marker_color=PHASE_COLORS[p],
+                    hovertemplate="%{y}: %{x:.1f} µs<extra>" + PHASE_LABELS[p] + "</extra>")
+    tot = phases[phases["phase"] == "total"].set_index("role")
+    text = [f"p50 {tot.loc[r, 'p50_ns'] / 1e3:,.0f} µs, p99 {tot.loc[r, 'p99_ns'] / 1e3:,.0f} µs" if r in tot.index
+            else "" for r in roles]
+    fig.add_scatter(y=labels, x=[float(tot.loc[r, "mean_ns"]) / 1e3 if r in tot.index else 0 for r in roles],
+                    mode="text", text=text, textposition="middle right", showlegend=False, hoverinfo="skip")
+    widest = max([float(tot.loc[r, "mean_ns"]) / 1e3 for r in roles if r in tot.index] or [1.0])
+    fig.update_layout(template=TEMPLATE, barmode="stack", height=200 + 60 * len(roles),
+                      title={"text": "Mean request by phase, per role of the thread that serviced the queue",
+                             "x": 0, "y": 0.97, "yanchor": "top"}, legend={"traceorder": "normal"},
+                      # Room on the right for the percentiles written after each bar.
+                      xaxis={"title": "µs from the kick to completion", "range": [0, widest * 1.45]},
+                      yaxis_autorange="reversed", margin={"t": 110})
+    return fig
+
+
+def request_timeline_figure(spans: pd.DataFrame, requests: pd.DataFrame) -> go.Figure:
+    """Gantt chart of a few requests (``analyses.requests.request_timeline``):
+    one row per request, its phases where they happened; the disk and lock
+    waits inside a request are drawn over the segment they interrupt."""
+    if spans.empty:
+        return go.Figure()
+    t0 = int(spans["start_ns"].min())
+    reqs = list(dict.fromkeys(spans["req"]))
+    row_of = {r: i for i, r in enumerate(reqs)}
+    role = requests["role"].to_dict()
+    batch = requests["batch"].to_dict()
+    pos = requests["pos"].to_dict()
+    ticks = [f"{_ROLE_TITLES.get(role[r], role[r])} batch {batch[r]} #{pos[r]}" for r in reqs]
+    fig = go.Figure()
+    # Segments first, then what interrupts them, so overlay mode paints those on top.
+    for p in ("notify", "queued", "processing", "tail", "irq", "disk", "bql_wait", "lock_wait"):
+        m = (spans["phase"] == p).to_numpy()
+        if not m.any():
+            continue
+        sub = spans[m]
+        fig.add_bar(y=sub["req"].map(row_of).to_numpy(), x=((sub["end_ns"] - sub["start_ns"]) / 1e3).to_numpy(),
+                    base=((sub["start_ns"] - t0) / 1e3).round(3).to_numpy(), orientation="h", width=0.8,
+                    marker={"color": PHASE_COLORS[p], "line": {"width": 0}}, name=PHASE_LABELS[p],
+                    hovertemplate="%{x:.1f} µs<extra>" + PHASE_LABELS[p] + "</extra>")
+    fig.update_layout(template=TEMPLATE, barmode="overlay", bargap=0.1, height=160 + 18 * len(reqs),
+                      title={"text": f"{len(reqs)} consecutive requests, phase by phase", "x": 0, "y": 0.99,
+                             "yanchor": "top"},
+                      xaxis_title="µs since the first kick shown", margin={"t": 110},
+                      yaxis={"tickvals": list(range(len(reqs))), "ticktext": ticks, "autorange": "reversed"})
     return fig

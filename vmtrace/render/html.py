@@ -26,6 +26,7 @@ from vmtrace.analyses.breakdown import Breakdown, bql_breakdown, exit_breakdown
 from vmtrace.analyses.exits import exit_stats
 from vmtrace.analyses.locks import lock_report
 from vmtrace.analyses.offcpu import offcpu_report
+from vmtrace.analyses.requests import PHASES, request_report, request_timeline
 from vmtrace.analyses.timeline import display_state, timeline
 from vmtrace.errors import VmtraceError
 from vmtrace.trace import Trace
@@ -37,6 +38,8 @@ from .figures import (
     compare_figure,
     cost_histogram,
     detail_window,
+    request_phases_figure,
+    request_timeline_figure,
     sweep_figure,
     timeline_detail,
     timeline_overview,
@@ -263,6 +266,9 @@ def report_sections(
     ]
     sections.append(_locks_section(trace))
     sections.append(_offcpu_section(trace))
+    requests = _requests_section(trace)
+    if requests is not None:
+        sections.append(requests)
     sections.append(_timeline_section(trace, spans, b, t0, max_spans, bins))
     return _header(trace, b), sections
 
@@ -407,6 +413,44 @@ def _offcpu_from_analysis(off: Any) -> tuple[go.Figure, pd.DataFrame]:
     table = pd.DataFrame({"thread": names, "life ms": t.get("time_ns", zero) / 1e6,
                           **{f"{k} %": (100 * v / life).round(2) for k, v in parts.items()}})
     return fig, table
+
+
+def _requests_section(trace: Trace, shown: int = 40) -> Section | None:
+    """virtio-blk requests by phase, per role of the servicing thread; None
+    for a trace with no virtio-blk activity (most traces)."""
+    rq, _ = _run_analysis(request_report, trace)
+    if rq is None:
+        return None
+    intro = ("Each virtio-blk request from the guest's kick (its write to the queue-notify port, an ioeventfd) to "
+             "its completion, split into phases that add up to its total, per role of the thread that serviced "
+             "the queue: the main loop under the BQL (--blk bql) or an IOThread (dataplane). ")
+    notes = [f"note: {n}" for n in rq.notes]
+    if rq.source != "probes":
+        from vmtrace.analyses.requests import _disk_summary, _notify_summary
+
+        return Section("Requests", [_us_table(_notify_summary(rq.notifications)), _us_table(
+            _disk_summary(rq.disk_waits)), *notes], intro=intro)
+    ph = rq.phases
+    table = pd.DataFrame({
+        "role": ph["role"], "phase": ph["phase"], "requests with it": ph["nonzero"],
+        "mean µs": ph["mean_ns"] / 1e3, "share %": (100 * ph["share"]).round(1),
+        "p50 µs": ph["p50_ns"] / 1e3, "p90 µs": ph["p90_ns"] / 1e3, "p99 µs": ph["p99_ns"] / 1e3,
+    })
+    roles = rq.by_role.drop(columns=["bql_held_mean_ns", "wait_cpu_mean_ns"]).assign(
+        **{"BQL held µs (mean)": rq.by_role["bql_held_mean_ns"] / 1e3,
+           "runnable, no CPU µs (mean)": rq.by_role["wait_cpu_mean_ns"] / 1e3})
+    reqs = rq.requests[~rq.requests["lost"]]
+    first = max(len(reqs) // 2 - shown // 2, 0)
+    spans = request_timeline(rq, first=int(reqs.index[first]) if len(reqs) else 0, count=shown)
+    items: list[Any] = [request_phases_figure(ph), roles, table]
+    if len(spans):
+        items.append(request_timeline_figure(spans, rq.requests))
+    return Section("Requests", items + notes, intro=intro + f"Phases in order: {', '.join(PHASES)}.")
+
+
+def _us_table(df: pd.DataFrame) -> pd.DataFrame:
+    return df.rename(columns={c: c.replace("_ns", " µs") for c in df.columns if c.endswith("_ns")}).assign(
+        **{c.replace("_ns", " µs"): df[c] / 1e3 for c in df.columns if c.endswith("_ns")})
 
 
 def _timeline_section(trace: Trace, spans: pd.DataFrame, b: Breakdown, t0: int, max_spans: int,

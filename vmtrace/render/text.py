@@ -377,3 +377,76 @@ def render_offcpu(off: Any, console: Console | None = None) -> None:
         )
     for note in off.notes:
         console.print(f"[dim]note: {note}[/]")
+
+
+_ROLE_LABELS = {"vcpu": "vCPU", "main": "main loop", "iothread": "IOThread", "worker": "worker", "other": "other"}
+_PHASE_LABELS = {
+    "notify": "notify (kick -> pickup)",
+    "bql_wait": "BQL wait",
+    "queued": "queued (pickup -> pop)",
+    "processing": "processing (pop -> push)",
+    "disk": "disk I/O",
+    "lock_wait": "other lock wait",
+    "tail": "tail (push -> interrupt)",
+    "irq": "completion interrupt",
+    "total": "total",
+}
+
+
+def role_label(role: Any) -> str:
+    """The name a reader knows a thread role by: main -> main loop ..."""
+    return _ROLE_LABELS.get(str(role), str(role))
+
+
+def render_requests(rq: Any, console: Console | None = None) -> None:
+    """The ``--requests`` view (``analyses.requests.Requests``): per role of
+    the thread that serviced the queue, each phase of a request's time."""
+    console = console or Console()
+    source = "the VMM's request probes" if rq.source == "probes" else "kernel events only (no request probes)"
+    port = f"{rq.notify_port:#x}" if rq.notify_port is not None else "unknown"
+    console.print(f"[bold]vmtrace requests[/]  virtio-blk, per request  source: {source}  notify port: {port}")
+    _lost_line(rq.lost_events, rq.lost_markers, console)
+    if rq.source == "probes":
+        for r in rq.by_role.to_dict("records"):
+            role = r["role"]
+            console.print(
+                f"[bold]{role_label(role)}[/] ({r['threads']}): {r['requests']:,} requests in {r['batches']:,} "
+                f"batches ({r['per_batch']:.1f} per batch); read {r['read']:,}, write {r['write']:,}, "
+                f"flush {r['flush']:,}, other {r['other']:,}")
+            console.print(
+                f"  BQL on the request path: {r['bql_taken']:,} of {r['requests']:,} requests "
+                f"({r['bql_waited']:,} with a wait), held {fmt_dur(r['bql_held_mean_ns'])} per request while "
+                f"processed; kick known for {r['notify_known']:,}; completion interrupts {r['irq_raised']:,}; "
+                f"runnable without a CPU {fmt_dur(r['wait_cpu_mean_ns'])} per request")
+            ph = rq.phases[rq.phases["role"] == role]
+            rows = []
+            for p in ph.to_dict("records"):
+                rows.append([_PHASE_LABELS.get(p["phase"], p["phase"]), fmt_dur(p["mean_ns"]),
+                             fmt_pct(p["share"]), fmt_dur(p["p50_ns"]), fmt_dur(p["p90_ns"]), fmt_dur(p["p99_ns"]),
+                             f"{int(p['nonzero']):,}"])
+            console.print(_grid(f"{role_label(role)}: each request from its kick to its completion, by phase",
+                                [("phase", "l"), ("mean", "r"), ("share", "r"), ("p50", "r"), ("p90", "r"),
+                                 ("p99", "r"), ("requests with it", "r")], rows))
+        if rq.excluded_lost:
+            console.print(f"[yellow]{rq.excluded_lost:,} requests overlapping lost events left out[/]")
+    else:
+        from vmtrace.analyses.requests import _disk_summary, _notify_summary
+
+        rows = []
+        for r in _notify_summary(rq.notifications).to_dict("records"):
+            woke = r["thread"] if pd.isna(r.get("role")) else f"{r['thread']} ({role_label(r['role'])})"
+            rows.append([woke, f"{int(r['kicks']):,}", fmt_dur(r.get("wakeup_p50_ns")),
+                         fmt_dur(r.get("wakeup_p99_ns")), fmt_dur(r.get("oncpu_p50_ns")),
+                         fmt_dur(r.get("oncpu_p99_ns"))])
+        console.print(_grid("kicks of the queue-notify port, by the thread the ioeventfd woke",
+                            [("woken thread", "l"), ("kicks", "r"), ("-> wakeup p50", "r"), ("p99", "r"),
+                             ("-> on CPU p50", "r"), ("p99", "r")], rows))
+        disk = _disk_summary(rq.disk_waits)
+        if len(disk):
+            rows = [[role_label(r["role"]), str(int(r["threads"])), f"{int(r['sleeps']):,}", fmt_dur(r["p50_ns"]),
+                     fmt_dur(r["p90_ns"]), fmt_dur(r["p99_ns"])] for r in disk.to_dict("records")]
+            console.print(_grid("uninterruptible sleeps (disk I/O) of non-vCPU threads",
+                                [("role", "k"), ("threads", "r"), ("sleeps", "r"), ("p50", "r"), ("p90", "r"),
+                                 ("p99", "r")], rows))
+    for note in rq.notes:
+        console.print(f"[dim]note: {note}[/]")
