@@ -66,6 +66,7 @@ from .intervals import (
     lost_windows,
     offcpu_spans,
     overlap_by_thread,
+    overlaps_loss,
     pair_spans,
     thread_spans_lost,
 )
@@ -411,7 +412,7 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
 
     info = thread_info(trace, r_tid)
     pos = pd.Series(np.arange(n)).groupby(r_batch).cumcount().to_numpy(dtype=np.int64)
-    lost = thread_spans_lost(ev, r_tid, c0, c5)
+    lost = _spans_lost(ev, r_tid, c0, c5)
     out = pd.DataFrame({
         "tid": r_tid.astype(np.int32),
         "role": info["role"].to_numpy(),
@@ -432,6 +433,24 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     for c in [f"{p}_ns" for p in PHASES] + ["total_ns", "bql_held_ns", "wait_cpu_ns"]:
         out[c] = out[c].astype(np.int64)
     return out.sort_values("pop_ns", kind="stable").reset_index(drop=True)
+
+
+def _spans_lost(ev: pd.DataFrame, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Whether each span of a servicing thread may have lost events.  A
+    thread whose kernel events say which CPUs it ran on is judged by those
+    (``thread_spans_lost``); one seen only through its probes (cpu -1) could
+    have been on any CPU, so any loss counts."""
+    windows = lost_windows(ev)
+    if len(windows) == 0 or len(tid) == 0:
+        return np.zeros(len(tid), dtype=bool)
+    codes = ev["event"].cat.codes.to_numpy()
+    own = (ev["cpu"].to_numpy() >= 0) & (codes != _CODE["wakeup"]) & (codes != _CODE["lost"])
+    seen = np.unique(ev["tid"].to_numpy()[own])
+    placed = np.isin(tid, seen)
+    out = overlaps_loss(start, end, windows)
+    if placed.any():
+        out[placed] = thread_spans_lost(ev, tid[placed], start[placed], end[placed], windows)
+    return out
 
 
 # ----------------------------------------------------------------------------

@@ -286,3 +286,170 @@ def replicate(templates: Sequence[ExitScript], sequences: dict[int, np.ndarray],
     out = SyntheticTrace(threads=threads)
     out.frame = pd.concat(parts, ignore_index=True)
     return out
+
+
+# ----------------------------------------------------------------------------
+# virtio-blk requests, as the reference VMM reports them through its probes
+
+NOTIFY_PORT = 0xC010
+GIL_WORD = 0x5555_0000_3000
+
+
+@dataclass
+class BlkRequest:
+    """One request of a batch: pop -> ``pre_ns`` -> disk span (``kind``
+    read/write/flush; none for ``other``) of ``disk_ns``, with a GIL wait of
+    ``gil_ns`` at its end -> ``post_ns`` -> push; then ``gap_ns`` to the
+    next pop."""
+
+    kind: str = "read"
+    pre_ns: int = 300
+    disk_ns: int = 5000
+    gil_ns: int = 0
+    post_ns: int = 200
+    gap_ns: int = 50
+
+
+@dataclass
+class BlkBatch:
+    """One batch of the servicing thread.  ``kick``: the vCPU thread whose
+    notify write starts it (None: no kick), ``kick_at`` where that write is
+    relative to the pickup (default ``-notify_ns``; set it to put the kick
+    somewhere else, e.g. inside the previous batch), ``wake_ns`` kick ->
+    the wakeup of the servicing thread.  ``bql``: the BQL is taken before
+    the batch (``bql_wait_ns`` from lock_begin to lock_acquired, a futex
+    wait on its word inside when > 2), ``entry_ns`` from the acquisition
+    (or the pickup) to the batch span, ``first_pop_ns`` from there to the
+    first pop, ``irq_ns`` an interrupt ``tail_gap_ns`` after the last push
+    (0: none), ``preempt_ns`` a runnable off-CPU span in the first gap."""
+
+    requests: list[BlkRequest] = field(default_factory=lambda: [BlkRequest()])
+    kick: int | None = 11
+    notify_ns: int = 2000
+    kick_at: int | None = None
+    wake_ns: int = 500
+    bql: bool = False
+    bql_wait_ns: int = 0
+    entry_ns: int = 100
+    first_pop_ns: int = 150
+    irq_ns: int = 0
+    tail_gap_ns: int = 40
+    preempt_ns: int = 0
+    exit_ns: int = 80
+
+
+DISK_NAMES = {"read": "virtio-blk-read", "write": "virtio-blk-write", "flush": "virtio-blk-flush"}
+
+
+def blk_batch(s: SyntheticTrace, tid: int, pickup: int, b: BlkBatch) -> tuple[int, list[dict[str, Any]]]:
+    """Emit batch ``b`` on servicing thread ``tid`` with its pickup at
+    ``pickup``; returns the time the batch (and its BQL hold) ended and,
+    per request, what a correct per-request analysis must find."""
+    cpu = tid % 2
+    if b.kick is not None:
+        kick = pickup + (b.kick_at if b.kick_at is not None else -b.notify_ns)
+        s.add(kick, b.kick, "pio", addr=NOTIFY_PORT, size=2, write=True, value=0)
+        if b.kick_at is None:
+            s.add(kick + b.wake_ns, tid, "wakeup", peer_tid=b.kick, cpu=b.kick % 2)
+    t = pickup
+    if b.bql:
+        s.add(t, tid, "lock_begin", addr=BQL_WORD, name="BQL", cpu=-1)
+        if b.bql_wait_ns > 2:
+            s.add(t + 1, tid, "futex_enter", addr=BQL_WORD, value=FUTEX_WAIT_PRIVATE, cpu=cpu)
+            s.add(t + b.bql_wait_ns - 1, tid, "futex_exit", value=0, cpu=cpu)
+        t += b.bql_wait_ns
+        s.add(t, tid, "lock_acquired", addr=BQL_WORD, name="BQL", cpu=-1)
+    t += b.entry_ns
+    s.add(t, tid, "dispatch_begin", addr=NOTIFY_PORT, size=2, write=True, name="virtio-blk", cpu=-1)
+    t += b.first_pop_ns
+    rows: list[dict[str, Any]] = []
+    gil_so_far = 0
+    for i, r in enumerate(b.requests):
+        pop = t
+        s.add(t, tid, "dispatch_begin", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
+        t += r.pre_ns
+        if r.kind in DISK_NAMES:
+            s.add(t, tid, "dispatch_begin", addr=4096 * i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
+                  cpu=-1)
+            if r.gil_ns:
+                g = t + r.disk_ns - r.gil_ns
+                s.add(g, tid, "futex_enter", addr=GIL_WORD, value=FUTEX_WAIT_PRIVATE, cpu=cpu)
+                s.add(g + r.gil_ns, tid, "futex_exit", value=0, cpu=cpu)
+            t += r.disk_ns
+            s.add(t, tid, "dispatch_end", addr=4096 * i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
+                  cpu=-1)
+        t += r.post_ns
+        s.add(t, tid, "dispatch_end", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
+        push = t
+        gil_mine = r.gil_ns if r.kind in DISK_NAMES else 0
+        rows.append({"pop": pop, "push": push, "kind": r.kind if r.kind in DISK_NAMES else "other",
+                     "processing_ns": r.pre_ns + r.post_ns, "disk_ns": (r.disk_ns - r.gil_ns) if r.kind in DISK_NAMES
+                     else 0, "gil_before": gil_so_far, "gil_mine": gil_mine})
+        gil_so_far += gil_mine
+        gap = r.gap_ns
+        if i == 0 and b.preempt_ns:
+            s.add(t + 1, tid, "sched_out", value=0, peer_tid=999, cpu=cpu)
+            s.add(t + 1 + b.preempt_ns, tid, "sched_in", peer_tid=999, cpu=cpu)
+            gap = max(gap, b.preempt_ns + 2)
+        t += gap if i + 1 < len(b.requests) else 0
+    irq_s = irq_e = None
+    if b.irq_ns:
+        irq_s = t + b.tail_gap_ns
+        irq_e = irq_s + b.irq_ns
+        s.add(irq_s, tid, "dispatch_begin", addr=24, size=0, write=True, name="virtio-blk-irq", cpu=-1)
+        s.add(irq_e, tid, "dispatch_end", addr=24, size=0, write=True, name="virtio-blk-irq", cpu=-1)
+        t = irq_e
+    t += b.exit_ns
+    s.add(t, tid, "dispatch_end", addr=NOTIFY_PORT, size=2, write=True, name="virtio-blk", cpu=-1)
+    if b.bql:
+        s.add(t + 1, tid, "lock_release", addr=BQL_WORD, name="BQL", cpu=-1)
+        t += 1
+    known = b.kick is not None and b.kick_at is None
+    kick_ns = pickup - b.notify_ns
+    # What the analysis can see as the pickup: the BQL attempt, else the batch span.
+    pickup = pickup if b.bql else pickup + b.entry_ns
+    start = kick_ns if known else pickup
+    expected = []
+    first_gap_preempt = b.preempt_ns
+    for i, r in enumerate(rows):
+        # GIL waits of later requests fall inside this one's window only
+        # when it ends at the batch's interrupt.
+        later = (gil_so_far - r["gil_before"] - r["gil_mine"]) if irq_s is not None else 0
+        expected.append({
+            "kind": r["kind"], "pos": i,
+            "notify_ns": pickup - start,
+            "bql_wait_ns": b.bql_wait_ns,
+            "queued_ns": r["pop"] - pickup - b.bql_wait_ns - r["gil_before"],
+            "processing_ns": r["processing_ns"],
+            "disk_ns": r["disk_ns"],
+            "lock_wait_ns": r["gil_before"] + r["gil_mine"] + later,
+            "tail_ns": irq_s - r["push"] - later if irq_s is not None else 0,
+            "irq_ns": b.irq_ns,
+            "total_ns": (irq_e if irq_e is not None else r["push"]) - start,
+            "bql_held_ns": r["push"] - r["pop"] if b.bql else 0,
+            "wait_cpu_ns": b.preempt_ns if b.preempt_ns and (i >= 1 or irq_s is not None) else 0,
+            "notify_wakeup_ns": b.wake_ns if known else None,
+            "notify_known": known,
+            "irq_raised": irq_s is not None,
+            "bql_taken": b.bql,
+        })
+    return t, expected
+
+
+def blk_trace(batches: Sequence[BlkBatch], tid: int = 21, role: str = "iothread", name: str = "IO iothread0",
+              spacing_ns: int = 20_000, vcpus: Sequence[int] = (11, 12)) -> tuple[SyntheticTrace, list[dict[str, Any]]]:
+    """A trace of ``batches`` on one servicing thread, each pickup
+    ``spacing_ns`` after the previous batch ended; the expected rows, in
+    order, with ``batch`` numbered from 0."""
+    s = SyntheticTrace()
+    for i, v in enumerate(vcpus):
+        s.thread(v, f"CPU {i}/KVM", "vcpu", i)
+        s.add(500, v, "run_enter")
+    s.thread(tid, name, role)
+    t = 1_000_000
+    expected: list[dict[str, Any]] = []
+    for k, b in enumerate(batches):
+        end, rows = blk_batch(s, tid, t, b)
+        expected += [{**r, "batch": k} for r in rows]
+        t = end + spacing_ns
+    return s, expected
