@@ -111,7 +111,9 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     l_tid = locks["tid"].to_numpy(dtype=np.int64)
     lock_s = locks["start_ns"].to_numpy(dtype=np.int64)
     lock_e = locks["end_ns"].to_numpy(dtype=np.int64)
-    is_bql_lock = (locks["name"].astype(str) == "BQL").to_numpy() if len(locks) else np.zeros(0, bool)
+    # Compared as a category, not as strings: one test per distinct name.
+    is_bql_lock = (locks["name"] == "BQL").to_numpy(dtype=bool, na_value=False) if len(locks) \
+        else np.zeros(0, bool)
     lock_all = over(l_tid, lock_s, lock_e)
     lock_bql = over(l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
     # Futex waits inside a reported lock span are that lock's, not another.
