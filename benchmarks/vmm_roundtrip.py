@@ -1,0 +1,155 @@
+"""Exit round trip of the reference VMM against QEMU's, side by side, untraced.
+
+A userspace exit's round trip is what the guest pays for one ``inl`` that KVM
+hands to the VMM: the exit, the return from ``KVM_RUN``, the VMM's decode and
+dispatch, and the next ``KVM_RUN``.  Two benches of the benchmark guest time
+it: ``inl_vmm`` reads a port no device claims (the VMM's exit path and
+unassigned-region dispatch alone) and ``inl_pmtimer`` reads the ACPI PM timer
+(the same plus a device callback that reads the host clock).
+
+For each bench and vCPU count the script runs QEMU (its own locking: Debian's
+7.2 takes the BQL for both ports) and the reference VMM in ``bql`` and
+``unlocked`` mode, interleaved round-robin (the order rotates every round),
+so host noise spreads over all of them, and prints the guest-measured TSC
+cycles per operation (median of the rounds, mean over vCPUs in each run) and
+the ratio reference / QEMU of those medians, with the range of the per-round
+ratios beside it.  Progress goes to stderr, the table to stdout.
+
+    sudo .venv/bin/python benchmarks/vmm_roundtrip.py [--rounds 5] [--iterations 20000]
+        [--vcpus 1,2] [--benches inl_vmm,inl_pmtimer] [--modes bql,unlocked] [--json FILE]
+
+The target (issue 4): the reference VMM's round trip no slower than QEMU's,
+a ratio <= 1.00.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from typing import Optional
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from vmtrace.bench import run_bench
+from vmtrace.errors import VmtraceError
+
+BENCHES = ("inl_vmm", "inl_pmtimer")
+REFERENCE_MODES = ("bql", "unlocked")
+QEMU = ("qemu", None)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sys.exit(f"vmm_roundtrip: error: {what} takes numbers such as 1,2, not {text!r}")
+    if not values or min(values) < 1:
+        sys.exit(f"vmm_roundtrip: error: {what} takes positive numbers, not {text!r}")
+    return values
+
+
+def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if not values or bad:
+        sys.exit(f"vmm_roundtrip: error: {what} takes {', '.join(allowed)}, not {text!r}")
+    return values
+
+
+def label(config: tuple[str, Optional[str]]) -> str:
+    vmm, mode = config
+    return "QEMU" if vmm == "qemu" else f"reference {mode}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the table shows medians")
+    ap.add_argument("--iterations", type=int, default=20000, help="timed reads per vCPU")
+    ap.add_argument("--vcpus", default="1,2")
+    ap.add_argument("--benches", default=",".join(BENCHES))
+    ap.add_argument("--modes", default=",".join(REFERENCE_MODES), help="the reference VMM's locking modes")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    ap.add_argument("--json", metavar="FILE", help="also write every run's cycles per op to FILE")
+    args = ap.parse_args()
+    if args.rounds < 1 or args.iterations < 1:
+        sys.exit("vmm_roundtrip: error: --rounds and --iterations must be at least 1")
+    vcpu_counts = _ints(args.vcpus, "--vcpus")
+    benches = _names(args.benches, BENCHES, "--benches")
+    modes = _names(args.modes, ("2013", "bql", "unlocked"), "--modes")
+    configs: list[tuple[str, Optional[str]]] = [QEMU] + [("reference", m) for m in modes]
+
+    # cycles[(bench, vcpus, config)] = one value per round, None where a run failed
+    cycles: dict[tuple, list[Optional[float]]] = {}
+    failures: list[str] = []
+    for rnd in range(args.rounds):
+        for bench in benches:
+            for vcpus in vcpu_counts:
+                # Rotate who goes first: a run right after QEMU's (or after a
+                # cold start) must not always be the same configuration.
+                k = rnd % len(configs)
+                for config in configs[k:] + configs[:k]:
+                    vmm, mode = config
+                    key = (bench, vcpus, config)
+                    try:
+                        res = run_bench(vmm, bench, vcpus, args.iterations, locking=mode, timeout_s=args.timeout)
+                        value = res.cycles_per_op
+                    except VmtraceError as err:
+                        failures.append(f"round {rnd} {bench} {vcpus} vCPU {label(config)}: {err}")
+                        value = None
+                    cycles.setdefault(key, []).append(value)
+                    shown = f"{value:,.0f} cycles/op" if value is not None else "failed"
+                    print(f"# round {rnd} {bench} {vcpus} vCPU {label(config)}: {shown}", file=sys.stderr)
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    table = Table(
+        title=f"guest-measured TSC cycles per inl, untraced: median of {args.rounds} interleaved round(s), "
+              f"{args.iterations} reads per vCPU; ratio = reference / QEMU (per-round range)",
+        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+    )
+    table.add_column("bench")
+    table.add_column("vCPUs", justify="right")
+    table.add_column("QEMU", justify="right")
+    for mode in modes:
+        table.add_column(f"ref {mode}", justify="right")
+        table.add_column("ratio", justify="right")
+    for bench in benches:
+        for vcpus in vcpu_counts:
+            q = [v for v in cycles.get((bench, vcpus, QEMU), []) if v is not None]
+            qmed = statistics.median(q) if q else None
+            row = [bench, str(vcpus), f"{qmed:,.0f}" if qmed else "n/a"]
+            for mode in modes:
+                values = cycles.get((bench, vcpus, ("reference", mode)), [])
+                r = [v for v in values if v is not None]
+                if not r:
+                    row += ["n/a", "-"]
+                    continue
+                rmed = statistics.median(r)
+                row.append(f"{rmed:,.0f}")
+                if not qmed:
+                    row.append("-")
+                    continue
+                # Per-round ratios pair the runs that met the same host load.
+                paired = [rv / qv for rv, qv in zip(values, cycles[(bench, vcpus, QEMU)]) if rv and qv]
+                ratio = rmed / qmed
+                style = "green" if ratio <= 1.0 else "red"
+                spread = f" ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else ""
+                row.append(f"[{style}]{ratio:.2f}x[/]{spread}")
+            table.add_row(*row)
+    console.print(table)
+    for failure in failures:
+        console.print(f"failed: {failure}")
+    if args.json:
+        data = [{"bench": b, "vcpus": v, "vmm": c[0], "locking": c[1], "cycles_per_op": vals}
+                for (b, v, c), vals in cycles.items()]
+        with open(args.json, "w") as f:
+            json.dump({"rounds": args.rounds, "iterations": args.iterations, "runs": data}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
