@@ -184,13 +184,14 @@ class Machine:
     # -- construction -------------------------------------------------------
     def _unassigned_region(self, name: str, size: int, space: str) -> MemoryRegion:
         counter = self.unassigned
+        read_kind, write_kind = space + "-read", space + "-write"  # once: inl_vmm reads here per exit
 
         def read(addr: int, size: int) -> int:
-            counter[(space + "-read", addr)] += 1
+            counter[(read_kind, addr)] += 1
             return (1 << (8 * size)) - 1
 
         def write(addr: int, value: int, size: int) -> None:
-            counter[(space + "-write", addr)] += 1
+            counter[(write_kind, addr)] += 1
 
         return MemoryRegion.io(None, name, size, read, write)
 

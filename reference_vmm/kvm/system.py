@@ -33,6 +33,8 @@ _EXIT_IO, _EXIT_HLT, _EXIT_MMIO, _EXIT_SHUTDOWN = 2, 5, 6, 8
 _EXIT_FAIL_ENTRY, _EXIT_INTR, _EXIT_INTERNAL_ERROR, _EXIT_SYSTEM_EVENT = 9, 10, 17, 24
 _OFF = b.KVM_RUN_EXIT_OFFSET
 _IO = struct.Struct("=BBHIQ")  # kvm_run.io
+_IO_END = _OFF + _IO.size
+_IO_IN_CACHE_MAX = 256  # distinct (port, size, count, data_offset) reads remembered per vCPU
 _MMIO = struct.Struct("=Q8sIB")  # kvm_run.mmio
 _MMIO_DATA = _OFF + 8
 _U32 = struct.Struct("=I")
@@ -41,6 +43,10 @@ _U32 = struct.Struct("=I")
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
 _libc.ioctl.restype = ctypes.c_int
+# KVM_RUN's own handle on ioctl(2), for speed (see VcpuFd.run): indexing a
+# CDLL makes a new function object, so the argtypes above do not apply to it.
+# Its three arguments are small non-negative ints, passed as C ints.
+_kvm_run_ioctl = _libc["ioctl"]
 
 
 def _ioctl(fd: int, name: str, arg: Any = 0) -> int:
@@ -168,6 +174,8 @@ class VcpuFd:
         self._mm = mmap.mmap(fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.kvm_run = b.KvmRun.from_buffer(self._mm)
         self._io_data = 0  # data_offset of the last IO exit, for complete_io_in
+        # kvm_run.io bytes of a port read -> (IoIn, data_offset): see run().
+        self._io_in: dict[bytes, tuple[x.IoIn, int]] = {}
 
     # -- registers --------------------------------------------------------
     def get_regs(self) -> b.KvmRegs:
@@ -203,20 +211,39 @@ class VcpuFd:
         self.kvm_run.immediate_exit = 1 if value else 0
 
     def run(self) -> x.VcpuExit:
-        """KVM_RUN, then decode the exit.  The GIL is released inside the ioctl."""
-        try:
-            fcntl.ioctl(self.fd, _KVM_RUN, 0)
-        except OSError as e:
-            if e.errno in (errno.EINTR, errno.EAGAIN):
+        """KVM_RUN, then decode the exit.  The GIL is released inside the ioctl.
+
+        The ioctl is a ctypes foreign call, which releases the GIL as
+        ``fcntl.ioctl`` does, and costs ~0.4 us less per exit here: given an
+        integer, ``fcntl.ioctl`` first tries to read it as a buffer twice
+        (raising and clearing a TypeError each time) and raises an audit
+        event; without argtypes ctypes converts three ints and no more.
+        """
+        if _kvm_run_ioctl(self.fd, _KVM_RUN, 0) < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EINTR, errno.EAGAIN):
                 return x.Intr()
-            raise KvmError("KVM_RUN", e.errno or 0) from None
+            raise KvmError("KVM_RUN", err)
         mm = self._mm
         reason = self.kvm_run.exit_reason
         if reason == _EXIT_IO:
-            direction, size, port, count, off = _IO.unpack_from(mm, _OFF)
+            # A guest repeats the same port read (a timed loop, a polled
+            # status register), and an exit is an immutable value: the 16
+            # bytes of kvm_run.io name it completely, so they are decoded
+            # once and looked up afterwards.  For speed: one slice and one
+            # dict lookup cost ~90 ns against ~230 ns for unpack + IoIn().
+            raw = mm[_OFF:_IO_END]
+            hit = self._io_in.get(raw)
+            if hit is not None:
+                ex, self._io_data = hit
+                return ex
+            direction, size, port, count, off = _IO.unpack_from(raw)
             self._io_data = off
             if direction == 0:
-                return x.IoIn(port, size, count)
+                ex = x.IoIn(port, size, count)
+                if len(self._io_in) < _IO_IN_CACHE_MAX:
+                    self._io_in[raw] = (ex, off)
+                return ex
             return x.IoOut(port, size, mm[off : off + size * count], count)
         if reason == _EXIT_MMIO:
             addr, data, length, is_write = _MMIO.unpack_from(mm, _OFF)
