@@ -88,3 +88,19 @@ def test_port_exits_decode_the_same_fresh_and_cached(kvm: None) -> None:
         system.close()
         mem.close()
 
+
+
+def test_immediate_exit_makes_run_return_intr(kvm: None) -> None:
+    # The kick: KVM_RUN fails with EINTR at once, which run() turns into Intr.
+    system = Kvm()
+    vm, mem, vcpu = _vcpu(system)
+    try:
+        vcpu.set_immediate_exit(True)
+        assert vcpu.run() == x.Intr()
+        vcpu.set_immediate_exit(False)
+        assert vcpu.run() == x.IoIn(0xE00, 4, 1)
+    finally:
+        vcpu.close()
+        vm.close()
+        system.close()
+        mem.close()
