@@ -106,15 +106,32 @@ _ROLE_ORDER = {"vcpu": 0, "main": 1, "iothread": 2, "worker": 3, "other": 4}
 
 
 def _dispatch_spans(ev: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """Probe spans with these names, paired per thread *and name*: the
-    batch, request and disk spans nest, and pairing by thread alone would
-    keep only the innermost."""
+    """Probe spans with these names, paired per thread, name *and address*:
+    the batch, request and disk spans nest, and the requests of a batch and
+    their disk I/O overlap (popped together, completed as the disk finishes),
+    each begin and end carrying the request's avail ring index."""
     codes = ev["event"].cat.codes.to_numpy()
     rows = np.flatnonzero(((codes == _CODE["dispatch_begin"]) | (codes == _CODE["dispatch_end"]))
                           & ev["name"].isin(names).to_numpy())
-    spans = pair_spans(ev.iloc[rows], "dispatch_begin", "dispatch_end", keys=("tid", "name"))
+    sub = ev.iloc[rows]
+    sub = sub.assign(addr=sub["addr"].fillna(0))
+    spans = pair_spans(sub, "dispatch_begin", "dispatch_end", keys=("tid", "name", "addr"))
     spans["name"] = spans["name"].astype(object)
     return spans.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
+
+
+def _own_disk(disks: pd.DataFrame, r_tid: np.ndarray, r_key: np.ndarray, pop: np.ndarray,
+              push: np.ndarray) -> np.ndarray:
+    """For each disk span, the request it belongs to (-1: none): same thread
+    and avail index, inside the request's pop -> push."""
+    if disks.empty or len(r_tid) == 0:
+        return np.full(len(disks), -1, dtype=np.int64)
+    d_key = _i64(disks, "tid") * 65536 + (disks["addr"].to_numpy(dtype=np.int64) & 0xFFFF)
+    d_s, d_e = _i64(disks, "start_ns"), _i64(disks, "end_ns")
+    idx = last_match(d_key, d_s, r_tid * 65536 + (r_key & 0xFFFF), pop)
+    ok = idx >= 0
+    ok[ok] = d_e[ok] <= push[idx[ok]]
+    return np.where(ok, idx, -1)
 
 
 def _i64(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -366,8 +383,8 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     c5 = np.where(irq_raised, b_irq_e[r_batch], c3)
 
     # Disk: the request's own I/O span(s), less the lock waits inside them.
-    d_req = inside_by_thread(_i64(disks, "tid"), _i64(disks, "start_ns"), r_tid, c2, c3) if len(disks) else \
-        np.zeros(0, dtype=np.int64)
+    r_key = reqs["addr"].to_numpy(dtype=np.int64)
+    d_req = _own_disk(disks, r_tid, r_key, c2, c3)
     dk = d_req >= 0
     d_tid, d_s, d_e = _i64(disks, "tid")[dk], _i64(disks, "start_ns")[dk], _i64(disks, "end_ns")[dk]
     d_req = d_req[dk]
@@ -755,7 +772,9 @@ def _servicing_spans(trace: Trace, rows: pd.DataFrame) -> pd.DataFrame:
     lwaits = pair_spans(lock_ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
     w = _waits(trace, tids, lwaits).spans()
     d = pd.DataFrame({"tid": _i64(disks, "tid"), "start_ns": _i64(disks, "start_ns"),
-                      "end_ns": _i64(disks, "end_ns"), "what": "disk"})
+                      "end_ns": _i64(disks, "end_ns"), "what": "disk",
+                      "key": disks["addr"].to_numpy(dtype=np.int64) & 0xFFFF})
+    w["key"] = -1
     return pd.concat([d, w], ignore_index=True).sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
 
 
@@ -786,15 +805,15 @@ def request_timeline(result: Requests, first: int = 0, count: int = 60) -> pd.Da
         s_tid = sp["tid"].to_numpy(dtype=np.int64)
         s_s, s_e = sp["start_ns"].to_numpy(dtype=np.int64), sp["end_ns"].to_numpy(dtype=np.int64)
         what = sp["what"].to_numpy(dtype=object)
-        for r_idx, t, lo, hi, pop, push in zip(idx, rows["tid"].to_numpy(dtype=np.int64),
-                                               rows["start_ns"].to_numpy(dtype=np.int64),
-                                               rows["end_ns"].to_numpy(dtype=np.int64),
-                                               rows["pop_ns"].to_numpy(dtype=np.int64),
-                                               rows["push_ns"].to_numpy(dtype=np.int64)):
+        key = sp["key"].to_numpy(dtype=np.int64)
+        for r_idx, t, lo, hi, avail in zip(idx, rows["tid"].to_numpy(dtype=np.int64),
+                                           rows["start_ns"].to_numpy(dtype=np.int64),
+                                           rows["end_ns"].to_numpy(dtype=np.int64),
+                                           rows["avail_idx"].to_numpy(dtype=np.int64, na_value=-2)):
             m = (s_tid == t) & (s_e > lo) & (s_s < hi)
             # Another request's disk I/O inside this one's window is that
             # request's: only this request's own disk spans are its disk phase.
-            m &= (what != "disk") | ((s_s >= pop) & (s_e <= push))
+            m &= (what != "disk") | (key == (avail & 0xFFFF))
             if m.any():
                 parts.append(pd.DataFrame({"req": r_idx, "tid": t, "phase": what[m],
                                            "start_ns": np.maximum(s_s[m], lo), "end_ns": np.minimum(s_e[m], hi)}))

@@ -336,6 +336,8 @@ class BlkBatch:
     tail_gap_ns: int = 40
     preempt_ns: int = 0
     exit_ns: int = 80
+    aio: bool = False  # pop every request and queue its I/O, then complete them as the disk does
+    aio_order: tuple[int, ...] = ()  # completion order with aio (default: pop order)
 
 
 DISK_NAMES = {"read": "virtio-blk-read", "write": "virtio-blk-write", "flush": "virtio-blk-flush"}
@@ -364,19 +366,21 @@ def blk_batch(s: SyntheticTrace, tid: int, pickup: int, b: BlkBatch) -> tuple[in
     t += b.first_pop_ns
     rows: list[dict[str, Any]] = []
     gil_so_far = 0
-    for i, r in enumerate(b.requests):
+    if b.aio:
+        t = _blk_aio(s, tid, t, b, rows)
+    for i, r in enumerate([] if b.aio else b.requests):
         pop = t
         s.add(t, tid, "dispatch_begin", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
         t += r.pre_ns
         if r.kind in DISK_NAMES:
-            s.add(t, tid, "dispatch_begin", addr=4096 * i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
+            s.add(t, tid, "dispatch_begin", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
                   cpu=-1)
             if r.gil_ns:
                 g = t + r.disk_ns - r.gil_ns
                 s.add(g, tid, "futex_enter", addr=GIL_WORD, value=FUTEX_WAIT_PRIVATE, cpu=cpu)
                 s.add(g + r.gil_ns, tid, "futex_exit", value=0, cpu=cpu)
             t += r.disk_ns
-            s.add(t, tid, "dispatch_end", addr=4096 * i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
+            s.add(t, tid, "dispatch_end", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
                   cpu=-1)
         t += r.post_ns
         s.add(t, tid, "dispatch_end", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
@@ -434,6 +438,37 @@ def blk_batch(s: SyntheticTrace, tid: int, pickup: int, b: BlkBatch) -> tuple[in
             "bql_taken": b.bql,
         })
     return t, expected
+
+
+def _blk_aio(s: SyntheticTrace, tid: int, t: int, b: BlkBatch, rows: list[dict[str, Any]]) -> int:
+    """The requests of ``b`` popped one after another, each queueing its I/O
+    (``pre_ns`` after its pop), then one wait for the disk (the longest
+    ``disk_ns``), then completions in ``aio_order``: ``post_ns`` each from
+    its I/O's end to its push.  No GIL waits in this mode."""
+    pops, queued = [], []
+    for i, r in enumerate(b.requests):
+        pops.append(t)
+        s.add(t, tid, "dispatch_begin", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
+        t += r.pre_ns
+        queued.append(t)
+        if r.kind in DISK_NAMES:
+            s.add(t, tid, "dispatch_begin", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind], cpu=-1)
+        t += r.gap_ns
+    t += max(r.disk_ns for r in b.requests)
+    out: dict[int, dict[str, Any]] = {}
+    for i in b.aio_order or range(len(b.requests)):
+        r = b.requests[i]
+        done = t
+        if r.kind in DISK_NAMES:
+            s.add(t, tid, "dispatch_end", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind], cpu=-1)
+        t += r.post_ns
+        s.add(t, tid, "dispatch_end", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
+        disk = done - queued[i] if r.kind in DISK_NAMES else 0
+        out[i] = {"pop": pops[i], "push": t, "kind": r.kind if r.kind in DISK_NAMES else "other",
+                  "processing_ns": t - pops[i] - disk, "disk_ns": disk, "gil_before": 0, "gil_mine": 0}
+        t += 5
+    rows += [out[i] for i in range(len(b.requests))]
+    return t
 
 
 def blk_trace(batches: Sequence[BlkBatch], tid: int = 21, role: str = "iothread", name: str = "IO iothread0",

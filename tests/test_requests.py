@@ -66,6 +66,22 @@ def test_dataplane_batches_every_phase() -> None:
     assert not rows["lost"].any()
 
 
+def test_batched_io_requests_overlap_and_complete_out_of_order() -> None:
+    # The device pops every request and queues its I/O, then completes each as
+    # the disk does: request spans and disk spans of one thread overlap.
+    batches = [BlkBatch(aio=True, aio_order=(2, 0, 3, 1),
+                        requests=[BlkRequest("read", disk_ns=9000), BlkRequest("write", disk_ns=4000),
+                                  BlkRequest("read", disk_ns=6000), BlkRequest("flush", disk_ns=100)]),
+               BlkBatch(aio=True, bql=True, bql_wait_ns=700, irq_ns=300,
+                        requests=[BlkRequest("read"), BlkRequest("other"), BlkRequest("read")])]
+    s, expected = blk_trace(batches)
+    rows = request_breakdown(_trace(s))
+    _check(rows, expected)
+    first = rows[rows["batch"] == 0]
+    assert (first["pop_ns"].diff().dropna() > 0).all() and first["push_ns"].is_monotonic_increasing is False
+    assert first["kind"].tolist() == ["read", "write", "read", "flush"]
+
+
 def test_bql_main_loop_waits_for_the_bql_before_each_batch() -> None:
     batches = [BlkBatch(bql=True, bql_wait_ns=3000, requests=[BlkRequest(), BlkRequest("write")]),
                BlkBatch(bql=True, bql_wait_ns=1, requests=[BlkRequest(gil_ns=300)], irq_ns=800)]
@@ -97,15 +113,17 @@ def test_a_kick_while_the_previous_batch_ran_is_not_claimed() -> None:
                        st.integers(0, 20_000), st.integers(0, 1), st.integers(1, 2000), st.integers(1, 500)),
              min_size=1, max_size=5),
     st.booleans(), st.integers(0, 5000), st.integers(0, 3000), st.integers(0, 1), st.integers(0, 2000),
-    st.sampled_from([None, 11, 12]), st.integers(0, 4000)), min_size=1, max_size=5))
+    st.sampled_from([None, 11, 12]), st.integers(0, 4000), st.booleans(), st.randoms()), min_size=1, max_size=5))
 def test_phases_partition_every_request(spec: list) -> None:
     batches = []
-    for reqs, bql, bql_wait, irq, preempt_on, preempt, kick, notify in spec:
-        rs = [BlkRequest(kind, pre, disk + 10, (disk // 3) if gil else 0, post, gap)
+    for reqs, bql, bql_wait, irq, preempt_on, preempt, kick, notify, aio, rnd in spec:
+        rs = [BlkRequest(kind, pre, disk + 10, 0 if aio else (disk // 3) * gil, post, gap)
               for kind, pre, disk, gil, post, gap in reqs]
+        order = list(range(len(rs)))
+        rnd.shuffle(order)
         batches.append(BlkBatch(requests=rs, bql=bql, bql_wait_ns=bql_wait if bql else 0, irq_ns=irq,
-                                preempt_ns=preempt if preempt_on and len(rs) > 1 else 0, kick=kick,
-                                notify_ns=notify, wake_ns=notify // 2))
+                                preempt_ns=preempt if preempt_on and len(rs) > 1 and not aio else 0, kick=kick,
+                                notify_ns=notify, wake_ns=notify // 2, aio=aio, aio_order=tuple(order)))
     s, expected = blk_trace(batches)
     _check(request_breakdown(_trace(s)), expected)
 

@@ -21,15 +21,18 @@ a write whose data the driver marked device-writable has no readable data
 (a 0-byte write) and completes with S_OK, and so here.
 
 The used length reported for every completed request is the size of all its
-writable buffers, status byte included, as QEMU reports it.  Completions are
-pushed to the used ring one by one (a polling driver sees each at once) and
-the interrupt is raised once per batch.
+writable buffers, status byte included, as QEMU reports it.  The reads and
+writes of a batch go to the disk together (see ``process_queue``);
+completions are pushed to the used ring one by one as the disk finishes them
+(a polling driver sees each at once) and the interrupt is raised once per
+batch.
 """
 
 from __future__ import annotations
 
 import collections
 import struct
+from typing import Optional
 
 from vmtrace import probes
 
@@ -78,6 +81,7 @@ VIRTIO_BLK_ID_BYTES = 20
 BLK_CONFIG_LEN = 36
 _REQUEST_MAX_SECTORS = 0x7FFFFFFF >> 9  # QEMU's BDRV_REQUEST_MAX_SECTORS
 _OUTHDR = struct.Struct("<IIQ")
+_MAX_BATCH = 32
 
 _IO_REGION = {False: "virtio-blk-read", True: "virtio-blk-write"}
 #: The probe span of one request, from its pop off the avail ring to its push
@@ -108,6 +112,22 @@ def _scatter(sg: list[memoryview], data: bytes) -> None:
         n = min(len(v), len(data) - pos)
         v[:n] = data[pos : pos + n]
         pos += n
+
+
+class _Request:
+    """A request between its pop and its push: the element (its views of
+    guest RAM stay alive until the push), the status byte and the data."""
+
+    __slots__ = ("elem", "avail", "status_buf", "in_len", "views", "is_write", "size")
+
+    def __init__(self, elem: VirtQueueElement, avail: int, status_buf: memoryview, in_len: int) -> None:
+        self.elem = elem
+        self.avail = avail
+        self.status_buf = status_buf
+        self.in_len = in_len
+        self.views: list[memoryview] = []
+        self.is_write = False
+        self.size = 0
 
 
 class VirtIOBlock(VirtIODevice):
@@ -149,70 +169,92 @@ class VirtIOBlock(VirtIODevice):
 
     # -- requests ----------------------------------------------------------------------------
     def process_queue(self, vq: VirtQueue) -> bool:
-        """QEMU's ``virtio_blk_handle_vq``: drain the ring with notifications off, then recheck."""
+        """QEMU's ``virtio_blk_handle_vq``: drain the ring with notifications off, then recheck.
+
+        Reads and writes are queued while the ring is drained and go to the
+        disk together (QEMU's ``blk_io_plug``/``blk_io_unplug``; a batch is
+        started every ``_MAX_BATCH`` requests, as linux-aio's ``aio-max-batch``),
+        then each completes -- status, used ring -- as its I/O does.  A flush
+        or any other request waits for the queued I/O first, so a flush covers
+        every write before it.
+        """
         completed = False
         traced = probes.enabled
+        pending: list[_Request] = []
         try:
             while True:
                 vq.set_notification(False)
                 while True:
+                    avail = vq.last_avail_idx
                     if traced:
-                        # One span per request, pop to push: the batch's span alone
-                        # cannot say where one request ends and the next begins.
+                        # One span per request, pop to push, keyed by its avail index:
+                        # the batch's span alone cannot say where each request is.
                         if vq.empty():
                             break
-                        avail = vq.last_avail_idx
                         probes.dispatch_begin(avail, 0, False, REQUEST_REGION)
-                        try:
-                            elem = vq.pop()
-                        except BaseException:
-                            probes.dispatch_end(avail, 0, False, REQUEST_REGION)
-                            raise
-                    else:
-                        elem = vq.pop()
-                    if elem is None:
-                        if traced:
-                            probes.dispatch_end(avail, 0, False, REQUEST_REGION)
-                        break
                     try:
-                        self._handle_request(vq, elem)
-                    finally:
-                        elem.release()
+                        elem = vq.pop()
+                        if elem is None:
+                            if traced:
+                                probes.dispatch_end(avail, 0, False, REQUEST_REGION)
+                            break
+                        req = self._start_request(vq, elem, avail, pending)
+                    except BaseException:
                         if traced:
                             probes.dispatch_end(avail, 0, False, REQUEST_REGION)
+                        raise
                     completed = True
+                    if req is not None:
+                        pending.append(req)
+                        if len(pending) % _MAX_BATCH == 0:
+                            self.backend.submit()
+                self._complete_io(vq, pending)
                 vq.set_notification(True)
                 if vq.empty():  # a request may have arrived after the last pop but before re-enabling
                     break
         except VirtioError as e:
+            # What was taken before the bad request completes, as it did when
+            # each request completed before the next was popped.
+            self._complete_io(vq, pending)
             vq.set_notification(True)
             self.virtio_error(e)
         return completed
 
-    def _range_ok(self, sector: int, size: int) -> bool:
-        """``virtio_blk_sect_range_ok``."""
-        nb = size // SECTOR_SIZE
-        if size % SECTOR_SIZE or nb > _REQUEST_MAX_SECTORS:
-            return False
-        total = self.backend.sectors
-        return sector <= total and nb <= total - sector
-
-    def _handle_request(self, vq: VirtQueue, elem: VirtQueueElement) -> None:
-        out_sg, in_sg = elem.out_sg, elem.in_sg
-        if not out_sg or not in_sg:
-            raise VirtioError("missing-headers", "virtio-blk missing headers")
-        header, out_data = _take_front(out_sg, _OUTHDR.size)
-        if len(header) < _OUTHDR.size:
-            raise VirtioError("outhdr-too-short", "virtio-blk request outhdr too short")
+    def _start_request(self, vq: VirtQueue, elem: VirtQueueElement, avail: int,
+                       pending: list[_Request]) -> Optional[_Request]:
+        """Parse one request; a read or write is queued and returned, anything
+        else completes here (after the queued I/O).  Raises VirtioError for a
+        request that breaks the device (its element released)."""
+        try:
+            out_sg, in_sg = elem.out_sg, elem.in_sg
+            if not out_sg or not in_sg:
+                raise VirtioError("missing-headers", "virtio-blk missing headers")
+            header, out_data = _take_front(out_sg, _OUTHDR.size)
+            if len(header) < _OUTHDR.size:
+                raise VirtioError("outhdr-too-short", "virtio-blk request outhdr too short")
+        except VirtioError:
+            elem.release()
+            raise
         in_len = sum(len(v) for v in in_sg)
         last = in_sg[-1]
-        status_buf = last[len(last) - 1 :]
+        req = _Request(elem, avail, last[len(last) - 1 :], in_len)
         in_data = in_sg[:-1] + ([last[: len(last) - 1]] if len(last) > 1 else [])
+        req.views = out_data + in_data
         rtype, _ioprio, sector = _OUTHDR.unpack(header)
         kind = rtype & ~(VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_BARRIER)
         if kind == VIRTIO_BLK_T_IN:
-            status = self._read_write(sector, bool(rtype & VIRTIO_BLK_T_OUT), out_data if rtype & VIRTIO_BLK_T_OUT else in_data)
+            req.is_write = bool(rtype & VIRTIO_BLK_T_OUT)
+            data = out_data if req.is_write else in_data
+            req.size = sum(len(v) for v in data)
+            if self._range_ok(sector, req.size):
+                if probes.enabled:
+                    probes.dispatch_begin(avail, 0, req.is_write, _IO_REGION[req.is_write])
+                self.backend.queue(req.is_write, sector * SECTOR_SIZE, data, req)
+                return req
+            self.requests["ioerr-range"] += 1
+            status = VIRTIO_BLK_S_IOERR
         elif kind == VIRTIO_BLK_T_FLUSH:
+            self._complete_io(vq, pending)
             status = self._flush()
         elif kind == VIRTIO_BLK_T_GET_ID:
             room = sum(len(v) for v in in_data)
@@ -223,39 +265,53 @@ class VirtIOBlock(VirtIODevice):
         else:
             self.requests["unsupported"] += 1
             status = VIRTIO_BLK_S_UNSUPP
-        status_buf[0] = status
-        status_buf.release()
-        for v in out_data + in_data:
-            v.release()
-        vq.push(elem, in_len)
+        self._complete(vq, req, status)
+        return None
 
-    def _read_write(self, sector: int, is_write: bool, data: list[memoryview]) -> int:
-        size = sum(len(v) for v in data)
-        if not self._range_ok(sector, size):
-            self.requests["ioerr-range"] += 1
-            return VIRTIO_BLK_S_IOERR
-        offset = sector * SECTOR_SIZE
+    def _range_ok(self, sector: int, size: int) -> bool:
+        """``virtio_blk_sect_range_ok``."""
+        nb = size // SECTOR_SIZE
+        if size % SECTOR_SIZE or nb > _REQUEST_MAX_SECTORS:
+            return False
+        total = self.backend.sectors
+        return sector <= total and nb <= total - sector
+
+    def _complete_io(self, vq: VirtQueue, pending: list[_Request]) -> None:
+        """Wait for the queued reads and writes, completing each as it finishes."""
+        if not pending:
+            return
         traced = probes.enabled
-        if traced:
-            probes.dispatch_begin(offset, 0, is_write, _IO_REGION[is_write])
-        try:
-            if is_write:
-                self.backend.pwritev(offset, data)
-            else:
-                self.backend.preadv(offset, data)
-        except OSError:
-            self.requests["ioerr-host"] += 1
-            return VIRTIO_BLK_S_IOERR
-        finally:
+        for req, err in self.backend.completions():
+            assert isinstance(req, _Request)
             if traced:
-                probes.dispatch_end(offset, 0, is_write, _IO_REGION[is_write])
-        if is_write:
-            self.requests["write"] += 1
-            self.bytes_written += size
+                probes.dispatch_end(req.avail, 0, req.is_write, _IO_REGION[req.is_write])
+            if err is not None:
+                self.requests["ioerr-host"] += 1
+                status = VIRTIO_BLK_S_IOERR
+            elif req.is_write:
+                self.requests["write"] += 1
+                self.bytes_written += req.size
+                status = VIRTIO_BLK_S_OK
+            else:
+                self.requests["read"] += 1
+                self.bytes_read += req.size
+                status = VIRTIO_BLK_S_OK
+            self._complete(vq, req, status)
+        pending.clear()
+
+    def _complete(self, vq: VirtQueue, req: _Request, status: int) -> None:
+        """Write the status byte and return the request on the used ring
+        (not on a device the driver broke meanwhile, as ``virtqueue_fill``)."""
+        req.status_buf[0] = status
+        req.status_buf.release()
+        for v in req.views:
+            v.release()
+        if self.broken:
+            req.elem.release()
         else:
-            self.requests["read"] += 1
-            self.bytes_read += size
-        return VIRTIO_BLK_S_OK
+            vq.push(req.elem, req.in_len)
+        if probes.enabled:
+            probes.dispatch_end(req.avail, 0, False, REQUEST_REGION)
 
     def _flush(self) -> int:
         traced = probes.enabled
