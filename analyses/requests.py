@@ -5,9 +5,11 @@ event), then may *kick* the device: an ``outw`` to the queue-notify port,
 which KVM turns into an ioeventfd signal (``kvm_pio`` fires, KVM_RUN does not
 return).  The thread that services the queue -- a vCPU, the main loop under
 the BQL, or an IOThread -- wakes, takes the BQL where its mode needs it, and
-runs one *batch*: it pops requests until the ring is empty, each through its
-disk I/O to its push on the used ring, then raises the completion interrupt
-once, unless the driver asked for none.
+runs one *batch*: it pops requests until the ring is empty, queueing each
+one's disk I/O, waits for the disk, pushes each request on the used ring as
+its I/O completes, then raises the completion interrupt once, unless the
+driver asked for none.  The requests of a batch overlap in time; the probes
+carry each request's avail ring index, which ties its spans together.
 
 The VMM reports these steps as probe spans (``dispatch_begin`` /
 ``dispatch_end`` with the names below; the reference VMM emits them, see
@@ -21,9 +23,11 @@ bql_wait      waiting for the BQL anywhere on the request's path (the main
               loop takes it before the batch in ``--blk bql``)
 queued        pickup -> this request's pop: the handler's entry and the
               earlier requests of the same batch, less lock waits
-processing    pop -> push: descriptor walk, header, status, used ring; less
-              disk and lock waits
-disk          the request's read/write/flush call (its lock waits apart)
+processing    pop -> push less its disk I/O and lock waits: descriptor walk,
+              header, status, used ring -- and, between its I/O's completion
+              and its push, the completions handled before it
+disk          its read/write/flush, from being queued for the disk to the
+              thread seeing it complete (its lock waits apart)
 lock_wait     waiting for any other lock (the GIL, the device's AioContext
               lock) on the path
 tail          push -> the batch's completion interrupt: the later requests
