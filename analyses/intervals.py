@@ -418,8 +418,12 @@ def thread_spans_lost(events: pd.DataFrame, s_tid: np.ndarray, s_start: np.ndarr
     n_w, n_t = len(windows), len(threads)
     pw = np.repeat(np.arange(n_w), n_t)
     pt = np.tile(threads, n_w)
-    ws = windows["start_ns"].to_numpy(dtype=np.int64)[pw]
     we = windows["end_ns"].to_numpy(dtype=np.int64)[pw]
+    # A window with no event before it starts at int64's minimum; just before
+    # every span and event means the same here and keeps the key shifts of
+    # last_match and the per-thread ranges below inside int64.
+    floor = int(min(s_start.min(), we.min(), e_ts.min() if len(e_ts) else we.min())) - 1
+    ws = np.maximum(windows["start_ns"].to_numpy(dtype=np.int64)[pw], floor)
     wc = windows["cpu"].to_numpy(dtype=np.int64)[pw]
     prev = last_match(pt, ws, e_tid, e_ts)
     # The first event after the window: the last one "before" in negated time.
