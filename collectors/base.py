@@ -19,9 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["RecordOptions", "LockIdentity", "Collected", "Collector"]
+from vmtrace.schema import EVENT_TYPES
+from vmtrace.trace import normalize_events
+
+__all__ = ["RecordOptions", "LockIdentity", "Collected", "Collector", "lost_rows", "with_markers"]
 
 
 @dataclass
@@ -110,3 +114,46 @@ class Collector(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+
+def lost_rows(ts_ns: np.ndarray, cpu: np.ndarray, count: np.ndarray) -> pd.DataFrame:
+    """Schema ``lost`` markers (``vmtrace.schema``), one per element.
+
+    ``ts_ns`` int64, the first event recorded on ``cpu`` (int16) after the
+    gap; ``count`` int64 events lost there, negative when the collector knows
+    of a loss but not its size (``value`` is then NA).  Returns the schema
+    columns with ``tid`` -1, in the order given.
+    """
+    count = np.asarray(count, dtype=np.int64)
+    value = pd.array(np.maximum(count, 0), dtype="Int64")
+    value[count < 0] = pd.NA
+    return normalize_events(
+        pd.DataFrame(
+            {
+                "ts_ns": np.asarray(ts_ns, dtype=np.int64),
+                "tid": np.full(len(count), -1, dtype=np.int32),
+                "cpu": np.asarray(cpu, dtype=np.int16),
+                "event": pd.Categorical(["lost"] * len(count), categories=list(EVENT_TYPES)),
+                "value": value,
+            }
+        )
+    )
+
+
+def with_markers(events: pd.DataFrame, markers: pd.DataFrame) -> pd.DataFrame:
+    """``events`` (schema form, sorted) with ``markers`` merged in by time.
+
+    At equal times a marker goes first: it stands for events that happened
+    before the event it is stamped with.
+    """
+    if not len(markers):
+        return events
+    if not len(events):
+        return normalize_events(markers)
+    # Same categories on both sides, so concat keeps the columns categorical
+    # instead of turning a 10M-row column into objects.
+    names = events["name"].cat.categories
+    markers = markers.assign(name=pd.Categorical([None] * len(markers), categories=names))
+    both = pd.concat([markers, events], ignore_index=True)
+    order = np.argsort(both["ts_ns"].to_numpy(), kind="stable")
+    return both.iloc[order].reset_index(drop=True)

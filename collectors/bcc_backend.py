@@ -5,6 +5,14 @@ buffer; the Python side only appends raw chunk bytes to a spool file while
 the target runs (cheap: one callback per 128 events) and decodes the spool
 with numpy once, at ``stop()``.  Chunks that were not full at stop time are
 read straight from the per-CPU map, so nothing recorded is left behind.
+
+Lost events: when the ring buffer is full, a chunk is dropped whole and the
+BPF side adds its record count to a per-CPU running total that every later
+chunk of that CPU carries in its header.  Decoding turns each rise of that
+total into a schema ``lost`` marker stamped with the first record of the
+chunk after the gap (exact count, exact CPU, and the gap lies between the
+last record of the CPU's previous chunk and that record).  The count includes
+the odd thread-name record a dropped chunk held.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from vmtrace.errors import HostError
 from vmtrace.schema import EVENT_TYPES
 
 from . import host
-from .base import Collected, Collector, LockIdentity, RecordOptions
+from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
 from .qemu import QemuSymbols, is_qemu, qemu_symbols
 
 __all__ = ["BccCollector", "bcc_available", "REC_DTYPE", "decode_chunks"]
@@ -45,8 +53,8 @@ REC_DTYPE = np.dtype(
         ("pad", "V5"),
     ]
 )
-CHUNK_DTYPE = np.dtype([("n", "<u4"), ("cpu", "<u4"), ("recs", REC_DTYPE, (CHUNK_RECS,))])
-assert REC_DTYPE.itemsize == 40 and CHUNK_DTYPE.itemsize == 8 + 40 * CHUNK_RECS
+CHUNK_DTYPE = np.dtype([("n", "<u4"), ("cpu", "<u4"), ("lost", "<u8"), ("recs", REC_DTYPE, (CHUNK_RECS,))])
+assert REC_DTYPE.itemsize == 40 and CHUNK_DTYPE.itemsize == 16 + 40 * CHUNK_RECS
 
 
 def bcc_available() -> tuple[bool, str]:
@@ -81,8 +89,16 @@ def _cflags(precise: bool, sched: bool, have: dict[str, bool], ringbuf_pages: in
     return flags
 
 
-def decode_chunks(raw: bytes | bytearray) -> tuple[pd.DataFrame, dict[int, str], dict[int, int]]:
-    """Spool bytes (whole chunks) -> schema rows, tid -> comm, tid -> tgid."""
+def decode_chunks(
+    raw: bytes | bytearray, noticed_ns: int | None = None
+) -> tuple[pd.DataFrame, dict[int, str], dict[int, int]]:
+    """Spool bytes (whole chunks) -> schema rows, tid -> comm, tid -> tgid.
+
+    The rows include one ``lost`` marker per gap (see the module doc).  A
+    chunk may hold no records (``n`` 0: the per-CPU chunks read at stop); a
+    loss followed by no record at all is stamped ``noticed_ns`` int (when
+    recording stopped; default: the latest record).
+    """
     usable = len(raw) - len(raw) % CHUNK_DTYPE.itemsize
     chunks = np.frombuffer(raw[:usable], dtype=CHUNK_DTYPE)
     if len(chunks) == 0:
@@ -90,6 +106,9 @@ def decode_chunks(raw: bytes | bytearray) -> tuple[pd.DataFrame, dict[int, str],
     counts = np.minimum(chunks["n"], CHUNK_RECS).astype(np.int64)
     valid = np.arange(CHUNK_RECS)[None, :] < counts[:, None]
     recs = chunks["recs"][valid]
+    if noticed_ns is None:
+        noticed_ns = int(recs["ts"].max()) if len(recs) else 0
+    markers = _lost_markers(chunks, counts, noticed_ns)
     cpus = np.repeat(chunks["cpu"], counts)
 
     is_comm = recs["event"] == EV_COMM
@@ -138,7 +157,28 @@ def decode_chunks(raw: bytes | bytearray) -> tuple[pd.DataFrame, dict[int, str],
         np.where(np.isin(kinds, ("lock_begin", "lock_acquired", "lock_release")), "BQL", None),
         dtype="category",
     )
-    return df, names, tgids
+    return with_markers(df, markers), names, tgids
+
+
+def _lost_markers(chunks: np.ndarray, counts: np.ndarray, noticed_ns: int) -> pd.DataFrame:
+    """One ``lost`` row wherever a CPU's running lost total rose between two
+    of its chunks.  ``chunks`` CHUNK_DTYPE array in any order, ``counts``
+    int64 valid records per chunk, ``noticed_ns`` the stamp of a loss that
+    no record followed."""
+    cpu = chunks["cpu"].astype(np.int64)
+    total = chunks["lost"].astype(np.int64)
+    never = np.iinfo(np.int64).max
+    first = np.where(counts > 0, chunks["recs"][:, 0]["ts"].astype(np.int64), never)
+    # A CPU's chunks in the order it filled them: its total never falls and
+    # its first records rise.  Sorting, rather than trusting the spool's
+    # order, keeps the answer a function of the chunks alone.
+    order = np.lexsort((first, total, cpu))
+    cpu, total, first = cpu[order], total[order], first[order]
+    prev = np.concatenate(([0], total[:-1]))
+    prev[np.concatenate(([True], cpu[1:] != cpu[:-1]))] = 0
+    grew = total > prev
+    ts = np.where(first[grew] == never, noticed_ns, first[grew])
+    return lost_rows(ts, cpu[grew], (total - prev)[grew])
 
 
 class BccCollector(Collector):
@@ -293,14 +333,22 @@ class BccCollector(Collector):
         bpf = self._bpf
         bpf.ring_buffer_consume()
         self._check_bql()
-        # Partial chunks still in the per-CPU map are events too.
+        # Detach the programs (maps stay) before the last drain: a chunk
+        # flushed between that drain and the map read below would otherwise
+        # vanish uncounted.
+        self._quiesce()
+        noticed_ns = time.monotonic_ns()
+        bpf.ring_buffer_consume()
+        # Partial chunks still in the per-CPU map are events too, and their
+        # headers hold each CPU's final lost total, even with no records.
         partial = bpf[b"chunks"][ctypes.c_int(0)]
-        tail = b"".join(bytes(c) for c in partial if c.n)
-        lost = {cpu: int(v) for cpu, v in enumerate(bpf[b"lost"][ctypes.c_int(0)]) if v}
-        self._spool.write(tail)
+        tail = np.frombuffer(b"".join(bytes(c) for c in partial), dtype=CHUNK_DTYPE).copy()
+        tail["cpu"] = np.arange(len(tail))  # a CPU that never recorded has 0 there
+        lost = {int(c): int(v) for c, v in zip(tail["cpu"], tail["lost"]) if v}
+        self._spool.write(tail.tobytes())
         self._spool.close()
         raw = self._spool_path.read_bytes()
-        events, names, tgids = decode_chunks(raw)
+        events, names, tgids = decode_chunks(raw, noticed_ns)
         # Names read from /proc while the target ran are the freshest.
         self._names = {**names, **self._names}
         bql = self._bql_addr
@@ -328,6 +376,15 @@ class BccCollector(Collector):
             probes=probes,
             notes=self._notes,
         )
+
+    def _quiesce(self) -> None:
+        """Stop every BPF program from running; the maps stay readable."""
+        bpf = self._bpf
+        self._detach_uprobes()
+        for tp in list(bpf.tracepoint_fds):
+            bpf.detach_tracepoint(tp)
+        for tp in list(bpf.raw_tracepoint_fds):
+            bpf.detach_raw_tracepoint(tp)
 
     def _probe_names(self) -> list[str]:
         if self._syms is None:

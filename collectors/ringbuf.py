@@ -6,7 +6,14 @@ laid out as ``events/header_page`` and ``events/header_event`` describe:
 * page header: ``u64 timestamp`` (time of the page's first event), then the
   ``local_t commit`` word: bytes of event data, with two flags in its high
   bits (bit 31: events were lost before this page; bit 30: their count is
-  stored as a ``long`` just after the data); data starts at byte 16.
+  stored as a ``long`` just after the data); data starts at byte 16.  The
+  kernel (``ring_buffer_read_page``) sets bit 31 on the first page read after
+  the writer overwrote unread pages, so the loss lies between the previous
+  page read from that CPU and this page's first event.  It stores the count
+  only when at least 8 bytes of the page are free, which a full page does
+  not have: then the page says "some" and no more.  The flags are added as C
+  ``int`` constants, so on a 64-bit kernel bits 32-63 come out set as well;
+  only the low 32 bits mean anything.
 * events, 4-byte aligned, each starting with a ``u32``: ``type_len`` in the
   low 5 bits and ``time_delta`` (ns since the previous event) in the other
   27.  ``type_len`` 1..28: the record is ``4*type_len`` bytes right after the
@@ -23,7 +30,7 @@ it (``gather``) is vectorised over all records at once.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,14 +51,21 @@ class RawRecords:
 
     ``ts`` int64 ns (the buffer's trace clock), ``offset`` int64: byte offset
     of each record (its ``common_type`` field) in the decoded buffer,
-    ``lost`` int: events the kernel reported lost between pages (-1 per
-    page that said "some" without a count is counted as 1), ``pages`` int.
+    ``lost`` int: events the kernel reported lost between pages (a page that
+    said "some" without a count is counted as 1), ``pages`` int.
+
+    One entry per page flagged with lost events, in page order:
+    ``gap_ts`` int64, the time of the page's first record (the page's own
+    time stamp when it holds none), and ``gap_count`` int64, the count the
+    kernel stored, or -1 when it did not store one.
     """
 
     ts: np.ndarray
     offset: np.ndarray
     lost: int
     pages: int
+    gap_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    gap_count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def walk_pages(data: bytes | memoryview, page_size: int, base: int = 0) -> RawRecords:
@@ -65,17 +79,26 @@ def walk_pages(data: bytes | memoryview, page_size: int, base: int = 0) -> RawRe
     ts_out: list[int] = []
     off_out: list[int] = []
     lost = 0
+    # Per flagged page: index its first record would have, page time stamp,
+    # count (-1: not stored), and whether the page held a record at all.
+    gaps: list[list[int]] = []
     unpack_hdr = struct.Struct("<QQ").unpack_from
     for p in range(npages):
+        if gaps and gaps[-1][3] < 0:
+            gaps[-1][3] = int(len(ts_out) > gaps[-1][0])
         start = p * page_size
         ts, commit = unpack_hdr(mv, start)
         if commit & _MISSED_EVENTS:
+            count = -1
             if commit & _MISSED_STORED:
-                length = commit & _COMMIT_MASK
-                pos = start + PAGE_DATA_OFFSET + length
-                lost += struct.unpack_from("<Q", mv, pos)[0] if pos + 8 <= start + page_size else 1
-            else:
-                lost += 1
+                pos = start + PAGE_DATA_OFFSET + (commit & _COMMIT_MASK)
+                if pos + 8 <= start + page_size:
+                    count = struct.unpack_from("<q", mv, pos)[0]
+            # A stored count below 1 says nothing about how many were lost.
+            if count <= 0:
+                count = -1
+            lost += count if count > 0 else 1
+            gaps.append([len(ts_out), ts, count, -1])
         length = min(commit & _COMMIT_MASK, page_size - PAGE_DATA_OFFSET)
         nwords = length // 4
         if not nwords:
@@ -115,7 +138,14 @@ def walk_pages(data: bytes | memoryview, page_size: int, base: int = 0) -> RawRe
     offsets = np.fromiter(off_out, dtype=np.int64, count=len(off_out))
     if base:
         offsets += base
-    return RawRecords(np.fromiter(ts_out, dtype=np.int64, count=len(ts_out)), offsets, lost, npages)
+    if gaps and gaps[-1][3] < 0:
+        gaps[-1][3] = int(len(ts_out) > gaps[-1][0])
+    # A flagged page's first record is the first event after the gap; a
+    # flagged page with no record keeps its own time stamp.
+    gap_ts = np.array([ts_out[i] if has else t for i, t, _c, has in gaps], dtype=np.int64)
+    gap_count = np.array([c for _i, _t, c, _h in gaps], dtype=np.int64)
+    all_ts = np.fromiter(ts_out, dtype=np.int64, count=len(ts_out))
+    return RawRecords(all_ts, offsets, lost, npages, gap_ts, gap_count)
 
 
 def gather(buf: np.ndarray, offsets: np.ndarray, field_offset: int, size: int, signed: bool) -> np.ndarray:

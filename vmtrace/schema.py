@@ -37,7 +37,8 @@ dispatch_end        ... returns
 lost                collector marker: ``value`` events recorded on ``cpu``
                     were lost between the previous event of that CPU and
                     ``ts_ns`` (the first event after the gap, or when the
-                    loss was noticed); ``tid`` = -1.  Analyses distrust any
+                    loss was noticed); ``tid`` = -1; ``value`` NA when the
+                    kernel said "some" without a count.  Analyses distrust any
                     span across such a gap (see analyses.intervals.lost_windows)
 ==================  ==========================================================
 

@@ -6,6 +6,13 @@ identification uprobes attached) and ``data/trace.txt`` is the kernel's own
 text rendering of exactly the same records (read from the instance's
 ``trace`` file before the pages were consumed).  The golden test decodes the
 pages and checks every row against an independent parse of the text.
+
+``data/lost-cpu1.pages`` are real pages with the kernel's lost-events flags:
+a tracefs instance with an 11 KiB buffer per CPU (the smallest the kernel
+allows) recorded a Python loop of futex(FUTEX_WAKE) calls while the reader
+took two pages every 20 ms; ``data/lost-stats.json`` is that CPU's
+``per_cpu/cpu1/stats`` read after the last page, ``data/lost-formats.json``
+the formats of that boot.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vmtrace.collectors.ftrace import _sched_in_missing
+from vmtrace.analyses.intervals import lost_windows
+from vmtrace.collectors.base import RecordOptions
+from vmtrace.collectors.ftrace import FtraceCollector, _lost_markers, _sched_in_missing
 from vmtrace.collectors.ftrace_events import assemble, decode_records, identify_lock_word, pair_run_exits
 from vmtrace.collectors.ringbuf import walk_pages
 from vmtrace.collectors.tracefs import EventFormat, parse_format
@@ -31,8 +40,8 @@ DATA = Path(__file__).parent / "data"
 PAGE = 4096
 
 
-def load_formats() -> dict[int, EventFormat]:
-    obj = json.loads((DATA / "formats.json").read_text())
+def load_formats(name: str = "formats.json") -> dict[int, EventFormat]:
+    obj = json.loads((DATA / name).read_text())
     return {f["id"]: EventFormat.from_json(f) for f in obj["formats"]}
 
 
@@ -218,6 +227,114 @@ def test_lost_event_accounting() -> None:
     rec = walk_pages(pages, PAGE)
     assert rec.pages == 3 and len(rec.ts) == 3
     assert rec.lost == 17 + 1  # a page flagged without a count is counted as one
+
+
+def test_walk_pages_reports_each_gap() -> None:
+    # The kernel adds its flags as C ints, so a real commit word has bits
+    # 32-63 set as well (sign extension); they must not matter.
+    sign = 0xFFFFFFFF00000000
+    pages = (
+        _page(10, [(1 << 5) | 1, 1])
+        + _page(20, [(4 << 5) | 1, 1, (2 << 5) | 1, 1], commit_flags=sign | (1 << 31) | (1 << 30), missed=17)
+        + _page(30, [(1 << 5) | 1, 1], commit_flags=1 << 31)
+        + _page(40, [], commit_flags=1 << 31)  # flagged, and no record on it
+        + _page(50, [(3 << 5) | 1, 1], commit_flags=(1 << 31) | (1 << 30), missed=(1 << 64) - 1)  # a stored -1
+    )
+    rec = walk_pages(pages, PAGE)
+    assert rec.ts.tolist() == [11, 24, 26, 31, 53]
+    # the first record of each flagged page, or the page's time when it has none
+    assert rec.gap_ts.tolist() == [24, 31, 40, 53]
+    assert rec.gap_count.tolist() == [17, -1, -1, -1]
+    assert rec.lost == 17 + 1 + 1 + 1
+
+
+def test_walk_pages_no_gaps_on_golden_sample() -> None:
+    rec = walk_pages((DATA / "cpu0.pages").read_bytes(), PAGE)
+    assert len(rec.gap_ts) == 0 and rec.gap_count.dtype == np.int64
+
+
+def test_lost_markers_per_cpu_and_unknown_counts() -> None:
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    gaps = {0: (i64(100, 200), i64(5, -1)), 3: (i64(130), i64(4)), 1: (i64(), i64())}
+    m = _lost_markers(gaps)
+    assert list(m.columns) == list(EVENT_COLUMNS)
+    assert set(m["event"].astype(str)) == {"lost"} and set(m["tid"]) == {-1}
+    got = {(int(r.cpu), int(r.ts_ns)): (None if pd.isna(r.value) else int(r.value)) for r in m.itertuples()}
+    assert got == {(0, 100): 5, (0, 200): None, (3, 130): 4}  # a page that stored no count: NA
+    assert _lost_markers({}).empty
+
+
+def _real_lost_pages() -> tuple[bytes, dict, list[int]]:
+    blob = (DATA / "lost-cpu1.pages").read_bytes()
+    meta = json.loads((DATA / "lost-stats.json").read_text())
+    flagged = [p for p in range(len(blob) // PAGE) if struct.unpack_from("<Q", blob, p * PAGE + 8)[0] & (1 << 31)]
+    return blob, meta, flagged
+
+
+def test_real_lost_pages_gaps() -> None:
+    blob, meta, flagged = _real_lost_pages()
+    assert len(flagged) >= 3
+    rec = walk_pages(blob, PAGE)
+    per_page = [walk_pages(blob[p * PAGE:(p + 1) * PAGE], PAGE) for p in range(len(blob) // PAGE)]
+    # one gap per flagged page, stamped with that page's first record ...
+    assert rec.gap_ts.tolist() == [int(per_page[p].ts[0]) for p in flagged]
+    # ... which comes after every record of the pages read before it
+    for p in flagged[1:]:
+        assert per_page[p].ts[0] > per_page[p - 1].ts[-1]
+    # every flagged page carried its count, and they add up to the overrun
+    assert (rec.gap_count > 0).all()
+    assert int(rec.gap_count.sum()) == meta["stats"]["overrun"] == rec.lost
+
+
+def test_real_lost_pages_records_stay_whole() -> None:
+    """The count stored after a page's data is not mistaken for a record:
+    every record decodes as the loop's futex call, entries and exits
+    alternating except across a gap."""
+    blob, _meta, flagged = _real_lost_pages()
+    rec = walk_pages(blob, PAGE)
+    buf = np.frombuffer(blob, dtype=np.uint8)
+    dec = decode_records(buf, rec.ts, rec.offset, np.full(len(rec.ts), 1, np.int16), load_formats("lost-formats.json"))
+    rows = dec.rows.sort_values("ts_ns", kind="stable").reset_index(drop=True)
+    assert rows["ts_ns"].is_unique  # so the sort restores the record order
+    assert len(rows) == len(rec.ts) and dec.fired.keys() == {"syscalls:sys_enter_futex", "syscalls:sys_exit_futex"}
+    assert rows["tid"].nunique() == 1
+    enter = rows[rows["event_code"] == EVENT_TYPES.index("futex_enter")]
+    assert enter["addr"].nunique() == 1 and set(enter["value"]) == {1}  # FUTEX_WAKE on one word
+    codes = rows["event_code"].to_numpy()
+    gap_at = set(np.searchsorted(rec.ts, rec.gap_ts).tolist())
+    repeats = {i for i in range(1, len(codes)) if codes[i] == codes[i - 1]}
+    assert repeats <= gap_at
+
+
+def test_collector_decode_emits_lost_markers(tmp_path: Path) -> None:
+    """FtraceCollector's decoding step on the real lossy pages (no tracefs):
+    one marker per flagged page, on its CPU, before the first event after
+    the gap, and the markers add up to the trace's lost count."""
+    blob, meta, flagged = _real_lost_pages()
+    spool = tmp_path / "cpu1.raw"
+    spool.write_bytes(blob)
+    c = FtraceCollector(RecordOptions(spool_dir=tmp_path))
+    c._spool_paths = {1: spool}
+    c._formats = load_formats("lost-formats.json")
+    c._stats = {1: meta["stats"]}
+    rec = walk_pages(blob, PAGE)
+    tid = int(decode_records(np.frombuffer(blob, np.uint8), rec.ts, rec.offset, np.ones(len(rec.ts), np.int16),
+                             c._formats).rows["tid"].iloc[0])
+    c._known_tids = {tid}
+    col = c._decode()
+    ev = col.events
+    marks = ev[ev["event"] == "lost"]
+    assert len(marks) == len(flagged)
+    assert set(marks["cpu"]) == {1} and set(marks["tid"]) == {-1}
+    assert marks["ts_ns"].tolist() == rec.gap_ts.tolist()
+    assert int(marks["value"].sum()) == col.lost_per_cpu[1] == meta["stats"]["overrun"]
+    # each marker sits right before the event it is stamped with
+    for i in marks.index:
+        assert ev.loc[i + 1, "ts_ns"] == ev.loc[i, "ts_ns"] and ev.loc[i + 1, "tid"] == tid
+    assert (ev["event"] != "lost").sum() == len(rec.ts)
+    w = lost_windows(ev)
+    assert w["count"].sum() == meta["stats"]["overrun"]
+    assert (w["start_ns"].iloc[1:] < w["end_ns"].iloc[1:]).all()
 
 
 def test_sched_in_missing() -> None:
