@@ -17,7 +17,12 @@ it is the request's only one, which QEMU bounces (see :mod:`...memory.dma`).
 
 Ring updates follow the order the spec requires of a device: an element is
 written to the used ring before the used index that publishes it (x86 keeps
-stores in order, and each index is one 16-bit store).
+stores in order).  The indexes and flags the driver and the device share
+are read and written as single 16-bit accesses, through views cast to
+``H``: ``struct`` moves a ``<H`` one byte at a time, and a vCPU reading the
+used index between the two bytes of ``0x05ff -> 0x0600`` sees ``0x0500``,
+far behind what it has already consumed (and a torn avail index looks like
+the driver jumping past the ring).
 """
 
 from __future__ import annotations
@@ -50,7 +55,6 @@ VIRTIO_PCI_VRING_ALIGN = 4096
 VIRTQUEUE_MAX_SIZE = 1024  # most buffers one element may carry, as QEMU
 
 _DESC = struct.Struct("<QIHH")  # addr, len, flags, next
-_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")  # id, len
 
 
@@ -97,14 +101,20 @@ class VirtQueueElement:
 
 
 class _Rings:
-    """Host views of the three ring areas, held for one batch of work."""
+    """Host views of the three ring areas, held for one batch of work;
+    ``avail16``/``used16`` are the same memory as 16-bit words (native, i.e.
+    little-endian on x86), for single-access index and flag updates."""
 
-    __slots__ = ("desc", "avail", "used")
+    __slots__ = ("desc", "avail", "used", "avail16", "used16")
 
     def __init__(self, desc: memoryview, avail: memoryview, used: memoryview) -> None:
         self.desc, self.avail, self.used = desc, avail, used
+        self.avail16 = avail.cast("H")
+        self.used16 = used.cast("H")
 
     def release(self) -> None:
+        self.avail16.release()
+        self.used16.release()
         self.desc.release()
         self.avail.release()
         self.used.release()
@@ -178,7 +188,7 @@ class VirtQueue:
     # -- the driver's side of the rings, read by the device ---------------------
     def avail_idx(self) -> int:
         assert self._rings is not None
-        return _U16.unpack_from(self._rings.avail, 2)[0]
+        return self._rings.avail16[1]
 
     def empty(self) -> bool:
         """``virtio_queue_empty``."""
@@ -187,14 +197,14 @@ class VirtQueue:
     def should_notify(self) -> bool:
         """False when the driver asked for no interrupts (VRING_AVAIL_F_NO_INTERRUPT)."""
         assert self._rings is not None
-        return not _U16.unpack_from(self._rings.avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT
+        return not self._rings.avail16[0] & VRING_AVAIL_F_NO_INTERRUPT
 
     def set_notification(self, enable: bool) -> None:
         """``virtio_queue_set_notification``: VRING_USED_F_NO_NOTIFY while the device is busy."""
         assert self._rings is not None
-        flags = _U16.unpack_from(self._rings.used, 0)[0]
-        flags = flags & ~VRING_USED_F_NO_NOTIFY if enable else flags | VRING_USED_F_NO_NOTIFY
-        _U16.pack_into(self._rings.used, 0, flags)
+        used16 = self._rings.used16
+        flags = used16[0]
+        used16[0] = flags & ~VRING_USED_F_NO_NOTIFY if enable else flags | VRING_USED_F_NO_NOTIFY
 
     def pop(self) -> Optional[VirtQueueElement]:
         """``virtqueue_pop``: the next available chain, or None when there is none.
@@ -204,7 +214,7 @@ class VirtQueue:
         """
         rings = self._rings
         assert rings is not None
-        avail_idx = _U16.unpack_from(rings.avail, 2)[0]
+        avail_idx = rings.avail16[1]
         last = self.last_avail_idx
         if avail_idx == last:
             return None
@@ -212,7 +222,7 @@ class VirtQueue:
             # QEMU 7.2 ends up broken too, later: it pops a ring's worth of stale
             # heads before "Virtqueue size exceeded"; refusing at once moves no data.
             raise VirtioError("avail-index", f"Guest moved avail index from {last} to {avail_idx}")
-        head = _U16.unpack_from(rings.avail, 4 + 2 * (last % self.num))[0]
+        head = rings.avail16[2 + last % self.num]
         self.last_avail_idx = (last + 1) & 0xFFFF
         if head >= self.num:
             raise VirtioError("head-out-of-range", f"Guest says index {head} is available")
@@ -295,4 +305,4 @@ class VirtQueue:
         idx = self.used_idx
         _USED_ELEM.pack_into(rings.used, 4 + 8 * (idx % self.num), elem.index, length)
         self.used_idx = (idx + 1) & 0xFFFF
-        _U16.pack_into(rings.used, 2, self.used_idx)  # after the element: the driver may read it now
+        rings.used16[1] = self.used_idx  # after the element, in one store: the driver may read it now
