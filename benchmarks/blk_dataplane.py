@@ -92,9 +92,13 @@ def main() -> None:
                               + (f", {res.errors} errors" if res.errors else ""), file=sys.stderr)
 
     width = 28
+    # The question: how much more does the IOThread get through than the BQL path?
+    ratios = [v for v in dict.fromkeys(vmm for vmm, _ in configs) if {(v, "bql"), (v, "dataplane")} <= set(configs)]
     print(f"{args.bench}: {args.iterations} requests per vCPU, 4 KiB, 64 MiB image, median of {args.rounds} "
-          "round(s); each cell: IOPS (all vCPUs) / TSC cycles per request (mean over vCPUs)")
-    print(f"{'vCPUs':>5} {'qd':>4}  " + "".join(f"{CONFIGS[c]:>{width}}" for c in configs))
+          "round(s); each cell: IOPS (all vCPUs) / TSC cycles per request (mean over vCPUs); "
+          "dataplane/bql: the ratio of the median IOPS")
+    print(f"{'vCPUs':>5} {'qd':>4}  " + "".join(f"{CONFIGS[c]:>{width}}" for c in configs)
+          + "".join(f"{v + ' dataplane/bql':>{width}}" for v in ratios))
     for vcpus in vcpu_counts:
         for qd in depths:
             cells = []
@@ -104,6 +108,11 @@ def main() -> None:
                     cell = f"{statistics.median(iops[key]):,.0f} / {statistics.median(cpr[key]):,.0f}"
                 else:
                     cell = "n/a"
+                cells.append(f"{cell:>{width}}")
+            for v in ratios:
+                bql, dp = iops.get((v, "bql", vcpus, qd)), iops.get((v, "dataplane", vcpus, qd))
+                cell = f"{statistics.median(dp) / statistics.median(bql):.2f}x" if bql and dp and \
+                    statistics.median(bql) else "n/a"
                 cells.append(f"{cell:>{width}}")
             print(f"{vcpus:>5} {qd:>4}  " + "".join(cells))
     for reason in failed.values():
