@@ -246,6 +246,8 @@ def test_report_requests_html_section(blk_file: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.stderr
     text = page.read_text()
     assert 'id="requests"' in text and "Mean request by phase" in text and "phase by phase" in text
+    # The timeline names the thread that serviced the queue by its role.
+    assert "python (main loop) [20]" in text
 
 
 def test_report_requests_on_a_trace_without_blk_is_one_line(tmp_path: Path) -> None:

@@ -284,16 +284,17 @@ _ROLE_NAMES = {"main": "main loop", "iothread": "IOThread", "worker": "worker"}
 
 
 def thread_labels(trace_threads: pd.DataFrame, tids: Sequence[int]) -> dict[int, str]:
-    """A label per tid: ``CPU 0/KVM [15080]``; a thread whose name does not
-    say its role gets it beside, ``python (main loop) [15077]``, so the
-    thread that runs the main loop or an IOThread is found at a glance."""
+    """A label per tid: ``CPU 0/KVM [15080]``; the threads that are not
+    vCPUs get their role beside, ``python (main loop) [15077]``, ``IO
+    iothread0 (IOThread) [15079]``, so the thread that services a queue is
+    found at a glance."""
     known = {int(r.tid): r for r in trace_threads.itertuples()}
     labels = {}
     for tid in tids:
         r = known.get(int(tid))
         name = str(r.name) if r is not None and r.name else "?"
         role = _ROLE_NAMES.get(str(r.role)) if r is not None else None
-        shown = name if role is None or (role == "IOThread" and name.startswith("IO ")) else f"{name} ({role})"
+        shown = name if role is None else f"{name} ({role})"
         labels[int(tid)] = f"{shown} [{int(tid)}]"
     return labels
 
