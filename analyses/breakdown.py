@@ -281,19 +281,35 @@ class Breakdown:
 HIST_BINS_PER_OCTAVE = 4
 
 
-def histogram(cycles: np.ndarray, per_octave: int = HIST_BINS_PER_OCTAVE) -> dict[str, list[float]]:
+def histogram(cycles: np.ndarray, per_octave: int = HIST_BINS_PER_OCTAVE,
+              presorted: bool = False) -> dict[str, list[float]]:
     """Log-spaced histogram of per-exit cycles: ``edges`` (len n+1, the first
     0, then 2**(k/per_octave) from 64 cycles up past the maximum) and
     ``counts`` (len n).  Cost per exit spans orders of magnitude (a fast PIO
-    against one that waited for the BQL), so equal-ratio bins show both."""
+    against one that waited for the BQL), so equal-ratio bins show both.
+    ``presorted``: ``cycles`` is already in ascending order (the breakdown
+    sorts each component once for its percentiles and this)."""
     cycles = np.asarray(cycles, dtype=np.float64)
     if len(cycles) == 0:
         return {"edges": [], "counts": []}
-    top = max(float(cycles.max()), 64.0)
+    ordered = np.clip(cycles if presorted else np.sort(cycles), 0, None)
+    top = max(float(ordered[-1]), 64.0)
     steps = int(np.ceil(np.log2(top / 64.0) * per_octave)) + 1
     edges = np.concatenate(([0.0], 64.0 * 2.0 ** (np.arange(steps + 1) / per_octave)))
-    counts, _ = np.histogram(np.clip(cycles, 0, None), bins=edges)
+    # np.histogram's rule: bins are half-open except the last, which holds
+    # its right edge.
+    at = np.concatenate((ordered.searchsorted(edges[:-1], "left"), ordered.searchsorted(edges[-1:], "right")))
+    counts = np.diff(at)
     return {"edges": [round(float(e), 1) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def _percentile_sorted(ordered: np.ndarray, q: float) -> float:
+    """The q-th quantile (0..1) of an ascending array, interpolated linearly
+    between the ranks around it as numpy and pandas do."""
+    pos = (len(ordered) - 1) * q
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -320,13 +336,16 @@ def summarize(exits: pd.DataFrame, tsc_hz: int) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int, order: np.ndarray | None = None) -> pd.DataFrame:
+def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int, order: np.ndarray | None = None,
+             components: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """``summarize`` per group of ``keys``: the ``keys``, ``exits``, mean
     cycles per component, and p50/p90/p99 of the total; most exits first.
 
     Sums are bincounts and percentiles are read off one sort of the totals
     (``order``, an argsort of ``total_ns``, shared by every grouping), so a
     million exits group in a few passes, not one pandas group at a time.
+    ``components``: the components as float64 ns arrays, when the caller
+    has them already (``_SUMMARY_COLS`` keys).
     """
     cols = keys + ["exits", *_SUMMARY_COLS, "p50", "p90", "p99"]
     n = len(exits)
@@ -355,7 +374,8 @@ def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int, order: np.ndarra
     out = pd.DataFrame({key: exits[key].array.take(by_group[starts]) for key in keys})
     out["exits"] = counts
     for c in _SUMMARY_COLS:
-        out[c] = np.bincount(gid, weights=exits[f"{c}_ns"].to_numpy(dtype=np.float64), minlength=n_groups) / counts * k
+        w = components[c] if components is not None else exits[f"{c}_ns"].to_numpy(dtype=np.float64)
+        out[c] = np.bincount(gid, weights=w, minlength=n_groups) / counts * k
     sorted_total = total[by_group]
     for p in (50, 90, 99):
         # Linear interpolation between the ranks around q, as pandas does.
@@ -419,19 +439,20 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     elif port is not None:
         exits = exits[(exits["addr"] == port).fillna(False)].reset_index(drop=True)
     k = tsc / 1e9
-    components = {c: float(exits[f"{c}_ns"].to_numpy(dtype=np.float64).mean() * k) if len(exits) else 0.0
-                  for c in _SUMMARY_COLS}
-    by_total = np.argsort(exits["total_ns"].to_numpy(), kind="stable")
-    ns_cols = [f"{c}_ns" for c in _SUMMARY_COLS]
-    qs = exits[ns_cols].quantile([0.5, 0.9, 0.99]) if len(exits) else None
+    # Each component once as float64 and once sorted: the means, the groups'
+    # sums, the percentiles and the histograms all read these.
+    values = {c: exits[f"{c}_ns"].to_numpy(dtype=np.float64) for c in _SUMMARY_COLS}
+    ordered = {c: np.sort(v) for c, v in values.items()}
+    components = {c: float(v.mean() * k) if len(v) else 0.0 for c, v in values.items()}
+    by_total = np.argsort(values["total"], kind="stable")
     percentiles = {
-        c: {f"p{q}": float(qs.loc[q / 100, f"{c}_ns"] * k) if qs is not None else 0.0 for q in (50, 90, 99)}
+        c: {f"p{q}": _percentile_sorted(ordered[c], q / 100) * k if len(exits) else 0.0 for q in (50, 90, 99)}
         for c in _SUMMARY_COLS
     }
-    histograms = {c: histogram(exits[f"{c}_ns"].to_numpy() * k) for c in _SUMMARY_COLS}
-    by_kind = _grouped(exits, ["kind", "addr"], tsc, by_total)
+    histograms = {c: histogram(ordered[c] * k, presorted=True) for c in _SUMMARY_COLS}
+    by_kind = _grouped(exits, ["kind", "addr"], tsc, by_total, values)
     by_kind["addr"] = pd.Series(by_kind["addr"].array, dtype=object).map(lambda a: None if pd.isna(a) else hex(int(a)))
-    by_vcpu = _grouped(exits, ["vcpu"], tsc, by_total)
+    by_vcpu = _grouped(exits, ["vcpu"], tsc, by_total, values)
     threads = trace.threads
     roles = dict(zip(threads["tid"].astype(int), threads["role"]))
     tids = np.unique(exits["tid"].to_numpy())
@@ -440,7 +461,7 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     role_code = np.array([role_names.index(r) for r in role_of_tid], dtype=np.int64)
     role = pd.Categorical.from_codes(role_code[rank_in(tids, exits["tid"].to_numpy())] if len(tids) else
                                      np.zeros(0, np.int64), categories=role_names)
-    by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total)
+    by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total, values)
     bql = dict(trace.bql())
     bql["futex_uaddr"] = hex(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
     lost = trace.meta.get("lost_events") or {}
