@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from .alloc import tune_for_large_arrays
 from .errors import VmtraceError
 
 app = typer.Typer(
@@ -158,6 +157,8 @@ def report(
     """
     from .render.text import render_json_safe
     from .trace import read_trace
+
+    _analysing()
 
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
@@ -406,6 +407,8 @@ def sweep(
     from .render.text import render_sweep
     from .sweep import configs_for, run_sweep, write_summary
 
+    _analysing()
+
     counts = [_parse_int(v.strip(), "--vcpus") for v in vcpus.split(",") if v.strip()]
     if not counts or any(n < 1 or n > 64 for n in counts):
         raise VmtraceError("--vcpus takes counts between 1 and 64, such as 1,2,4,8")
@@ -456,6 +459,8 @@ def compare(
     from .compare import compare_traces, comparison_json
     from .render.text import render_comparison
 
+    _analysing()
+
     if fmt not in ("table", "json"):
         raise VmtraceError(f"--format takes table or json, not {fmt!r}")
     table, breakdowns = compare_traces(traces, port=_parse_int(port, "--port") if port else None)
@@ -491,9 +496,21 @@ def export(
     from .export.perfetto import write_perfetto
     from .trace import read_trace
 
+    _analysing()
+
     if perfetto is None:
         raise VmtraceError("nothing to export: give --perfetto OUT")
     err_console.print(f"vmtrace: wrote {write_perfetto(read_trace(trace), perfetto)}")
+
+
+def _analysing() -> None:
+    """Called by the commands that analyse traces, not at start-up: it
+    imports numpy, which --help, doctor and record should not wait for.  A
+    cold breakdown of a large trace spends a third of its time in page
+    faults with the process defaults (see vmtrace/alloc.py)."""
+    from .alloc import tune_for_large_arrays
+
+    tune_for_large_arrays()
 
 
 def _parse_int(text: str, what: str) -> int:
@@ -504,9 +521,6 @@ def _parse_int(text: str, what: str) -> int:
 
 
 def main() -> None:
-    # A cold breakdown of a large trace spends a third of its time in page
-    # faults with the process defaults (see vmtrace/alloc.py).
-    tune_for_large_arrays()
     app()
 
 
