@@ -11,6 +11,7 @@ from vmtrace.analyses.breakdown import COMPONENTS, bql_breakdown, exit_breakdown
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace, empty_events
 
+from .strategies import exit_scripts as exit_scripts_of
 from .synthetic import ExitScript, SyntheticTrace, expected_total
 
 PARTS = [f"{c}_ns" for c in COMPONENTS]
@@ -104,18 +105,7 @@ def test_summary_in_cycles_and_port_filter() -> None:
     assert set(everything.by_kind["addr"]) == {"0x608", "0x3f8"}
 
 
-exit_scripts = st.builds(
-    ExitScript,
-    kernel_ns=st.integers(1, 50_000),
-    emulator_ns=st.integers(2, 5_000),
-    pre_lock_ns=st.integers(0, 5_000),
-    bql_futex_ns=st.sampled_from([0, 0, 3, 10_000, 123_457]),
-    other_futex_ns=st.sampled_from([0, 0, 7, 50_000]),
-    device_ns=st.integers(0, 20_000),
-    post_ns=st.integers(2, 5_000),
-    lock_span=st.booleans(),
-    preempted_ns=st.sampled_from([0, 0, 1]),
-)
+exit_scripts = exit_scripts_of()
 
 
 @settings(max_examples=60, deadline=None)
