@@ -11,7 +11,7 @@ A configuration that cannot run (the reference VMM before its virtio-blk
 device exists, a QEMU without IOThreads) is shown as "n/a" with the reason
 below the table, and is not tried again in later rounds.
 
-    sudo .venv/bin/python benchmarks/blk_dataplane.py [--rounds 1] [--iterations 400]
+    .venv/bin/python benchmarks/blk_dataplane.py [--rounds 1] [--iterations 400]
         [--vcpus 1,2,4] [--qd 1,16] [--vmm qemu,reference] [--bench blk_randread]
 """
 

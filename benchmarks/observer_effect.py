@@ -5,7 +5,7 @@ untraced and under each tracer, interleaved (round-robin, several rounds),
 and prints the guest-measured cycles per read as medians and as ratios to the
 untraced median of the same run, plus trace-file bytes per event.
 
-    sudo .venv/bin/python benchmarks/observer_effect.py [--rounds 3] [--iterations 20000]
+    .venv/bin/python benchmarks/observer_effect.py [--rounds 3] [--iterations 20000]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ cycles per operation (median of the rounds, mean over vCPUs in each run) and
 the ratio reference / QEMU of those medians, with the range of the per-round
 ratios beside it.  Progress goes to stderr, the table to stdout.
 
-    sudo .venv/bin/python benchmarks/vmm_roundtrip.py [--rounds 5] [--iterations 20000]
+    .venv/bin/python benchmarks/vmm_roundtrip.py [--rounds 5] [--iterations 20000]
         [--vcpus 1,2] [--benches inl_vmm,inl_pmtimer] [--modes bql,unlocked] [--json FILE]
 
 The target (issue 4): the reference VMM's round trip no slower than QEMU's,
