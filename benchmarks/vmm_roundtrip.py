@@ -19,7 +19,10 @@ ratios beside it.  Progress goes to stderr, the table to stdout.
         [--vcpus 1,2] [--benches inl_vmm,inl_pmtimer] [--modes bql,unlocked] [--json FILE]
 
 The target (issue 4): the reference VMM's round trip no slower than QEMU's,
-a ratio <= 1.00.
+a ratio <= 1.00.  Each round also times the floor of an exit on this host
+(``benchmarks/kvm_floor.py``: a bare KVM_RUN loop in C and in Python, one
+vCPU, host-timed), printed under the table against QEMU's 1-vCPU ``inl_vmm``:
+what no VMM can go below, and what Python alone adds.  ``--no-floor`` skips it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from typing import Optional
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kvm_floor  # noqa: E402  (a sibling script)
 
 from vmtrace.bench import run_bench
 from vmtrace.errors import VmtraceError
@@ -61,6 +70,12 @@ def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return values
 
 
+def run_tsc_hz() -> int:
+    from vmtrace.collectors import host
+
+    return host.tsc_hz()[0]
+
+
 def label(config: tuple[str, Optional[str]]) -> str:
     vmm, mode = config
     return "QEMU" if vmm == "qemu" else f"reference {mode}"
@@ -75,6 +90,7 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(REFERENCE_MODES), help="the reference VMM's locking modes")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     ap.add_argument("--json", metavar="FILE", help="also write every run's cycles per op to FILE")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare KVM_RUN loops (C and Python)")
     args = ap.parse_args()
     if args.rounds < 1 or args.iterations < 1:
         sys.exit("vmm_roundtrip: error: --rounds and --iterations must be at least 1")
@@ -87,7 +103,23 @@ def main() -> None:
     cycles: dict[tuple, list[Optional[float]]] = {}
     failures: list[str] = []
     load_before = os.getloadavg()[1]  # the 5-minute average: other work on the host skews every number
+    floor: dict[str, list[float]] = {"c": [], "python": []}
+    floor_dir = tempfile.TemporaryDirectory()
+    floor_exe = None
+    if not args.no_floor:
+        try:
+            floor_exe = kvm_floor.build_c(Path(floor_dir.name))
+        except (kvm_floor.FloorError, OSError) as err:
+            failures.append(f"floor: {err}")
     for rnd in range(args.rounds):
+        if floor_exe is not None:
+            try:
+                floor["c"].append(kvm_floor.c_ns_per_exit(floor_exe, args.iterations * 10))
+                floor["python"].append(kvm_floor.python_ns_per_exit(args.iterations * 10))
+            except (kvm_floor.FloorError, OSError) as err:
+                failures.append(f"round {rnd} floor: {err}")
+            print(f"# round {rnd} floor: " + ", ".join(f"{k} {v[-1]:,.0f} ns/exit" for k, v in floor.items() if v),
+                  file=sys.stderr)
         for bench in benches:
             for vcpus in vcpu_counts:
                 # Rotate who goes first: a run right after QEMU's (or after a
@@ -143,6 +175,15 @@ def main() -> None:
                 row.append(f"[{style}]{ratio:.2f}x[/]{spread}")
             table.add_row(*row)
     console.print(table)
+    q1 = [v for v in cycles.get(("inl_vmm", 1, QEMU), []) if v is not None]
+    if floor["c"] and floor["python"]:
+        tsc_hz = run_tsc_hz()
+        against = f" ({{:.2f}}x QEMU's inl_vmm at 1 vCPU)" if q1 else ""
+        for key, name in (("c", "C"), ("python", "Python (ctypes, as the reference VMM)")):
+            cyc = statistics.median(floor[key]) * tsc_hz / 1e9
+            note = against.format(cyc / statistics.median(q1)) if q1 else ""
+            console.print(f"floor, bare KVM_RUN loop in {name}, host-timed: {cyc:,.0f} cycles per exit{note}")
+    floor_dir.cleanup()
     console.print(f"host load average (5 min): {load_before:.2f} before, {os.getloadavg()[1]:.2f} after, "
                   f"on {os.cpu_count()} CPUs")
     for failure in failures:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.reference_vmm.probe_cost import measure
+from benchmarks.probe_cost import measure
 
 
 def test_disabled_probes_are_cheaper_than_enabled_ones() -> None:
