@@ -8,17 +8,21 @@
 #   bash scripts/demo.sh            # reference VMM: --locking bql vs unlocked
 #   bash scripts/demo.sh qemu       # QEMU 7.2 from Debian (its locking is fixed)
 #   VCPUS=1,2 bash scripts/demo.sh  # fewer vCPU counts
+#   REPEAT=1 bash scripts/demo.sh   # one run per configuration instead of the
+#                                   # median of 3 (faster, noisier: with more
+#                                   # vCPUs than host CPUs a run can be off 2x)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VMM=${1:-reference}
 VCPUS=${VCPUS:-1,2,4,8}
+REPEAT=${REPEAT:-3}
 bash scripts/setup.sh
 V=.venv/bin/vmtrace
 out=out/sweep-$VMM
 case "$VMM" in
-  reference) $V sweep -o "$out" --vmm reference --locking bql,unlocked --vcpus "$VCPUS"
+  reference) $V sweep -o "$out" --vmm reference --locking bql,unlocked --vcpus "$VCPUS" --repeat "$REPEAT"
              last=$out/reference-bql-${VCPUS##*,}vcpu.vmtrace ;;
-  qemu)      $V sweep -o "$out" --vmm qemu --vcpus "$VCPUS"
+  qemu)      $V sweep -o "$out" --vmm qemu --vcpus "$VCPUS" --repeat "$REPEAT"
              last=$out/qemu-${VCPUS##*,}vcpu.vmtrace ;;
   *) echo "demo: unknown VMM '$VMM': use reference or qemu" >&2; exit 2 ;;
 esac

@@ -98,6 +98,19 @@ def test_sweep_figure_stacks_groups_marks_and_annotates() -> None:
     assert ("4 vCPUs", "qemu bql") not in set(zip(*effect.x))
 
 
+def test_sweep_figure_draws_the_range_of_repeated_runs() -> None:
+    df = _summary()
+    df["guest_min"] = df["guest_cycles_per_op"] - 1_000.0
+    df["guest_max"] = df["guest_cycles_per_op"] + 3_000.0
+    marks = next(t for t in sweep_figure(df).data if t.name.startswith("guest-measured"))
+    assert "range" in marks.name
+    assert list(marks.error_y.array) == [3_000.0] * len(df) and list(marks.error_y.arrayminus) == [1_000.0] * len(df)
+    # One run each: no range to draw.
+    df["guest_min"] = df["guest_max"] = df["guest_cycles_per_op"]
+    marks = next(t for t in sweep_figure(df).data if t.name.startswith("guest-measured"))
+    assert marks.name == "guest-measured cycles/op" and marks.error_y.array is None
+
+
 def test_sweep_figure_without_optional_columns() -> None:
     df = _summary().drop(columns=["bql_wait", "guest_cycles_per_op", "observer_effect"])
     fig = sweep_figure(df)

@@ -9,6 +9,7 @@ and :func:`summarize_sweep` the same way.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,6 +26,7 @@ __all__ = ["SweepConfig", "SweepRun", "configs_for", "write_summary", "run_sweep
 SUMMARY_COLUMNS = (
     "config", "vmm", "locking", "bench", "vcpus", "iterations",
     "guest_cycles_per_op", "traced_guest_cycles_per_op", "observer_effect",
+    "runs", "guest_min", "guest_max",
     *COMPONENTS, "bql_wait", "total", "exits", "lost_events", "trace",
 )
 
@@ -32,7 +34,8 @@ SUMMARY_COLUMNS = (
 @dataclass(frozen=True)
 class SweepRun:
     """One configuration at one vCPU count: the guest's number untraced and
-    traced, and where the trace went."""
+    traced (medians over the repeats, every run kept), and where the trace
+    of the median traced run went."""
 
     config: "SweepConfig"
     bench: str
@@ -41,6 +44,8 @@ class SweepRun:
     guest_cycles_per_op: float
     traced_guest_cycles_per_op: float
     trace: Path
+    guest_runs: tuple[float, ...] = ()
+    traced_runs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,27 +94,54 @@ def run_sweep(
     iterations: int | None = None,
     backend: str = "auto",
     progress: Callable[[str], None] | None = None,
+    repeat: int = 1,
 ) -> pd.DataFrame:
-    """Run every (config, vCPU count): untraced, then recorded into
-    ``outdir/<config>-<n>vcpu.vmtrace``.  Returns :func:`summarize_sweep`'s
-    table.  ``iterations`` defaults per VMM (the Python VMM is ~10x slower
-    per exit at 8 vCPUs, so it runs fewer)."""
+    """Run every (config, vCPU count) ``repeat`` times, untraced then
+    recorded, alternating.  The guest's numbers are the medians; the trace
+    kept, ``outdir/<config>-<n>vcpu.vmtrace``, is the recorded run whose
+    guest number is the median one (the others are deleted), so the
+    breakdown beside the numbers is a typical run, not a lucky one.
+    Returns :func:`summarize_sweep`'s table.  ``iterations`` defaults per
+    VMM (the Python VMM is ~10x slower per exit at 8 vCPUs, so it runs
+    fewer)."""
     from .bench import run_bench
 
+    if repeat < 1:
+        raise VmtraceError("--repeat must be at least 1")
     outdir.mkdir(parents=True, exist_ok=True)
     runs = []
     for cfg in configs:
         for n in vcpus:
             iters = iterations or (20000 if cfg.vmm == "qemu" else 3000)
-            if progress:
-                progress(f"{cfg.label}, {n} vCPU: untraced")
-            plain = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking)
             path = outdir / f"{cfg.slug}-{n}vcpu.vmtrace"
-            if progress:
-                progress(f"{cfg.label}, {n} vCPU: recorded")
-            traced = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=path, backend=backend)
-            runs.append(SweepRun(cfg, bench, n, iters, plain.cycles_per_op, traced.cycles_per_op, path))
+            plain: list[float] = []
+            traced: list[tuple[float, Path]] = []
+            for k in range(repeat):
+                of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
+                if progress:
+                    progress(f"{cfg.label}, {n} vCPU: untraced{of}")
+                plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op)
+                if progress:
+                    progress(f"{cfg.label}, {n} vCPU: recorded{of}")
+                to = path if repeat == 1 else outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace"
+                res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=to, backend=backend)
+                traced.append((res.cycles_per_op, to))
+            keep = _median_run(traced)
+            for _, p in traced:
+                if p is not keep[1]:
+                    p.unlink(missing_ok=True)
+            if keep[1] != path:
+                keep[1].replace(path)
+            runs.append(SweepRun(cfg, bench, n, iters, float(statistics.median(plain)), keep[0], path,
+                                 tuple(plain), tuple(c for c, _ in traced)))
     return summarize_sweep(runs)
+
+
+def _median_run(runs: list[tuple[float, Path]]) -> tuple[float, Path]:
+    """The run whose number is the median (the lower middle for an even count:
+    a run that happened, not an average of two)."""
+    ordered = sorted(runs, key=lambda r: r[0])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def summarize_sweep(runs: list[SweepRun]) -> pd.DataFrame:
@@ -125,6 +157,9 @@ def summarize_sweep(runs: list[SweepRun]) -> pd.DataFrame:
             "vcpus": r.vcpus, "iterations": r.iterations,
             "guest_cycles_per_op": plain, "traced_guest_cycles_per_op": traced,
             "observer_effect": traced / plain if plain else None,
+            "runs": max(len(r.guest_runs), 1),
+            "guest_min": min(r.guest_runs) if r.guest_runs else plain,
+            "guest_max": max(r.guest_runs) if r.guest_runs else plain,
             **{c: b.components[c] for c in (*COMPONENTS, "bql_wait", "total")},
             "exits": len(b.exits), "lost_events": b.lost_events, "trace": str(r.trace),
         })

@@ -42,3 +42,19 @@ def test_sweep_writes_traces_summary_and_report(live: None, tmp_path: Path) -> N
     assert "Cycles per exit by component" in html
     assert not re.search(r"<script[^>]*\bsrc=|<link[^>]*\bhref=\"http", html)
     assert "reference unlocked" in proc.stdout
+
+
+def test_repeat_keeps_the_trace_of_the_median_recorded_run(live: None, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "sweep", "-o", str(out), "--vmm", "reference",
+         "--locking", "unlocked", "--vcpus", "1", "--iterations", "500", "--repeat", "3"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    row = pd.read_csv(out / "summary.csv").iloc[0]
+    assert row["runs"] == 3 and row["guest_min"] <= row["guest_cycles_per_op"] <= row["guest_max"]
+    # The kept trace is the recorded run whose guest number is the median.
+    assert read_trace(row["trace"]).meta["bench"]["cycles_per_op"] == row["traced_guest_cycles_per_op"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "reference-unlocked-1vcpu.vmtrace", "report.html", "summary.csv", "summary.json"]
+    assert "guest range" in proc.stdout and "medians of 3 runs" in proc.stdout

@@ -182,7 +182,8 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
     ``emulator``, ``dispatch``, ``lock_wait``, ``device`` (mean cycles per
     exit), optionally ``bql_wait`` (the BQL's part of ``lock_wait``),
     ``guest_cycles_per_op`` and ``observer_effect`` (traced/untraced ratio;
-    NA where not measured).
+    NA where not measured), and ``guest_min``/``guest_max`` (the range of
+    repeated untraced runs, drawn as an error bar on the guest's mark).
     """
     if summary.empty:
         raise ValueError("the sweep summary has no rows")
@@ -215,10 +216,19 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
     guest = pd.to_numeric(df.get("guest_cycles_per_op", pd.Series(np.nan, index=df.index)), errors="coerce")
     has_g = guest.notna().to_numpy()
     if has_g.any():
+        g = guest[has_g].to_numpy(dtype=np.float64)
+        error_y = None
+        if "guest_min" in df and "guest_max" in df:
+            lo = pd.to_numeric(df["guest_min"], errors="coerce").to_numpy(dtype=np.float64)[has_g]
+            hi = pd.to_numeric(df["guest_max"], errors="coerce").to_numpy(dtype=np.float64)[has_g]
+            if np.nan_to_num(hi - lo).any():
+                error_y = {"type": "data", "symmetric": False, "array": np.nan_to_num(hi - g),
+                           "arrayminus": np.nan_to_num(g - lo), "color": "black", "thickness": 1.5, "width": 6}
         fig.add_scatter(
-            x=[list(np.asarray(x[0])[has_g]), list(np.asarray(x[1])[has_g])], y=guest[has_g].to_numpy(),
-            mode="markers", name="guest-measured cycles/op",
+            x=[list(np.asarray(x[0])[has_g]), list(np.asarray(x[1])[has_g])], y=g,
+            mode="markers", name="guest-measured cycles/op" + (" (median, range of runs)" if error_y else ""),
             marker={"symbol": "line-ew-open", "size": 28, "color": "black", "line": {"width": 3, "color": "black"}},
+            error_y=error_y,
             hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>",
         )
     effect = pd.to_numeric(df.get("observer_effect", pd.Series(np.nan, index=df.index)), errors="coerce")

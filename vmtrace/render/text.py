@@ -153,16 +153,22 @@ def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
     console = console or Console()
     t = Table(title="cycles per exit by component (traced) beside the guest's own cycles per op",
               title_justify="left")
-    cols = ["config", "vCPUs", "guest", "traced guest", "effect", "vmexit", "emulator", "dispatch",
-            "device", "lock wait", "BQL", "total"]
+    repeated = "runs" in summary and bool((summary["runs"] > 1).any())
+    cols = ["config", "vCPUs", "guest", *(["guest range"] if repeated else []), "traced guest", "effect",
+            "vmexit", "emulator", "dispatch", "device", "lock wait", "BQL", "total"]
     for c in cols:
         t.add_column(c, justify="left" if c == "config" else "right", no_wrap=True)
     for r in summary.itertuples(index=False):
-        t.add_row(r.config, str(r.vcpus), fmt_cycles(r.guest_cycles_per_op), fmt_cycles(r.traced_guest_cycles_per_op),
+        spread = [f"{fmt_cycles(r.guest_min)}-{fmt_cycles(r.guest_max)}"] if repeated else []
+        t.add_row(r.config, str(r.vcpus), fmt_cycles(r.guest_cycles_per_op), *spread,
+                  fmt_cycles(r.traced_guest_cycles_per_op),
                   f"{r.observer_effect:.2f}x" if r.observer_effect == r.observer_effect else "-",
                   fmt_cycles(r.vmexit), fmt_cycles(r.emulator), fmt_cycles(r.dispatch), fmt_cycles(r.device),
                   fmt_cycles(r.lock_wait), fmt_cycles(r.bql_wait), fmt_cycles(r.total))
     console.print(t)
+    if repeated:
+        console.print(f"guest, traced guest: medians of {int(summary['runs'].max())} runs each; "
+                      "the breakdown is the trace of the median recorded run")
 
 
 def render_comparison(table: pd.DataFrame, console: Console | None = None) -> None:
