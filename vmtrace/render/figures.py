@@ -235,6 +235,9 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
     has_e = effect.notna().to_numpy()
     if has_e.any():
         top = np.fmax(total, np.nan_to_num(guest.to_numpy(dtype=np.float64), nan=0.0))
+        if "guest_max" in df:  # above the range bar too
+            top = np.fmax(top, np.nan_to_num(pd.to_numeric(df["guest_max"], errors="coerce")
+                                             .to_numpy(dtype=np.float64), nan=0.0))
         fig.add_scatter(
             x=[list(np.asarray(x[0])[has_e]), list(np.asarray(x[1])[has_e])], y=top[has_e] * 1.02,
             mode="text", text=[f"×{e:.2f}" for e in effect[has_e]], textposition="top center",
