@@ -82,3 +82,14 @@ def test_one_run_is_the_default_and_the_table_shows_ranges_only_when_repeated(
 def test_repeat_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(VmtraceError, match="--repeat"):
         sweep.run_sweep([sweep.SweepConfig("qemu")], [1], tmp_path, repeat=0)
+
+
+def test_the_cli_refuses_repeat_zero_in_one_line_before_running_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vmtrace.cli import app
+
+    res = CliRunner().invoke(app, ["sweep", "-o", str(tmp_path / "out"), "--vcpus", "1", "--repeat", "0"])
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == ["vmtrace: error: --repeat must be at least 1 (runs per configuration)"]
+    assert res.stdout.strip() == "" and not (tmp_path / "out").exists()

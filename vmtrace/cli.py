@@ -416,6 +416,8 @@ def sweep(
     counts = [_parse_int(v.strip(), "--vcpus") for v in vcpus.split(",") if v.strip()]
     if not counts or any(n < 1 or n > 64 for n in counts):
         raise VmtraceError("--vcpus takes counts between 1 and 64, such as 1,2,4,8")
+    if repeat < 1:
+        raise VmtraceError("--repeat must be at least 1 (runs per configuration)")
     configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None)
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
