@@ -69,7 +69,8 @@ static __always_inline struct slot *slot_of(u32 id) {
 #define SLOT_FIELD(field)                                                    \
     static __always_inline int slot_has_##field(u32 id) {                    \
         struct slot *s = slot_of(id);                                        \
-        return s && s->field == id;                                          \
+        /* id 0 (the idle task) would match an empty slot's zero */          \
+        return id != 0 && s && s->field == id;                               \
     }                                                                        \
     static __always_inline void slot_set_##field(u32 id, u32 value) {        \
         struct slot *s = slot_of(id);                                        \

@@ -145,6 +145,14 @@ def test_precise_mode_sees_the_bql_on_every_exit(live: None, tmp_path: Path) -> 
     assert b.components["bql_wait"] <= b.components["lock_wait"]
 
 
+def test_no_rows_for_the_idle_task(live: None, pm_traces) -> None:
+    # pid 0 once matched an empty slot of the BPF target table (slot fields
+    # start at 0), so every switch away from idle became a "tid 0" sched_out.
+    for path in pm_traces.values():
+        ev = read_trace(path).events
+        assert not (ev["tid"] == 0).any(), (path, ev[ev["tid"] == 0]["event"].value_counts().to_dict())
+
+
 def test_partition_holds_on_real_traces(live: None, pm_traces) -> None:
     for path in pm_traces.values():
         ex = exit_breakdown(read_trace(path))
