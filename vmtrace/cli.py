@@ -325,8 +325,11 @@ def _render_blk(result: Any, console: Console) -> None:
 def doctor(
     quick: bool = typer.Option(False, "--quick", help="Skip booting a test guest to see which kvm tracepoints fire."),
 ) -> None:
-    """Check this host: root, KVM, tracefs, BPF/bcc, kernel headers, QEMU and
-    which kvm tracepoints fire; say what to do for each failure."""
+    """Check what this host can record, and say what to do about each failure.
+
+    Root, /dev/kvm, tracefs, BPF and bcc, kernel headers, QEMU, and (unless
+    --quick) which kvm tracepoints fire when a test guest runs.
+    """
     from rich.table import Table
 
     from .doctor import run_checks
