@@ -93,3 +93,10 @@ def test_the_cli_refuses_repeat_zero_in_one_line_before_running_anything(tmp_pat
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == ["vmtrace: error: --repeat must be at least 1 (runs per configuration)"]
     assert res.stdout.strip() == "" and not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_leaves_no_hidden_run_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_runs(monkeypatch, untraced=[100.0, 110.0], traced=[150.0])  # the second recorded run has no answer
+    with pytest.raises(StopIteration):
+        sweep.run_sweep([sweep.SweepConfig("qemu")], [1], tmp_path, repeat=3)
+    assert list(tmp_path.iterdir()) == []

@@ -34,8 +34,8 @@ SUMMARY_COLUMNS = (
 @dataclass(frozen=True)
 class SweepRun:
     """One configuration at one vCPU count: the guest's number untraced and
-    traced (medians over the repeats, every run kept), and where the trace
-    of the median traced run went."""
+    traced (medians over the repeats, with every run's number), and where
+    the trace of the median recorded run went."""
 
     config: "SweepConfig"
     bench: str
@@ -116,19 +116,25 @@ def run_sweep(
             path = outdir / f"{cfg.slug}-{n}vcpu.vmtrace"
             plain: list[float] = []
             traced: list[tuple[float, Path]] = []
-            for k in range(repeat):
-                of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
-                if progress:
-                    progress(f"{cfg.label}, {n} vCPU: untraced{of}")
-                plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op)
-                if progress:
-                    progress(f"{cfg.label}, {n} vCPU: recorded{of}")
-                to = path if repeat == 1 else outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace"
-                res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=to, backend=backend)
-                traced.append((res.cycles_per_op, to))
+            try:
+                for k in range(repeat):
+                    of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
+                    if progress:
+                        progress(f"{cfg.label}, {n} vCPU: untraced{of}")
+                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op)
+                    if progress:
+                        progress(f"{cfg.label}, {n} vCPU: recorded{of}")
+                    to = path if repeat == 1 else outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace"
+                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=to, backend=backend)
+                    traced.append((res.cycles_per_op, to))
+            except BaseException:
+                # A failed or interrupted run leaves no hidden run files behind.
+                for k in range(repeat if repeat > 1 else 0):
+                    (outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace").unlink(missing_ok=True)
+                raise
             keep = _median_run(traced)
             for _, p in traced:
-                if p is not keep[1]:
+                if p != keep[1]:
                     p.unlink(missing_ok=True)
             if keep[1] != path:
                 keep[1].replace(path)
