@@ -31,7 +31,7 @@ import pandas as pd
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
-from .intervals import lost_windows, missing_events, present_events, rank_in, thread_spans_lost
+from .intervals import events_usable, lost_windows, missing_events, present_events, rank_in, thread_spans_lost
 from .runs import DECODE_EVENTS, event_codes, exit_reason_name, run_cycles, vcpu_threads
 
 __all__ = ["VMX_EXIT_REASONS", "SVM_EXIT_CODES", "exit_events", "exit_table", "Exits", "exit_stats"]
@@ -108,8 +108,8 @@ def _exit_events(trace: Trace) -> tuple[pd.DataFrame, int]:
     trace has neither KVM_RUN nor kvm_exit/kvm_entry events.
     """
     ev = trace.events
-    has_run = not missing_events(ev, ["run_enter", "run_exit"])
-    has_kvm = not missing_events(ev, ["kvm_exit", "kvm_entry"])
+    has_run = events_usable(ev, ["run_enter", "run_exit"])
+    has_kvm = events_usable(ev, ["kvm_exit", "kvm_entry"])
     if not (has_run or has_kvm):
         raise MissingEventsError("the exit statistics", ["run_enter and run_exit, or kvm_exit and kvm_entry"],
                                  present_events(ev))

@@ -58,12 +58,22 @@ def missing_events(events: pd.DataFrame, need: list[str]) -> list[str]:
     return [e for e in need if not (codes == _EVENT_CODE[e]).any()]
 
 
+def events_usable(events: pd.DataFrame, need: list[str]) -> bool:
+    """Whether an analysis can go on: ``events`` has every type of ``need``,
+    or some of them and lost-event markers (every event of one type can have
+    gone in the losses, each exit's run_exit say, and the analysis then
+    leaves out what spans them instead of refusing)."""
+    missing = missing_events(events, need)
+    if not missing:
+        return True
+    return len(missing) < len(need) and bool((events["event"] == "lost").any())
+
+
 def require_events(events: pd.DataFrame, need: list[str], what: str) -> None:
     """Raise ``MissingEventsError`` naming what ``what`` needs and what the
-    trace has, when ``events`` lacks any type of ``need``."""
-    missing = missing_events(events, need)
-    if missing:
-        raise MissingEventsError(what, missing, present_events(events))
+    trace has, unless ``events_usable``."""
+    if not events_usable(events, need):
+        raise MissingEventsError(what, missing_events(events, need), present_events(events))
 
 
 def pair_spans(

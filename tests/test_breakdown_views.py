@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from vmtrace.analyses.breakdown import COMPONENTS, bql_breakdown, exit_breakdown
 from vmtrace.analyses.exits import exit_stats
+from vmtrace.errors import MissingEventsError
+from vmtrace.trace import Trace
 
 from .synthetic import ExitScript, SyntheticTrace, expected_total, replicate
 
@@ -70,6 +72,24 @@ def test_exits_across_lost_events_are_left_out_and_the_rest_exact(a: list[ExitSc
     b_ = bql_breakdown(t, timed_loop=False)
     assert b_.excluded_lost == closed_lost
     assert (n_lost == 0) == (not any("lost" in n for n in b_.notes))
+
+
+def test_every_run_exit_lost_leaves_every_exit_out_instead_of_refusing() -> None:
+    # Found by the property above: with each exit's run_exit in a loss, the
+    # trace has no run_exit at all, yet it is a lossy trace, not one that
+    # cannot be analysed.
+    s = SyntheticTrace()
+    s.vcpu(201, 0, [ExitScript(lose=("run_exit",))] * 3, start_ns=10_000)
+    t = s.trace()
+    assert "run_exit" not in set(t.events["event"].astype(str))
+    assert exit_breakdown(t).empty
+    assert int(exit_stats(t).exits["userspace"].sum()) == 0
+    # With no loss to explain it, a missing type is still refused.
+    clean = SyntheticTrace()
+    clean.vcpu(201, 0, [ExitScript()] * 3, start_ns=10_000)
+    ev = clean.trace().events
+    with pytest.raises(MissingEventsError, match="run_exit"):
+        exit_breakdown(Trace(events=ev[ev["event"] != "run_exit"].reset_index(drop=True), meta=clean.trace().meta))
 
 
 def test_guest_time_where_kvm_entry_and_exit_fire() -> None:
