@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from vmtrace.errors import VmtraceError
-from vmtrace.schema import EVENT_TYPES, ROLE_VCPU
+from vmtrace.schema import EVENT_TYPES
 from vmtrace.trace import Trace
 
 from .intervals import (
@@ -620,6 +620,14 @@ class Requests:
     tsc_hz: int
     notes: list[str] = field(default_factory=list)
 
+    def notification_summary(self) -> pd.DataFrame:
+        """Per woken thread: kicks, and kick -> wakeup / -> on CPU percentiles."""
+        return _notify_summary(self.notifications)
+
+    def disk_wait_summary(self) -> pd.DataFrame:
+        """Per role of the I/O threads: uninterruptible sleeps and their percentiles."""
+        return _disk_summary(self.disk_waits)
+
     def to_json(self, rows: bool = False) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "view": "requests",
@@ -636,8 +644,8 @@ class Requests:
             "notes": self.notes,
         }
         if self.source == "kernel":
-            doc["notifications"] = _records(_notify_summary(self.notifications))
-            doc["disk_waits"] = _records(_disk_summary(self.disk_waits))
+            doc["notifications"] = _records(self.notification_summary())
+            doc["disk_waits"] = _records(self.disk_wait_summary())
         if rows:
             doc["requests"] = _records(self.requests)
         return doc

@@ -426,10 +426,8 @@ def _requests_section(trace: Trace, shown: int = 40) -> Section | None:
              "the queue: the main loop under the BQL (--blk bql) or an IOThread (dataplane). ")
     notes = [f"note: {n}" for n in rq.notes]
     if rq.source != "probes":
-        from vmtrace.analyses.requests import _disk_summary, _notify_summary
-
-        return Section("Requests", [_us_table(_notify_summary(rq.notifications)), _us_table(
-            _disk_summary(rq.disk_waits)), *notes], intro=intro)
+        return Section("Requests", [_us_table(rq.notification_summary()), _us_table(rq.disk_wait_summary()),
+                                    *notes], intro=intro)
     ph = rq.phases
     table = pd.DataFrame({
         "role": ph["role"], "phase": ph["phase"], "requests with it": ph["nonzero"],

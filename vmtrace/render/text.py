@@ -436,10 +436,8 @@ def render_requests(rq: Any, console: Console | None = None) -> None:
         if rq.excluded_lost:
             console.print(f"[yellow]{rq.excluded_lost:,} requests overlapping lost events left out[/]")
     else:
-        from vmtrace.analyses.requests import _disk_summary, _notify_summary
-
         rows = []
-        for r in _notify_summary(rq.notifications).to_dict("records"):
+        for r in rq.notification_summary().to_dict("records"):
             woke = r["thread"] if pd.isna(r.get("role")) else f"{r['thread']} ({role_label(r['role'])})"
             rows.append([woke, f"{int(r['kicks']):,}", fmt_dur(r.get("wakeup_p50_ns")),
                          fmt_dur(r.get("wakeup_p99_ns")), fmt_dur(r.get("oncpu_p50_ns")),
@@ -447,7 +445,7 @@ def render_requests(rq: Any, console: Console | None = None) -> None:
         console.print(_grid("kicks of the queue-notify port, by the thread the ioeventfd woke",
                             [("woken thread", "l"), ("kicks", "r"), ("-> wakeup p50", "r"), ("p99", "r"),
                              ("-> on CPU p50", "r"), ("p99", "r")], rows))
-        disk = _disk_summary(rq.disk_waits)
+        disk = rq.disk_wait_summary()
         if len(disk):
             rows = [[role_label(r["role"]), str(int(r["threads"])), f"{int(r['sleeps']):,}", fmt_dur(r["p50_ns"]),
                      fmt_dur(r["p90_ns"]), fmt_dur(r["p99_ns"])] for r in disk.to_dict("records")]
