@@ -27,6 +27,9 @@ from vmtrace.bench import run_bench
 from vmtrace.blk import DEFAULT_DISK_BYTES, make_disk
 from vmtrace.errors import VmtraceError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import positive_ints  # noqa: E402  (a sibling script)
+
 CONFIGS = {
     ("qemu", "bql"): "QEMU main loop (BQL)",
     ("qemu", "dataplane"): "QEMU IOThread",
@@ -36,13 +39,7 @@ CONFIGS = {
 
 
 def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        sys.exit(f"blk_dataplane: error: {what} takes numbers such as 1,2,4, not {text!r}")
-    if not values or min(values) < 1:
-        sys.exit(f"blk_dataplane: error: {what} takes positive numbers, not {text!r}")
-    return values
+    return positive_ints(text, what, "blk_dataplane")
 
 
 def main() -> None:

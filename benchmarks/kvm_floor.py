@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import mmap
-import os
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,10 @@ import time
 from pathlib import Path
 
 from vmtrace.reference_vmm.kvm import bindings as b
+from vmtrace.reference_vmm.kvm.ioctls import IOCTLS
 from vmtrace.reference_vmm.kvm.system import Kvm
 
+_KVM_EXIT_IO = 2
 PORT = 0x5F0  # no device claims it: no irqchip, no PIT, every read exits to userspace
 UNROLL = 256
 MEM = 0x10000
@@ -136,12 +137,12 @@ def python_ns_per_exit(exits: int) -> float:
         vcpu.set_regs(b.KvmRegs(rip=0, rdx=PORT, rflags=2))
         # The reference VMM's own call: libc ioctl through ctypes, no argtypes.
         ioctl = ctypes.CDLL(None, use_errno=True).ioctl
-        fd, req, run = vcpu.fd, 0xAE80, vcpu.kvm_run  # KVM_RUN = _IO(0xAE, 0x80)
+        fd, req, run = vcpu.fd, IOCTLS["KVM_RUN"], vcpu.kvm_run
         for _ in range(1000):
             ioctl(fd, req, 0)
         t0 = time.perf_counter_ns()
         for _ in range(exits):
-            if ioctl(fd, req, 0) < 0 or run.exit_reason != 2:  # KVM_EXIT_IO
+            if ioctl(fd, req, 0) < 0 or run.exit_reason != _KVM_EXIT_IO:
                 raise FloorError(f"Python loop: unexpected exit {run.exit_reason} (errno {ctypes.get_errno()})")
         ns = (time.perf_counter_ns() - t0) / exits
         del run

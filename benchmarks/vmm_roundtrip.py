@@ -32,20 +32,20 @@ import json
 import os
 import statistics
 import sys
+import tempfile
+from pathlib import Path
 from typing import Optional
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-import tempfile
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kvm_floor  # noqa: E402  (a sibling script)
-
 from vmtrace.bench import run_bench
 from vmtrace.errors import VmtraceError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kvm_floor  # noqa: E402  (sibling scripts)
+from cli_args import positive_ints  # noqa: E402
 
 BENCHES = ("inl_vmm", "inl_pmtimer")
 REFERENCE_MODES = ("bql", "unlocked")
@@ -53,13 +53,7 @@ QEMU = ("qemu", None)
 
 
 def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        sys.exit(f"vmm_roundtrip: error: {what} takes numbers such as 1,2, not {text!r}")
-    if not values or min(values) < 1:
-        sys.exit(f"vmm_roundtrip: error: {what} takes positive numbers, not {text!r}")
-    return values
+    return positive_ints(text, what, "vmm_roundtrip")
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -178,10 +172,9 @@ def main() -> None:
     q1 = [v for v in cycles.get(("inl_vmm", 1, QEMU), []) if v is not None]
     if floor["c"] and floor["python"]:
         tsc_hz = run_tsc_hz()
-        against = f" ({{:.2f}}x QEMU's inl_vmm at 1 vCPU)" if q1 else ""
         for key, name in (("c", "C"), ("python", "Python (ctypes, as the reference VMM)")):
             cyc = statistics.median(floor[key]) * tsc_hz / 1e9
-            note = against.format(cyc / statistics.median(q1)) if q1 else ""
+            note = f" ({cyc / statistics.median(q1):.2f}x QEMU's inl_vmm at 1 vCPU)" if q1 else ""
             console.print(f"floor, bare KVM_RUN loop in {name}, host-timed: {cyc:,.0f} cycles per exit{note}")
     floor_dir.cleanup()
     console.print(f"host load average (5 min): {load_before:.2f} before, {os.getloadavg()[1]:.2f} after, "

@@ -116,6 +116,8 @@ def run_sweep(
             path = outdir / f"{cfg.slug}-{n}vcpu.vmtrace"
             plain: list[float] = []
             traced: list[tuple[float, Path]] = []
+            # Several recorded runs go to hidden files until the median is known.
+            files = [path] if repeat == 1 else [outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace" for k in range(repeat)]
             try:
                 for k in range(repeat):
                     of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
@@ -124,13 +126,12 @@ def run_sweep(
                     plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op)
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
-                    to = path if repeat == 1 else outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace"
-                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=to, backend=backend)
-                    traced.append((res.cycles_per_op, to))
+                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend)
+                    traced.append((res.cycles_per_op, files[k]))
             except BaseException:
                 # A failed or interrupted run leaves no hidden run files behind.
-                for k in range(repeat if repeat > 1 else 0):
-                    (outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace").unlink(missing_ok=True)
+                for f in files if repeat > 1 else []:
+                    f.unlink(missing_ok=True)
                 raise
             keep = _median_run(traced)
             for _, p in traced:

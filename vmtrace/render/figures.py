@@ -152,7 +152,7 @@ def cost_histogram(exits: pd.DataFrame, tsc_hz: int, bins: int = 80) -> go.Figur
         # with nothing to see; they are counted in the edge bins instead.
         lo, hi = np.log10(np.quantile(total, [0.001, 0.999]))
         edges = np.logspace(lo, hi if hi > lo else lo + 1, bins + 1)
-        title += f": 0.1% to 99.9%, the rest counted in the edge bins"
+        title += ": 0.1% to 99.9%, the rest counted in the edge bins"
         for vcpu, grp in exits.groupby("vcpu", sort=True):
             t = np.clip(grp["total_ns"].to_numpy(dtype=np.float64) * k, edges[0], edges[-1])
             counts, _ = np.histogram(t, bins=edges)
