@@ -242,7 +242,9 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str,
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        # An orphaned VMM may hold the pipes open: do not wait for their end.
+        proc.wait()
+        out, err = "", ""
         raise AssertionError(f"vmtrace did not finish within {timeout}s; stderr: {err[-2000:]}") from None
     return proc.returncode, out, err
 
@@ -347,7 +349,10 @@ def test_bcc_killed_while_naming_the_bql_leaves_ftrace_working(host: None, qemu_
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert not gone(running_exe(qemu_copy))
+            orphans = gone(running_exe(qemu_copy))
+            for pid in orphans:
+                os.kill(pid, signal.SIGKILL)
+        assert not orphans, "QEMU outlived the SIGKILLed recorder"
     ft = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(tmp_path / "ft.vmtrace"), "--",
                          *long_qemu(qemu_copy, 20000)], capture_output=True, text=True, timeout=180, env=env)
     # The guest leaves through isa-debug-exit: QEMU's status is 1 on success.
@@ -362,6 +367,7 @@ def test_bcc_killed_while_naming_the_bql_leaves_ftrace_working(host: None, qemu_
 def _sigterm_leaves_no_vmm(args: list[str], env: dict[str, str], started: Callable[[subprocess.Popen[str]], object],
                            expect_line: str = "") -> None:
     proc = start(args, env=env)
+    kids: set[int] = set()
     try:
         assert wait_for(lambda: started(proc), 120, 0.05), "the VMM never started"
         time.sleep(1)
@@ -377,6 +383,9 @@ def _sigterm_leaves_no_vmm(args: list[str], env: dict[str, str], started: Callab
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pid in kids:  # what a failed test orphaned, by pid
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_to_bench_leaves_no_vmm(host: None, qemu_copy: Path) -> None:
