@@ -127,18 +127,21 @@ class PerfUprobe:
             self.fd = -1
 
 
-def attach_uprobe(prog_fd: int, binary: str, offset: int, symbol: str, is_return: bool = False) -> PerfUprobe:
+def attach_uprobe(prog_fd: int, binary: str, offset: int, symbol: str, is_return: bool = False,
+                  ref_ctr_offset: int = 0) -> PerfUprobe:
     """Attach BPF program ``prog_fd`` (type kprobe) to file ``offset`` of
-    ``binary`` (every process that maps it), ref_ctr_offset 0.
+    ``binary`` (every process that maps it).  vmtrace always leaves
+    ``ref_ctr_offset`` 0; the tests set it to stand for the probe a bcc 0.26
+    tool leaves.
 
     Raises ``HostError`` naming the cause; EINVAL gets ``uprobe_einval_hint``.
     """
     attr = _PerfEventAttr()
     attr.type = _pmu_type()
     attr.size = ctypes.sizeof(_PerfEventAttr)
-    # ref_ctr_offset (bits 32-63) stays 0: vmtrace probes functions, never
+    # ref_ctr_offset (bits 32-63) is 0 for vmtrace: it probes functions, never
     # USDT semaphores, and 0 is what the ftrace backend registers too.
-    attr.config = (1 << _retprobe_bit()) if is_return else 0
+    attr.config = ((1 << _retprobe_bit()) if is_return else 0) | (ref_ctr_offset << 32)
     attr.sample_period = 1
     attr.wakeup_events = 1
     # Safe because ``path`` outlives the syscall, which copies the string.
