@@ -17,6 +17,7 @@ from rich.console import Console
 from typer.core import TyperCommand
 
 from .errors import VmtraceError
+from .report import CLI_VIEWS, option_users, view
 
 app = typer.Typer(
     help=(
@@ -126,18 +127,25 @@ class _OneLineUsageErrors(TyperCommand):
 
 
 #: The views of `vmtrace report`, in the order they print and key the JSON.
-REPORT_VIEWS = ("bql_breakdown", "exits", "locks", "offcpu", "requests")
+REPORT_VIEWS = tuple(v.name for v in CLI_VIEWS)
+
+
+def _view_flag(name: str) -> Any:
+    # The flag and its help are the view table's, so a view is described once.
+    v = view(name)
+    return typer.Option(False, v.option, help=v.help)
 
 
 @app.command(cls=_OneLineUsageErrors)
 @friendly
 def report(
+    ctx: typer.Context,
     trace: Path = typer.Argument(..., help="A trace written by vmtrace record or vmtrace bench --record."),
-    bql_breakdown: bool = typer.Option(False, "--bql-breakdown", help="Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart); with distributions, per exit kind/port, per vCPU.  The default view."),
-    exits: bool = typer.Option(False, "--exits", help="What perf kvm stat gives, on any host: count, share, time share, min/mean/max per exit reason, per PIO port and MMIO address, per vCPU."),
-    locks: bool = typer.Option(False, "--locks", help="Every futex word the target waited on: waits, wait time (mean, p99), waiting and waking threads, hold times, the BQL named; time inside futex calls."),
-    offcpu: bool = typer.Option(False, "--offcpu", help="Per thread: running, blocked on a lock, blocked on anything else, runnable but waiting for a CPU."),
-    requests: bool = typer.Option(False, "--requests", help="virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99."),
+    bql_breakdown: bool = _view_flag("bql_breakdown"),
+    exits: bool = _view_flag("exits"),
+    locks: bool = _view_flag("locks"),
+    offcpu: bool = _view_flag("offcpu"),
+    requests: bool = _view_flag("requests"),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
     all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
@@ -155,79 +163,37 @@ def report(
 
     Reads only the trace file: runs without root, on any machine.
     """
-    from .render.text import render_json_safe
+    from .report import Report
     from .trace import read_trace
 
     _analysing()
 
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
-    chosen = [v for v, on in zip(REPORT_VIEWS, (bql_breakdown, exits, locks, offcpu, requests)) if on] or ["bql_breakdown"]
+    # Each view's flag is the parameter named after it.
+    chosen = [v for v in CLI_VIEWS if ctx.params[v.name]] or [CLI_VIEWS[0]]
     # An option that no chosen view reads is a mistake to point out, not to ignore.
-    if port is not None and not {"bql_breakdown", "exits"} & set(chosen):
-        raise VmtraceError("--port applies to --bql-breakdown and --exits")
-    if all_exits and "bql_breakdown" not in chosen:
-        raise VmtraceError("--all-exits applies to --bql-breakdown")
-    if lock and "locks" not in chosen:
-        raise VmtraceError("--lock applies to --locks")
+    for option, given in (("--port", port is not None), ("--all-exits", all_exits), ("--lock", bool(lock))):
+        if given and not any(option in v.reads for v in chosen):
+            raise VmtraceError(f"{option} applies to {' and '.join(v.option for v in option_users(option))}")
     port_no = _parse_int(port, "--port") if port else None
     names = dict(_parse_lock(spec) for spec in lock)
-    tr = read_trace(trace)
-    results = {view: _report_view(view, tr, port_no, all_exits, names) for view in chosen}
+    session = Report(read_trace(trace), port=port_no, timed_loop=not all_exits, lock_names=names)
+    # Every chosen view before any output: one that fails stops the command
+    # before a page or half a report is written.
+    session.compute([v.name for v in chosen])
     if html is not None:
-        from .render.html import write_html_report
+        from .render.html import write_report_html
 
         # On stderr, so that --format json keeps stdout one JSON document.
-        err_console.print(f"vmtrace: wrote {write_html_report(tr, html, port=port_no, timed_loop=not all_exits)}")
+        err_console.print(f"vmtrace: wrote {write_report_html(session, html)}")
     if fmt == "json":
-        docs = {view: r.to_json() for view, r in results.items()}
-        print(json.dumps(render_json_safe(docs[chosen[0]] if len(docs) == 1 else docs), indent=2))
+        print(json.dumps(session.json([v.name for v in chosen]), indent=2))
         return
-    console = _report_console()
-    for view, r in results.items():
-        _render_view(view, r, console)
-
-
-def _report_view(view: str, tr: Any, port: Optional[int], all_exits: bool, names: dict[int, str]) -> Any:
-    """Compute one view of ``vmtrace report``: the library call a notebook makes."""
-    if view == "bql_breakdown":
-        from .analyses.breakdown import bql_breakdown
-
-        return bql_breakdown(tr, port=port, timed_loop=not all_exits)
-    if view == "exits":
-        from .analyses.exits import exit_stats
-
-        return exit_stats(tr, port=port)
-    if view == "locks":
-        from .analyses.locks import lock_report
-
-        return lock_report(tr, extra_names=names)
-    if view == "requests":
-        from .analyses.requests import request_report
-
-        return request_report(tr)
-    from .analyses.offcpu import offcpu_report
-
-    return offcpu_report(tr)
-
-
-def _render_view(view: str, result: Any, console: Console) -> None:
-    from .render import text
-
-    render = {"bql_breakdown": text.render_breakdown, "exits": text.render_exits, "locks": text.render_locks,
-              "offcpu": text.render_offcpu, "requests": text.render_requests}[view]
-    render(result, console)
-
-
-def _report_console() -> Console:
-    # Piped output would be squeezed to 80 columns and numbers elided; a log
-    # or a script keeps them whole at 160.
-    import os
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=160)
-    return console
+    console = wide_console()
+    for v in chosen:
+        assert v.text is not None
+        v.text(session[v.name], console)
 
 
 def _parse_lock(spec: str) -> tuple[int, str]:
