@@ -131,3 +131,59 @@ def test_the_command_offers_each_view_of_the_table() -> None:
         for fn in (v.text, v.html):
             if fn is not None:
                 assert callable(fn.resolve())  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------
+# The tables of bench and doctor, moved from the CLI to vmtrace.render.commands
+
+
+def _printed(render: object, *args: object) -> str:
+    from rich.console import Console
+
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    render(*args, console)  # type: ignore[operator]
+    return console.export_text()
+
+
+def test_blk_tables_from_the_guest_records() -> None:
+    from vmtrace.render.commands import render_bench
+
+    from .test_blk_bench import MALFORMED, VERIFY, result_of
+
+    verify = _printed(render_bench, result_of(VERIFY, "blk_verify"))
+    assert "blk_verify on qemu, --blk bql, queue depth 16" in verify
+    assert "29,066,654" in verify and "39,680,324" in verify  # each vCPU's cycles per request
+    assert "checksum written: sector 100, 9 blocks, 0x2a3b55f8" in verify and "check blk_flush_ok=1" in verify
+    bad = _printed(render_bench, result_of(MALFORMED, "blk_malformed"))
+    assert "chain_loop" in bad and "cycles/request" not in bad
+
+
+def test_doctor_table_says_each_status() -> None:
+    from vmtrace.doctor import Check
+    from vmtrace.render.commands import render_doctor
+
+    out = _printed(render_doctor, [Check("root", True, "uid 0"), Check("tracefs", False, "not mounted", "mount it"),
+                                   Check("headers", None, "linked")])
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert "ok" in lines["root"] and "FAIL" in lines["tracefs"] and "mount it" in lines["tracefs"]
+    assert "warn" in lines["headers"]
+
+
+@pytest.mark.live
+def test_bench_and_doctor_print_their_tables(kvm: None) -> None:
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "vmtrace.cli"]
+    proc = subprocess.run([*cli, "bench", "--vmm", "reference", "--bench", "inl_pmtimer", "--vcpus", "2",
+                           "--iterations", "300"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # The title wraps at the table's width.
+    assert "inl_pmtimer on reference" in " ".join(proc.stdout.split()) and "cycles/op" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["0", "1", "mean"]
+    assert "300 iterations per vCPU" in proc.stdout
+    doc = subprocess.run([*cli, "doctor", "--quick"], capture_output=True, text=True, timeout=300)
+    assert "vmtrace doctor" in doc.stdout and "QEMU" in doc.stdout
+    # Status 1 exactly when a check failed.
+    assert doc.returncode == (1 if "FAIL" in doc.stdout else 0), doc.stderr

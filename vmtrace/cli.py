@@ -235,55 +235,9 @@ def bench(
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
-    from rich.table import Table
+    from .render.commands import render_bench
 
-    if result.blk is not None:
-        _render_blk(result, Console())
-        return
-
-    t = Table(title=f"{result.bench} on {result.vmm}" + (f" (locking {result.locking})" if result.locking else ""),
-              title_justify="left")
-    t.add_column("vCPU", justify="right")
-    t.add_column("cycles/op", justify="right")
-    for i, c in enumerate(result.per_vcpu):
-        t.add_row(str(i), f"{c:,.0f}")
-    t.add_row("[bold]mean[/]", f"[bold]{result.cycles_per_op:,.0f}[/]")
-    console = Console()
-    console.print(t)
-    console.print(f"{result.iterations:,} iterations per vCPU, TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
-    if result.trace:
-        console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
-
-
-def _render_blk(result: Any, console: Console) -> None:
-    from rich.table import Table
-
-    console.print(f"{result.bench} on {result.vmm}, --blk {result.blk}, queue depth {result.queue_depth}")
-    if result.malformed:
-        t = Table()
-        for col in ("kind", "answered", "status", "used len", "then ok"):
-            t.add_column(col)
-        for m in result.malformed:
-            t.add_row(m.get("kind", "?"), m.get("answered", "?"), m.get("status", "?"), m.get("used_len", "?"),
-                      m.get("then_ok", "?"))
-        console.print(t)
-    else:
-        t = Table()
-        t.add_column("vCPU", justify="right")
-        t.add_column("cycles/request", justify="right")
-        t.add_column("IOPS", justify="right")
-        for i, (c, iops) in enumerate(zip(result.per_vcpu, result.per_vcpu_iops)):
-            t.add_row(str(i), f"{c:,.0f}", f"{iops:,.0f}")
-        t.add_row("[bold]all[/]", f"[bold]{result.cycles_per_request:,.0f}[/]", f"[bold]{result.iops:,.0f}[/]")
-        console.print(t)
-        console.print(f"{result.iterations:,} requests per vCPU, {result.errors} errors, "
-                      f"TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
-    for c in result.checksums:
-        console.print(f"checksum {c.get('region')}: sector {c.get('sector')}, {c.get('blocks')} blocks, {c.get('fnv')}")
-    for name, value in result.checks.items():
-        console.print(f"check {name}={value}")
-    if result.trace:
-        console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
+    render_bench(result, Console())
 
 
 @app.command()
@@ -296,18 +250,11 @@ def doctor(
     Root, /dev/kvm, tracefs, BPF and bcc, kernel headers, QEMU, and (unless
     --quick) which kvm tracepoints fire when a test guest runs.
     """
-    from rich.table import Table
-
     from .doctor import run_checks
+    from .render.commands import render_doctor
 
     checks = run_checks(fire_test=not quick)
-    t = Table(title="vmtrace doctor", title_justify="left")
-    for col in ("check", "status", "detail", "what to do"):
-        t.add_column(col)
-    for c in checks:
-        status = "[green]ok[/]" if c.ok else ("[yellow]warn[/]" if c.ok is None else "[red]FAIL[/]")
-        t.add_row(c.name, status, c.detail, c.fix)
-    Console().print(t)
+    render_doctor(checks, Console())
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)
 
