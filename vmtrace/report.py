@@ -201,8 +201,8 @@ class Report:
     port: int | None = None
     timed_loop: bool = True
     lock_names: Mapping[int, str] = field(default_factory=dict)
-    _results: dict[str, Any] = field(default_factory=dict, repr=False)
-    _errors: dict[str, VmtraceError] = field(default_factory=dict, repr=False)
+    _results: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _errors: dict[str, VmtraceError] = field(default_factory=dict, init=False, repr=False)
 
     def __getitem__(self, name: str) -> Any:
         if name in self._results:

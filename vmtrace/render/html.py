@@ -1,6 +1,11 @@
 """Self-contained HTML pages: the report of one trace, and pages of sections
 that ``vmtrace sweep`` and ``vmtrace compare`` assemble.
 
+The report page renders a ``vmtrace.report.Report``: each view of
+``vmtrace.report.VIEWS`` names its section builder here, and a builder
+reads the session's results and never runs an analysis itself, so the
+terminal views and the page of one command share every computation.
+
 A page is one file that opens offline: plotly.js is inlined once in the
 head, figures carry their data as JSON, and nothing is fetched (no CDN, no
 web fonts, no MathJax).  Text from the trace (thread names, notes) is
