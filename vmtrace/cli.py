@@ -324,6 +324,7 @@ def sweep(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .render.html import write_sweep_html
     from .render.text import render_sweep
     from .sweep import configs_for, run_sweep, write_summary
 
@@ -351,18 +352,9 @@ def sweep(
                             progress=step, repeat=repeat)
         bar.advance(task)
     files = write_summary(summary, outdir)
-    files.append(_sweep_html(summary, outdir / "report.html"))
+    files.append(write_sweep_html(summary, outdir / "report.html"))
     render_sweep(summary, console)
     console.print("wrote " + ", ".join(str(f) for f in files))
-
-
-def _sweep_html(summary: Any, path: Path) -> Path:
-    from .render.figures import sweep_figure
-    from .render.html import write_html
-
-    write_html([("Cycles per exit by component", sweep_figure(summary))], path,
-               title="vmtrace sweep", tables=[("Summary", summary.drop(columns=["trace"]))])
-    return path
 
 
 @app.command()
@@ -387,11 +379,9 @@ def compare(
         raise VmtraceError(f"--format takes table or json, not {fmt!r}")
     table, breakdowns = compare_traces(traces, port=_parse_int(port, "--port") if port else None)
     if html is not None:
-        from .render.figures import compare_figure
-        from .render.html import write_html
+        from .render.html import write_compare_html
 
-        write_html([("Cycles per exit by component", compare_figure(table))], html, title="vmtrace compare",
-                   tables=[("Comparison (cycles per exit)", table.reset_index())])
+        write_compare_html(table, html)
     if fmt == "json":
         print(json.dumps(comparison_json(table, breakdowns), indent=2))
         return
@@ -416,13 +406,14 @@ def export(
     wait, ...) and, inside those, the time spent off CPU.
     """
     from .export.perfetto import write_perfetto
+    from .report import Report
     from .trace import read_trace
 
     _analysing()
 
     if perfetto is None:
         raise VmtraceError("nothing to export: give --perfetto OUT")
-    err_console.print(f"vmtrace: wrote {write_perfetto(read_trace(trace), perfetto)}")
+    err_console.print(f"vmtrace: wrote {write_perfetto(Report(read_trace(trace)), perfetto)}")
 
 
 def _analysing() -> None:

@@ -217,6 +217,11 @@ class Report:
         self._results[name] = result
         return result
 
+    def seed(self, name: str, result: Any) -> None:
+        """Take ``result`` as the view ``name``'s (one the caller already
+        has, such as exits a notebook filtered), unless already computed."""
+        self._results.setdefault(name, result)
+
     def compute(self, names: list[str]) -> list[Any]:
         """The results of the views ``names``, in order (each computed once)."""
         return [self[name] for name in names]

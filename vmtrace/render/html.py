@@ -49,7 +49,7 @@ from .figures import (
 )
 
 __all__ = ["Section", "Html", "PageLimits", "write_html", "page_html", "write_html_report", "write_report_html",
-           "report_sections", "sweep_figure", "compare_figure"]
+           "report_sections", "write_sweep_html", "write_compare_html", "sweep_figure", "compare_figure"]
 
 
 @dataclass(frozen=True)
@@ -514,3 +514,17 @@ def write_report_html(report: Report, path: Path | str, limits: PageLimits = Pag
     header, sections = report_sections(report, max_spans=limits.max_spans, bins=limits.bins)
     name = report.trace.path.name if report.trace.path else "trace"
     return write_html(sections, path, title=f"vmtrace report: {name}", header=header)
+
+
+def write_sweep_html(summary: pd.DataFrame, path: Path | str) -> Path:
+    """The page of ``vmtrace sweep``: ``summary`` (``vmtrace.sweep``'s, one
+    row per configuration and vCPU count) as the stacked chart and a table."""
+    return write_html([("Cycles per exit by component", sweep_figure(summary))], path, title="vmtrace sweep",
+                      tables=[("Summary", summary.drop(columns=["trace"]))])
+
+
+def write_compare_html(table: pd.DataFrame, path: Path | str) -> Path:
+    """The page of ``vmtrace compare``: ``table``
+    (``vmtrace.compare.compare_breakdowns``') as a chart and a table."""
+    return write_html([("Cycles per exit by component", compare_figure(table))], path, title="vmtrace compare",
+                      tables=[("Comparison (cycles per exit)", table.reset_index())])
