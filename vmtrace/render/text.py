@@ -11,7 +11,7 @@ from rich.table import Table
 from vmtrace.analyses.breakdown import Breakdown
 from vmtrace.jsonsafe import json_safe as render_json_safe  # the name callers know; one converter
 
-__all__ = ["render_breakdown", "fmt_cycles"]
+__all__ = ["render_breakdown", "fmt_cycles", "render_json_safe"]
 
 
 def fmt_cycles(v: float | None) -> str:
