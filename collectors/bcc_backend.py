@@ -31,7 +31,7 @@ from vmtrace.schema import EVENT_TYPES
 
 from . import host
 from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
-from .qemu import QemuSymbols, is_qemu, qemu_symbols, symbol_file_offset, uprobe_plan
+from .qemu import QemuSymbols, is_qemu, proc_thread_names, qemu_symbols, symbol_file_offset, uprobe_plan
 from .uprobe_pmu import PerfUprobe, attach_uprobe
 
 #: The BPF function in bpf/vmtrace.bpf.c behind each role of ``qemu.uprobe_plan``.
@@ -325,16 +325,12 @@ class BccCollector(Collector):
             if not _is_process(tgid):
                 continue  # sched_process_fork also adds threads
             try:
-                tasks = list(os.scandir(f"/proc/{tgid}/task"))
+                tids = [int(t) for t in os.listdir(f"/proc/{tgid}/task")]
             except OSError:
                 continue
-            for task in tasks:
-                try:
-                    with open(f"{task.path}/comm") as fh:
-                        self._names[int(task.name)] = fh.read().strip()
-                    self._tgids[int(task.name)] = tgid
-                except OSError:
-                    continue
+            names = proc_thread_names(tids)
+            self._names.update(names)
+            self._tgids.update({tid: tgid for tid in names})
 
     # -- stop ------------------------------------------------------------
     def stop(self) -> Collected:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -486,7 +486,7 @@ def test_record_returns_the_targets_status(host: None, tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------- full disk
 @pytest.fixture
-def full_fs(root: None, tmp_path: Path):  # type: ignore[no-untyped-def]
+def full_fs(root: None, tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs with 16 KiB left: a real ENOSPC."""
     mnt = tmp_path / "full"
     mnt.mkdir()
