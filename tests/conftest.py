@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Requesting any of these fixtures, however indirectly, makes a test live.
-LIVE_FIXTURES = frozenset({"kvm", "root", "qemu", "bpf", "chromium"})
+# fresh_venv needs no privilege, but installs from the package index and
+# takes minutes: it belongs with the tests CI runs, not the quick tier.
+LIVE_FIXTURES = frozenset({"kvm", "root", "qemu", "bpf", "chromium", "fresh_venv"})
 
 
 def need(condition: bool, why: str) -> None:
@@ -105,3 +108,18 @@ def guest_image() -> Path:
     except VmtraceError as e:
         need(False, f"needs the benchmark guest: {e}")
         raise
+
+
+@pytest.fixture
+def fresh_venv(tmp_path: Path) -> Path:
+    """The python of a new virtualenv made as scripts/setup.sh makes .venv:
+    Debian's python3, --system-site-packages (bcc stays importable)."""
+    venv = tmp_path / "venv"
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    need(proc.returncode == 0, f"needs /usr/bin/python3 with venv (Debian package python3-venv): {proc.stderr.strip()}")
+    return venv / "bin" / "python"

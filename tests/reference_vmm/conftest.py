@@ -10,7 +10,9 @@ import sys
 from tests.conftest import REPO
 
 
-def run_vmm(args: list[str], timeout: float = 60, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+def run_vmm(
+    args: list[str], timeout: float = 60, env: dict[str, str] | None = None, **kw
+) -> subprocess.CompletedProcess:
     """Run ``python -m vmtrace.reference_vmm ARGS`` and capture its output."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH", "")]))
