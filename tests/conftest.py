@@ -19,6 +19,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The CLI sizes its tables by COLUMNS when set, else 160 when piped: without
+# this, text assertions would depend on the caller's terminal (pytest-xdist's
+# workers set 80).  Tests that care about width pass COLUMNS themselves.
+os.environ.pop("COLUMNS", None)
 
 # Requesting any of these fixtures, however indirectly, makes a test live.
 # fresh_venv needs no privilege, but installs from the package index and
