@@ -9,6 +9,7 @@ lines; it knows nothing about tracing beyond calling ``record``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_disk, supports_o_direct
 from .errors import TargetError, VmtraceError
 from .procs import Interrupted, run_child
@@ -40,7 +42,9 @@ __all__ = [
 BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", *BLK_BENCHES)
 VMMS = ("qemu", "reference")
 LOCKING_MODES = ("2013", "bql", "unlocked")
-GUEST_DIR = Path(__file__).resolve().parent.parent / "reference_vmm" / "guest"
+# Through the vmtrace/reference_vmm link in a checkout, the installed package in a wheel.
+GUEST_DIR = (Path(__file__).resolve().parent / "reference_vmm" / "guest").resolve()
+GUEST_ELF = "vmtrace-guest.elf"
 _LINE = re.compile(r"^VMTRACE-BENCH (\w+)(.*)$")
 _KV = re.compile(r'(\w+)=("[^"]*"|\S+)')
 
@@ -86,11 +90,37 @@ class BenchResult:
         return asdict(self)
 
 
+def guest_build_dir() -> Path:
+    """Where the guest is built: ``GUEST_DIR/build`` in a source checkout (where
+    ``make -C reference_vmm/guest`` puts it), else a per-version, per-source
+    directory under ``${XDG_CACHE_HOME:-~/.cache}/vmtrace/guest``, because an
+    installed package's directory may be read-only and is not for build output."""
+    if (GUEST_DIR.parent.parent / "pyproject.toml").exists():
+        return GUEST_DIR / "build"
+    if not GUEST_DIR.is_dir():
+        raise VmtraceError(f"the benchmark guest's sources are missing: no directory {GUEST_DIR}")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    digest = hashlib.sha256()
+    for src in sorted(p for p in GUEST_DIR.iterdir() if p.is_file()):
+        digest.update(src.name.encode() + b"\0" + src.read_bytes())
+    return cache / "vmtrace" / "guest" / f"{__version__}-{digest.hexdigest()[:16]}"
+
+
 def guest_image(build: bool = True) -> Path:
     """The benchmark guest ELF, built from source with make when missing."""
-    image = GUEST_DIR / "build" / "vmtrace-guest.elf"
+    out = guest_build_dir()
+    image = out / GUEST_ELF
     if not image.exists() and build:
-        proc = subprocess.run(["make", "-C", str(GUEST_DIR)], capture_output=True, text=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            # Built aside and renamed into place: a concurrent run never sees half an image.
+            with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+                proc = subprocess.run(["make", "-C", str(GUEST_DIR), f"BUILD={tmp}"], capture_output=True, text=True)
+                if proc.returncode == 0 and (Path(tmp) / GUEST_ELF).exists():
+                    os.replace(Path(tmp) / GUEST_ELF, image)
+        except OSError as e:
+            raise VmtraceError(f"cannot build the benchmark guest in {out}: {e.strerror or e}") from None
         if proc.returncode != 0 or not image.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise VmtraceError(
@@ -98,7 +128,7 @@ def guest_image(build: bool = True) -> Path:
                 "(run the README's setup command)"
             )
     if not image.exists():
-        raise VmtraceError(f"no benchmark guest image at {image}: run `make -C {GUEST_DIR}`")
+        raise VmtraceError(f"no benchmark guest image at {image}: run `make -C {GUEST_DIR} BUILD={out}`")
     return image
 
 

@@ -21,11 +21,7 @@ ITER = 3000
 
 
 @pytest.fixture(scope="module")
-def ref_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
-    from .. import conftest
-
-    if not (conftest.have_root() and conftest.have_kvm()):
-        return {}
+def ref_traces(tmp_path_factory: pytest.TempPathFactory, live: None) -> dict[tuple[str, int], Path]:
     out = tmp_path_factory.mktemp("ref")
     traces = {}
     for locking, vcpus in (("bql", 1), ("bql", 4), ("unlocked", 4)):

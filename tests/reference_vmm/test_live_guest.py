@@ -19,8 +19,6 @@ from tests.reference_vmm.conftest import run_vmm
 from vmtrace import probes
 from vmtrace.reference_vmm.machine import MachineConfig, run_machine
 
-pytestmark = pytest.mark.live
-
 ITERATIONS = 1000
 _SUMMARY = re.compile(r"VMTRACE-BENCH summary bench=inl_pmtimer vcpus=(\d+) iterations=(\d+) cycles_per_op=(\d+)")
 
