@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vmtrace.schema import ROLE_VCPU, role_rank
 from vmtrace.trace import Trace
 
 from .intervals import (
@@ -135,11 +136,9 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     out["tid"] = out["tid"].astype(np.int32)
     cols = ["tid", "name", "role", "vcpu", "time_ns", "running_ns", "lock_ns", "other_blocked_ns", "runnable_ns",
             "unknown_ns", "bql_ns", "preempted_ns", "woken_wait_ns", "switches"]
-    return out[cols].sort_values(["role", "tid"], key=lambda s: s.map(_ROLE_ORDER) if s.name == "role" else s,
+    return out[cols].sort_values(["role", "tid"], key=lambda s: s.map(role_rank) if s.name == "role" else s,
                                  kind="stable").reset_index(drop=True)
 
-
-_ROLE_ORDER = {"vcpu": 0, "main": 1, "iothread": 2, "worker": 3, "other": 4}
 
 
 @dataclass
@@ -169,7 +168,7 @@ def offcpu_report(trace: Trace) -> OffCpu:
     threads = offcpu_by_thread(trace)
     states = [f"{s}_ns" for s in OFFCPU_STATES] + ["bql_ns", "preempted_ns", "woken_wait_ns"]
     totals: dict[str, Any] = {}
-    for label, rows in (("vcpu", threads[threads["role"] == "vcpu"]), ("all", threads)):
+    for label, rows in ((ROLE_VCPU, threads[threads["role"] == ROLE_VCPU]), ("all", threads)):
         totals[label] = {c: int(rows[c].sum()) for c in ["time_ns"] + states}
     notes = []
     if not (trace.events["event"] == "wakeup").any():

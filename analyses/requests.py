@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from vmtrace.errors import VmtraceError
-from vmtrace.schema import EVENT_TYPES
+from vmtrace.schema import EVENT_CODE, EVENT_TYPES, role_rank
 from vmtrace.trace import Trace
 
 from .intervals import (
@@ -98,11 +98,9 @@ REQUEST_SPAN = "virtio-blk-req"
 DISK_SPANS: dict[str, str] = {"virtio-blk-read": "read", "virtio-blk-write": "write", "virtio-blk-flush": "flush"}
 IRQ_SPAN = "virtio-blk-irq"
 
-_CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
 _NEVER = np.iinfo(np.int64).min // 4
 _TASK_UNINTERRUPTIBLE = 2
 _QUANTILES = (50, 90, 99)
-_ROLE_ORDER = {"vcpu": 0, "main": 1, "iothread": 2, "worker": 3, "other": 4}
 
 
 # ----------------------------------------------------------------------------
@@ -115,7 +113,7 @@ def _dispatch_spans(ev: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     their disk I/O overlap (popped together, completed as the disk finishes),
     each begin and end carrying the request's avail ring index."""
     codes = ev["event"].cat.codes.to_numpy()
-    rows = np.flatnonzero(((codes == _CODE["dispatch_begin"]) | (codes == _CODE["dispatch_end"]))
+    rows = np.flatnonzero(((codes == EVENT_CODE["dispatch_begin"]) | (codes == EVENT_CODE["dispatch_end"]))
                           & ev["name"].isin(names).to_numpy())
     sub = ev.iloc[rows]
     sub = sub.assign(addr=sub["addr"].fillna(0))
@@ -239,7 +237,7 @@ def _kicks(trace: Trace, port: int | None) -> tuple[np.ndarray, np.ndarray]:
     if port is None:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     codes = ev["event"].cat.codes.to_numpy()
-    rows = np.flatnonzero(codes == _CODE["pio"])
+    rows = np.flatnonzero(codes == EVENT_CODE["pio"])
     pio = ev.iloc[rows]
     m = (pio["addr"].to_numpy(dtype=np.int64, na_value=-1) == port) & pio["write"].to_numpy(dtype=bool,
                                                                                                na_value=False)
@@ -253,9 +251,9 @@ def _guess_port(trace: Trace, window_ns: int = 200_000) -> int | None:
     ev = trace.events
     vcpus = np.asarray(sorted(vcpu_threads(trace)), dtype=np.int64)
     codes = ev["event"].cat.codes.to_numpy()
-    pio = ev.iloc[np.flatnonzero(codes == _CODE["pio"])]
+    pio = ev.iloc[np.flatnonzero(codes == EVENT_CODE["pio"])]
     pio = pio[pio["write"].to_numpy(dtype=bool, na_value=False)]
-    wk = ev.iloc[np.flatnonzero(codes == _CODE["wakeup"])]
+    wk = ev.iloc[np.flatnonzero(codes == EVENT_CODE["wakeup"])]
     wk = wk[~np.isin(_i64(wk, "tid"), vcpus) & wk["peer_tid"].notna().to_numpy()]
     if pio.empty or wk.empty:
         return None
@@ -337,7 +335,7 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
 
     tids = np.unique(b_tid)
     codes = ev["event"].cat.codes.to_numpy()
-    lock_rows = np.flatnonzero((codes >= _CODE["lock_begin"]) & (codes <= _CODE["lock_release"])
+    lock_rows = np.flatnonzero((codes >= EVENT_CODE["lock_begin"]) & (codes <= EVENT_CODE["lock_release"])
                                & np.isin(ev["tid"].to_numpy(), tids))
     lock_ev = ev.iloc[lock_rows]
     lwaits = pair_spans(lock_ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
@@ -416,7 +414,7 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     rt, rs, re_ = _runnable(ev, tids)
     wait_cpu = overlap_by_thread(r_tid, c0, c5, rt, rs, re_) if len(rs) else np.zeros(n, dtype=np.int64)
 
-    wk = ev.iloc[np.flatnonzero((codes == _CODE["wakeup"]) & np.isin(ev["tid"].to_numpy(), tids))]
+    wk = ev.iloc[np.flatnonzero((codes == EVENT_CODE["wakeup"]) & np.isin(ev["tid"].to_numpy(), tids))]
     wake = pd.array(np.zeros(n, dtype=np.int64), dtype="Int64")
     wake[:] = pd.NA
     if len(wk) and known.any():
@@ -465,7 +463,7 @@ def _spans_lost(ev: pd.DataFrame, tid: np.ndarray, start: np.ndarray, end: np.nd
     if len(windows) == 0 or len(tid) == 0:
         return np.zeros(len(tid), dtype=bool)
     codes = ev["event"].cat.codes.to_numpy()
-    own = (ev["cpu"].to_numpy() >= 0) & (codes != _CODE["wakeup"]) & (codes != _CODE["lost"])
+    own = (ev["cpu"].to_numpy() >= 0) & (codes != EVENT_CODE["wakeup"]) & (codes != EVENT_CODE["lost"])
     seen = np.unique(ev["tid"].to_numpy()[own])
     placed = np.isin(tid, seen)
     out = overlaps_loss(start, end, windows)
@@ -489,7 +487,7 @@ def kernel_notifications(trace: Trace, port: int | None) -> pd.DataFrame:
     k_ts, k_tid = _kicks(trace, port)
     vcpus = vcpu_threads(trace)
     codes = ev["event"].cat.codes.to_numpy()
-    wk = ev.iloc[np.flatnonzero(codes == _CODE["wakeup"])]
+    wk = ev.iloc[np.flatnonzero(codes == EVENT_CODE["wakeup"])]
     wk = wk[~np.isin(_i64(wk, "tid"), np.asarray(list(vcpus), dtype=np.int64)) & wk["peer_tid"].notna().to_numpy()]
     n = len(k_ts)
     tid = np.full(n, -1, dtype=np.int64)
@@ -500,7 +498,7 @@ def kernel_notifications(trace: Trace, port: int | None) -> pd.DataFrame:
         ok[ok] = _i64(wk, "ts_ns")[j[ok]] - k_ts[ok] <= 1_000_000
         tid[ok] = _i64(wk, "tid")[j[ok]]
         wake[ok] = _i64(wk, "ts_ns")[j[ok]]
-    ins = ev.iloc[np.flatnonzero(codes == _CODE["sched_in"])]
+    ins = ev.iloc[np.flatnonzero(codes == EVENT_CODE["sched_in"])]
     oncpu = np.full(n, -1, dtype=np.int64)
     got = tid >= 0
     if got.any() and len(ins):
@@ -532,7 +530,7 @@ def kernel_disk_waits(trace: Trace) -> pd.DataFrame:
     ``thread``, ``start_ns``, ``dur_ns`` int64."""
     ev = trace.events
     codes = ev["event"].cat.codes.to_numpy()
-    outs = ev.iloc[np.flatnonzero(codes == _CODE["sched_out"])]
+    outs = ev.iloc[np.flatnonzero(codes == EVENT_CODE["sched_out"])]
     d = (outs["value"].to_numpy(dtype=np.int64, na_value=0) & 0xFF) == _TASK_UNINTERRUPTIBLE
     off = offcpu_spans(ev)
     vcpus = np.asarray(list(vcpu_threads(trace)), dtype=np.int64)
@@ -561,7 +559,7 @@ def _phase_table(rows: pd.DataFrame) -> pd.DataFrame:
     ``p50_ns``, ``p90_ns``, ``p99_ns``, ``share`` (of the mean total; the
     phases' shares add up to 1) and ``nonzero`` (requests with any of it)."""
     out = []
-    roles = sorted(rows["role"].unique(), key=lambda r: (_ROLE_ORDER.get(r, 9), r))
+    roles = sorted(rows["role"].unique(), key=lambda r: (role_rank(r), r))
     for role in roles:
         r = rows[rows["role"] == role]
         total = float(r["total_ns"].mean()) if len(r) else 0.0
@@ -597,7 +595,7 @@ def _role_table(rows: pd.DataFrame) -> pd.DataFrame:
         })
     df = pd.DataFrame(out)
     if len(df):
-        df = df.sort_values("role", key=lambda s: s.map(lambda x: _ROLE_ORDER.get(x, 9)), kind="stable")
+        df = df.sort_values("role", key=lambda s: s.map(role_rank), kind="stable")
     return df.reset_index(drop=True)
 
 
@@ -779,7 +777,7 @@ def _servicing_spans(trace: Trace, rows: pd.DataFrame) -> pd.DataFrame:
     disks = _dispatch_spans(ev, list(DISK_SPANS))
     disks = disks[np.isin(_i64(disks, "tid"), tids)]
     codes = ev["event"].cat.codes.to_numpy()
-    lock_ev = ev.iloc[np.flatnonzero((codes >= _CODE["lock_begin"]) & (codes <= _CODE["lock_release"])
+    lock_ev = ev.iloc[np.flatnonzero((codes >= EVENT_CODE["lock_begin"]) & (codes <= EVENT_CODE["lock_release"])
                                      & np.isin(ev["tid"].to_numpy(), tids))]
     lwaits = pair_spans(lock_ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
     w = _waits(trace, tids, lwaits).spans()
