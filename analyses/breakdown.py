@@ -31,18 +31,18 @@ from vmtrace.errors import VmtraceError
 from vmtrace.schema import ROLE_VCPU
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import (
-    require_events,
     ThreadWindows,
     dense_codes,
-    futex_waits,
     inside_by_thread,
     lost_windows,
-    offcpu_spans,
     pair_spans,
     rank_in,
+    require_events,
 )
 from .runs import run_cycles, vcpu_threads
+from .waits import trace_lock_waits
 
 __all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakdown", "histogram", "timed_loop_exits"]
 
@@ -54,6 +54,12 @@ def _vcpu_tids(trace: Trace) -> dict[int, int]:
 
 
 def exit_breakdown(trace: Trace) -> pd.DataFrame:
+    """One row per complete userspace exit of every vCPU thread, computed
+    once per trace (``analyses.cache``); see ``compute_exit_breakdown``."""
+    return cache.cached(trace, "exit_breakdown", lambda: compute_exit_breakdown(trace))
+
+
+def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     """One row per complete userspace exit of every vCPU thread.
 
     Columns: ``tid`` int32, ``vcpu`` int16, ``start_ns``/``end_ns`` int64
@@ -77,14 +83,11 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     cyc = cyc[(cyc["complete"] & ~cyc["lost"]).to_numpy()].reset_index(drop=True)
     if cyc.empty:
         return _empty_exits()
-    bql_word = trace.bql().get("futex_uaddr")
-    other_named = [a for a, n in trace.futex_names().items() if n != "BQL"]
 
     # Spans of every thread; the windows below only see their own thread's.
-    waits = futex_waits(ev)
-    locks = pair_spans(ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
+    rule = trace_lock_waits(trace)
     devices = pair_spans(ev, "dispatch_begin", "dispatch_end")
-    offcpu = offcpu_spans(ev)
+    offcpu = cache.offcpu_spans(trace)
 
     c_tid = cyc["tid"].to_numpy(dtype=np.int64)
     t_enter = cyc["start_ns"].to_numpy(dtype=np.int64)
@@ -107,31 +110,15 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     def inside(p_tid: np.ndarray, p: np.ndarray, s_tid: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
         return inside_by_thread(p_tid, p, s_tid, s, e) >= 0
 
-    # Userspace part: run_exit -> next run_enter.
-    l_tid = locks["tid"].to_numpy(dtype=np.int64)
-    lock_s = locks["start_ns"].to_numpy(dtype=np.int64)
-    lock_e = locks["end_ns"].to_numpy(dtype=np.int64)
-    # Compared as a category, not as strings: one test per distinct name.
-    is_bql_lock = (locks["name"] == "BQL").to_numpy(dtype=bool, na_value=False) if len(locks) \
-        else np.zeros(0, bool)
+    # Userspace part: run_exit -> next run_enter, lock waits by the rule of
+    # analyses.waits.
+    l_tid, lock_s, lock_e, is_bql_lock = rule.lock_tid, rule.lock_start, rule.lock_end, rule.lock_bql
     lock_all = over(l_tid, lock_s, lock_e)
     lock_bql = over(l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
-    # Futex waits inside a reported lock span are that lock's, not another.
-    w_tid = waits["tid"].to_numpy(dtype=np.int64)
-    w_s = waits["start_ns"].to_numpy(dtype=np.int64)
-    w_e = waits["end_ns"].to_numpy(dtype=np.int64)
-    w_in_lock = inside(w_tid, w_s, l_tid, lock_s, lock_e)
-    w_addr = waits["uaddr"].to_numpy(dtype="uint64", na_value=0)
-    w_bql = (w_addr == np.uint64(bql_word)) if bql_word else np.zeros(len(waits), bool)
-    free_bql = ~w_in_lock & w_bql
-    free_other = ~w_in_lock & ~w_bql
+    w_tid, w_s, w_e = rule.wait_tid, rule.wait_start, rule.wait_end
+    free_bql, free_other, nested_other = rule.free_bql, rule.free_other, rule.wait_nested
     bql_futex = over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
     other_futex = over(w_tid[free_other], w_s[free_other], w_e[free_other])
-    # A thread inside a BQL span can block on another lock the VMM named
-    # (the reference VMM re-takes the GIL after the BQL's futex returns):
-    # that time is the other lock's, not the BQL's.
-    in_bql = inside(w_tid, w_s, l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
-    nested_other = in_bql & np.isin(w_addr, np.asarray(other_named, dtype=np.uint64))
     bql_wait = lock_bql + bql_futex - over(w_tid[nested_other], w_s[nested_other], w_e[nested_other])
     lock_wait = lock_all + bql_futex + other_futex
     d_tid = devices["tid"].to_numpy(dtype=np.int64)
@@ -214,19 +201,6 @@ def _empty_exits() -> pd.DataFrame:
     for c in _NS_COLS:
         df[c] = pd.Series([], dtype="int64")
     return df
-
-
-def _inside(points: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """Whether each point lies inside one of the disjoint spans [s, e)."""
-    if len(s) == 0 or len(points) == 0:
-        return np.zeros(len(points), dtype=bool)
-    order = np.argsort(s, kind="stable")
-    s, e = s[order], e[order]
-    idx = np.searchsorted(s, points, side="right") - 1
-    ok = idx >= 0
-    res = np.zeros(len(points), dtype=bool)
-    res[ok] = points[ok] < e[idx[ok]]
-    return res
 
 
 # ----------------------------------------------------------------------------

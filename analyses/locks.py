@@ -31,15 +31,14 @@ import pandas as pd
 
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import (
-    require_events,
-    futex_calls,
     last_match,
     lost_windows,
-    offcpu_spans,
     overlap_by_thread,
     pair_spans,
     thread_lifetimes,
+    require_events,
     thread_spans_lost,
 )
 from .offcpu import thread_info
@@ -86,14 +85,14 @@ def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
     require_events(trace.events, ["futex_enter", "futex_exit"], "the lock analysis")
     ev = trace.events
     names = names if names is not None else word_names(trace)
-    calls = futex_calls(ev)
+    calls = cache.futex_calls(trace)
     waits = calls[calls["kind"] == "wait"].reset_index(drop=True)
     wakes = calls[calls["kind"] == "wake"].reset_index(drop=True)
     tid = waits["tid"].to_numpy(dtype=np.int64)
     start = waits["start_ns"].to_numpy(dtype=np.int64)
     end = waits["end_ns"].to_numpy(dtype=np.int64)
     word = waits["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     offcpu = overlap_by_thread(tid, start, end, off["tid"].to_numpy(dtype=np.int64),
                                off["start_ns"].to_numpy(dtype=np.int64), off["end_ns"].to_numpy(dtype=np.int64))
 
@@ -229,7 +228,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     ev = trace.events
     names = word_names(trace, extra_names)
     waits = lock_waits(trace, names)
-    calls = futex_calls(ev)
+    calls = cache.futex_calls(trace)
     calls_lost = thread_spans_lost(ev, calls["tid"].to_numpy(dtype=np.int64), calls["start_ns"].to_numpy(dtype=np.int64),
                                    calls["end_ns"].to_numpy(dtype=np.int64))
     calls = calls[~calls_lost].reset_index(drop=True)
@@ -307,7 +306,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
         }
     ).sort_values(["wait_ns", "wake_calls"], ascending=False, kind="stable").reset_index(drop=True)
 
-    totals = _futex_totals(ev, calls, life, target_ns)
+    totals = _futex_totals(trace, calls, life, target_ns)
     bql = dict(trace.bql())
     bql["futex_uaddr"] = hex(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
     notes = []
@@ -324,9 +323,9 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
                  notes=notes)
 
 
-def _futex_totals(ev: pd.DataFrame, calls: pd.DataFrame, life: pd.DataFrame, target_ns: int) -> dict[str, Any]:
+def _futex_totals(trace: Trace, calls: pd.DataFrame, life: pd.DataFrame, target_ns: int) -> dict[str, Any]:
     """Time of the target inside futex calls by kind, on CPU and in all."""
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     has_sched = len(off) > 0
     s_tid = off["tid"].to_numpy(dtype=np.int64)
     s_start = off["start_ns"].to_numpy(dtype=np.int64)

@@ -24,13 +24,11 @@ import pandas as pd
 from vmtrace.schema import ROLE_VCPU, role_rank
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import (
-    require_events,
-    futex_waits,
     inside_by_thread,
     lost_windows,
-    offcpu_spans,
-    pair_spans,
+    require_events,
     thread_lifetimes,
     thread_spans_lost,
 )
@@ -76,13 +74,13 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     require_events(trace.events, ["sched_out", "sched_in"], "the off-CPU analysis")
     ev = trace.events
     life = thread_lifetimes(ev)
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     s_tid = off["tid"].to_numpy(dtype=np.int64)
     s_start = off["start_ns"].to_numpy(dtype=np.int64)
     s_end = off["end_ns"].to_numpy(dtype=np.int64)
     lost = thread_spans_lost(ev, s_tid, s_start, s_end)
 
-    waits = futex_waits(ev)
+    waits = cache.futex_waits(trace)
     bql_word = trace.bql().get("futex_uaddr")
     w_in = inside_by_thread(s_tid, s_start, waits["tid"].to_numpy(dtype=np.int64),
                             waits["start_ns"].to_numpy(dtype=np.int64), waits["end_ns"].to_numpy(dtype=np.int64))
@@ -93,7 +91,7 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
         on_bql[in_wait] = w_addr[w_in[in_wait]] == np.uint64(bql_word)
     # A reported lock-acquire span counts even where no futex wait shows
     # (the collector may not trace futex calls, or the lock spins then sleeps).
-    spans = pair_spans(ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
+    spans = cache.lock_spans(trace)
     if len(spans):
         spans = spans.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
         l_in = inside_by_thread(s_tid, s_start, spans["tid"].to_numpy(dtype=np.int64),

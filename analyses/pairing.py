@@ -123,10 +123,11 @@ def futex_calls(events: pd.DataFrame) -> pd.DataFrame:
     return spans[["tid", "start_ns", "end_ns", "dur_ns", "uaddr", "op", "kind", "ret"]]
 
 
-def futex_waits(events: pd.DataFrame) -> pd.DataFrame:
+def futex_waits(events: pd.DataFrame, calls: pd.DataFrame | None = None) -> pd.DataFrame:
     """Blocking futex calls: ``tid``, ``start_ns``, ``end_ns``, ``dur_ns``,
-    ``uaddr`` UInt64, ``op`` int (the command without flags)."""
-    calls = futex_calls(events)
+    ``uaddr`` UInt64, ``op`` int (the command without flags).  ``calls``:
+    ``futex_calls(events)`` when the caller has it already."""
+    calls = futex_calls(events) if calls is None else calls
     waits = calls[calls["kind"] == "wait"]
     return waits[["tid", "start_ns", "end_ns", "dur_ns", "uaddr", "op"]].reset_index(drop=True)
 

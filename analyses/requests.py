@@ -63,12 +63,11 @@ from vmtrace.errors import VmtraceError
 from vmtrace.schema import EVENT_CODE, EVENT_TYPES, role_rank
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import (
-    futex_waits,
     inside_by_thread,
     last_match,
     lost_windows,
-    offcpu_spans,
     overlap_by_thread,
     overlaps_loss,
     pair_spans,
@@ -76,6 +75,7 @@ from .intervals import (
 )
 from .offcpu import thread_info
 from .runs import vcpu_threads
+from .waits import LockWaits, attribute_waits, empty_wait_spans
 
 __all__ = [
     "PHASES",
@@ -140,72 +140,18 @@ def _i64(df: pd.DataFrame, col: str) -> np.ndarray:
     return df[col].to_numpy(dtype=np.int64)
 
 
-@dataclass
-class _Waits:
-    """Lock waits of the servicing threads, as disjoint-per-thread sets with
-    a sign, so an overlap with any window is a sum of overlaps (the exit
-    breakdown's rules: a futex wait inside a reported lock span is that
-    lock's, except a wait on another named lock inside the BQL's span --
-    the reference VMM re-taking the GIL -- which is the other lock's)."""
-
-    bql: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
-    other: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
-
-    def within(self, w_tid: np.ndarray, ws: np.ndarray, we: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(BQL wait, other lock wait) ns inside each window."""
-        out = []
-        for sets in (self.bql, self.other):
-            total = np.zeros(len(ws), dtype=np.int64)
-            for sign, t, s, e in sets:
-                if len(s):
-                    total += sign * overlap_by_thread(w_tid, ws, np.maximum(we, ws), t, s, e)
-            out.append(total)
-        return out[0], out[1]
-
-    def spans(self) -> pd.DataFrame:
-        """The positive sets as spans: ``tid``, ``start_ns``, ``end_ns``, ``what``."""
-        parts = []
-        for what, sets in (("bql_wait", self.bql), ("lock_wait", self.other)):
-            for sign, t, s, e in sets:
-                if sign > 0 and len(s):
-                    parts.append(pd.DataFrame({"tid": t, "start_ns": s, "end_ns": e, "what": what}))
-        if not parts:
-            return pd.DataFrame({"tid": pd.Series([], dtype="int64"), "start_ns": pd.Series([], dtype="int64"),
-                                 "end_ns": pd.Series([], dtype="int64"), "what": pd.Series([], dtype=object)})
-        return pd.concat(parts, ignore_index=True)
-
-
-def _waits(trace: Trace, tids: np.ndarray, locks: pd.DataFrame) -> _Waits:
-    ev = trace.events
-    bql_word = trace.bql().get("futex_uaddr")
-    other_named = np.asarray([a for a, n in trace.futex_names().items() if n != "BQL"], dtype=np.uint64)
-    locks = locks[np.isin(_i64(locks, "tid"), tids)]
-    l_tid, l_s, l_e = _i64(locks, "tid"), _i64(locks, "start_ns"), _i64(locks, "end_ns")
-    is_bql = (locks["name"].astype(object) == "BQL").to_numpy(dtype=bool)
-    fw = futex_waits(ev)
+def _waits(trace: Trace, tids: np.ndarray, locks: pd.DataFrame) -> LockWaits:
+    """Lock waits of the servicing threads ``tids`` by the rule of
+    ``analyses.waits``; ``locks``: their lock-acquire spans."""
+    fw = cache.futex_waits(trace)
     fw = fw[np.isin(_i64(fw, "tid"), tids)]
-    w_tid, w_s, w_e = _i64(fw, "tid"), _i64(fw, "start_ns"), _i64(fw, "end_ns")
-    w_addr = fw["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
-    in_lock = inside_by_thread(w_tid, w_s, l_tid, l_s, l_e) >= 0
-    in_bql = inside_by_thread(w_tid, w_s, l_tid[is_bql], l_s[is_bql], l_e[is_bql]) >= 0
-    on_bql = (w_addr == np.uint64(bql_word)) if bql_word else np.zeros(len(fw), dtype=bool)
-    free_bql, free_other = ~in_lock & on_bql, ~in_lock & ~on_bql
-    nested = in_bql & np.isin(w_addr, other_named)
-
-    def pick(m: np.ndarray, t: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
-        return t[m], s[m], e[m]
-
-    return _Waits(
-        bql=[(1, *pick(is_bql, l_tid, l_s, l_e)), (1, *pick(free_bql, w_tid, w_s, w_e)),
-             (-1, *pick(nested, w_tid, w_s, w_e))],
-        other=[(1, *pick(~is_bql, l_tid, l_s, l_e)), (1, *pick(free_other, w_tid, w_s, w_e)),
-               (1, *pick(nested, w_tid, w_s, w_e))],
-    )
+    locks = locks[np.isin(_i64(locks, "tid"), tids)]
+    return attribute_waits(locks, fw, trace.bql().get("futex_uaddr"), trace.futex_names())
 
 
-def _runnable(ev: pd.DataFrame, tids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runnable(trace: Trace, tids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per thread, the disjoint intervals it was runnable but off CPU."""
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     off = off[np.isin(_i64(off, "tid"), tids)]
     start = np.where(off["runnable"].to_numpy(dtype=bool), _i64(off, "start_ns"),
                      off["wakeup_ns"].to_numpy(dtype=np.float64, na_value=np.nan))
@@ -411,7 +357,7 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
 
     bql_held = overlap_by_thread(r_tid, c2, c3, h_tid, h_s, h_e) if len(h_s) else np.zeros(n, dtype=np.int64)
     on_path = overlap_by_thread(r_tid, c0, c5, h_tid, h_s, h_e) if len(h_s) else np.zeros(n, dtype=np.int64)
-    rt, rs, re_ = _runnable(ev, tids)
+    rt, rs, re_ = _runnable(trace, tids)
     wait_cpu = overlap_by_thread(r_tid, c0, c5, rt, rs, re_) if len(rs) else np.zeros(n, dtype=np.int64)
 
     wk = ev.iloc[np.flatnonzero((codes == EVENT_CODE["wakeup"]) & np.isin(ev["tid"].to_numpy(), tids))]
@@ -532,7 +478,7 @@ def kernel_disk_waits(trace: Trace) -> pd.DataFrame:
     codes = ev["event"].cat.codes.to_numpy()
     outs = ev.iloc[np.flatnonzero(codes == EVENT_CODE["sched_out"])]
     d = (outs["value"].to_numpy(dtype=np.int64, na_value=0) & 0xFF) == _TASK_UNINTERRUPTIBLE
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     vcpus = np.asarray(list(vcpu_threads(trace)), dtype=np.int64)
     key = pd.MultiIndex.from_arrays([_i64(outs, "tid")[d], _i64(outs, "ts_ns")[d]])
     mine = pd.MultiIndex.from_arrays([_i64(off, "tid"), _i64(off, "start_ns")]).isin(key)
@@ -737,7 +683,7 @@ def request_report(trace: Trace) -> Requests:
         notes.append("no sched_wakeup events: the thread each kick woke is unknown")
     return Requests(source="kernel", requests=rows, by_role=pd.DataFrame(), phases=pd.DataFrame(),
                     notify_port=port, port_source=port_src, notifications=notifications, disk_waits=disk,
-                    spans=_Waits([], []).spans(), lost_events=trace.lost_events, lost_markers=len(windows),
+                    spans=empty_wait_spans(), lost_events=trace.lost_events, lost_markers=len(windows),
                     excluded_lost=0, tsc_hz=trace.tsc_hz, notes=notes)
 
 
