@@ -23,6 +23,7 @@ from .arithmetic import (
 from .events import events_usable, missing_events, present_events, require_events
 from .lost import lost_windows, overlaps_loss, thread_spans_lost
 from .pairing import (
+    i64,
     exits_of_thread,
     futex_calls,
     futex_waits,
@@ -32,6 +33,7 @@ from .pairing import (
 )
 
 __all__ = [
+    "i64",
     "present_events",
     "missing_events",
     "events_usable",

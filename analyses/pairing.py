@@ -20,6 +20,7 @@ from vmtrace.schema import EVENT_CODE, FUTEX_CMD_MASK, FUTEX_WAIT_OPS, FUTEX_WAK
 from .arithmetic import dense_codes, last_match
 
 __all__ = [
+    "i64",
     "pair_spans",
     "futex_calls",
     "futex_waits",
@@ -32,6 +33,11 @@ __all__ = [
 # above them, TASK_REPORT_MAX (0x100), marks a preemption.  bcc records the
 # raw value, ftrace the masked one: both read as runnable through the mask.
 _TASK_REPORT_MASK = 0xFF
+
+
+def i64(df: pd.DataFrame, col: str) -> np.ndarray:
+    """Column ``col`` of ``df`` as int64 numpy (thread ids, times)."""
+    return df[col].to_numpy(dtype=np.int64)
 
 
 def pair_spans(

@@ -31,6 +31,7 @@ from vmtrace.trace import Trace
 
 from . import cache
 from .arithmetic import inside_by_thread, overlap_by_thread
+from .pairing import i64
 
 __all__ = ["BQL_NAME", "LockWaits", "SignedSpans", "attribute_waits", "empty_wait_spans", "trace_lock_waits"]
 
@@ -40,10 +41,6 @@ BQL_NAME = "BQL"
 #: One set of per-thread disjoint spans and the sign its time counts with:
 #: (sign, tid, start_ns, end_ns).
 SignedSpans = tuple[int, np.ndarray, np.ndarray, np.ndarray]
-
-
-def _i64(df: pd.DataFrame, col: str) -> np.ndarray:
-    return df[col].to_numpy(dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -144,12 +141,12 @@ def attribute_waits(locks: pd.DataFrame, waits: pd.DataFrame, bql_word: int | No
     lock_acquired per ``tid`` and ``name``) and ``waits`` (``futex_waits``),
     given the BQL's futex word (None when unknown) and the target's named
     words (``Trace.futex_names``)."""
-    l_tid, l_s, l_e = _i64(locks, "tid"), _i64(locks, "start_ns"), _i64(locks, "end_ns")
+    l_tid, l_s, l_e = i64(locks, "tid"), i64(locks, "start_ns"), i64(locks, "end_ns")
     # Compared as a category, not as strings: one test per distinct name.
     l_bql = (locks["name"] == BQL_NAME).to_numpy(dtype=bool, na_value=False) if len(locks) \
         else np.zeros(0, dtype=bool)
     l_name = locks["name"].to_numpy(dtype=object) if len(locks) else np.zeros(0, dtype=object)
-    w_tid, w_s, w_e = _i64(waits, "tid"), _i64(waits, "start_ns"), _i64(waits, "end_ns")
+    w_tid, w_s, w_e = i64(waits, "tid"), i64(waits, "start_ns"), i64(waits, "end_ns")
     w_addr = waits["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
     in_lock = inside_by_thread(w_tid, w_s, l_tid, l_s, l_e) >= 0
     in_bql = inside_by_thread(w_tid, w_s, l_tid[l_bql], l_s[l_bql], l_e[l_bql]) >= 0
