@@ -11,30 +11,72 @@ Analyses, tests and notebooks import these names from here.
 
 from __future__ import annotations
 
-# Deliberately repeated: the imports below mirror the ``__all__`` of each
-# submodule, spelled out (not star-imported) so type checkers and readers
-# see where each name comes from.  A new public name goes in both places.
-
+# Each name is re-exported explicitly (``name as name``, not a star import) so
+# type checkers and readers see where it comes from; ``__all__`` is the
+# submodules' own lists.  A new public name goes in both places.
 from . import arithmetic, events, lost, pairing
 from .arithmetic import (
-    ThreadWindows,
-    dense_codes,
-    inside_by_thread,
-    last_match,
-    overlap_by_thread,
-    overlap_sum,
-    rank_in,
+    ThreadWindows as ThreadWindows,
 )
-from .events import events_usable, missing_events, present_events, require_events
-from .lost import lost_windows, overlaps_loss, thread_spans_lost
+from .arithmetic import (
+    dense_codes as dense_codes,
+)
+from .arithmetic import (
+    inside_by_thread as inside_by_thread,
+)
+from .arithmetic import (
+    last_match as last_match,
+)
+from .arithmetic import (
+    overlap_by_thread as overlap_by_thread,
+)
+from .arithmetic import (
+    overlap_sum as overlap_sum,
+)
+from .arithmetic import (
+    rank_in as rank_in,
+)
+from .events import (
+    events_usable as events_usable,
+)
+from .events import (
+    missing_events as missing_events,
+)
+from .events import (
+    present_events as present_events,
+)
+from .events import (
+    require_events as require_events,
+)
+from .lost import (
+    lost_windows as lost_windows,
+)
+from .lost import (
+    overlaps_loss as overlaps_loss,
+)
+from .lost import (
+    thread_spans_lost as thread_spans_lost,
+)
 from .pairing import (
-    exits_of_thread,
-    futex_calls,
-    futex_waits,
-    i64,
-    offcpu_spans,
-    pair_spans,
-    thread_lifetimes,
+    exits_of_thread as exits_of_thread,
+)
+from .pairing import (
+    futex_calls as futex_calls,
+)
+from .pairing import (
+    futex_waits as futex_waits,
+)
+from .pairing import (
+    i64 as i64,
+)
+from .pairing import (
+    offcpu_spans as offcpu_spans,
+)
+from .pairing import (
+    pair_spans as pair_spans,
+)
+from .pairing import (
+    thread_lifetimes as thread_lifetimes,
 )
 
 __all__: list[str] = []
