@@ -11,76 +11,59 @@ Analyses, tests and notebooks import these names from here.
 
 from __future__ import annotations
 
-# Each name is re-exported explicitly (``name as name``, not a star import) so
-# type checkers and readers see where it comes from; ``__all__`` is the
-# submodules' own lists.  A new public name goes in both places.
-from . import arithmetic, events, lost, pairing
 from .arithmetic import (
-    ThreadWindows as ThreadWindows,
-)
-from .arithmetic import (
-    dense_codes as dense_codes,
-)
-from .arithmetic import (
-    inside_by_thread as inside_by_thread,
-)
-from .arithmetic import (
-    last_match as last_match,
-)
-from .arithmetic import (
-    overlap_by_thread as overlap_by_thread,
-)
-from .arithmetic import (
-    overlap_sum as overlap_sum,
-)
-from .arithmetic import (
-    rank_in as rank_in,
+    ThreadWindows,
+    dense_codes,
+    inside_by_thread,
+    last_match,
+    overlap_by_thread,
+    overlap_sum,
+    rank_in,
 )
 from .events import (
-    events_usable as events_usable,
-)
-from .events import (
-    missing_events as missing_events,
-)
-from .events import (
-    present_events as present_events,
-)
-from .events import (
-    require_events as require_events,
+    events_usable,
+    missing_events,
+    present_events,
+    require_events,
 )
 from .lost import (
-    lost_windows as lost_windows,
-)
-from .lost import (
-    overlaps_loss as overlaps_loss,
-)
-from .lost import (
-    thread_spans_lost as thread_spans_lost,
+    lost_windows,
+    overlaps_loss,
+    thread_spans_lost,
 )
 from .pairing import (
-    exits_of_thread as exits_of_thread,
-)
-from .pairing import (
-    futex_calls as futex_calls,
-)
-from .pairing import (
-    futex_waits as futex_waits,
-)
-from .pairing import (
-    i64 as i64,
-)
-from .pairing import (
-    offcpu_spans as offcpu_spans,
-)
-from .pairing import (
-    pair_spans as pair_spans,
-)
-from .pairing import (
-    thread_lifetimes as thread_lifetimes,
+    exits_of_thread,
+    futex_calls,
+    futex_waits,
+    i64,
+    offcpu_spans,
+    pair_spans,
+    thread_lifetimes,
 )
 
-__all__: list[str] = []
-__all__ += arithmetic.__all__
-__all__ += events.__all__
-__all__ += lost.__all__
-__all__ += pairing.__all__
+# Deliberately repeated: these are the submodules' own ``__all__`` lists,
+# spelled out so linters and type checkers see every re-export.  A new
+# public name goes in its submodule's list and here.
+__all__ = [
+    "events_usable",
+    "missing_events",
+    "present_events",
+    "require_events",
+    "exits_of_thread",
+    "futex_calls",
+    "futex_waits",
+    "i64",
+    "offcpu_spans",
+    "pair_spans",
+    "thread_lifetimes",
+    "lost_windows",
+    "overlaps_loss",
+    "thread_spans_lost",
+    "ThreadWindows",
+    "dense_codes",
+    "inside_by_thread",
+    "last_match",
+    "overlap_by_thread",
+    "overlap_sum",
+    "rank_in",
+]
