@@ -41,6 +41,7 @@ from .intervals import (
     rank_in,
     require_events,
 )
+from .jsonform import bql_json, hex_or_none, records
 from .runs import run_cycles, vcpu_threads
 from .waits import trace_lock_waits
 
@@ -239,10 +240,10 @@ class Breakdown:
             "percentiles": self.percentiles,
             "histograms": self.histograms,
             "excluded_lost": self.excluded_lost,
-            "bql": self.bql,
-            "by_kind": _records(self.by_kind),
-            "by_vcpu": _records(self.by_vcpu),
-            "by_role": _records(self.by_role),
+            "bql": bql_json(self.bql),
+            "by_kind": records(self.by_kind.assign(addr=self.by_kind["addr"].map(hex_or_none))),
+            "by_vcpu": records(self.by_vcpu),
+            "by_role": records(self.by_role),
             "guest_cycles_per_op": self.guest_cycles_per_op,
             "notes": self.notes,
             "backend": self.meta.get("backend"),
@@ -284,15 +285,6 @@ def _percentile_sorted(ordered: np.ndarray, q: float) -> float:
     lo = int(np.floor(pos))
     hi = min(lo + 1, len(ordered) - 1)
     return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in df.to_dict(orient="records"):
-        out.append({k: (None if (isinstance(v, float) and v != v) or v is pd.NA else
-                        (int(v) if isinstance(v, (np.integer,)) else
-                         float(v) if isinstance(v, (np.floating,)) else v)) for k, v in row.items()})
-    return out
 
 
 _SUMMARY_COLS = ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total")
@@ -425,7 +417,6 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     }
     histograms = {c: histogram(ordered[c] * k, presorted=True) for c in _SUMMARY_COLS}
     by_kind = _grouped(exits, ["kind", "addr"], tsc, by_total, values)
-    by_kind["addr"] = pd.Series(by_kind["addr"].array, dtype=object).map(lambda a: None if pd.isna(a) else hex(int(a)))
     by_vcpu = _grouped(exits, ["vcpu"], tsc, by_total, values)
     threads = trace.threads
     roles = dict(zip(threads["tid"].astype(int), threads["role"]))
@@ -437,7 +428,7 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
                                      np.zeros(0, np.int64), categories=role_names)
     by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total, values)
     bql = dict(trace.bql())
-    bql["futex_uaddr"] = hex(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
+    bql["futex_uaddr"] = int(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
     lost = trace.meta.get("lost_events") or {}
     if not (exits["device_ns"] > 0).any() if len(exits) else True:
         notes.append(

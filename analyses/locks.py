@@ -37,10 +37,11 @@ from .intervals import (
     lost_windows,
     overlap_by_thread,
     pair_spans,
-    thread_lifetimes,
     require_events,
+    thread_lifetimes,
     thread_spans_lost,
 )
+from .jsonform import bql_json
 from .offcpu import thread_info
 
 __all__ = ["word_names", "lock_waits", "lock_holds", "lock_report", "Locks", "EAGAIN"]
@@ -194,7 +195,7 @@ class Locks:
             "lost_events": self.lost_events,
             "lost_markers": self.lost_markers,
             "tsc_hz": self.tsc_hz,
-            "bql": self.bql,
+            "bql": bql_json(self.bql),
             "totals": self.totals,
             "words": words.to_dict(orient="records"),
             "by_thread": by_thread.to_dict(orient="records"),
@@ -308,7 +309,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
 
     totals = _futex_totals(trace, calls, life, target_ns)
     bql = dict(trace.bql())
-    bql["futex_uaddr"] = hex(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
+    bql["futex_uaddr"] = int(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
     notes = []
     n_lost = int(waits["lost"].sum())
     if n_lost:

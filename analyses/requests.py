@@ -64,6 +64,7 @@ from vmtrace.schema import role_rank
 from vmtrace.trace import Trace
 
 from .intervals import i64, lost_windows, pair_spans, present_events
+from .jsonform import records
 from .request_kernel import (
     disk_wait_summary,
     kernel_disk_waits,
@@ -184,35 +185,16 @@ class Requests:
             "excluded_lost": self.excluded_lost,
             "tsc_hz": self.tsc_hz,
             "phases_order": list(PHASES),
-            "by_role": _records(self.by_role),
-            "phases": _records(self.phases),
+            "by_role": records(self.by_role),
+            "phases": records(self.phases),
             "notes": self.notes,
         }
         if self.source == "kernel":
-            doc["notifications"] = _records(self.notification_summary())
-            doc["disk_waits"] = _records(self.disk_wait_summary())
+            doc["notifications"] = records(self.notification_summary())
+            doc["disk_waits"] = records(self.disk_wait_summary())
         if rows:
-            doc["requests"] = _records(self.requests)
+            doc["requests"] = records(self.requests)
         return doc
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in df.to_dict(orient="records"):
-        clean = {}
-        for k, v in row.items():
-            if v is None or v is pd.NA or (isinstance(v, float) and v != v):
-                clean[k] = None
-            elif isinstance(v, (np.integer,)):
-                clean[k] = int(v)
-            elif isinstance(v, (np.floating,)):
-                clean[k] = float(v)
-            elif isinstance(v, (np.bool_,)):
-                clean[k] = bool(v)
-            else:
-                clean[k] = v
-        out.append(clean)
-    return out
 
 
 def request_report(trace: Trace) -> Requests:
