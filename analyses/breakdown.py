@@ -210,7 +210,28 @@ def _empty_exits() -> pd.DataFrame:
 
 @dataclass
 class Breakdown:
-    """The BQL breakdown of one trace, in cycles (see ``bql_breakdown``)."""
+    """The BQL breakdown of one trace, in cycles (see ``bql_breakdown``).
+
+    ``exits``: the exits summarised, rows of ``exit_breakdown`` (after the
+    timed-loop or ``port`` selection).  ``components``: component -> mean
+    cycles per exit (``_SUMMARY_COLS``); ``percentiles``: component ->
+    ``p50``/``p90``/``p99`` cycles; ``histograms``: component -> ``edges``
+    and ``counts`` (``histogram``).  The groupings, one row per group:
+
+    - ``by_kind``: ``kind`` category, ``addr`` UInt64 (port, GPA or MSR; NA
+      for exits without one), ``exits`` int64, then float64 mean cycles per exit ``guest``, ``vmexit``,
+    ``emulator``, ``dispatch``, ``device``, ``lock_wait``, ``bql_wait``,
+    ``total``, and ``p50``/``p90``/``p99`` float64 cycles of the total;
+    most exits first;
+    - ``by_vcpu``: ``vcpu`` int16, then the same columns;
+    - ``by_role``: ``role`` category (of the exiting thread), the same.
+
+    ``bql``: the trace's BQL record (``name``, ``identified``, ``method``,
+    ``futex_uaddr`` int or None).  ``lost_events`` and ``lost_per_cpu``
+    count what the collector lost, ``excluded_lost`` the exits left out
+    across a loss; ``guest_cycles_per_op``: what the benchmark guest
+    measured itself, when it did.
+    """
 
     exits: pd.DataFrame
     tsc_hz: int

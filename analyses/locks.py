@@ -175,7 +175,23 @@ def lock_holds(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
 
 @dataclass
 class Locks:
-    """The ``--locks`` view (see ``lock_report``)."""
+    """The ``--locks`` view (see ``lock_report``).
+
+    ``words``, one row per futex word waited on or held: ``addr`` uint64,
+    ``name`` str or None, ``waits``, ``eagain``, ``blocked``, ``wait_ns``
+    int64, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns`` float64,
+    ``max_ns`` int64 (float64 when a word has holds but no waits),
+    ``wait_share`` float64, ``waiters`` int64, ``waiter_names`` str,
+    ``wake_calls`` int64, ``wakers`` str, ``holds``, ``hold_ns`` int64,
+    ``hold_mean_ns``, ``hold_p99_ns`` float64 (NaN without holds).
+    ``by_thread``: ``addr`` uint64, ``name`` str or None, ``tid`` int32,
+    ``thread``, ``role`` str, ``waits``, ``wait_ns``, ``wake_calls`` int64.
+    ``waits``: every wait call (``lock_waits``): ``tid`` int32,
+    ``start_ns``, ``end_ns``, ``dur_ns`` int64, ``uaddr`` uint64, ``name``
+    str or None, ``op`` int64, ``ret`` Int64, ``offcpu_ns`` int64,
+    ``woken_by`` Int32, ``lost`` bool.  ``totals``: see ``lock_report``;
+    ``bql``: the trace's BQL record, ``futex_uaddr`` int or None.
+    """
 
     words: pd.DataFrame
     by_thread: pd.DataFrame

@@ -141,7 +141,15 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
 
 @dataclass
 class OffCpu:
-    """The ``--offcpu`` view (see ``offcpu_report``)."""
+    """The ``--offcpu`` view (see ``offcpu_report``).
+
+    ``threads``: one row per thread (``offcpu_by_thread``): ``tid`` int32,
+    ``name``, ``role`` str, ``vcpu`` Int16, then int64 ns ``time_ns`` and
+    its partition ``running_ns``, ``lock_ns``, ``other_blocked_ns``,
+    ``runnable_ns``, ``unknown_ns``; beside it ``bql_ns``,
+    ``preempted_ns``, ``woken_wait_ns`` and ``switches`` int64.  ``totals``:
+    ``vcpu`` and ``all`` -> those ns columns summed (ints).
+    """
 
     threads: pd.DataFrame
     totals: dict[str, Any]

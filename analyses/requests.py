@@ -149,7 +149,23 @@ def _role_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Requests:
-    """The ``--requests`` view (see ``request_report``)."""
+    """The ``--requests`` view (see ``request_report``).
+
+    ``requests``: one row per request (``request_breakdown``; empty without
+    request probes).  ``by_role``, per role of the servicing thread:
+    ``role``, ``threads`` str, ``requests``, ``batches`` int64,
+    ``per_batch`` float64, ``read``, ``write``, ``flush``, ``other``,
+    ``notify_known``, ``bql_taken``, ``bql_waited``, ``irq_raised`` int64,
+    ``bql_held_mean_ns``, ``wait_cpu_mean_ns`` float64.  ``phases``, per
+    role and phase (``PHASES`` then ``total``): ``role``, ``phase`` str,
+    ``requests`` int64, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``,
+    ``share`` float64, ``nonzero`` int64.  ``notifications``: one row per
+    kick (``kernel_notifications``); ``disk_waits``: the I/O threads'
+    uninterruptible sleeps (``kernel_disk_waits``; empty with probes).
+    ``spans``: disk and lock-wait spans of the servicing threads, ``tid``,
+    ``start_ns``, ``end_ns``, ``key`` int64 (a disk span's avail index, -1
+    for a wait) and ``what`` str (``disk``, ``bql_wait``, ``lock_wait``).
+    """
 
     source: str  # "probes": per-request rows; "kernel": notifications and disk waits only
     requests: pd.DataFrame

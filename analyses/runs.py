@@ -69,7 +69,9 @@ def vcpu_threads(trace: Trace) -> dict[int, int]:
 
 @dataclass
 class RunCycles:
-    """The KVM_RUN cycles of a trace (see ``run_cycles``)."""
+    """The KVM_RUN cycles of a trace: ``cycles``, one row per KVM_RUN cycle,
+    and ``decodes``, one row per decode event with its role; both DataFrames'
+    columns and dtypes are listed in ``run_cycles``."""
 
     cycles: pd.DataFrame
     decodes: pd.DataFrame
