@@ -130,7 +130,8 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     the kick is not known), ``pickup_ns`` (the thread starts on the batch:
     its BQL attempt, else the batch span), ``pop_ns``, ``push_ns`` (the
     request span), ``irq_start_ns`` / ``end_ns`` (the batch's completion
-    interrupt, when one was raised after the push; else both ``push_ns``); the partition ``<phase>_ns`` for each of ``PHASES``,
+    interrupt, when one was raised after the push; else both ``push_ns``);
+    the partition ``<phase>_ns`` for each of ``PHASES``,
     summing to ``total_ns`` = end - start; beside it ``bql_held_ns``,
     ``wait_cpu_ns``, ``notify_wakeup_ns`` Int64; and bool ``notify_known``,
     ``irq_raised``, ``bql_taken`` (the BQL was waited for or held on the
@@ -268,7 +269,8 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
         "kind": kind,
         "avail_idx": reqs["addr"].astype("Int64").array,
         "kick_vcpu": kick_vcpu,
-        "start_ns": t_start, "pickup_ns": t_pickup, "pop_ns": t_pop, "push_ns": t_push, "irq_start_ns": t_irq, "end_ns": t_end,
+        "start_ns": t_start, "pickup_ns": t_pickup, "pop_ns": t_pop, "push_ns": t_push,
+        "irq_start_ns": t_irq, "end_ns": t_end,
         "notify_ns": notify, "bql_wait_ns": bql_wait, "queued_ns": queued, "processing_ns": processing,
         "disk_ns": disk, "lock_wait_ns": lock_wait, "tail_ns": tail, "irq_ns": irq,
         "total_ns": t_end - t_start,
