@@ -70,7 +70,7 @@ def cached(trace: Trace, key: str, compute: Callable[[], T]) -> T:
     results = _store(trace)
     if key not in results:
         results[key] = compute()
-    return _copy(results[key])
+    return _copy(cast(T, results[key]))
 
 
 def clear(trace: Trace) -> None:
