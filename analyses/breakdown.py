@@ -50,10 +50,6 @@ __all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakd
 #: The partition, in the order reports stack it.
 COMPONENTS: tuple[str, ...] = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "device")
 
-def _vcpu_tids(trace: Trace) -> dict[int, int]:
-    return vcpu_threads(trace)
-
-
 def exit_breakdown(trace: Trace) -> pd.DataFrame:
     """One row per complete userspace exit of every vCPU thread, computed
     once per trace (``analyses.cache``); see ``compute_exit_breakdown``."""
@@ -79,7 +75,7 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     """
     ev = trace.events
     require_events(ev, ["run_enter", "run_exit"], "the exit breakdown")
-    tids = _vcpu_tids(trace)
+    tids = vcpu_threads(trace)
     cyc = run_cycles(trace, tids).cycles
     cyc = cyc[(cyc["complete"] & ~cyc["lost"]).to_numpy()].reset_index(drop=True)
     if cyc.empty:

@@ -8,7 +8,7 @@ With more runnable threads than CPUs the last state grows; it is
 oversubscription, not lock contention, even when the thread was woken from
 a futex wait: the wait ends at the wakeup, what follows is the scheduler's.
 
-Built on ``intervals.offcpu_spans``: a span from sched_out to sched_in is
+Built on ``pairing.offcpu_spans``: a span from sched_out to sched_in is
 runnable when prev_state says so, and a blocked span is cut at the thread's
 last sched_wakeup inside it.
 """

@@ -39,7 +39,7 @@ lost                collector marker: ``value`` events recorded on ``cpu``
                     ``ts_ns`` (the first event after the gap, or when the
                     loss was noticed); ``tid`` = -1; ``value`` NA when the
                     kernel said "some" without a count.  Analyses distrust any
-                    span across such a gap (see analyses.intervals.lost_windows)
+                    span across such a gap (see analyses.lost.lost_windows)
 ==================  ==========================================================
 
 Schema 2 added ``lost``; a schema-1 trace reads as one with no markers (its
