@@ -32,6 +32,7 @@ from .intervals import (
     thread_lifetimes,
     thread_spans_lost,
 )
+from .waits import BQL_NAME
 
 __all__ = ["OFFCPU_STATES", "offcpu_by_thread", "OffCpu", "offcpu_report"]
 
@@ -97,7 +98,7 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
         l_in = inside_by_thread(s_tid, s_start, spans["tid"].to_numpy(dtype=np.int64),
                                 spans["start_ns"].to_numpy(dtype=np.int64), spans["end_ns"].to_numpy(dtype=np.int64))
         in_span = l_in >= 0
-        span_bql = (spans["name"].astype(object) == "BQL").to_numpy(dtype=bool)
+        span_bql = (spans["name"].astype(object) == BQL_NAME).to_numpy(dtype=bool)
         on_bql |= ~in_wait & in_span & span_bql[np.clip(l_in, 0, None)]
         in_lock = in_wait | in_span
     else:

@@ -33,7 +33,7 @@ from .intervals import (
 from .offcpu import thread_info
 from .request_kernel import kicks, notify_port
 from .runs import vcpu_threads
-from .waits import LockWaits, attribute_waits
+from .waits import BQL_NAME, LockWaits, attribute_waits
 
 __all__ = ["PHASES", "BATCH_SPAN", "REQUEST_SPAN", "DISK_SPANS", "IRQ_SPAN", "request_breakdown", "dispatch_spans",
            "servicing_waits", "lock_events"]
@@ -170,8 +170,8 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     holds = pair_spans(lock_ev, "lock_acquired", "lock_release", keys=("tid", "name"))
     lwaits = lwaits.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
     holds = holds.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
-    hb = (holds["name"].astype(object) == "BQL").to_numpy(dtype=bool)
-    wb = (lwaits["name"].astype(object) == "BQL").to_numpy(dtype=bool)
+    hb = (holds["name"].astype(object) == BQL_NAME).to_numpy(dtype=bool)
+    wb = (lwaits["name"].astype(object) == BQL_NAME).to_numpy(dtype=bool)
     h_tid, h_s, h_e = i64(holds, "tid")[hb], i64(holds, "start_ns")[hb], i64(holds, "end_ns")[hb]
     q_tid, q_s, q_e = i64(lwaits, "tid")[wb], i64(lwaits, "start_ns")[wb], i64(lwaits, "end_ns")[wb]
 
