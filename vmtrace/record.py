@@ -28,6 +28,8 @@ from vmtrace.collectors.userspace import read_probe_spool
 
 from . import probes
 from .errors import HostError, TargetError, VmtraceError
+from .interpreter import REPORT_ENV
+from .interpreter import read_report as read_interpreter_report
 from .schema import ROLE_IOTHREAD, ROLE_MAIN, ROLE_OTHER, ROLE_VCPU, ROLE_WORKER
 from .trace import check_writable, normalize_events, write_trace
 
@@ -49,6 +51,9 @@ class RecordResult:
     interrupted: bool
     backend: str
     notes: list[str] = field(default_factory=list)
+    #: What the target reported of its interpreter (the reference VMM does:
+    #: see vmtrace.interpreter), also in the trace's ``target.interpreter``.
+    interpreter: dict[str, Any] | None = None
 
 
 def choose_backend(name: str) -> str:
@@ -213,6 +218,7 @@ def record(
             if cmd is not None:
                 env = dict(os.environ)
                 env[probes.ENV_VAR] = str(probe_spool)
+                env[REPORT_ENV] = str(spool_dir / "interpreter.json")
                 child, go_w, err_r = _spawn_held(cmd, env, stdout)
                 target_pid = child
             else:
@@ -301,6 +307,7 @@ def _write(
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]],
 ) -> RecordResult:
     spool = read_probe_spool(probe_spool)
+    interpreter = read_interpreter_report(probe_spool.parent / "interpreter.json")
     user = spool.events
     frames = [f for f in (collected.events, user) if len(f)]
     events = normalize_events(pd.concat(frames, ignore_index=True)) if frames else normalize_events(
@@ -340,6 +347,7 @@ def _write(
             "vmm": vmm,
             "binary": binary,
             "vmm_version": qemu_version(binary) if binary and vmm == "qemu" else None,
+            "interpreter": interpreter,
         },
         "threads": threads,
         "lost_events": {"total": lost_total, "per_cpu": {str(k): v for k, v in collected.lost_per_cpu.items()}},
@@ -356,7 +364,7 @@ def _write(
     }
     meta.update(extra_meta() if callable(extra_meta) else extra_meta)
     write_trace(output, events, meta)
-    return RecordResult(output, exit_status, len(events), lost_total, interrupted, backend, notes)
+    return RecordResult(output, exit_status, len(events), lost_total, interrupted, backend, notes, interpreter)
 
 
 def _vmm_binary(cmd: list[str]) -> str | None:
