@@ -37,7 +37,7 @@ sys.exit(0 if sysconfig.get_config_var("Py_GIL_DISABLED") and not sys._is_gil_en
 
 fail() {
   say "WARNING: free-threaded CPython not built: $*"
-  say "the reference VMM will run on the GIL interpreter ($(command -v python3)); log: $LOG"
+  say "the reference VMM will run on the interpreter vmtrace runs on, with the GIL; log: $LOG"
   exit 1
 }
 
