@@ -23,6 +23,7 @@ from typing import Any, Callable
 from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_disk, supports_o_direct
 from .errors import TargetError, VmtraceError
 from .interpreter import REPORT_ENV, Interpreter, read_report, reference_vmm_command, resolve_python
+from .procs import Interrupted, run_child
 
 __all__ = [
     "BENCHES",
@@ -346,8 +347,9 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
         if record_to is None:
             report = Path(tmp) / "interpreter.json"
             try:
-                proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout_s,
-                                      env={**os.environ, REPORT_ENV: str(report)})
+                # run_child: the VMM dies with vmtrace, even a SIGKILLed one.
+                proc = run_child(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout_s,
+                                 env={**os.environ, REPORT_ENV: str(report)})
             except FileNotFoundError:
                 raise TargetError(f"command not found: {cmd[0]} (install qemu-system-x86)") from None
             except subprocess.TimeoutExpired:
@@ -374,6 +376,9 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
 
             rec = record(record_to, cmd=cmd, backend=backend, precise=precise, stdout=out,
                          extra_meta=bench_meta, duration=timeout_s)
+            if rec.signum is not None:
+                # The guest's results are incomplete, the trace is not lost.
+                raise Interrupted(rec.signum, f"the trace recorded so far was written to {record_to}")
             status = rec.exit_status if rec.exit_status is not None else -1
             interpreter = rec.interpreter
         wall = time.monotonic() - t0
