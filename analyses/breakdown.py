@@ -12,11 +12,14 @@ lock_wait  lock_begin -> lock_acquired spans, and blocking futex waits not
            inside one, between run_exit and the next run_enter
 device     dispatch_begin -> dispatch_end (device callbacks)
 dispatch   the rest of run_exit -> next run_enter: the VMM's exit path
+runnable   runnable but waiting for a CPU (preempted, or woken and not yet
+           scheduled), carved out of whichever of the above it fell in
 =========  ==================================================================
 
-``bql_wait`` is the BQL's part of ``lock_wait``.  Off-CPU time inside the
-cycle is reported beside the partition (``offcpu_*``), split into blocked on
-a lock, blocked on something else, and runnable-but-not-running.
+``bql_wait`` is the BQL's part of ``lock_wait`` (after ``runnable`` is
+carved out).  Off-CPU time inside the cycle is also reported beside the
+partition (``offcpu_*``), split into blocked on a lock, blocked on something
+else, and runnable-but-not-running.
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from .intervals import (
     require_events,
 )
 from .jsonform import bql_json, hex_or_none, records
+from .runnable import cpu_wait_spans, intersect_by_thread
 from .runs import run_cycles, vcpu_threads
 from .waits import trace_lock_waits
 
 __all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakdown", "histogram", "timed_loop_exits"]
 
 #: The partition, in the order reports stack it.
-COMPONENTS: tuple[str, ...] = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "device")
+COMPONENTS: tuple[str, ...] = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "device", "runnable")
 
 def exit_breakdown(trace: Trace) -> pd.DataFrame:
     """One row per complete userspace exit of every vCPU thread, computed
@@ -66,7 +70,8 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     (KVM_EXIT_*, or -errno when KVM_RUN was interrupted), then int64
     nanoseconds ``guest_ns``, ``vmexit_ns``, ``emulator_ns``,
     ``dispatch_ns``, ``lock_wait_ns``, ``bql_wait_ns``, ``device_ns``,
-    ``total_ns`` (the partition: the first six sum to ``total_ns``), and
+    ``runnable_ns``, ``total_ns`` (the partition: ``COMPONENTS`` sum to
+    ``total_ns``; ``bql_wait_ns`` is part of ``lock_wait_ns``), and
     ``offcpu_lock_ns``, ``offcpu_other_ns``, ``offcpu_runnable_ns``, and
     ``offcpu_woken_ns`` (the part of the first two after the thread was
     woken: runnable, waiting for a CPU).  Cycles whose run_exit is missing,
@@ -138,16 +143,47 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     bql_wait = np.minimum(bql_wait, lock_wait)
     dispatch = user - lock_wait - device
 
+    # Runnable, waiting for a CPU: carved out of whichever component it fell
+    # in, each part clipped to its component so the partition still holds.
+    r_tid, r_s, r_e = cpu_wait_spans(cache.offcpu_spans(trace))
+
+    def r_over(s_tid: np.ndarray, s: np.ndarray, e: np.ndarray, win: ThreadWindows = user_win) -> np.ndarray:
+        return win.overlap(*intersect_by_thread(r_tid, r_s, r_e, s_tid, s, e))
+
+    r_guest = np.zeros(len(cyc), dtype=np.int64)
+    if has_guest.any():
+        g_win = ThreadWindows(c_tid[has_guest], kentry[has_guest].astype(np.int64), kexit[has_guest].astype(np.int64))
+        r_guest[has_guest] = g_win.overlap(r_tid, r_s, r_e)
+    r_guest = np.clip(r_guest, 0, guest)
+    r_vmexit = np.clip(ThreadWindows(c_tid, t_enter, t_dec).overlap(r_tid, r_s, r_e) - r_guest, 0, vmexit)
+    r_emulator = np.clip(ThreadWindows(c_tid, t_dec, t_exit).overlap(r_tid, r_s, r_e), 0, emulator)
+    r_user = over(r_tid, r_s, r_e)
+    r_lock = (r_over(l_tid, lock_s, lock_e) + r_over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
+              + r_over(w_tid[free_other], w_s[free_other], w_e[free_other]))
+    r_bql = (r_over(l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
+             + r_over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
+             - r_over(w_tid[nested_other], w_s[nested_other], w_e[nested_other]))
+    r_device = (r_over(d_tid, d_s, d_e) - r_over(l_tid[l_in_dev], lock_s[l_in_dev], lock_e[l_in_dev])
+                - r_over(w_tid[w_in_dev], w_s[w_in_dev], w_e[w_in_dev]))
+    r_lock = np.clip(r_lock, 0, lock_wait)
+    # bql_wait stays the BQL's part of what is left of lock_wait.
+    r_bql = np.clip(r_bql, np.maximum(r_lock - (lock_wait - bql_wait), 0), np.minimum(bql_wait, r_lock))
+    r_device = np.clip(r_device, 0, device)
+    r_dispatch = np.clip(r_user - r_lock - r_device, 0, dispatch)
+    runnable = r_guest + r_vmexit + r_emulator + r_lock + r_device + r_dispatch
+    guest, vmexit, emulator = guest - r_guest, vmexit - r_vmexit, emulator - r_emulator
+    lock_wait, bql_wait, device, dispatch = lock_wait - r_lock, bql_wait - r_bql, device - r_device, dispatch - r_dispatch
+
     # Off-CPU overlay over the whole cycle.
     o_tid = offcpu["tid"].to_numpy(dtype=np.int64)
     off_s = offcpu["start_ns"].to_numpy(dtype=np.int64)
     off_e = offcpu["end_ns"].to_numpy(dtype=np.int64)
-    runnable = offcpu["runnable"].to_numpy(dtype=bool)
+    preempted = offcpu["runnable"].to_numpy(dtype=bool)
     wake = offcpu["wakeup_ns"].to_numpy(dtype=np.float64, na_value=np.nan)
     woken = ~np.isnan(wake)
     in_wait = inside(o_tid, off_s, w_tid, w_s, w_e) | inside(o_tid, off_s, l_tid, lock_s, lock_e)
-    lk, ot = ~runnable & in_wait, ~runnable & ~in_wait
-    off_run = over(o_tid[runnable], off_s[runnable], off_e[runnable], cycle_win)
+    lk, ot = ~preempted & in_wait, ~preempted & ~in_wait
+    off_run = over(o_tid[preempted], off_s[preempted], off_e[preempted], cycle_win)
     off_lock = over(o_tid[lk], off_s[lk], off_e[lk], cycle_win)
     off_other = over(o_tid[ot], off_s[ot], off_e[ot], cycle_win)
     off_woken = over(o_tid[woken], wake[woken].astype(np.int64), off_e[woken], cycle_win)
@@ -169,6 +205,7 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
             "lock_wait_ns": lock_wait.astype(np.int64),
             "bql_wait_ns": bql_wait.astype(np.int64),
             "device_ns": device.astype(np.int64),
+            "runnable_ns": runnable.astype(np.int64),
             "total_ns": (t_next - t_enter).astype(np.int64),
             "offcpu_lock_ns": off_lock,
             "offcpu_other_ns": off_other,
@@ -183,7 +220,7 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
 
 _NS_COLS = (
     "guest_ns", "vmexit_ns", "emulator_ns", "dispatch_ns", "lock_wait_ns", "bql_wait_ns",
-    "device_ns", "total_ns", "offcpu_lock_ns", "offcpu_other_ns", "offcpu_runnable_ns", "offcpu_woken_ns",
+    "device_ns", "runnable_ns", "total_ns", "offcpu_lock_ns", "offcpu_other_ns", "offcpu_runnable_ns", "offcpu_woken_ns",
 )
 
 
@@ -304,7 +341,7 @@ def _percentile_sorted(ordered: np.ndarray, q: float) -> float:
     return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
 
 
-_SUMMARY_COLS = ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total")
+_SUMMARY_COLS = ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "runnable", "total")
 
 
 def summarize(exits: pd.DataFrame, tsc_hz: int) -> pd.DataFrame:

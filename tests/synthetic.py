@@ -45,10 +45,14 @@ class ExitScript:
     lose: tuple[str, ...] = ()  # events of this exit the collector lost (a `lost` marker instead)
     kernel_exits: tuple[int, ...] = ()  # ports of PIO exits the kernel handles inside kernel_ns
     guest_ns: int = 0  # with kvm_entry/kvm_exit: guest mode time at the end of kernel_ns
+    kernel_preempted_ns: int = 0  # runnable, off CPU, inside KVM_RUN at the start of kernel_ns
 
     def __post_init__(self) -> None:
         if (self.guest_ns or self.kernel_exits) and self.kernel_ns < self.guest_ns + 3 * len(self.kernel_exits) + 2:
             raise ValueError("kernel_ns must hold the guest time and the kernel-handled exits")
+        if self.kernel_preempted_ns and self.kernel_ns < (self.kernel_preempted_ns + 3 + self.guest_ns
+                                                          + 3 * len(self.kernel_exits)):
+            raise ValueError("kernel_ns must hold the preemption inside KVM_RUN")
         if self.waker is not None and self.bql_futex_ns < self.wake_latency_ns + 4:
             raise ValueError("a woken BQL wait needs bql_futex_ns >= wake_latency_ns + 4")
         off = (self.preempted_ns + 1 if self.preempted_ns else 0) + (self.sleep_ns + 1 if self.sleep_ns else 0)
@@ -135,6 +139,11 @@ class SyntheticTrace:
                 self.add(ts, tid, event, **cols)
 
         emit(t, "run_enter")
+        if x.kernel_preempted_ns:
+            # Preempted in the kernel, as a vCPU thread is when the host has
+            # fewer CPUs than vCPUs: what a breakdown would call vmexit.
+            emit(t + 1, "sched_out", value=0, peer_tid=998)
+            emit(t + 1 + x.kernel_preempted_ns, "sched_in", peer_tid=998)
         # Inside kernel_ns, ending one ns before the decode: the exits the
         # kernel handles itself (3 ns each), then guest_ns in guest mode;
         # where the host fires them, kvm_entry/kvm_exit (IO_INSTRUCTION)

@@ -12,6 +12,7 @@ from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace, empty_events
 
 from .strategies import exit_scripts as exit_scripts_of
+from .strategies import woken_exit_scripts
 from .synthetic import ExitScript, SyntheticTrace, expected_total
 
 PARTS = [f"{c}_ns" for c in COMPONENTS]
@@ -73,6 +74,46 @@ def test_preemption_is_runnable_not_lock() -> None:
     assert row["offcpu_runnable_ns"] == 250
     assert row["offcpu_lock_ns"] == 0
     assert row["lock_wait_ns"] == 0
+    # Carved out of dispatch, where it fell.
+    assert row["runnable_ns"] == 250
+    assert row["dispatch_ns"] == 100 + 1000 - 250
+
+
+def test_preemption_inside_kvm_run_is_runnable_not_vmexit() -> None:
+    row = _one(ExitScript(kernel_ns=5000, kernel_preempted_ns=3000))
+    assert row["runnable_ns"] == 3000
+    assert row["vmexit_ns"] == 2000
+    assert row["total_ns"] == expected_total(ExitScript(kernel_ns=5000))
+
+
+def test_woken_lock_wait_then_waiting_for_a_cpu_is_runnable_not_bql() -> None:
+    x = ExitScript(bql_futex_ns=5000, waker=1, wake_latency_ns=300, lock_span=True)
+    row = _one(x)
+    # Woken at 5000 - 1 - 300 into the wait; on a CPU again 1 ns before it ends.
+    assert row["runnable_ns"] == 300
+    assert row["bql_wait_ns"] == row["lock_wait_ns"] == 5000 - 300
+    assert row["total_ns"] == expected_total(x)
+
+
+def test_every_kind_of_runnable_in_one_exit() -> None:
+    x = ExitScript(kernel_ns=9000, kernel_preempted_ns=4000, bql_futex_ns=6000, waker=1, wake_latency_ns=1000,
+                   other_futex_ns=500, device_ns=700, preempted_ns=200, post_ns=1500)
+    row = _one(x)
+    assert row["runnable_ns"] == 4000 + 1000 + 200
+    assert row["vmexit_ns"] == 5000
+    assert row["lock_wait_ns"] == 5000 + 500 and row["bql_wait_ns"] == 5000
+    assert row["device_ns"] == 700
+    assert row["dispatch_ns"] == x.pre_lock_ns + 1500 - 200
+    assert sum(row[p] for p in PARTS) == row["total_ns"] == expected_total(x)
+
+
+def test_runnable_in_cycles_in_the_summary() -> None:
+    s = SyntheticTrace()
+    s.vcpu(101, 0, [ExitScript(kernel_ns=5000, kernel_preempted_ns=1000)] * 4)
+    b = bql_breakdown(s.trace(), timed_loop=False)
+    assert b.components["runnable"] == pytest.approx(1000 * 2)  # 2 cycles per ns
+    assert b.to_json()["components"]["runnable"] == b.components["runnable"]
+    assert list(b.by_vcpu["runnable"]) == [pytest.approx(2000)]
 
 
 def test_interleaved_vcpus_and_out_of_order_input() -> None:
@@ -125,6 +166,32 @@ def test_partition_and_lock_accounting_property(a: list[ExitScript], b: list[Exi
         assert list(got["bql_wait_ns"]) == [x.bql_futex_ns for x in scripts]
         assert list(got["lock_wait_ns"]) == [x.bql_futex_ns + x.other_futex_ns for x in scripts]
         assert list(got["device_ns"]) == [x.device_ns for x in scripts]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(woken_exit_scripts(), min_size=1, max_size=20), st.lists(woken_exit_scripts(), min_size=1, max_size=20))
+def test_partition_with_runnable_property(a: list[ExitScript], b: list[ExitScript]) -> None:
+    s = SyntheticTrace()
+    s.vcpu(201, 0, a, start_ns=10_000)
+    s.vcpu(202, 1, b, start_ns=10_001)
+    ex = exit_breakdown(s.trace())
+    parts = ex[PARTS].to_numpy()
+    assert (parts >= 0).all()
+    np.testing.assert_array_equal(parts.sum(axis=1), ex["total_ns"].to_numpy())
+    assert (ex["bql_wait_ns"] <= ex["lock_wait_ns"]).all()
+    for tid, scripts in ((201, a), (202, b)):
+        got = ex[ex["tid"] == tid].sort_values("start_ns")
+        assert list(got["total_ns"]) == [expected_total(x) for x in scripts]
+        assert list(got["runnable_ns"]) == [x.kernel_preempted_ns + x.preempted_ns + x.wake_latency_ns
+                                            for x in scripts]
+        assert list(got["vmexit_ns"]) == [x.kernel_ns - x.kernel_preempted_ns for x in scripts]
+        assert list(got["bql_wait_ns"]) == [x.bql_futex_ns - x.wake_latency_ns for x in scripts]
+        assert list(got["lock_wait_ns"]) == [x.bql_futex_ns - x.wake_latency_ns + x.other_futex_ns
+                                             for x in scripts]
+        assert list(got["device_ns"]) == [x.device_ns for x in scripts]
+        assert list(got["dispatch_ns"]) == [x.pre_lock_ns + x.post_ns - x.preempted_ns for x in scripts]
+        # The same time the off-CPU overlay counts, found another way.
+        assert list(got["runnable_ns"]) == list(got["offcpu_runnable_ns"] + got["offcpu_woken_ns"])
 
 
 GIL_WORD = 0x7777_0000_0040
