@@ -303,6 +303,9 @@ class Breakdown:
             "backend": self.meta.get("backend"),
             "mode": self.meta.get("mode"),
             "vmm": (self.meta.get("target") or {}).get("vmm"),
+            # What the reference VMM reported of its Python (None on QEMU):
+            # a free-threaded run has no GIL among its locks.
+            "interpreter": (self.meta.get("target") or {}).get("interpreter"),
         }
 
 

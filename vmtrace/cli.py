@@ -433,15 +433,18 @@ def compare(
     if fmt not in ("table", "json"):
         raise VmtraceError(f"--format takes table or json, not {fmt!r}")
     table, breakdowns = compare_traces(traces, port=_parse_int(port, "--port") if port else None)
+    from .render.labels import run_label
+
+    ran = {label: run_label(b.meta) for label, b in breakdowns.items()}
     if html is not None:
         from .render.html import write_compare_html
 
-        write_compare_html(table, html)
+        write_compare_html(table, html, ran)
     if fmt == "json":
         print(json.dumps(comparison_json(table, breakdowns), indent=2))
         return
     console = wide_console()
-    render_comparison(table, console)
+    render_comparison(table, console, ran)
     if html is not None:
         console.print(f"wrote {html}")
 

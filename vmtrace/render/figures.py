@@ -8,7 +8,8 @@ the same component everywhere, so a reader learns the palette once.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,8 @@ from plotly.subplots import make_subplots
 from vmtrace.analyses.breakdown import Breakdown
 from vmtrace.analyses.intervals import overlap_sum
 from vmtrace.analyses.timeline import STATES, display_state
+
+from .labels import sweep_python
 
 __all__ = [
     "COMPONENT_COLORS",
@@ -48,6 +51,7 @@ COMPONENT_COLORS: dict[str, str] = {
     "lock_wait": "#d62728",
     "bql_wait": "#d62728",
     "other_lock_wait": "#f08080",
+    "runnable": "#f2c12e",
 }
 COMPONENT_LABELS: dict[str, str] = {
     "guest": "guest",
@@ -58,6 +62,7 @@ COMPONENT_LABELS: dict[str, str] = {
     "lock_wait": "lock wait",
     "bql_wait": "BQL wait",
     "other_lock_wait": "other lock / futex wait",
+    "runnable": "runnable, waiting for a CPU",
 }
 STATE_COLORS: dict[str, str] = {
     **{k: v for k, v in COMPONENT_COLORS.items() if k in STATES},
@@ -93,7 +98,7 @@ TEMPLATE = go.layout.Template(
 )
 
 # Stacking order of a breakdown bar, bottom to top: the order of the exit.
-_STACK = ("guest", "vmexit", "emulator", "dispatch", "device", "bql_wait", "other_lock_wait")
+_STACK = ("guest", "vmexit", "emulator", "dispatch", "device", "bql_wait", "other_lock_wait", "runnable")
 
 
 def _stack_values(row: dict | pd.Series) -> dict[str, float]:
@@ -103,6 +108,7 @@ def _stack_values(row: dict | pd.Series) -> dict[str, float]:
     bql = float(get("bql_wait", 0.0) or 0.0)
     out["bql_wait"] = bql
     out["other_lock_wait"] = max(lock - bql, 0.0)
+    out["runnable"] = float(get("runnable", 0.0) or 0.0)
     return out
 
 
@@ -196,12 +202,13 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
     df = df.sort_values([vcpus_col, "_c"], kind="stable")
     # Two-level category axis: vCPU count outside, configuration inside, so
     # each bar is labelled and the configurations stand side by side.
-    x = [[f"{int(v)} vCPU{'s' if int(v) != 1 else ''}" for v in df[vcpus_col]], df[config_col].astype(str).tolist()]
+    x = [[f"{int(v)} vCPU{'s' if int(v) != 1 else ''}" for v in df[vcpus_col]],
+         [_with_python(str(r[config_col]), r) for r in df.to_dict(orient="records")]]
     split_bql = "bql_wait" in df and df["bql_wait"].notna().any()
     parts = ["guest", "vmexit", "emulator", "dispatch", "device"] + (
-        ["bql_wait", "other_lock_wait"] if split_bql else ["lock_wait"])
+        ["bql_wait", "other_lock_wait"] if split_bql else ["lock_wait"]) + (["runnable"] if "runnable" in df else [])
     values = pd.DataFrame(index=df.index)
-    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait"):
+    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "runnable"):
         values[c] = pd.to_numeric(df[c], errors="coerce").fillna(0.0) if c in df else 0.0
     if split_bql:
         values["bql_wait"] = pd.to_numeric(df["bql_wait"], errors="coerce").fillna(0.0).clip(upper=values["lock_wait"])
@@ -251,6 +258,16 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
         yaxis_title="cycles per exit (mean)", margin={"t": 100},
     )
     return fig
+
+
+def _with_python(config: str, row: Mapping[Any, Any]) -> str:
+    """A sweep bar's label: the configuration and the interpreter it ran on
+    ("reference unlocked · 3.13.5t"); a "(GIL)" configuration keeps its
+    word once."""
+    py = sweep_python(row)
+    if not py:
+        return config
+    return f"{config} · {py.removesuffix(' GIL') if '(GIL)' in config else py}"
 
 
 def compare_figure(table: pd.DataFrame) -> go.Figure:
@@ -430,7 +447,7 @@ PHASE_LABELS: dict[str, str] = {
     "queued": "queued behind the batch",
     "processing": "processing (pop -> push)",
     "disk": "disk I/O",
-    "lock_wait": "other lock wait (GIL ...)",
+    "lock_wait": "other lock wait",
     "tail": "tail (push -> interrupt)",
     "irq": "completion interrupt",
 }

@@ -35,6 +35,7 @@ from vmtrace.errors import VmtraceError
 from vmtrace.report import VIEWS, Report
 from vmtrace.trace import Trace
 
+from .labels import run_label
 from .figures import (
     COMPONENT_COLORS,
     TEMPLATE,
@@ -208,8 +209,9 @@ def _header(trace: Trace, b: Breakdown) -> Html:
     bql_html = (f"BQL: futex word {html.escape(str(hex_or_none(bql.get('futex_uaddr'))))} ({html.escape(str(bql.get('method')))})"
                 if bql.get("identified") else
                 f'<span class="warn">BQL not identified</span> ({html.escape(str(bql.get("method", "no method")))})')
+    ran = run_label(meta)
     lines = [
-        f"{html.escape(vmm)} &middot; backend {html.escape(str(meta.get('backend')))} &middot; mode "
+        f"{html.escape(vmm)}{' &middot; ' + html.escape(ran) if ran else ''} &middot; backend {html.escape(str(meta.get('backend')))} &middot; mode "
         f"{html.escape(str(meta.get('mode')))} &middot; KVM {html.escape(b.kvm_flavour)} &middot; TSC "
         f"{b.tsc_hz / 1e9:.3f} GHz &middot; recorded {dur:.2f} s &middot; {len(b.exits):,} exits in the summary",
         f"{lost_html} &middot; {bql_html}",
@@ -229,11 +231,12 @@ def _header(trace: Trace, b: Breakdown) -> Html:
 def _percentiles(b: Breakdown) -> pd.DataFrame:
     total = b.components.get("total") or 0.0
     rows = []
-    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total"):
+    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "runnable", "total"):
         mean = b.components.get(c, 0.0)
         p = b.percentiles.get(c, {})
         rows.append({
-            "component (cycles per exit)": "  of which BQL" if c == "bql_wait" else c,
+            "component (cycles per exit)": {"bql_wait": "  of which BQL",
+                                            "runnable": "runnable (waiting for a CPU)"}.get(c, c),
             "mean": mean,
             "share": f"{100 * mean / total:.1f}%" if total else "-",
             "p50": p.get("p50"), "p90": p.get("p90"), "p99": p.get("p99"),
@@ -243,7 +246,7 @@ def _percentiles(b: Breakdown) -> pd.DataFrame:
 
 def _by_kind(b: Breakdown, limit: int = 15) -> pd.DataFrame:
     cols = ["kind", "addr", "exits", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait",
-            "total", "p50", "p99"]
+            "runnable", "total", "p50", "p99"]
     df = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
     return df[[c for c in cols if c in df]].head(limit)
 
@@ -524,8 +527,11 @@ def write_sweep_html(summary: pd.DataFrame, path: Path | str) -> Path:
                       tables=[("Summary", summary.drop(columns=["trace"]))])
 
 
-def write_compare_html(table: pd.DataFrame, path: Path | str) -> Path:
+def write_compare_html(table: pd.DataFrame, path: Path | str, ran: dict[str, str | None] | None = None) -> Path:
     """The page of ``vmtrace compare``: ``table``
-    (``vmtrace.compare.compare_breakdowns``') as a chart and a table."""
+    (``vmtrace.compare.compare_breakdowns``') as a chart and a table;
+    ``ran``: trace label -> what ran (``labels.run_label``), in the header."""
+    header = Html("".join(f'<p class="meta">{html.escape(label)}: {html.escape(what or "-")}</p>'
+                          for label, what in (ran or {}).items()) if any((ran or {}).values()) else "")
     return write_html([("Cycles per exit by component", compare_figure(table))], path, title="vmtrace compare",
-                      tables=[("Comparison (cycles per exit)", table.reset_index())])
+                      header=header, tables=[("Comparison (cycles per exit)", table.reset_index())])

@@ -12,6 +12,8 @@ from vmtrace.analyses.breakdown import Breakdown
 from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.jsonsafe import json_safe as render_json_safe  # the name callers know; one converter
 
+from .labels import run_label, sweep_python
+
 __all__ = ["render_breakdown", "fmt_cycles", "render_json_safe"]
 
 
@@ -32,6 +34,9 @@ def _header(b: Breakdown, console: Console) -> None:
         f"backend={meta.get('backend')}  mode={meta.get('mode')}  kvm={b.kvm_flavour}  "
         f"tsc={b.tsc_hz / 1e9:.3f} GHz  recorded {dur:.2f}s"
     )
+    ran = run_label(meta)
+    if ran:
+        console.print(ran, markup=False, highlight=False)
     lost = b.lost_events
     style = "bold red" if lost else "green"
     per_cpu = ", ".join(f"cpu{k}: {v}" for k, v in sorted(b.lost_per_cpu.items())) or "none"
@@ -48,10 +53,10 @@ def _components_table(b: Breakdown) -> Table:
     for col in ("component", "mean", "share", "p50", "p90", "p99"):
         t.add_column(col, justify="left" if col == "component" else "right")
     total = b.components.get("total") or 0.0
-    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait"):
+    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "runnable"):
         mean = b.components.get(c, 0.0)
         pct = b.percentiles.get(c, {})
-        label = "  of which BQL" if c == "bql_wait" else c
+        label = {"bql_wait": "  of which BQL", "runnable": "runnable (waiting for a CPU)"}.get(c, c)
         share = f"{100 * mean / total:.1f}%" if total else "-"
         t.add_row(label, fmt_cycles(mean), share, fmt_cycles(pct.get("p50")), fmt_cycles(pct.get("p90")),
                   fmt_cycles(pct.get("p99")))
@@ -74,8 +79,8 @@ def fmt_cycles_short(v: float | None) -> str:
 
 
 def _group_table(df: pd.DataFrame, keys: list[str], title: str, limit: int = 12) -> Table:
-    comps = ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total", "p50", "p99")
-    heads = {"lock_wait": "lock", "bql_wait": "BQL", "emulator": "emul"}
+    comps = ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "runnable", "total", "p50", "p99")
+    heads = {"lock_wait": "lock", "bql_wait": "BQL", "emulator": "emul", "runnable": "runq"}
     rows = []
     for row in df.head(limit).to_dict(orient="records"):
         cells = [str(row.get(k) if row.get(k) is not None else "-") for k in keys]
@@ -139,26 +144,33 @@ def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
     t = Table(title="cycles per exit by component (traced) beside the guest's own cycles per op",
               title_justify="left")
     repeated = "runs" in summary and bool((summary["runs"] > 1).any())
-    cols = ["config", "vCPUs", "guest", *(["guest range"] if repeated else []), "traced guest", "effect",
-            "vmexit", "emulator", "dispatch", "device", "lock wait", "BQL", "total"]
+    cols = ["config", "python", "vCPUs", "guest", *(["guest range"] if repeated else []), "traced guest", "effect",
+            "vmexit", "emulator", "dispatch", "device", "lock wait", "BQL", "runnable", "total"]
     for c in cols:
-        t.add_column(c, justify="left" if c == "config" else "right", no_wrap=True)
-    for r in summary.itertuples(index=False):
-        spread = [f"{fmt_cycles(r.guest_min)}-{fmt_cycles(r.guest_max)}"] if repeated else []
-        t.add_row(r.config, str(r.vcpus), fmt_cycles(r.guest_cycles_per_op), *spread,
-                  fmt_cycles(r.traced_guest_cycles_per_op),
-                  f"{r.observer_effect:.2f}x" if r.observer_effect == r.observer_effect else "-",
-                  fmt_cycles(r.vmexit), fmt_cycles(r.emulator), fmt_cycles(r.dispatch), fmt_cycles(r.device),
-                  fmt_cycles(r.lock_wait), fmt_cycles(r.bql_wait), fmt_cycles(r.total))
+        t.add_column(c, justify="left" if c in ("config", "python") else "right", no_wrap=True)
+    for r in summary.to_dict(orient="records"):
+        spread = [f"{fmt_cycles(r['guest_min'])}-{fmt_cycles(r['guest_max'])}"] if repeated else []
+        effect = r.get("observer_effect")
+        t.add_row(r["config"], sweep_python(r) or "-", str(r["vcpus"]), fmt_cycles(r["guest_cycles_per_op"]), *spread,
+                  fmt_cycles(r["traced_guest_cycles_per_op"]),
+                  f"{effect:.2f}x" if effect is not None and effect == effect else "-",
+                  *(fmt_cycles(r.get(c)) for c in ("vmexit", "emulator", "dispatch", "device", "lock_wait",
+                                                    "bql_wait", "runnable", "total")))
     console.print(t)
     if repeated:
         console.print(f"guest, traced guest: medians of {int(summary['runs'].max())} runs each; "
                       "the breakdown is the trace of the median recorded run")
 
 
-def render_comparison(table: pd.DataFrame, console: Console | None = None) -> None:
-    """``vmtrace compare``: one column per trace, deltas from the first."""
+def render_comparison(table: pd.DataFrame, console: Console | None = None,
+                      ran: dict[str, str | None] | None = None) -> None:
+    """``vmtrace compare``: one column per trace, deltas from the first;
+    ``ran``: label -> what ran (``labels.run_label``), printed above."""
     console = console or Console()
+    # Only where a trace says (a reference VMM's): QEMU's locking is its version's.
+    if any((ran or {}).values()):
+        for label, what in (ran or {}).items():
+            console.print(f"{label}: {what or '-'}", markup=False, highlight=False)
     t = Table(title="cycles per exit, deltas from the first trace", title_justify="left")
     t.add_column("component", no_wrap=True)
     for c in table.columns:
