@@ -108,3 +108,17 @@ def test_bql_mode_shows_its_bql_wait(ft: str, ft_traces: dict[str, Path]) -> Non
     assert b.bql["identified"]
     assert b.components["bql_wait"] > 0
     assert (b.exits["bql_wait_ns"] > 0).sum() > 0.01 * len(b.exits)
+
+
+def test_reports_say_which_interpreter_ran_and_name_no_gil(ft: str, ft_traces: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    vmtrace = Path(sys.executable).with_name("vmtrace")
+    for locking, path in ft_traces.items():
+        text = subprocess.run([str(vmtrace), "report", str(path), "--bql-breakdown", "--locks"], check=True,
+                              capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"}).stdout
+        assert f"locking={locking}  python=CPython 3.13." in text and "free-threaded" in text
+        # Interpreter-internal waits stay unnamed futex words: no GIL here.
+        assert "GIL" not in text
+        page = tmp_path / f"{locking}.html"
+        subprocess.run([str(vmtrace), "report", str(path), "--html", str(page)], check=True, capture_output=True)
+        assert f"locking={locking}  python=CPython 3.13." in page.read_text(encoding="utf-8")
