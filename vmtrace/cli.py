@@ -348,6 +348,7 @@ def doctor(
 
 vmm_app = typer.Typer(help="The bundled reference VMM (a real KVM VMM in Python).", no_args_is_help=True)
 app.add_typer(vmm_app, name="vmm")
+app.add_typer(__import__("vmtrace.fleet.cli", fromlist=["app"]).app, name="fleet")
 
 
 @vmm_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
