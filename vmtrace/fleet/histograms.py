@@ -89,7 +89,7 @@ def bucket_bounds(index: int) -> tuple[float, float]:
 class Quantile(NamedTuple):
     """A quantile read off a histogram: its bucket, the bucket's bounds, and
     a point estimate (the bucket's geometric middle; its low edge for the
-    open last bucket, half a cycle for the first)."""
+    open last bucket, 0 for the first)."""
 
     bucket: int
     low: float
@@ -110,7 +110,9 @@ def quantile(counts: np.ndarray | list[int], q: float) -> Quantile | None:
     index = int(np.searchsorted(np.cumsum(c), rank, side="left"))
     low, high = bucket_bounds(index)
     if index == 0:
-        est = 0.5
+        # Below one cycle: a component whose span was absent (integer ns make
+        # anything present at least 1 ns, ~2.6 cycles here).
+        est = 0.0
     elif np.isinf(high):
         est = low
     else:
