@@ -78,13 +78,16 @@ def run_fleet(sources: list[str], scheduler: str | None = None, workers: int | N
 
 
 def _run_local(sources: list[str], fn: Task, workers: int, report: Progress) -> list[dict[str, Any]]:
-    import dask
+    from concurrent.futures.process import BrokenProcessPool
+
+    from dask.base import compute
     from dask.callbacks import Callback
+    from dask.delayed import delayed
 
     total = len(sources)
     done = [0]
 
-    class _Count(Callback):  # type: ignore[misc]
+    class _Count(Callback):
         # _posttask runs in the scheduler's thread once per finished task.
         def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
             if isinstance(result, dict):
@@ -92,12 +95,10 @@ def _run_local(sources: list[str], fn: Task, workers: int, report: Progress) -> 
                 report(done[0], total)
 
     report(0, total)
-    tasks = [dask.delayed(fn, pure=True)(s, dask_key_name=f"trace-{i}") for i, s in enumerate(sources)]
-    from concurrent.futures.process import BrokenProcessPool
-
+    tasks = [delayed(fn, pure=True)(s, dask_key_name=f"trace-{i}") for i, s in enumerate(sources)]
     try:
         with _Count():
-            rows = dask.compute(*tasks, scheduler="processes", num_workers=workers)
+            rows = compute(*tasks, scheduler="processes", num_workers=workers)
     except BrokenProcessPool:
         # A worker died (killed for memory, or a script that starts the pool
         # without an `if __name__ == "__main__":` guard, which spawned
