@@ -18,7 +18,7 @@ from typing import Any, Callable, Final
 from vmtrace.errors import VmtraceError
 
 from .sources import expand_sources
-from .summary import summarize_trace, write_fleet
+from .summary import error_row, summarize_trace, write_fleet
 
 __all__ = ["SYNCHRONOUS", "plan_fleet", "summarize_fleet", "run_fleet", "default_workers"]
 
@@ -128,7 +128,11 @@ def _run_distributed(sources: list[str], fn: Task, address: str, report: Progres
         index = {f.key: i for i, f in enumerate(futures)}
         rows: list[dict[str, Any] | None] = [None] * len(sources)
         for n, future in enumerate(as_completed(futures), start=1):
-            rows[index[future.key]] = future.result()
+            i = index[future.key]
+            try:
+                rows[i] = future.result()
+            except Exception as err:  # a worker lost with its task (killed, out of memory): that trace's row
+                rows[i] = error_row(sources[i], f"the Dask worker running it failed: {type(err).__name__}: {err}")
             report(n, len(sources))
         return [r for r in rows if r is not None]
     finally:
