@@ -67,7 +67,7 @@ def summarize(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .engine import plan_fleet, summarize_fleet
+    from .engine import SYNCHRONOUS, plan_fleet, summarize_fleet
 
     if workers is not None and scheduler not in (None,):
         raise VmtraceError("--workers sizes the local pool; a --scheduler cluster has its own workers")
@@ -75,6 +75,12 @@ def summarize(
         raise VmtraceError("--workers must be at least 1")
     # Everything that can be refused is refused before the bar is drawn.
     sources = plan_fleet(list(traces), str(output))
+    if scheduler == SYNCHRONOUS:
+        # As every analysing command does (vmtrace/alloc.py); worker
+        # processes do it themselves.
+        from vmtrace.alloc import tune_for_large_arrays
+
+        tune_for_large_arrays()
     bar = Progress(TextColumn("summarising"), BarColumn(), MofNCompleteColumn(), TextColumn("traces"),
                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
     task = bar.add_task("fleet", total=len(sources))

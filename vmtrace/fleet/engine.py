@@ -60,18 +60,21 @@ def run_fleet(sources: list[str], scheduler: str | None = None, workers: int | N
     as traces finish.  ``task`` replaces the per-trace function
     (a benchmark measures its workers this way); it must be picklable.
     """
-    fn: Task = task or functools.partial(_worker_task, all_exits=all_exits)
     if workers is not None and workers < 1:
         raise VmtraceError("--workers must be at least 1")
     total = len(sources)
     report = progress or (lambda done, n: None)
     if scheduler == SYNCHRONOUS:
+        # The caller's process keeps its own allocator settings (the library
+        # never changes them behind a notebook's back).
+        fn = task or functools.partial(summarize_trace, all_exits=all_exits)
         report(0, total)
         rows = []
         for i, source in enumerate(sources):
             rows.append(fn(source))
             report(i + 1, total)
         return rows
+    fn = task or functools.partial(_worker_task, all_exits=all_exits)
     if scheduler is None:
         return _run_local(sources, fn, workers or default_workers(), report)
     return _run_distributed(sources, fn, scheduler, report)

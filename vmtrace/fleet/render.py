@@ -24,7 +24,8 @@ from .summary import COMPONENTS
 
 __all__ = ["render_fleet", "write_fleet_html", "merged_histogram_figure", "trace_box_figure", "group_figure"]
 
-_STACK = ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait")
+# Bottom to top, the order of an exit; lock wait split into the BQL's and the rest.
+_STACK = ("guest", "vmexit", "emulator", "dispatch", "device", "bql_wait", "other_lock_wait")
 
 
 def _cycles(v: object) -> str:
@@ -101,16 +102,16 @@ def merged_histogram_figure(r: FleetReport) -> go.Figure:
         if n == 0 or counts[0] == n:  # absent from every exit (device without --precise, say)
             continue
         share = counts / n * 100
-        nz = np.flatnonzero(counts)
-        lo, hi = max(int(nz[0]), 1), min(int(nz[-1]) + 1, hist.N_BUCKETS - 1)
+        nz = np.flatnonzero(counts[1:]) + 1
+        lo, hi = int(nz[0]), min(int(nz[-1]) + 1, hist.N_BUCKETS - 1)
         x = np.append(lows[lo:hi], lows[hi])
         y = np.append(share[lo:hi], share[hi - 1])
         fig.add_scatter(x=x, y=y, mode="lines", line_shape="hv", name=COMPONENT_LABELS.get(c, c),
                         line={"color": COMPONENT_COLORS.get(c, "#222"), "dash": "dot" if c == "bql_wait" else None},
                         hovertemplate="≥ %{x:,.0f} cycles: %{y:.2f}% of exits<extra>" + c + "</extra>")
     fig.update_layout(template=TEMPLATE, height=400, xaxis_type="log",
-                      title={"text": "Every exit of the fleet: cycles per component (merged histograms; exits "
-                                     "where a component is absent are left out of its line)", "x": 0},
+                      title={"text": "Every exit of the fleet: cycles per component (merged histograms; an "
+                                     "exit without the component counts in its share, undrawn)", "x": 0},
                       xaxis_title="cycles", yaxis_title="% of the fleet's exits", margin={"t": 90})
     return fig
 
@@ -145,8 +146,9 @@ def group_figure(r: FleetReport) -> go.Figure:
     fig = go.Figure()
     g = r.groups
     labels = [", ".join(f"{b}={_text(row[b])}" for b in r.by) for row in g.to_dict(orient="records")]
+    values = g.assign(other_lock_wait=(g["lock_wait"] - g["bql_wait"]).clip(lower=0))
     for c in _STACK:
-        fig.add_bar(x=labels, y=g[c], name=COMPONENT_LABELS.get(c, c), marker_color=COMPONENT_COLORS.get(c),
+        fig.add_bar(x=labels, y=values[c], name=COMPONENT_LABELS.get(c, c), marker_color=COMPONENT_COLORS.get(c),
                     hovertemplate="%{x}<br>" + c + ": %{y:,.0f} cycles<extra></extra>")
     fig.update_layout(template=TEMPLATE, barmode="stack", height=420,
                       title={"text": f"Mean cycles per exit by {', '.join(r.by)}", "x": 0},
