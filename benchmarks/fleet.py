@@ -4,8 +4,9 @@ local process pool, and on a dask.distributed LocalCluster.
 Traces are synthetic (tests/synthetic.py: 4 vCPUs of PM-timer exits, some
 waiting for the BQL and woken by the main loop, some with lock and device
 spans, preemptions, sleeps and in-kernel PIOs), about ``--events`` events
-each, every one drawn with its own seed and carrying its own host, VMM
-version and locking mode.  They are generated once into ``--workdir``.
+each, drawn with their own seeds and carrying their own hosts and QEMU
+versions.  ``--distinct`` of them are generated once into ``--workdir``
+and the rest of the fleet are copies (a worker pays the same for a copy).
 
 Printed per engine: wall time, traces/s, events/s, events/s per worker and
 the peak RSS of each worker process (``ru_maxrss``; for the serial run,
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,12 +92,16 @@ def _make_trace(index: int, events: int, path: Path) -> int:
     return len(t.events)
 
 
-def ensure_traces(workdir: Path, count: int, events: int) -> list[Path]:
-    """``count`` traces of about ``events`` events in ``workdir``, generated
-    once (two processes at a time) and reused."""
+def ensure_traces(workdir: Path, count: int, events: int, distinct: int) -> list[Path]:
+    """``count`` traces of about ``events`` events in ``workdir``: the first
+    ``distinct`` generated (two processes at a time), the rest copies of
+    them, cycling; made once and reused.  Copies cost a worker exactly what
+    their original does, and a 1M-event trace takes seconds to generate on
+    a loaded 2-CPU machine."""
     workdir.mkdir(parents=True, exist_ok=True)
     paths = [workdir / f"fleet-{events}-{i:04d}.vmtrace" for i in range(count)]
-    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    distinct = max(1, min(distinct, count))
+    missing = [i for i in range(distinct) if not paths[i].exists()]
     if missing:
         print(f"generating {len(missing)} traces of ~{events:,} events in {workdir} ...", flush=True)
         t0 = time.perf_counter()
@@ -112,6 +118,11 @@ def ensure_traces(workdir: Path, count: int, events: int) -> list[Path]:
             if p.wait():
                 raise SystemExit(f"generating a trace failed (status {p.returncode})")
         print(f"generated in {time.perf_counter() - t0:.0f} s", flush=True)
+    for i in range(distinct, count):
+        if not paths[i].exists():
+            tmp = paths[i].with_name(f".{paths[i].name}.tmp")
+            shutil.copyfile(paths[i % distinct], tmp)
+            os.replace(tmp, paths[i])
     return paths
 
 
@@ -201,6 +212,8 @@ def main() -> None:
     ap.add_argument("--make", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--traces", type=int, default=200, help="traces in the fleet (default 200)")
     ap.add_argument("--events", type=float, default=1e6, help="events per trace (default 1e6)")
+    ap.add_argument("--distinct", type=int, default=20,
+                    help="traces generated; the rest of --traces are copies of them (default 20)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the pool and the cluster (default 2)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: serial, local, cluster")
     ap.add_argument("--generate-only", action="store_true", help="make the traces and stop")
@@ -216,12 +229,13 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e]
     if bad := [e for e in engines if e not in ENGINES]:
         raise SystemExit(f"unknown engine {bad[0]!r}: choose among {', '.join(ENGINES)}")
-    paths = ensure_traces(args.workdir, args.traces, int(args.events))
+    paths = ensure_traces(args.workdir, args.traces, int(args.events), args.distinct)
     if args.generate_only:
         return
     listing = args.workdir / f"sources-{args.traces}-{int(args.events)}.json"
     listing.write_text(json.dumps([str(p) for p in paths]))
-    print(f"host: {os.cpu_count()} CPUs; {args.traces} traces of ~{int(args.events):,} events; "
+    print(f"host: {os.cpu_count()} CPUs; {args.traces} traces of ~{int(args.events):,} events "
+          f"({min(args.distinct, args.traces)} distinct, the rest copies); "
           f"{args.workers} workers; load average (1/5/15 min) at start {_load()}")
     base = _in_child("baseline", str(paths[0]), 1)
     bd_rate = base["events"] / base["breakdown_s"]
