@@ -300,7 +300,8 @@ def test_cli_summarize_and_report(fleet_dir: Path, tmp_path: Path) -> None:
     res = RUN.invoke(app, ["fleet", "summarize", str(fleet_dir), str(SAMPLES[0]), "-o", str(out),
                            "--scheduler", "synchronous"])
     assert res.exit_code == 0, res.output
-    assert f"{len(SYNTHETIC) + 4} traces, 3 failed" in res.stdout
+    assert f"{len(SYNTHETIC) + 4} traces, 3 failed" in res.stderr
+    assert res.stderr.count("vmtrace: failed:") == 3
     page = tmp_path / "fleet.html"
     res = RUN.invoke(app, ["fleet", "report", str(out), "--by", "vmm_version,vcpus", "--html", str(page)])
     assert res.exit_code == 0, res.output

@@ -107,3 +107,20 @@ def test_merged_histograms_are_the_histogram_of_every_exit(serial: list[dict[str
 def test_rows_are_json_safe(serial: list[dict[str, Any]]) -> None:
     # What a worker returns crosses a process boundary: plain values only.
     assert json.loads(canonical(serial))[0]["path"] == serial[0]["path"]
+
+
+def test_command_on_the_local_pool(sources: list[str], serial: list[dict[str, Any]], tmp_path: Path) -> None:
+    # The installed command, as an operator runs it: spawned workers must
+    # start from the console script too.
+    import subprocess
+    import sys
+
+    out = tmp_path / "fleet.parquet"
+    vmtrace = Path(sys.executable).with_name("vmtrace")
+    proc = subprocess.run([str(vmtrace), "fleet", "summarize", *sources, "-o", str(out), "--workers", "2"],
+                          capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(sources)} traces, 3 failed" in proc.stderr
+    import pyarrow.parquet as pq
+
+    assert json.dumps(pq.read_table(out).to_pylist(), default=str, sort_keys=True) == canonical(serial)

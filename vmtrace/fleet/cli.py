@@ -99,7 +99,7 @@ def summarize(
         if bar.live.is_started:
             bar.stop()
     failed = [r for r in rows if r.get("error")]
-    print(f"vmtrace: wrote {path}: {len(rows):,} traces, {len(failed):,} failed")
+    print(f"vmtrace: wrote {path}: {len(rows):,} traces, {len(failed):,} failed", file=sys.stderr)
     for r in failed:
         print(f"vmtrace: failed: {r['path']}: {r['error']}", file=sys.stderr)
 
