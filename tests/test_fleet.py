@@ -330,3 +330,13 @@ def test_cli_bad_input_is_one_line(args: list[str], said: str, tmp_path: Path, m
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("vmtrace: error:") and said in lines[0]
     assert "Traceback" not in res.output
+
+
+def test_report_of_a_fleet_where_every_trace_failed(tmp_path: Path) -> None:
+    rows = run_fleet([str(p) for p in corrupt_files(tmp_path)], scheduler="synchronous")
+    out = write_fleet(rows, str(tmp_path / "fleet.parquet"))
+    r = fleet_report(read_fleet(out), by=["vcpus"])
+    assert (r.traces, r.summarised, r.exits, len(r.failed), len(r.groups), len(r.top)) == (3, 0, 0, 3, 0, 0)
+    assert r.overall["mean"].isna().all() and r.overall["p99"].isna().all()
+    res = RUN.invoke(app, ["fleet", "report", out, "--html", str(tmp_path / "f.html")])
+    assert res.exit_code == 0 and "0 summarised, 3 failed" in res.stdout

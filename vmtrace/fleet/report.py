@@ -75,7 +75,7 @@ def merged_histograms(rows: pd.DataFrame) -> dict[str, np.ndarray]:
 def _weighted(rows: pd.DataFrame, col: str) -> float:
     exits = rows["exits"].to_numpy(dtype=np.float64)
     n = exits.sum()
-    return float((rows[col].to_numpy(dtype=np.float64) * exits).sum() / n) if n else 0.0
+    return float((rows[col].to_numpy(dtype=np.float64) * exits).sum() / n) if n else np.nan
 
 
 def _quantiles(counts: np.ndarray, q: float) -> tuple[float, float, float]:
