@@ -16,7 +16,9 @@ trace file: the same trace gives the same row on any worker.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from typing import Any, Callable, Final
 
@@ -102,8 +104,7 @@ def error_row(source: str, error: str, trace_id: str | None = None) -> dict[str,
 
 
 def _path_id(source: str) -> str:
-    import hashlib
-
+    # No file to hash: the id says it is the name's.
     return "path:" + hashlib.sha256(source.encode()).hexdigest()[:11]
 
 
@@ -283,12 +284,10 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({name: pa.array(cols[name], type=typ) for name, (typ, _) in COLUMNS.items()}, schema=SCHEMA)
 
 
-def write_fleet(rows: list[dict[str, Any]], path: str, sources: list[str] | None = None) -> str:
+def write_fleet(rows: list[dict[str, Any]], path: str) -> str:
     """Write the fleet table as one Parquet file (zstd).  Its key-value
     metadata ``vmtrace_fleet`` holds the histogram edges, so a reader needs
     nothing else to plot them."""
-    import os
-
     from vmtrace import __version__
 
     table = to_table(rows)
@@ -311,8 +310,6 @@ def write_fleet(rows: list[dict[str, Any]], path: str, sources: list[str] | None
 def read_fleet(path: str) -> pd.DataFrame:
     """A fleet table as pandas, one row per trace (columns ``COLUMNS``).
     Raises ``VmtraceError`` for a file that is not one."""
-    import os
-
     if not os.path.exists(path):
         raise VmtraceError(f"no such fleet table: {path}")
     try:
