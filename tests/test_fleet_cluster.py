@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,25 @@ def test_command_on_the_local_pool(sources: list[str], serial: list[dict[str, An
     import pyarrow.parquet as pq
 
     assert json.dumps(pq.read_table(out).to_pylist(), default=str, sort_keys=True) == canonical(serial)
+
+
+def _die_on_doomed(source: str) -> dict[str, Any]:
+    """A task whose worker process dies on one source, as one killed for
+    memory would."""
+    if "doomed" in source:
+        os._exit(3)
+    return {"path": source, "error": None}
+
+
+def test_a_dead_worker_costs_its_trace_not_the_fleet() -> None:
+    import dask
+    from distributed import LocalCluster
+
+    # No retries: the task is lost with its first worker.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            rows = run_fleet(["a.vmtrace", "doomed.vmtrace", "c.vmtrace"], scheduler=cluster.scheduler_address,
+                             task=_die_on_doomed)
+    assert [r["path"] for r in rows] == ["a.vmtrace", "doomed.vmtrace", "c.vmtrace"]
+    assert rows[0]["error"] is None and rows[2]["error"] is None
+    assert rows[1]["error"].startswith("the Dask worker running it failed: KilledWorker")

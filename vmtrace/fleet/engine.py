@@ -135,7 +135,9 @@ def _run_distributed(sources: list[str], fn: Task, address: str, report: Progres
             try:
                 rows[i] = future.result()
             except Exception as err:  # a worker lost with its task (killed, out of memory): that trace's row
-                rows[i] = error_row(sources[i], f"the Dask worker running it failed: {type(err).__name__}: {err}")
+                # Dask's own message runs on for lines: its first sentence says it.
+                said = str(err).split(". ")[0]
+                rows[i] = error_row(sources[i], f"the Dask worker running it failed: {type(err).__name__}: {said}")
             report(n, len(sources))
         return [r for r in rows if r is not None]
     finally:
