@@ -101,7 +101,9 @@ def _run_local(sources: list[str], fn: Task, workers: int, report: Progress) -> 
     tasks = [delayed(fn, pure=True)(s, dask_key_name=f"trace-{i}") for i, s in enumerate(sources)]
     try:
         with _Count():
-            rows = compute(*tasks, scheduler="processes", num_workers=workers)
+            # One trace per hand-off (Dask's default batches 6): a trace is
+            # seconds of work, and batches would leave a worker idle at the end.
+            rows = compute(*tasks, scheduler="processes", num_workers=workers, chunksize=1)
     except BrokenProcessPool:
         # A worker died (killed for memory, or a script that starts the pool
         # without an `if __name__ == "__main__":` guard, which spawned
