@@ -242,9 +242,13 @@ def test_fsspec_url_is_read_by_the_worker(fleet_dir: Path) -> None:
 # Sources and the table on disk
 
 
-def test_sources_directories_globs_and_refusals(fleet_dir: Path) -> None:
+def test_sources_directories_globs_and_refusals(fleet_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     every = expand_sources([str(fleet_dir)])
     assert len(every) == len(SYNTHETIC) + 3
+    # Relative names leave the client absolute (a worker has another cwd), once each.
+    monkeypatch.chdir(fleet_dir)
+    assert expand_sources(["small-qemu72.vmtrace", "./small-qemu72.vmtrace", "tiny-*"]) == \
+        [str(fleet_dir / "small-qemu72.vmtrace"), str(fleet_dir / "tiny-ref-bql.vmtrace")]
     assert expand_sources([str(fleet_dir / "*-qemu*.vmtrace"), str(fleet_dir / "large-qemu10.vmtrace")]) == \
         [str(fleet_dir / "large-qemu10.vmtrace"), str(fleet_dir / "small-qemu72.vmtrace")]
     for bad, said in [("/no/such/dir", "no such trace file"), (str(fleet_dir / "*.nothing"), "no trace files match"),

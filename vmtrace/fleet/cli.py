@@ -69,7 +69,7 @@ def summarize(
 
     from .engine import SYNCHRONOUS, plan_fleet, summarize_fleet
 
-    if workers is not None and scheduler not in (None,):
+    if workers is not None and scheduler is not None:
         raise VmtraceError("--workers sizes the local pool; a --scheduler cluster has its own workers")
     if workers is not None and workers < 1:
         raise VmtraceError("--workers must be at least 1")

@@ -104,7 +104,7 @@ def _expand_url(spec: str) -> list[str]:
 def expand_sources(specs: list[str]) -> list[str]:
     """Every trace named by ``specs`` (files, directories searched for
     ``*.vmtrace``, globs, URLs), once each, in the order given (a
-    directory's or glob's files sorted).  Raises ``VmtraceError`` when a
+    directory's or glob's files sorted); local paths made absolute.  Raises ``VmtraceError`` when a
     spec matches nothing."""
     if not specs:
         raise VmtraceError("no traces given: name trace files, directories, globs or URLs")
@@ -112,10 +112,11 @@ def expand_sources(specs: list[str]) -> list[str]:
     seen: set[str] = set()
     for spec in specs:
         for source in (_expand_url(spec) if is_url(spec) else _expand_local(spec)):
+            # Absolute: a cluster's workers do not share the client's cwd.
             key = source if is_url(source) else os.path.abspath(source)
             if key not in seen:
                 seen.add(key)
-                out.append(source)
+                out.append(key)
     return out
 
 
