@@ -9,16 +9,63 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
-from .errors import VmtraceError
+from .errors import TraceWarning, VmtraceError
+from .validate import U32_MAX, check_command, check_duration, check_locking, parse_address, parse_counts
+from .validate import parse_int as _checked_int
+from .validate import parse_lock as _checked_lock
+
+
+def _usage_line(err: Any) -> str | None:
+    """One line for a click usage error (typer vendors click or imports it,
+    depending on its version), or None for anything else."""
+    if getattr(err, "exit_code", None) != 2 or not hasattr(err, "format_message"):
+        return None
+    ctx = getattr(err, "ctx", None)
+    words = (ctx.command_path.split()[1:] if ctx is not None else [])
+    message = " ".join(str(err.format_message()).split())
+    return f"vmtrace: error: {message} (see {' '.join(['vmtrace', *words, '--help'])})"
+
+
+class _OneLineGroup(TyperGroup):
+    """The top-level command: a usage error anywhere (unknown command or
+    option, bad value, missing argument) is one line on stderr and status 2,
+    never typer's multi-line box."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as err:
+            if type(err).__name__ == "NoArgsIsHelpError":
+                print(err.ctx.get_help())  # type: ignore[attr-defined]
+                sys.exit(0)
+            line = _usage_line(err)
+            if line is None and hasattr(err, "format_message") and hasattr(err, "exit_code"):
+                line = f"vmtrace: error: {' '.join(str(err.format_message()).split())}"
+            if line is None:
+                if type(err).__name__ == "Abort":
+                    print("vmtrace: interrupted", file=sys.stderr)
+                    sys.exit(130)
+                raise
+            if standalone:
+                print(line, file=sys.stderr)
+                sys.exit(getattr(err, "exit_code", 2))
+            raise
+        if not standalone:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineGroup,
     help=(
         "Trace-driven lock profiling of KVM virtual machine monitors.\n\n"
         "Typical session:\n\n"
@@ -52,11 +99,22 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _show_warning(message: Any, category: Any, *_: Any, **__: Any) -> None:
+    # A repaired trace (duplicate rows dropped) is one line, not a source quote.
+    if isinstance(message, Warning) and isinstance(message, TraceWarning):
+        print(f"vmtrace: warning: {message}", file=sys.stderr)
+    else:
+        print(f"vmtrace: warning: {category.__name__}: {message}", file=sys.stderr)
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", TraceWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except VmtraceError as err:
             _fail(str(err))
         except KeyboardInterrupt:
@@ -66,7 +124,23 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+class _RecordCommand(TyperCommand):
+    """``record``'s options end at ``--``: an unknown option before it is a
+    usage error, not the name of a command to run.  Without ``--`` the
+    first word that is not an option starts the command, as before."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" not in args:
+            return super().parse_args(ctx, args)
+        cut = args.index("--")
+        ctx.ignore_unknown_options = False
+        ctx.allow_extra_args = False
+        super().parse_args(ctx, args[:cut])
+        ctx.args = args[cut + 1:]
+        return ctx.args
+
+
+@app.command(cls=_RecordCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def record(
     ctx: typer.Context,
@@ -98,6 +172,11 @@ def record(
         raise VmtraceError("give either -p PID or a command after --, not both")
     if pid is None and not cmd:
         raise VmtraceError("nothing to record: give a command after -- or -p PID")
+    if pid is not None and pid < 1:
+        raise VmtraceError(f"-p takes a process ID, not {pid}")
+    check_duration(duration)
+    if cmd:
+        check_command(cmd[0])
     result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration)
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
     stop = " (stopped by signal)" if result.interrupted else ""
@@ -170,9 +249,13 @@ def report(
         raise VmtraceError("--all-exits applies to --bql-breakdown")
     if lock and "locks" not in chosen:
         raise VmtraceError("--lock applies to --locks")
-    port_no = _parse_int(port, "--port") if port else None
-    names = dict(_parse_lock(spec) for spec in lock)
+    port_no = parse_address(port) if port is not None else None
+    names = dict(_checked_lock(spec) for spec in lock)
     tr = read_trace(trace)
+    if port_no is not None:
+        from .validate import check_port_used
+
+        check_port_used(tr.events, port_no)
     results = {view: _report_view(view, tr, port_no, all_exits, names) for view in chosen}
     if html is not None:
         from .render.html import write_html_report
@@ -231,10 +314,7 @@ def _report_console() -> Console:
 
 
 def _parse_lock(spec: str) -> tuple[int, str]:
-    name, sep, addr = spec.partition("=")
-    if not sep or not name.strip() or not addr.strip():
-        raise VmtraceError(f"--lock takes NAME=0xADDR, such as GIL=0x7f3a2c001040, not {spec!r}")
-    return _parse_int(addr.strip(), "--lock"), name.strip()
+    return _checked_lock(spec)
 
 
 @app.command()
@@ -264,6 +344,9 @@ def bench(
     """
     from .bench import run_bench
 
+    _checked_int(str(iterations), "--iterations", 1, U32_MAX, example="20000")
+    _checked_int(str(vcpus), "--vcpus", 1, 64, example="2")
+    check_locking([vmm], locking)
     result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
                        queue_depth=queue_depth, blk=blk_mode, disk=disk)
     if as_json:
@@ -371,6 +454,14 @@ def vmm_run(
 
     from .blk import BLK_MODES, check_disk
 
+    from .bench import LOCKING_MODES
+
+    _checked_int(str(vcpus), "--vcpus", 1, 64, example="2")
+    _checked_int(str(mem), "--mem", 1, 1 << 20, example="64")
+    if locking not in LOCKING_MODES:
+        raise VmtraceError(f"--locking takes {', '.join(LOCKING_MODES)}, not {locking!r}")
+    if not image.is_file():
+        raise VmtraceError(f"--image {image}: no such file" if not image.exists() else f"--image {image}: not a file")
     if blk_mode is not None and blk_mode not in BLK_MODES:
         raise VmtraceError(f"--blk takes {' or '.join(BLK_MODES)}, not {blk_mode!r}")
     if blk_mode is not None and disk is None:
@@ -416,12 +507,16 @@ def sweep(
 
     _analysing()
 
-    counts = [_parse_int(v.strip(), "--vcpus") for v in vcpus.split(",") if v.strip()]
-    if not counts or any(n < 1 or n > 64 for n in counts):
-        raise VmtraceError("--vcpus takes counts between 1 and 64, such as 1,2,4,8")
+    counts = parse_counts(vcpus)
     if repeat < 1:
         raise VmtraceError("--repeat must be at least 1 (runs per configuration)")
+    if iterations is not None:
+        _checked_int(str(iterations), "--iterations", 1, U32_MAX, example="20000")
+    check_locking(vmm.split(","), locking)
     configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None)
+    from .outputs import check_output_dir
+
+    check_output_dir(outdir, "sweep output directory")
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -472,7 +567,7 @@ def compare(
 
     if fmt not in ("table", "json"):
         raise VmtraceError(f"--format takes table or json, not {fmt!r}")
-    table, breakdowns = compare_traces(traces, port=_parse_int(port, "--port") if port else None)
+    table, breakdowns = compare_traces(traces, port=parse_address(port) if port is not None else None)
     if html is not None:
         from .render.figures import compare_figure
         from .render.html import write_html
@@ -523,10 +618,7 @@ def _analysing() -> None:
 
 
 def _parse_int(text: str, what: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise VmtraceError(f"{what} takes a number such as 0x608 or 1544, not {text!r}") from None
+    return _checked_int(text, what, example="0x608 or 1544")
 
 
 def main() -> None:

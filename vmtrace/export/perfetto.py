@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import pandas as pd
 from vmtrace import __version__
 from vmtrace.analyses.breakdown import COMPONENTS, exit_breakdown
 from vmtrace.analyses.timeline import timeline
-from vmtrace.errors import VmtraceError
+from vmtrace.outputs import open_output
 from vmtrace.trace import Trace
 
 __all__ = ["chrome_trace", "write_perfetto", "SLICE_NAMES"]
@@ -209,14 +208,10 @@ def write_perfetto(trace: Trace, path: Path | str) -> Path:
     (gzip-compressed when the name ends in ``.gz``, which Perfetto opens
     as well).  Written to a temporary file and renamed into place."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     gz = path.name.endswith(".gz")
-    try:
-        with (gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) if gz
-              else open(tmp, "w", encoding="utf-8")) as f:
+    # Atomic for a regular file, through a symlink, refused for a device (vmtrace.outputs).
+    with open_output(path, "Perfetto trace") as raw:
+        with (gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) if gz
+              else io.TextIOWrapper(raw, encoding="utf-8", write_through=False)) as f:
             _write(f, trace, None, None)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise VmtraceError(f"cannot write {path}: {err.strerror}") from None
     return path
