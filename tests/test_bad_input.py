@@ -418,3 +418,46 @@ def test_duplicated_rows_are_dropped_with_one_warning(place: Place) -> None:
     assert len(lines) == 1 and lines[0].startswith("vmtrace: warning: ") and "duplicate" in lines[0], proc.stderr
     got, want = json.loads(proc.stdout), json.loads(good.stdout)
     assert got["components"] == want["components"] and got["exits"] == want["exits"]
+
+
+# --- live: record and bench need root, KVM and tracefs ------------------------
+
+LIVE_CASES: list[tuple[str, Argv, str]] = [
+    ("record-o-char-device", lambda p: ["record", "-o", str(p / "zero"), "--", "true"], "character device"),
+    ("record-o-block-device", lambda p: ["record", "-o", str(p / "blk"), "--", "true"], "block device"),
+    ("record-o-socket", lambda p: ["record", "-o", str(p / "sock"), "--", "true"], "it is a socket"),
+    ("record-o-directory", lambda p: ["record", "-o", str(p / "dir"), "--", "true"], "it is a directory"),
+    ("record-o-dangling-link-to-missing-dir", lambda p: ["record", "-o", str(p / "dangling"), "--", "true"],
+     "does not exist"),
+    ("bench-record-char-device", lambda p: ["bench", "--iterations", "10", "--record", str(p / "zero")],
+     "character device"),
+    ("bench-record-socket", lambda p: ["bench", "--iterations", "10", "--record", str(p / "sock")], "socket"),
+]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("name, argv, expect", LIVE_CASES, ids=[c[0] for c in LIVE_CASES])
+def test_live_outputs_are_refused_before_recording(root: None, kvm: None, place: Place, name: str, argv: Argv,
+                                                   expect: str) -> None:
+    proc, left = run_case(place, argv(place))
+    assert_one_line(proc, 2, expect)
+    assert left == [], left
+    assert stat.S_ISCHR((place / "zero").lstat().st_mode) and stat.S_ISBLK((place / "blk").lstat().st_mode)
+
+
+@pytest.mark.live
+def test_live_record_writes_through_a_symlink_and_into_the_null_device(root: None, kvm: None, place: Place) -> None:
+    from vmtrace.trace import read_trace
+
+    (place / "real").mkdir()
+    os.symlink(place / "real" / "run.vmtrace", place / "link")
+    os.mknod(place / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    for out in ("link", "null"):
+        proc, left = run_case(place, ["record", "-o", out, "--backend", "ftrace", "--", "true"])
+        assert proc.returncode == 0, proc.stderr
+        assert [x for x in left if not x.startswith("changed real")] == [], left
+    assert (place / "link").is_symlink()
+    assert read_trace(place / "link").meta["target"]["command"] == ["true"]
+    assert sorted(os.listdir(place / "real")) == ["run.vmtrace"]
+    st = (place / "null").lstat()
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
