@@ -235,8 +235,25 @@ def _exact_duplicates(events: pd.DataFrame) -> np.ndarray:
         same[:-1] |= eq
     same &= (events["event"] != "lost").to_numpy()
     dup = np.zeros(len(ts), dtype=bool)
-    if same.any():
-        dup[np.flatnonzero(same)] = events[same].astype(object).duplicated(keep="first").to_numpy()
+    if not same.any():
+        return dup
+    rows = np.flatnonzero(same)
+    sub = events.iloc[rows]
+    keys: list[np.ndarray] = []
+    for col in events.columns:
+        values = sub[col]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            keys.append(values.cat.codes.to_numpy())
+            continue
+        na = values.isna().to_numpy()
+        keys += [values.to_numpy(dtype="uint64" if str(values.dtype) == "UInt64" else "int64", na_value=0), na]
+    # Sorted on every column, equal rows are neighbours: one vectorised pass.
+    order = np.lexsort(keys[::-1])
+    equal = np.ones(len(rows) - 1, dtype=bool)
+    for k in keys:
+        ks = k[order]
+        equal &= ks[1:] == ks[:-1]
+    dup[rows[order[1:][equal]]] = True
     return dup
 
 
