@@ -45,8 +45,9 @@ class _OneLineGroup(TyperGroup):
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except Exception as err:
             if type(err).__name__ == "NoArgsIsHelpError":
+                # As typer does: the help on stdout, status 2 (nothing was done).
                 print(err.ctx.get_help())  # type: ignore[attr-defined]
-                sys.exit(0)
+                sys.exit(2)
             line = _usage_line(err)
             if line is None and hasattr(err, "format_message") and hasattr(err, "exit_code"):
                 line = f"vmtrace: error: {' '.join(str(err.format_message()).split())}"
@@ -101,7 +102,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _show_warning(message: Any, category: Any, *_: Any, **__: Any) -> None:
     # A repaired trace (duplicate rows dropped) is one line, not a source quote.
-    if isinstance(message, Warning) and isinstance(message, TraceWarning):
+    if isinstance(message, TraceWarning):
         print(f"vmtrace: warning: {message}", file=sys.stderr)
     else:
         print(f"vmtrace: warning: {category.__name__}: {message}", file=sys.stderr)
