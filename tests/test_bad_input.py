@@ -161,7 +161,7 @@ def place(tmp_path: Path) -> Place:
     return _make_place(tmp_path / "case")
 
 
-def run_case(place: Place, argv: list[str], timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def run_case(place: Place, argv: list[str], timeout: float = 90) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run ``vmtrace argv`` in ``place``; returns the process and what it left
     behind (files changed in ``place``, spool entries, tracefs objects)."""
     spool = place.root.parent / "spool"
@@ -170,7 +170,18 @@ def run_case(place: Place, argv: list[str], timeout: float = 120) -> tuple[subpr
     files, tracing, spooled = tree(place.root), tracing_state(), tree(spool)
     proc = subprocess.Popen(VMTRACE + argv, cwd=place.root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # A regression that blocks (opening a FIFO, tracing forever) must not
+        # outlive the test: SIGTERM lets a recorder detach, then SIGKILL.
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     left = [f"changed {k}" for k in set(files) ^ set(tree(place.root)) | {
         k for k, v in tree(place.root).items() if files.get(k, v) != v}]
@@ -299,7 +310,9 @@ case("record-command-not-found", lambda p: ["record", "-o", "t2.vmtrace", "--", 
 case("record-duration-negative", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "-3", "--", "true"],
      "--duration")
 case("record-duration-nan", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "nan", "--", "true"], "--duration")
-case("record-duration-inf", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "inf", "-p", "1"], "--duration")
+# A PID above any pid_max: a regression that accepted inf would still trace nothing.
+case("record-duration-inf", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "inf", "-p", str(1 << 23)],
+     "--duration")
 case("record-pid-negative", lambda p: ["record", "-o", "t2.vmtrace", "-p", "-1"], "process ID")
 case("record-pid-and-command", lambda p: ["record", "-o", "t2.vmtrace", "-p", "1", "--", "true"], "not both")
 case("record-nothing", lambda p: ["record", "-o", "t2.vmtrace"], "nothing to record")
