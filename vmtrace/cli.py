@@ -64,6 +64,7 @@ class _OneLineGroup(TyperGroup):
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
 
+from .report import CLI_VIEWS, option_users, view
 
 app = typer.Typer(
     cls=_OneLineGroup,
@@ -206,18 +207,25 @@ class _OneLineUsageErrors(TyperCommand):
 
 
 #: The views of `vmtrace report`, in the order they print and key the JSON.
-REPORT_VIEWS = ("bql_breakdown", "exits", "locks", "offcpu", "requests")
+REPORT_VIEWS = tuple(v.name for v in CLI_VIEWS)
+
+
+def _view_flag(name: str) -> Any:
+    # The flag and its help are the view table's, so a view is described once.
+    v = view(name)
+    return typer.Option(False, v.option, help=v.help)
 
 
 @app.command(cls=_OneLineUsageErrors)
 @friendly
 def report(
+    ctx: typer.Context,
     trace: Path = typer.Argument(..., help="A trace written by vmtrace record or vmtrace bench --record."),
-    bql_breakdown: bool = typer.Option(False, "--bql-breakdown", help="Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart); with distributions, per exit kind/port, per vCPU.  The default view."),
-    exits: bool = typer.Option(False, "--exits", help="What perf kvm stat gives, on any host: count, share, time share, min/mean/max per exit reason, per PIO port and MMIO address, per vCPU."),
-    locks: bool = typer.Option(False, "--locks", help="Every futex word the target waited on: waits, wait time (mean, p99), waiting and waking threads, hold times, the BQL named; time inside futex calls."),
-    offcpu: bool = typer.Option(False, "--offcpu", help="Per thread: running, blocked on a lock, blocked on anything else, runnable but waiting for a CPU."),
-    requests: bool = typer.Option(False, "--requests", help="virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99."),
+    bql_breakdown: bool = _view_flag("bql_breakdown"),
+    exits: bool = _view_flag("exits"),
+    locks: bool = _view_flag("locks"),
+    offcpu: bool = _view_flag("offcpu"),
+    requests: bool = _view_flag("requests"),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
     all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
@@ -235,21 +243,19 @@ def report(
 
     Reads only the trace file: runs without root, on any machine.
     """
-    from .render.text import render_json_safe
+    from .report import Report
     from .trace import read_trace
 
     _analysing()
 
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
-    chosen = [v for v, on in zip(REPORT_VIEWS, (bql_breakdown, exits, locks, offcpu, requests)) if on] or ["bql_breakdown"]
+    # Each view's flag is the parameter named after it.
+    chosen = [v for v in CLI_VIEWS if ctx.params[v.name]] or [CLI_VIEWS[0]]
     # An option that no chosen view reads is a mistake to point out, not to ignore.
-    if port is not None and not {"bql_breakdown", "exits"} & set(chosen):
-        raise VmtraceError("--port applies to --bql-breakdown and --exits")
-    if all_exits and "bql_breakdown" not in chosen:
-        raise VmtraceError("--all-exits applies to --bql-breakdown")
-    if lock and "locks" not in chosen:
-        raise VmtraceError("--lock applies to --locks")
+    for option, given in (("--port", port is not None), ("--all-exits", all_exits), ("--lock", bool(lock))):
+        if given and not any(option in v.reads for v in chosen):
+            raise VmtraceError(f"{option} applies to {' and '.join(v.option for v in option_users(option))}")
     port_no = parse_address(port) if port is not None else None
     names = dict(_checked_lock(spec) for spec in lock)
     tr = read_trace(trace)
@@ -257,61 +263,22 @@ def report(
         from .validate import check_port_used
 
         check_port_used(tr.events, port_no)
-    results = {view: _report_view(view, tr, port_no, all_exits, names) for view in chosen}
+    session = Report(tr, port=port_no, timed_loop=not all_exits, lock_names=names)
+    # Every chosen view before any output: one that fails stops the command
+    # before a page or half a report is written.
+    session.compute([v.name for v in chosen])
     if html is not None:
-        from .render.html import write_html_report
+        from .render.html import write_report_html
 
         # On stderr, so that --format json keeps stdout one JSON document.
-        err_console.print(f"vmtrace: wrote {write_html_report(tr, html, port=port_no, timed_loop=not all_exits)}")
+        err_console.print(f"vmtrace: wrote {write_report_html(session, html)}")
     if fmt == "json":
-        docs = {view: r.to_json() for view, r in results.items()}
-        print(json.dumps(render_json_safe(docs[chosen[0]] if len(docs) == 1 else docs), indent=2))
+        print(json.dumps(session.json([v.name for v in chosen]), indent=2))
         return
-    console = _report_console()
-    for view, r in results.items():
-        _render_view(view, r, console)
-
-
-def _report_view(view: str, tr: Any, port: Optional[int], all_exits: bool, names: dict[int, str]) -> Any:
-    """Compute one view of ``vmtrace report``: the library call a notebook makes."""
-    if view == "bql_breakdown":
-        from .analyses.breakdown import bql_breakdown
-
-        return bql_breakdown(tr, port=port, timed_loop=not all_exits)
-    if view == "exits":
-        from .analyses.exits import exit_stats
-
-        return exit_stats(tr, port=port)
-    if view == "locks":
-        from .analyses.locks import lock_report
-
-        return lock_report(tr, extra_names=names)
-    if view == "requests":
-        from .analyses.requests import request_report
-
-        return request_report(tr)
-    from .analyses.offcpu import offcpu_report
-
-    return offcpu_report(tr)
-
-
-def _render_view(view: str, result: Any, console: Console) -> None:
-    from .render import text
-
-    render = {"bql_breakdown": text.render_breakdown, "exits": text.render_exits, "locks": text.render_locks,
-              "offcpu": text.render_offcpu, "requests": text.render_requests}[view]
-    render(result, console)
-
-
-def _report_console() -> Console:
-    # Piped output would be squeezed to 80 columns and numbers elided; a log
-    # or a script keeps them whole at 160.
-    import os
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=160)
-    return console
+    console = wide_console()
+    for v in chosen:
+        assert v.text is not None
+        v.text(session[v.name], console)
 
 
 def _parse_lock(spec: str) -> tuple[int, str]:
@@ -353,55 +320,9 @@ def bench(
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
-    from rich.table import Table
+    from .render.commands import render_bench
 
-    if result.blk is not None:
-        _render_blk(result, Console())
-        return
-
-    t = Table(title=f"{result.bench} on {result.vmm}" + (f" (locking {result.locking})" if result.locking else ""),
-              title_justify="left")
-    t.add_column("vCPU", justify="right")
-    t.add_column("cycles/op", justify="right")
-    for i, c in enumerate(result.per_vcpu):
-        t.add_row(str(i), f"{c:,.0f}")
-    t.add_row("[bold]mean[/]", f"[bold]{result.cycles_per_op:,.0f}[/]")
-    console = Console()
-    console.print(t)
-    console.print(f"{result.iterations:,} iterations per vCPU, TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
-    if result.trace:
-        console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
-
-
-def _render_blk(result: Any, console: Console) -> None:
-    from rich.table import Table
-
-    console.print(f"{result.bench} on {result.vmm}, --blk {result.blk}, queue depth {result.queue_depth}")
-    if result.malformed:
-        t = Table()
-        for col in ("kind", "answered", "status", "used len", "then ok"):
-            t.add_column(col)
-        for m in result.malformed:
-            t.add_row(m.get("kind", "?"), m.get("answered", "?"), m.get("status", "?"), m.get("used_len", "?"),
-                      m.get("then_ok", "?"))
-        console.print(t)
-    else:
-        t = Table()
-        t.add_column("vCPU", justify="right")
-        t.add_column("cycles/request", justify="right")
-        t.add_column("IOPS", justify="right")
-        for i, (c, iops) in enumerate(zip(result.per_vcpu, result.per_vcpu_iops)):
-            t.add_row(str(i), f"{c:,.0f}", f"{iops:,.0f}")
-        t.add_row("[bold]all[/]", f"[bold]{result.cycles_per_request:,.0f}[/]", f"[bold]{result.iops:,.0f}[/]")
-        console.print(t)
-        console.print(f"{result.iterations:,} requests per vCPU, {result.errors} errors, "
-                      f"TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
-    for c in result.checksums:
-        console.print(f"checksum {c.get('region')}: sector {c.get('sector')}, {c.get('blocks')} blocks, {c.get('fnv')}")
-    for name, value in result.checks.items():
-        console.print(f"check {name}={value}")
-    if result.trace:
-        console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
+    render_bench(result, Console())
 
 
 @app.command()
@@ -414,18 +335,11 @@ def doctor(
     Root, /dev/kvm, tracefs, BPF and bcc, kernel headers, QEMU, and (unless
     --quick) which kvm tracepoints fire when a test guest runs.
     """
-    from rich.table import Table
-
     from .doctor import run_checks
+    from .render.commands import render_doctor
 
     checks = run_checks(fire_test=not quick)
-    t = Table(title="vmtrace doctor", title_justify="left")
-    for col in ("check", "status", "detail", "what to do"):
-        t.add_column(col)
-    for c in checks:
-        status = "[green]ok[/]" if c.ok else ("[yellow]warn[/]" if c.ok is None else "[red]FAIL[/]")
-        t.add_row(c.name, status, c.detail, c.fix)
-    Console().print(t)
+    render_doctor(checks, Console())
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)
 
@@ -503,6 +417,7 @@ def sweep(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .render.html import write_sweep_html
     from .render.text import render_sweep
     from .sweep import configs_for, run_sweep, write_summary
 
@@ -534,18 +449,9 @@ def sweep(
                             progress=step, repeat=repeat)
         bar.advance(task)
     files = write_summary(summary, outdir)
-    files.append(_sweep_html(summary, outdir / "report.html"))
+    files.append(write_sweep_html(summary, outdir / "report.html"))
     render_sweep(summary, console)
     console.print("wrote " + ", ".join(str(f) for f in files))
-
-
-def _sweep_html(summary: Any, path: Path) -> Path:
-    from .render.figures import sweep_figure
-    from .render.html import write_html
-
-    write_html([("Cycles per exit by component", sweep_figure(summary))], path,
-               title="vmtrace sweep", tables=[("Summary", summary.drop(columns=["trace"]))])
-    return path
 
 
 @app.command()
@@ -570,11 +476,9 @@ def compare(
         raise VmtraceError(f"--format takes table or json, not {fmt!r}")
     table, breakdowns = compare_traces(traces, port=parse_address(port) if port is not None else None)
     if html is not None:
-        from .render.figures import compare_figure
-        from .render.html import write_html
+        from .render.html import write_compare_html
 
-        write_html([("Cycles per exit by component", compare_figure(table))], html, title="vmtrace compare",
-                   tables=[("Comparison (cycles per exit)", table.reset_index())])
+        write_compare_html(table, html)
     if fmt == "json":
         print(json.dumps(comparison_json(table, breakdowns), indent=2))
         return
@@ -599,13 +503,14 @@ def export(
     wait, ...) and, inside those, the time spent off CPU.
     """
     from .export.perfetto import write_perfetto
+    from .report import Report
     from .trace import read_trace
 
     _analysing()
 
     if perfetto is None:
         raise VmtraceError("nothing to export: give --perfetto OUT")
-    err_console.print(f"vmtrace: wrote {write_perfetto(read_trace(trace), perfetto)}")
+    err_console.print(f"vmtrace: wrote {write_perfetto(Report(read_trace(trace)), perfetto)}")
 
 
 def _analysing() -> None:

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from vmtrace import __version__
-from vmtrace.analyses.breakdown import COMPONENTS, exit_breakdown
-from vmtrace.analyses.timeline import timeline
+from vmtrace.analyses.breakdown import COMPONENTS
 from vmtrace.outputs import open_output
+from vmtrace.report import Report
 from vmtrace.trace import Trace
 
 __all__ = ["chrome_trace", "write_perfetto", "SLICE_NAMES"]
@@ -153,10 +153,16 @@ def _write_events(f: Any, trace: Trace, spans: pd.DataFrame | None, exits: pd.Da
     """Write the ``traceEvents`` array's members, comma-separated, to ``f``.
     Lines are formatted from columns in batches: a dict and a json.dumps per
     event would cost several times the time and memory on a large trace."""
-    if exits is None:
-        exits = exit_breakdown(trace)
-    if spans is None:
-        spans = timeline(trace, exits)
+    if exits is None or spans is None:
+        # The session's views, as the HTML page has them; spans given
+        # without their exits are laid out as given.
+        session = Report(trace)
+        if exits is None:
+            exits = session["all_exits"]
+        else:
+            session.seed("all_exits", exits)
+        if spans is None:
+            spans = session["timeline"]
     pid, meta = _metadata(trace, spans)
     f.write(",".join(json.dumps(m, separators=(",", ":")) for m in meta))
     x = _slices(trace, spans, exits)
@@ -203,15 +209,22 @@ def chrome_trace(trace: Trace, spans: pd.DataFrame | None = None, exits: pd.Data
     return json.loads(buf.getvalue())
 
 
-def write_perfetto(trace: Trace, path: Path | str) -> Path:
+def write_perfetto(trace: Trace | Report, path: Path | str) -> Path:
     """Write ``trace``'s timeline as Chrome trace-event JSON to ``path``
     (gzip-compressed when the name ends in ``.gz``, which Perfetto opens
-    as well).  Written to a temporary file and renamed into place."""
+    as well).  ``trace`` is a ``Trace``, or a ``vmtrace.report.Report``
+    whose exits and timeline are reused.  Written to a temporary file and
+    renamed into place."""
     path = Path(path)
+    if isinstance(trace, Report):
+        spans, exits = trace["timeline"], trace["all_exits"]
+        trace = trace.trace
+    else:
+        spans = exits = None
     gz = path.name.endswith(".gz")
     # Atomic for a regular file, through a symlink, refused for a device (vmtrace.outputs).
     with open_output(path, "Perfetto trace") as raw:
         with (gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) if gz
               else io.TextIOWrapper(raw, encoding="utf-8", write_through=False)) as f:
-            _write(f, trace, None, None)
+            _write(f, trace, spans, exits)
     return path

@@ -1,6 +1,11 @@
 """Self-contained HTML pages: the report of one trace, and pages of sections
 that ``vmtrace sweep`` and ``vmtrace compare`` assemble.
 
+The report page renders a ``vmtrace.report.Report``: each view of
+``vmtrace.report.VIEWS`` names its section builder here, and a builder
+reads the session's results and never runs an analysis itself, so the
+terminal views and the page of one command share every computation.
+
 A page is one file that opens offline: plotly.js is inlined once in the
 head, figures carry their data as JSON, and nothing is fetched (no CDN, no
 web fonts, no MathJax).  Text from the trace (thread names, notes) is
@@ -12,7 +17,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -21,14 +26,12 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from vmtrace import __version__
-from vmtrace.analyses.breakdown import Breakdown, bql_breakdown, exit_breakdown
-from vmtrace.analyses.exits import exit_stats
-from vmtrace.analyses.locks import lock_report
-from vmtrace.analyses.offcpu import offcpu_report
-from vmtrace.analyses.requests import PHASES, request_report, request_timeline
-from vmtrace.analyses.timeline import display_state, timeline
+from vmtrace.analyses.breakdown import Breakdown
+from vmtrace.analyses.requests import PHASES, request_timeline
+from vmtrace.analyses.timeline import display_state
 from vmtrace.errors import VmtraceError
 from vmtrace.outputs import open_output
+from vmtrace.report import VIEWS, Report
 from vmtrace.trace import Trace
 
 from .figures import (
@@ -45,8 +48,8 @@ from .figures import (
     timeline_overview,
 )
 
-__all__ = ["Section", "Html", "write_html", "page_html", "write_html_report", "report_sections", "sweep_figure",
-           "compare_figure"]
+__all__ = ["Section", "Html", "PageLimits", "write_html", "page_html", "write_html_report", "write_report_html",
+           "report_sections", "write_sweep_html", "write_compare_html", "sweep_figure", "compare_figure"]
 
 
 @dataclass(frozen=True)
@@ -240,50 +243,53 @@ def _by_kind(b: Breakdown, limit: int = 15) -> pd.DataFrame:
     return df[[c for c in cols if c in df]].head(limit)
 
 
+@dataclass(frozen=True)
+class PageLimits:
+    """What keeps a page small: ``max_spans`` caps the spans the Gantt chart
+    carries (a window around the middle of the summarised exits) and
+    ``bins`` the time bins of the whole-trace overview."""
+
+    max_spans: int = 20_000
+    bins: int = 400
+
+
 def report_sections(
-    trace: Trace,
+    report: Report | Trace,
     port: int | None = None,
     timed_loop: bool = True,
     max_spans: int = 20_000,
     bins: int = 400,
 ) -> tuple[Html, list[Section]]:
-    """The report of one trace as a header and sections (see
-    ``write_html_report`` for the arguments)."""
-    b = bql_breakdown(trace, port=port, timed_loop=timed_loop)
-    all_exits = exit_breakdown(trace)
-    spans = timeline(trace, all_exits)
-    t0 = int(trace.meta.get("start_ns") or spans["start_ns"].min())
-    sections = [
-        Section("Breakdown", [breakdown_figure(b), cost_histogram(b.exits, b.tsc_hz), _percentiles(b)],
-                intro="Where the cycles of one userspace exit go: the components partition the time from one "
-                      "KVM_RUN to the next (guest, vmexit, emulator, the VMM's exit path and dispatch, device "
-                      "callback, lock wait with the BQL apart)."),
-        _exits_section(trace, b, port),
-    ]
-    sections.append(_locks_section(trace))
-    sections.append(_offcpu_section(trace))
-    requests = _requests_section(trace)
-    if requests is not None:
-        sections.append(requests)
-    sections.append(_timeline_section(trace, spans, b, t0, max_spans, bins))
-    return _header(trace, b), sections
+    """The report of one trace as a header and sections: one section per
+    view of ``vmtrace.report.VIEWS`` that has one, from the results of
+    ``report`` (a ``Report``, which computes each view once; a bare
+    ``Trace`` is given one with ``port`` and ``timed_loop``).  See
+    ``write_html_report`` for the arguments."""
+    if isinstance(report, Trace):
+        report = Report(report, port=port, timed_loop=timed_loop)
+    limits = PageLimits(max_spans=max_spans, bins=bins)
+    sections = [s for s in (v.html(report, limits) for v in VIEWS if v.html is not None) if s is not None]
+    return _header(report.trace, report["bql_breakdown"]), sections
 
 
-def _run_analysis(fn: Callable[..., Any], trace: Trace, **kw: Any) -> tuple[Any, str]:
-    """(result, "") from the analysis ``fn``, or (None, why) when the trace
-    cannot feed it (no futex or sched events, say): the section says so."""
-    try:
-        return fn(trace, **kw), ""
-    except VmtraceError as err:
-        return None, f"Not available for this trace: {err}. "
+def _unavailable(why: str) -> str:
+    return f"Not available for this trace: {why}."
 
 
-def _exits_section(trace: Trace, b: Breakdown, port: int | None) -> Section:
+def breakdown_section(report: Report, limits: PageLimits) -> Section:
+    b = report["bql_breakdown"]
+    return Section("Breakdown", [breakdown_figure(b), cost_histogram(b.exits, b.tsc_hz), _percentiles(b)],
+                   intro="Where the cycles of one userspace exit go: the components partition the time from one "
+                         "KVM_RUN to the next (guest, vmexit, emulator, the VMM's exit path and dispatch, device "
+                         "callback, lock wait with the BQL apart).")
+
+
+def exits_section(report: Report, limits: PageLimits) -> Section:
     intro = "Mean cycles per exit by component, by exit kind and port or address (the summarised exits). "
-    items: list[Any] = [_by_kind(b)]
-    stats, why = _run_analysis(exit_stats, trace, port=port)
+    items: list[Any] = [_by_kind(report["bql_breakdown"])]
+    stats, why = report.get("exits")
     if stats is None:
-        return Section("Exits", items, intro=f"({why.strip()}) " + intro)
+        return Section("Exits", items, intro=f"({_unavailable(why)}) " + intro)
     acc = stats.by_access
     if acc is not None and len(acc):
         top = acc.head(12)
@@ -321,11 +327,11 @@ def _stat_table(df: pd.DataFrame, keys: list[str], limit: int = 15) -> pd.DataFr
     return out
 
 
-def _locks_section(trace: Trace) -> Section:
+def locks_section(report: Report, limits: PageLimits) -> Section:
     intro = "Waits are lock spans the VMM reported and blocking futex waits, the BQL apart. "
-    locks, why = _run_analysis(lock_report, trace)
+    locks, why = report.get("locks")
     if locks is None:
-        return Section("Locks", [why.strip()], intro=intro)
+        return Section("Locks", [_unavailable(why)], intro=intro)
     fig, table = _locks_from_analysis(locks)
     notes = [f"note: {n}" for n in locks.notes]
     return Section("Locks", [x for x in (fig, table) if x is not None] + notes, intro=intro)
@@ -372,12 +378,12 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
     return fig, table
 
 
-def _offcpu_section(trace: Trace) -> Section:
+def offcpu_section(report: Report, limits: PageLimits) -> Section:
     intro = ("Runnable: switched out while runnable or woken and not yet on a CPU (oversubscription, not "
              "contention). Blocked: asleep, on a lock or on anything else (I/O, an idle loop). ")
-    off, why = _run_analysis(offcpu_report, trace)
+    off, why = report.get("offcpu")
     if off is None:
-        return Section("Off-CPU", [why.strip()], intro=intro)
+        return Section("Off-CPU", [_unavailable(why)], intro=intro)
     fig, table = _offcpu_from_analysis(off)
     return Section("Off-CPU", [fig, table, *(f"note: {n}" for n in off.notes)], intro=intro)
 
@@ -411,10 +417,10 @@ def _offcpu_from_analysis(off: Any) -> tuple[go.Figure, pd.DataFrame]:
     return fig, table
 
 
-def _requests_section(trace: Trace, shown: int = 40) -> Section | None:
+def requests_section(report: Report, limits: PageLimits, shown: int = 40) -> Section | None:
     """virtio-blk requests by phase, per role of the servicing thread; None
     for a trace with no virtio-blk activity (most traces)."""
-    rq, _ = _run_analysis(request_report, trace)
+    rq, _ = report.get("requests")
     if rq is None:
         return None
     intro = ("Each virtio-blk request from the guest's kick (its write to the queue-notify port, an ioeventfd) to "
@@ -447,8 +453,9 @@ def _us_table(df: pd.DataFrame) -> pd.DataFrame:
         **{c.replace("_ns", " µs"): df[c] / 1e3 for c in df.columns if c.endswith("_ns")})
 
 
-def _timeline_section(trace: Trace, spans: pd.DataFrame, b: Breakdown, t0: int, max_spans: int,
-                      bins: int) -> Section:
+def timeline_section(report: Report, limits: PageLimits) -> Section:
+    trace, spans, b = report.trace, report["timeline"], report["bql_breakdown"]
+    max_spans, bins = limits.max_spans, limits.bins
     if spans.empty:
         return Section("Timeline", ["No thread has events to lay out."])
     if len(b.exits):
@@ -457,6 +464,7 @@ def _timeline_section(trace: Trace, spans: pd.DataFrame, b: Breakdown, t0: int, 
         center = int(b.exits["start_ns"].median())
     else:
         center = int((spans["start_ns"].min() + spans["end_ns"].max()) // 2)
+    t0 = int(trace.meta.get("start_ns") or spans["start_ns"].min())
     window = detail_window(spans, center, max_spans)
     shown = int(((spans["end_ns"] > window[0]) & (spans["start_ns"] < window[1])).sum())
     whole = (int(spans["end_ns"].max()) - int(spans["start_ns"].min())) / 1e6
@@ -491,6 +499,28 @@ def write_html_report(
     (a window around the middle of the summarised exits) and ``bins`` the
     time bins of the whole-trace overview.  Returns the path.
     """
-    header, sections = report_sections(trace, port=port, timed_loop=timed_loop, max_spans=max_spans, bins=bins)
-    name = trace.path.name if trace.path else "trace"
+    return write_report_html(Report(trace, port=port, timed_loop=timed_loop), path,
+                             PageLimits(max_spans=max_spans, bins=bins))
+
+
+def write_report_html(report: Report, path: Path | str, limits: PageLimits = PageLimits()) -> Path:
+    """Write the HTML page of ``report`` (a ``vmtrace.report.Report``) to
+    ``path`` from the views it has computed or computes now, each once (the
+    terminal views of the same session reuse them).  Returns the path."""
+    header, sections = report_sections(report, max_spans=limits.max_spans, bins=limits.bins)
+    name = report.trace.path.name if report.trace.path else "trace"
     return write_html(sections, path, title=f"vmtrace report: {name}", header=header)
+
+
+def write_sweep_html(summary: pd.DataFrame, path: Path | str) -> Path:
+    """The page of ``vmtrace sweep``: ``summary`` (``vmtrace.sweep``'s, one
+    row per configuration and vCPU count) as the stacked chart and a table."""
+    return write_html([("Cycles per exit by component", sweep_figure(summary))], path, title="vmtrace sweep",
+                      tables=[("Summary", summary.drop(columns=["trace"]))])
+
+
+def write_compare_html(table: pd.DataFrame, path: Path | str) -> Path:
+    """The page of ``vmtrace compare``: ``table``
+    (``vmtrace.compare.compare_breakdowns``') as a chart and a table."""
+    return write_html([("Cycles per exit by component", compare_figure(table))], path, title="vmtrace compare",
+                      tables=[("Comparison (cycles per exit)", table.reset_index())])

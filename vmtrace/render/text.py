@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from vmtrace.analyses.breakdown import Breakdown
+from vmtrace.jsonsafe import json_safe as render_json_safe  # the name callers know; one converter
 
-__all__ = ["render_breakdown", "fmt_cycles"]
+__all__ = ["render_breakdown", "fmt_cycles", "render_json_safe"]
 
 
 def fmt_cycles(v: float | None) -> str:
@@ -128,24 +129,6 @@ def render_breakdown(b: Breakdown, console: Console | None = None) -> None:
         )
     for note in b.notes:
         console.print(f"[dim]note: {note}[/]")
-
-
-def render_json_safe(obj: Any) -> Any:
-    """Make numpy and pandas scalars JSON-serialisable."""
-    if isinstance(obj, dict):
-        return {str(k): render_json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [render_json_safe(v) for v in obj]
-    if obj is pd.NA:
-        return None
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        try:
-            return obj.item()
-        except (ValueError, AttributeError):
-            return obj
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
 
 
 def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
