@@ -375,8 +375,6 @@ def vmm_run(
     _checked_int(str(mem), "--mem", 1, 1 << 20, example="64")
     if locking not in LOCKING_MODES:
         raise VmtraceError(f"--locking takes {', '.join(LOCKING_MODES)}, not {locking!r}")
-    if not image.is_file():
-        raise VmtraceError(f"--image {image}: no such file" if not image.exists() else f"--image {image}: not a file")
     if blk_mode is not None and blk_mode not in BLK_MODES:
         raise VmtraceError(f"--blk takes {' or '.join(BLK_MODES)}, not {blk_mode!r}")
     if blk_mode is not None and disk is None:

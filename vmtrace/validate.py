@@ -99,23 +99,24 @@ def check_command(word: str) -> None:
     """The first word after ``--``: an executable file, or a name on PATH.
     A word that starts with '-' is an option given before ``--`` that
     ``record`` does not have."""
+    name = word if len(word) <= 60 else shown(word)
     if word.startswith("-"):
         raise UsageError(f"no such option: {shown(word)} (options go before --, the command after it)")
     if "/" in word:
         p = Path(word)
         if not p.exists():
-            raise UsageError(f"cannot run {shown(word)}: no such file")
+            raise UsageError(f"cannot run {name}: no such file")
         if p.is_dir():
-            raise UsageError(f"cannot run {shown(word)}: it is a directory")
+            raise UsageError(f"cannot run {name}: it is a directory")
         if not os.access(p, os.X_OK):
-            raise UsageError(f"cannot run {shown(word)}: it is not executable (chmod +x {word})")
+            raise UsageError(f"cannot run {name}: it is not executable (chmod +x {name})")
         return
     if shutil.which(word) is not None:
         return
     for d in os.environ.get("PATH", "").split(os.pathsep):
         if d and os.path.isfile(os.path.join(d, word)):
-            raise UsageError(f"cannot run {shown(word)}: {os.path.join(d, word)} is not executable")
-    raise UsageError(f"command not found: {shown(word)}")
+            raise UsageError(f"cannot run {name}: {os.path.join(d, word)} is not executable")
+    raise UsageError(f"command not found: {name}")
 
 
 def check_port_used(events: Any, port: int, limit: int = 5) -> None:
