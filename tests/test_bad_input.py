@@ -405,7 +405,9 @@ def test_fifo_with_a_reader_gets_the_stream(place: Place) -> None:
 
 
 def test_stdout_pipe_gets_the_stream(place: Place) -> None:
-    proc, _ = run_case(place, ["export", str(place.trace), "--perfetto", "/dev/stdout"])
+    # /proc/self/fd/1 is what /dev/stdout points to; a regression that renames
+    # over its target fails here instead of replacing the host's /dev/stdout.
+    proc, _ = run_case(place, ["export", str(place.trace), "--perfetto", "/proc/self/fd/1"])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["traceEvents"]
 
