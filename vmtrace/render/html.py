@@ -15,7 +15,6 @@ escaped; only fragments vmtrace builds itself go in as HTML.
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -28,9 +27,11 @@ from plotly.offline import get_plotlyjs
 
 from vmtrace import __version__
 from vmtrace.analyses.breakdown import Breakdown
+from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.analyses.requests import PHASES, request_timeline
 from vmtrace.analyses.timeline import display_state
 from vmtrace.errors import VmtraceError
+from vmtrace.outputs import open_output
 from vmtrace.report import VIEWS, Report
 from vmtrace.trace import Trace
 
@@ -180,13 +181,9 @@ def write_html(sections: Sequence[SectionLike], path: Path | str, title: str = "
     """
     path = Path(path)
     text = page_html(sections, title=title, header=header, tables=tables)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise VmtraceError(f"cannot write {path}: {err.strerror}") from None
+    # Atomic for a regular file, through a symlink, refused for a device (vmtrace.outputs).
+    with open_output(path, "HTML report") as f:
+        f.write(text.encode("utf-8"))
     return path
 
 
@@ -204,7 +201,7 @@ def _header(trace: Trace, b: Breakdown) -> Html:
     lost_html = (f'<span class="warn">{lost:,} events lost ({html.escape(per_cpu)})</span>' if lost
                  else '<span class="ok">no events lost</span>')
     bql = b.bql
-    bql_html = (f"BQL: futex word {html.escape(str(bql.get('futex_uaddr')))} ({html.escape(str(bql.get('method')))})"
+    bql_html = (f"BQL: futex word {html.escape(str(hex_or_none(bql.get('futex_uaddr'))))} ({html.escape(str(bql.get('method')))})"
                 if bql.get("identified") else
                 f'<span class="warn">BQL not identified</span> ({html.escape(str(bql.get("method", "no method")))})')
     lines = [
@@ -243,7 +240,7 @@ def _percentiles(b: Breakdown) -> pd.DataFrame:
 def _by_kind(b: Breakdown, limit: int = 15) -> pd.DataFrame:
     cols = ["kind", "addr", "exits", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait",
             "total", "p50", "p99"]
-    df = b.by_kind
+    df = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
     return df[[c for c in cols if c in df]].head(limit)
 
 
