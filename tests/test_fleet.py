@@ -15,10 +15,10 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from plotly.offline import get_plotlyjs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
 from vmtrace.analyses.breakdown import bql_breakdown

@@ -41,7 +41,7 @@ def test_duckdb_reads_every_column(table: Path) -> None:
     con = duckdb.connect()
     described = con.execute(f"DESCRIBE SELECT * FROM '{table}'").df()
     assert described["column_name"].tolist() == list(COLUMNS)
-    types = dict(zip(described["column_name"], described["column_type"]))
+    types = dict(zip(described["column_name"], described["column_type"], strict=True))
     assert types["vcpus"] == "INTEGER" and types["hist_total"] == "BIGINT[]"
     assert types["recorded"].startswith("TIMESTAMP") and types["top_locks"].startswith("STRUCT")
     n_failed = con.execute(f"SELECT count(*) FROM '{table}' WHERE error IS NOT NULL").fetchone()

@@ -11,12 +11,16 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any
 
 import typer
 
 from vmtrace.errors import VmtraceError
+
+# typer declares options as default values (B008), as vmtrace/cli.py does.
+# ruff: noqa: B008
 
 __all__ = ["app"]
 
@@ -35,10 +39,10 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except VmtraceError as err:
             print(f"vmtrace: error: {err}", file=sys.stderr)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             print("vmtrace: interrupted", file=sys.stderr)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -46,14 +50,14 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @_friendly
 def summarize(
-    traces: List[str] = typer.Argument(..., help="Trace files, directories (searched for *.vmtrace), globs, "
+    traces: list[str] = typer.Argument(..., help="Trace files, directories (searched for *.vmtrace), globs, "
                                                  "or fsspec URLs (s3://... where s3fs is installed)."),
     output: Path = typer.Option(..., "-o", "--output", help="Fleet table to write (Parquet)."),
-    scheduler: Optional[str] = typer.Option(
+    scheduler: str | None = typer.Option(
         None, "--scheduler",
         help="tcp://HOST:PORT of a running dask.distributed scheduler (its workers open the traces); "
              "'synchronous' to run in this process. Default: Dask's local scheduler with worker processes."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default: one per CPU)."),
+    workers: int | None = typer.Option(None, "--workers", help="Local worker processes (default: one per CPU)."),
     all_exits: bool = typer.Option(False, "--all-exits",
                                    help="Summarise every exit, not a benchmark trace's timed loop."),
 ) -> None:
@@ -108,8 +112,8 @@ def summarize(
 @_friendly
 def report(
     table: Path = typer.Argument(..., help="Fleet table written by `vmtrace fleet summarize`."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write one self-contained HTML page."),
-    by: Optional[str] = typer.Option(None, "--by", help="Group by summary columns, comma-separated "
+    html: Path | None = typer.Option(None, "--html", help="Also write one self-contained HTML page."),
+    by: str | None = typer.Option(None, "--by", help="Group by summary columns, comma-separated "
                                                         "(vmm_version,vcpus,workload ...)."),
     top: int = typer.Option(10, "--top", help="Traces listed by BQL wait."),
 ) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from typing import Any, Callable, Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from vmtrace.errors import VmtraceError
 

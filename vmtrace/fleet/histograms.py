@@ -20,7 +20,8 @@ definition), so the true quantile lies inside its bounds.
 
 from __future__ import annotations
 
-from typing import Final, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Final, NamedTuple
 
 import numpy as np
 

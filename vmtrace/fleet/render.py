@@ -160,8 +160,8 @@ def _overall_table(r: FleetReport) -> pd.DataFrame:
     o = r.overall
     return pd.DataFrame({
         "component": o["component"], "mean": o["mean"], "share": [_pct(v) for v in o["share"]],
-        "p50 ~": o["p50"], "p50 bucket": [f"{_cycles(a)}-{_cycles(b)}" for a, b in zip(o["p50_low"], o["p50_high"])],
-        "p99 ~": o["p99"], "p99 bucket": [f"{_cycles(a)}-{_cycles(b)}" for a, b in zip(o["p99_low"], o["p99_high"])],
+        "p50 ~": o["p50"], "p50 bucket": [f"{_cycles(a)}-{_cycles(b)}" for a, b in zip(o["p50_low"], o["p50_high"], strict=True)],
+        "p99 ~": o["p99"], "p99 bucket": [f"{_cycles(a)}-{_cycles(b)}" for a, b in zip(o["p99_low"], o["p99_high"], strict=True)],
     })
 
 

@@ -103,7 +103,7 @@ def _groups(ok: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for key, grp in ok.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         merged = hist.merge(grp["hist_total"])
-        row: dict[str, Any] = dict(zip(by, key))
+        row: dict[str, Any] = dict(zip(by, key, strict=True))
         row.update(traces=len(grp), exits=int(grp["exits"].sum()))
         for c in COMPONENTS:
             row[c] = _weighted(grp, f"{c}_mean")

@@ -12,9 +12,9 @@ import glob
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from vmtrace.errors import VmtraceError
 

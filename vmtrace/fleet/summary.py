@@ -20,7 +20,8 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Callable, Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,7 @@ SCHEMA: Final = pa.schema([(name, typ) for name, (typ, _) in COLUMNS.items()])
 
 def error_row(source: str, error: str, trace_id: str | None = None) -> dict[str, Any]:
     """The row of a trace that gave no summary."""
-    row: dict[str, Any] = {name: None for name in COLUMNS}
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(path=source, error=error, trace_id=trace_id or _path_id(source))
     return row
 
