@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .arithmetic import dense_codes
+from .arithmetic import rank_in
 
 __all__ = ["cpu_wait_spans", "intersect_by_thread"]
 
@@ -69,26 +69,37 @@ def intersect_by_thread(a_tid: np.ndarray, a_s: np.ndarray, a_e: np.ndarray,
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The intersection of two sets of per-thread spans, as (``tid``,
     ``start_ns``, ``end_ns``) int64 arrays of disjoint, non-empty spans.
-    ``a`` must be disjoint within a thread; ``b`` may nest or overlap (it is
-    merged first)."""
-    a_tid, a_s, a_e = (np.asarray(x, dtype=np.int64) for x in (a_tid, a_s, a_e))
-    b_tid, b_s, b_e = _union(*(np.asarray(x, dtype=np.int64) for x in (b_tid, b_s, b_e)))
+    ``a`` must be disjoint within a thread (it is the small set: the waits
+    for a CPU); ``b`` may nest or overlap, and need not be sorted."""
+    a_tid, a_s, a_e, b_tid, b_s, b_e = (np.asarray(x, dtype=np.int64) for x in (a_tid, a_s, a_e, b_tid, b_s, b_e))
     empty = np.zeros(0, dtype=np.int64)
     if len(a_s) == 0 or len(b_s) == 0:
         return empty, empty, empty
-    keys = dense_codes(np.concatenate((a_tid, b_tid)))
-    ka, kb = keys[: len(a_tid)], keys[len(a_tid):]
+    keys = np.unique(a_tid)
+    ka = rank_in(keys, a_tid)
+    kb = rank_in(keys, b_tid)
     lo = min(int(a_s.min()), int(b_s.min()))
     extent = max(int(a_e.max()), int(b_e.max())) - lo + 1
-    if extent * (int(keys.max()) + 2) >= 1 << 62:
+    if extent * (len(keys) + 1) >= 1 << 62:
         raise OverflowError("trace too long to shift threads apart in int64")
-    # Each thread on a range of its own of one line: both sets are then
-    # sorted, disjoint lists and one searchsorted pairs them.
-    a_order = np.lexsort((a_s, ka))
-    sa = a_s[a_order] - lo + ka[a_order] * extent
-    ea = a_e[a_order] - lo + ka[a_order] * extent
-    sb = b_s - lo + kb * extent
-    eb = b_e - lo + kb * extent
+    # Each thread on a range of its own of one line: ``a`` is then one
+    # sorted, disjoint list, and a searchsorted finds what ``b`` touches.
+    order = np.lexsort((a_s, ka))
+    a_tid, ka = a_tid[order], ka[order]
+    sa = a_s[order] - lo + ka * extent
+    ea = a_e[order] - lo + ka * extent
+    # Only the spans of ``b`` that touch ``a`` are merged and paired: ``b``
+    # is every lock wait or device call of the trace, ``a`` a few preemptions.
+    ok = kb >= 0
+    sb = b_s[ok] - lo + kb[ok] * extent
+    eb = b_e[ok] - lo + kb[ok] * extent
+    at = np.searchsorted(ea, sb, side="right")
+    touch = at < len(sa)
+    touch[touch] = sa[at[touch]] < eb[touch]
+    kb_t, sb, eb = kb[ok][touch], sb[touch], eb[touch]
+    if len(sb) == 0:
+        return empty, empty, empty
+    kb_t, sb, eb = _union(kb_t, sb, eb)
     first = np.searchsorted(eb, sa, side="right")
     stop = np.searchsorted(sb, ea, side="left")
     n = np.maximum(stop - first, 0)
@@ -96,7 +107,6 @@ def intersect_by_thread(a_tid: np.ndarray, a_s: np.ndarray, a_e: np.ndarray,
     ib = np.repeat(first, n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
     s = np.maximum(sa[ia], sb[ib])
     e = np.minimum(ea[ia], eb[ib])
-    ok = e > s
-    tid = a_tid[a_order][ia][ok]
-    shift = ka[a_order][ia][ok] * extent - lo
-    return tid, s[ok] - shift, e[ok] - shift
+    keep = e > s
+    shift = ka[ia][keep] * extent - lo
+    return a_tid[ia][keep], s[keep] - shift, e[keep] - shift
