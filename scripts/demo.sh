@@ -23,6 +23,7 @@ PYTHONS=${PYTHONS:-ft}
 bash scripts/setup.sh
 V=.venv/bin/vmtrace
 out=out/sweep-$VMM
+mkdir -p out  # the sweep creates its own directory, not its parents
 case "$VMM" in
   reference) $V sweep -o "$out" --vmm reference --locking bql,unlocked --vcpus "$VCPUS" --repeat "$REPEAT" \
                --python "$PYTHONS"
