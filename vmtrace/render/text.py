@@ -11,6 +11,7 @@ from rich.table import Table
 from vmtrace.analyses.breakdown import Breakdown
 from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.jsonsafe import json_safe as render_json_safe  # the name callers know; one converter
+from vmtrace.schema import THREAD_ROLES
 
 __all__ = ["render_breakdown", "fmt_cycles", "render_json_safe"]
 
@@ -105,7 +106,7 @@ def _histogram_table(b: Breakdown, rows: int = 12) -> Table | None:
     groups = [(i, min(i + step, hi)) for i in range(lo, hi, step)]
     sums = [sum(counts[a:z]) for a, z in groups]
     top = max(sums) or 1
-    for (a, z), n in zip(groups, sums):
+    for (a, z), n in zip(groups, sums, strict=True):
         t.add_row(f"{fmt_cycles(edges[a])} - {fmt_cycles(edges[z])}", f"{n:,}", "█" * round(40 * n / top))
     return t
 
@@ -143,13 +144,14 @@ def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
             "vmexit", "emulator", "dispatch", "device", "lock wait", "BQL", "total"]
     for c in cols:
         t.add_column(c, justify="left" if c == "config" else "right", no_wrap=True)
-    for r in summary.itertuples(index=False):
-        spread = [f"{fmt_cycles(r.guest_min)}-{fmt_cycles(r.guest_max)}"] if repeated else []
-        t.add_row(r.config, str(r.vcpus), fmt_cycles(r.guest_cycles_per_op), *spread,
-                  fmt_cycles(r.traced_guest_cycles_per_op),
-                  f"{r.observer_effect:.2f}x" if r.observer_effect == r.observer_effect else "-",
-                  fmt_cycles(r.vmexit), fmt_cycles(r.emulator), fmt_cycles(r.dispatch), fmt_cycles(r.device),
-                  fmt_cycles(r.lock_wait), fmt_cycles(r.bql_wait), fmt_cycles(r.total))
+    for r in summary.to_dict("records"):
+        spread = [f"{fmt_cycles(r['guest_min'])}-{fmt_cycles(r['guest_max'])}"] if repeated else []
+        effect = r["observer_effect"]
+        t.add_row(str(r["config"]), str(r["vcpus"]), fmt_cycles(r["guest_cycles_per_op"]), *spread,
+                  fmt_cycles(r["traced_guest_cycles_per_op"]),
+                  f"{effect:.2f}x" if effect == effect else "-",
+                  *(fmt_cycles(r[c]) for c in ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait",
+                                               "total")))
     console.print(t)
     if repeated:
         console.print(f"guest, traced guest: medians of {int(summary['runs'].max())} runs each; "
@@ -165,12 +167,12 @@ def render_comparison(table: pd.DataFrame, console: Console | None = None) -> No
         t.add_column(str(c), justify="right", no_wrap=True)
     for comp, row in table.iterrows():
         cells = []
-        for c, v in row.items():
+        for col, v in row.items():
             if v is None or pd.isna(v):
                 cells.append("-")
-            elif str(c).endswith("Δ%"):
+            elif str(col).endswith("Δ%"):
                 cells.append(f"{v:+.1f}%")
-            elif str(c).endswith("Δ"):
+            elif str(col).endswith("Δ"):
                 cells.append(f"{v:+,.0f}")
             else:
                 cells.append(fmt_cycles(v))
@@ -370,7 +372,6 @@ def render_offcpu(off: Any, console: Console | None = None) -> None:
         console.print(f"[dim]note: {note}[/]")
 
 
-_ROLE_LABELS = {"vcpu": "vCPU", "main": "main loop", "iothread": "IOThread", "worker": "worker", "other": "other"}
 _PHASE_LABELS = {
     "notify": "notify (kick -> pickup)",
     "bql_wait": "BQL wait",
@@ -386,7 +387,7 @@ _PHASE_LABELS = {
 
 def role_label(role: Any) -> str:
     """The name a reader knows a thread role by: main -> main loop ..."""
-    return _ROLE_LABELS.get(str(role), str(role))
+    return THREAD_ROLES.get(str(role), str(role))
 
 
 def render_requests(rq: Any, console: Console | None = None) -> None:
