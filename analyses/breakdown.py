@@ -339,14 +339,14 @@ def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int, order: np.ndarra
     for key in keys:
         col = exits[key]
         if isinstance(col.dtype, pd.CategoricalDtype):
-            c = col.cat.codes.to_numpy().astype(np.int64)
-            c = np.where(c < 0, len(col.cat.categories), c)
+            code = col.cat.codes.to_numpy().astype(np.int64)
+            code = np.where(code < 0, len(col.cat.categories), code)
         else:
             # factorize refuses a plain numpy column wrapped as a pandas
             # array (what int16 vcpu numbers arrive as); hand it numpy.
             values = col.to_numpy() if isinstance(col.dtype, np.dtype) else col.array
-            c = pd.factorize(values, sort=True, use_na_sentinel=False)[0].astype(np.int64)
-        combined = combined * (int(c.max()) + 1) + c
+            code = pd.factorize(values, sort=True, use_na_sentinel=False)[0].astype(np.int64)
+        combined = combined * (int(code.max()) + 1) + code
     gid = dense_codes(combined)
     n_groups = int(gid.max()) + 1
     counts = np.bincount(gid, minlength=n_groups)
@@ -436,13 +436,13 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     by_kind = _grouped(exits, ["kind", "addr"], tsc, by_total, values)
     by_vcpu = _grouped(exits, ["vcpu"], tsc, by_total, values)
     threads = trace.threads
-    roles = dict(zip(threads["tid"].astype(int), threads["role"]))
+    roles = dict(zip(threads["tid"].astype(int), threads["role"], strict=True))
     tids = np.unique(exits["tid"].to_numpy())
     role_of_tid = [str(roles.get(int(t), ROLE_VCPU)) for t in tids]
     role_names = sorted(set(role_of_tid))
     role_code = np.array([role_names.index(r) for r in role_of_tid], dtype=np.int64)
     role = pd.Categorical.from_codes(role_code[rank_in(tids, exits["tid"].to_numpy())] if len(tids) else
-                                     np.zeros(0, np.int64), categories=role_names)
+                                     np.zeros(0, np.int64), categories=pd.Index(role_names))
     by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total, values)
     bql = dict(trace.bql())
     bql["futex_uaddr"] = int(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None

@@ -64,7 +64,7 @@ def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, s
         rows = ev[(ev["event"] == event).to_numpy() & ev["name"].notna().to_numpy()]
         if len(rows):
             pairs = rows[["addr", "name"]].dropna().drop_duplicates()
-            names.update({int(a): str(n) for a, n in zip(pairs["addr"], pairs["name"]) if int(a)})
+            names.update({int(a): str(n) for a, n in zip(pairs["addr"], pairs["name"], strict=True) if int(a)})
     names.update(trace.futex_names())
     names.update(extra or {})
     return names
@@ -253,7 +253,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     good = waits[~waits["lost"]]
     life = thread_lifetimes(ev)
     info = thread_info(trace, life["tid"].to_numpy())
-    label = {int(t): f"{n} [{int(t)}]" for t, n in zip(life["tid"], info["name"])}
+    label = {int(t): f"{n} [{int(t)}]" for t, n in zip(life["tid"], info["name"], strict=True)}
     target_ns = int(life["time_ns"].sum())
 
     good = good.assign(eagain=(good["ret"] == -EAGAIN).fillna(False).to_numpy(dtype=bool),

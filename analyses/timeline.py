@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from vmtrace.trace import Trace
@@ -149,9 +150,9 @@ def _covering(seg_s: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarr
 Layer = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # start, end, state code, detail code
 
 
-def _layer(s: np.ndarray, e: np.ndarray, state: int | np.ndarray, detail: int | np.ndarray) -> Layer:
-    s = np.asarray(s, dtype=np.int64)
-    e = np.asarray(e, dtype=np.int64)
+def _layer(start: npt.ArrayLike, end: npt.ArrayLike, state: int | np.ndarray, detail: int | np.ndarray) -> Layer:
+    s = np.asarray(start, dtype=np.int64)
+    e = np.asarray(end, dtype=np.int64)
     n = len(s)
     st = np.broadcast_to(np.asarray(state, dtype=np.int64), (n,)).copy()
     dt = np.broadcast_to(np.asarray(detail, dtype=np.int64), (n,)).copy()
@@ -292,8 +293,8 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
     extent = own.groupby("tid", sort=True)["ts_ns"].agg(["min", "max"])
 
     frames = []
-    for tid, (lo, hi) in extent.iterrows():
-        tid = int(tid)
+    for tid, lo, hi in zip(extent.index.to_numpy(dtype=np.int64).tolist(), extent["min"].tolist(),
+                           extent["max"].tolist(), strict=True):
         if hi <= lo:
             continue
         t_dev = devices[devices["tid"] == tid]
@@ -325,9 +326,9 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
         out = pd.DataFrame({c: pd.Series([], dtype="int64") for c in cols}).astype({"tid": "int32"})
     else:
         out = pd.concat(frames, ignore_index=True)
-    out["state"] = pd.Categorical.from_codes(out["state"].to_numpy(dtype=np.int64), categories=list(STATES))
-    out["detail"] = pd.Categorical.from_codes(out["detail"].to_numpy(dtype=np.int64), categories=details.names)
-    out["sched"] = pd.Categorical.from_codes(out["sched"].to_numpy(dtype=np.int64), categories=list(SCHED))
+    out["state"] = pd.Categorical.from_codes(out["state"].to_numpy(dtype=np.int64), categories=pd.Index(list(STATES)))
+    out["detail"] = pd.Categorical.from_codes(out["detail"].to_numpy(dtype=np.int64), categories=pd.Index(details.names))
+    out["sched"] = pd.Categorical.from_codes(out["sched"].to_numpy(dtype=np.int64), categories=pd.Index(list(SCHED)))
     return out[cols]
 
 

@@ -67,7 +67,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             code = err.exit_status if isinstance(err, Interrupted) else 130
             detail = err.detail if isinstance(err, Interrupted) else ""
             print(f"vmtrace: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
-            raise typer.Exit(code)
+            raise typer.Exit(code) from None
 
     return wrapper
 

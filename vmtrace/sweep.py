@@ -152,11 +152,11 @@ def run_sweep(
                     of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
-                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op)
+                    plain.append(_guest_cycles(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op))
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
                     res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend)
-                    traced.append((res.cycles_per_op, files[k]))
+                    traced.append((_guest_cycles(res.cycles_per_op), files[k]))
             except BaseException:
                 # A failed or interrupted run leaves no hidden run files behind.
                 for f in files if repeat > 1 else []:
@@ -171,6 +171,13 @@ def run_sweep(
             runs.append(SweepRun(cfg, bench, n, iters, float(statistics.median(plain)), keep[0], path,
                                  tuple(plain), tuple(c for c, _ in traced)))
     return summarize_sweep(runs)
+
+
+def _guest_cycles(cycles_per_op: float | None) -> float:
+    # A sweep compares what the guest measured: a run without it has nothing to compare.
+    if cycles_per_op is None:
+        raise VmtraceError("the benchmark guest reported no cycles per operation")
+    return cycles_per_op
 
 
 def _median_run(runs: list[tuple[float, Path]]) -> tuple[float, Path]:

@@ -18,7 +18,7 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -106,7 +106,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (int, np.integer)):
         return f"{int(v):,}"
     if isinstance(v, (float, np.floating)):
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+        x = float(v)
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
     return str(v)
 
 
@@ -128,7 +129,7 @@ def _anchor(title: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")
 
 
-SectionLike = Union[Section, go.Figure, tuple]
+SectionLike: TypeAlias = Section | go.Figure | tuple[Any, ...]
 
 
 def _as_section(s: SectionLike) -> Section:
@@ -299,7 +300,7 @@ def exits_section(report: Report, limits: PageLimits) -> Section:
     if acc is not None and len(acc):
         top = acc.head(12)
         label = [f"{k} {'' if pd.isna(a) else hex(int(a))} {d}" for k, a, d in
-                 zip(top["kind"], top["addr"], top.get("dir", [""] * len(top)))]
+                 zip(top["kind"], top["addr"], top.get("dir", [""] * len(top)), strict=True)]
         fig = go.Figure(go.Bar(y=label, x=top["count"], orientation="h", marker_color=COMPONENT_COLORS["vmexit"],
                                customdata=np.round(top["mean_ns"].to_numpy(dtype=np.float64) / 1e3, 2),
                                hovertemplate="%{y}: %{x:,} exits, mean %{customdata} µs<extra></extra>"))
@@ -353,7 +354,7 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
         return None, pd.DataFrame({"": ["No futex word was waited on in this trace."]})
     us = 1e3
     table = pd.DataFrame({
-        "lock": [_word_label(n, a) for n, a in zip(words["name"], words["addr"])],
+        "lock": [_word_label(n, a) for n, a in zip(words["name"], words["addr"], strict=True)],
         "waits": words["waits"],
         "went off CPU": words["blocked"],
         "total ms": words["wait_ns"] / 1e6,
@@ -367,12 +368,12 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
     fig = None
     by = locks.by_thread
     if not by.empty:
-        by = by.assign(lock=[_word_label(n, a) for n, a in zip(by["name"], by["addr"])])
+        by = by.assign(lock=[_word_label(n, a) for n, a in zip(by["name"], by["addr"], strict=True)])
         top = by.groupby("lock", sort=False)["wait_ns"].sum().sort_values(ascending=False).index[:8]
         fig = go.Figure()
         for lock in top:
             t = by[by["lock"] == lock]
-            thread = [f"{n} [{int(tid)}]" for n, tid in zip(t["thread"], t["tid"])]
+            thread = [f"{n} [{int(tid)}]" for n, tid in zip(t["thread"], t["tid"], strict=True)]
             fig.add_bar(y=thread, x=t["wait_ns"] / 1e6, name=lock, orientation="h",
                         marker_color=COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None,
                         hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>")
@@ -406,9 +407,9 @@ def _offcpu_from_analysis(off: Any) -> tuple[go.Figure, pd.DataFrame]:
     }
     colors = ["#8fbc8f", COMPONENT_COLORS["bql_wait"], COMPONENT_COLORS["other_lock_wait"], "#4d4d4d", "#f2c12e",
               "#d9d9d9"]
-    names = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("name", "?"), t["tid"])]
+    names = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("name", "?"), t["tid"], strict=False)]
     fig = go.Figure()
-    for (label, v), color in zip(parts.items(), colors):
+    for (label, v), color in zip(parts.items(), colors, strict=False):
         if (v > 0).any():
             fig.add_bar(y=names, x=v / 1e6, name=label, orientation="h", marker_color=color,
                         hovertemplate="%{y}: %{x:.1f} ms<extra>" + label + "</extra>")
