@@ -162,7 +162,7 @@ def main() -> None:
                     row.append("-")
                     continue
                 # Per-round ratios pair the runs that met the same host load.
-                paired = [rv / qv for rv, qv in zip(values, cycles[(bench, vcpus, QEMU)]) if rv and qv]
+                paired = [rv / qv for rv, qv in zip(values, cycles[(bench, vcpus, QEMU)], strict=False) if rv and qv]
                 ratio = rmed / qmed
                 style = "green" if ratio <= 1.0 else "red"
                 spread = f" ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else ""
