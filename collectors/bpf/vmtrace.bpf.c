@@ -335,6 +335,9 @@ int mutex_lock_enter(struct pt_regs *ctx) {
 }
 
 #ifdef PRECISE
+// One program per probe point, each a few lines alike (filter, look up, emit):
+// deliberate.  bcc attaches a function by name, with no argument to tell the
+// points apart, and a macro would hide which event each one emits.
 int bql_lock_return(struct pt_regs *ctx) {
     if (!is_target())
         return 0;

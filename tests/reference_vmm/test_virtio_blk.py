@@ -407,7 +407,7 @@ def test_notification_suppression_and_no_interrupt_flag(rig: Rig) -> None:
         seen.append(rig.drv.used_flags())
         yield from completions()
 
-    rig.dev.backend.completions = spy  # type: ignore[method-assign]
+    rig.dev.backend.completions = spy  # type: ignore[method-assign]  # a spy on this one backend
     rig.request(T_IN, 0, [Buf(DATA, 512, True)])
     rig.kick()
     assert seen == [1] and rig.drv.used_flags() == 0
