@@ -49,7 +49,7 @@ TEMPLATES = [
 
 #: (file name, vCPUs, exits per vCPU, provenance): sizes from tens of
 #: events to a few hundred thousand, and several VMMs, versions, modes.
-SYNTHETIC = [
+SYNTHETIC: list[tuple[str, int, int, dict[str, Any]]] = [
     ("tiny-ref-bql.vmtrace", 1, 20, {"vmm": "reference", "locking": "bql", "host": "host-a",
                                      "interpreter": {"version": "3.13.5", "free_threaded": True,
                                                      "gil_enabled": False, "path": "/opt/py/bin/python3.13t"}}),

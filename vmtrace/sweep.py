@@ -84,7 +84,7 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
     interpreter with a note on stderr when it is missing).  Each interpreter
     is a configuration of its own, free-threaded ones first."""
     from .bench import LOCKING_MODES, VMMS, note_on_stderr
-    from .interpreter import resolve_python
+    from .interpreter import Interpreter, resolve_python
 
     out: list[SweepConfig] = []
     lockings = [x for x in (lockings or []) if x]
@@ -95,7 +95,7 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
         if vmm not in VMMS:
             raise VmtraceError(f"unknown VMM {vmm!r}: choose among {', '.join(VMMS)}")
         if vmm == "reference":
-            interps = []
+            interps: list[Interpreter] = []
             for spec in list(pythons or []) or ["ft"]:
                 interp = resolve_python(spec, note_on_stderr)
                 if interp.kind in [i.kind for i in interps]:

@@ -79,6 +79,7 @@ def test_python_ft_gil_puts_the_gil_curves_beside(live: None, tmp_path: Path) ->
     assert list(summary["config"]) == ["reference unlocked", "reference unlocked (GIL)"]
     assert list(summary["free_threaded"]) == [True, False] and list(summary["gil_enabled"]) == [False, True]
     assert Path(summary["trace"][1]).name == "reference-unlocked-gil-2vcpu.vmtrace"
+    row: Any  # a row of cells: pandas-stubs type each as any scalar
     for row in summary.itertuples():
         meta = read_trace(row.trace).meta
         assert meta["target"]["interpreter"]["free_threaded"] == row.free_threaded
