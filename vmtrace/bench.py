@@ -22,6 +22,7 @@ from typing import Any
 
 from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_disk, supports_o_direct
 from .errors import TargetError, VmtraceError
+from .qemu_versions import QemuBinary, firmware_dir, resolve_qemu
 
 __all__ = [
     "BENCHES",
@@ -36,7 +37,7 @@ __all__ = [
     "run_bench",
 ]
 
-BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", *BLK_BENCHES)
+BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", "serial_pmtimer", *BLK_BENCHES)
 VMMS = ("qemu", "reference")
 LOCKING_MODES = ("2013", "bql", "unlocked")
 GUEST_DIR = Path(__file__).resolve().parent.parent / "reference_vmm" / "guest"
@@ -54,7 +55,11 @@ class BenchResult:
     vCPU's cycles per request is its inverse throughput, not a latency),
     ``iops`` (all requests over the span from the first vCPU's start to the
     last one's end), ``per_vcpu_iops``, and the guest's ``blkdev``,
-    ``checksums`` (blk_verify) and ``malformed`` (blk_malformed) records."""
+    ``checksums`` (blk_verify) and ``malformed`` (blk_malformed) records.
+
+    serial_pmtimer's ``per_vcpu`` are two kinds of op: vCPU 0's serial
+    writes, then the other vCPUs' PM-timer reads.  ``qemu_version`` is the
+    version of the QEMU that ran ("10.0.2"); None on the reference VMM."""
 
     vmm: str
     bench: str
@@ -80,6 +85,7 @@ class BenchResult:
     blkdev: dict[str, str] = field(default_factory=dict)
     checksums: list[dict[str, str]] = field(default_factory=list)
     malformed: list[dict[str, str]] = field(default_factory=list)
+    qemu_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,14 +119,16 @@ def vmm_command(
     disk: Path | None = None,
     blk: str | None = None,
 ) -> list[str]:
-    """The command line that runs the guest ``bench`` on ``vmm``; with
+    """The command line that runs the guest ``bench`` on ``vmm``
+    (``qemu``: the QEMU binary; one inside a private prefix gets ``-L`` to
+    its firmware, see vmtrace.qemu_versions); with
     ``disk``, the VM gets a legacy virtio-blk-pci device on that raw image,
     its queue serviced under the BQL (``blk`` "bql", the default) or by an
     IOThread (``blk`` "dataplane")."""
     append = f"bench={bench} iterations={iterations} {extra}".strip()
     if vmm == "qemu":
         cmd = [
-            qemu, "-enable-kvm", "-cpu", "max,-arch-capabilities", "-M", "pc",
+            qemu, *QemuBinary(qemu, "", firmware_dir(qemu)).args(), "-enable-kvm", "-cpu", "max,-arch-capabilities", "-M", "pc",
             "-smp", str(vcpus), "-m", "64", "-display", "none", "-nodefaults",
             "-no-reboot", "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
@@ -243,6 +251,7 @@ def run_bench(
     blk: str | None = None,
     disk: Path | None = None,
     guest_args: str = "",
+    qemu: str | None = None,
 ) -> BenchResult:
     """Run ``bench`` on ``vmm`` with ``vcpus`` vCPUs; record it when
     ``record_to`` is given (the guest's results then land in the trace's
@@ -253,7 +262,9 @@ def run_bench(
     raw image; by default a 64 MiB one made in a temporary directory and
     removed afterwards).  blk_randwrite and blk_verify overwrite data on it.
     ``guest_args`` go to the guest's command line as they are (``seed=7
-    write_sector=100 ...``: see the guest README)."""
+    write_sector=100 ...``: see the guest README).  ``qemu`` picks the
+    QEMU (a version in vmtrace.qemu_versions.KNOWN_VERSIONS or a path;
+    default ``qemu-system-x86_64`` on PATH)."""
     if bench not in BENCHES:
         raise VmtraceError(f"unknown bench {bench!r}: choose one of {', '.join(BENCHES)}")
     if vcpus < 1 or vcpus > 64:
@@ -266,6 +277,10 @@ def run_bench(
         raise VmtraceError(f"unknown locking mode {locking!r}: choose one of {', '.join(LOCKING_MODES)}")
     if vmm == "qemu" and locking not in (None, "bql"):
         raise VmtraceError("QEMU's locking is fixed by its version: --locking applies to --vmm reference")
+    if vmm != "qemu" and qemu is not None:
+        raise VmtraceError("--qemu applies to --vmm qemu")
+    qbin = resolve_qemu(qemu) if vmm == "qemu" else None
+    qpath = qbin.path if qbin else "qemu-system-x86_64"
     is_blk = bench in BLK_BENCHES
     if not is_blk and (queue_depth is not None or blk is not None or disk is not None):
         raise VmtraceError(f"--queue-depth, --blk and --disk apply to the {', '.join(BLK_BENCHES)} benches, not {bench}")
@@ -282,8 +297,10 @@ def run_bench(
         raise VmtraceError("no usable /dev/kvm: load the kvm module and run as root (or join group kvm)")
     image = guest_image()
     if not is_blk:
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args)
-        return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args, qemu=qpath)
+        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None)
+        res.qemu_version = qbin.version if qbin else None
+        return res
     extra = f"qd={queue_depth}"
     if bench in ("blk_randread", "blk_randwrite"):
         # A short untimed run first: the host's first touches of the image
@@ -293,9 +310,12 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="vmtrace-disk-") as tmp:
         if disk is None:
             disk = make_disk(Path(tmp) / "disk.img", DEFAULT_DISK_BYTES)
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk,
+                          qemu=qpath)
         info = {"queue_depth": queue_depth, "blk": blk, "disk": None if Path(tmp) in disk.parents else str(disk)}
-        return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info)
+        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info)
+        res.qemu_version = qbin.version if qbin else None
+        return res
 
 
 def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_to: Path | None,
