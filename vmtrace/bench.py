@@ -37,7 +37,7 @@ __all__ = [
     "run_bench",
 ]
 
-BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", "serial_pmtimer", *BLK_BENCHES)
+BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", "serial_pmtimer", "fwcfg_pmtimer", *BLK_BENCHES)
 VMMS = ("qemu", "reference")
 LOCKING_MODES = ("2013", "bql", "unlocked")
 GUEST_DIR = Path(__file__).resolve().parent.parent / "reference_vmm" / "guest"

@@ -8,5 +8,7 @@
 
 int contend_setup(const struct bench_env *env, const char **err);
 uint64_t run_serial_pmtimer(int vcpu, uint32_t warmup, uint32_t n);
+int fwcfg_setup(const struct bench_env *env, const char **err);
+uint64_t run_fwcfg_pmtimer(int vcpu, uint32_t warmup, uint32_t n);
 
 #endif
