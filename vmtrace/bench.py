@@ -22,6 +22,7 @@ from typing import Any
 
 from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_disk, supports_o_direct
 from .errors import TargetError, VmtraceError
+from .procs import Interrupted, run_child
 from .qemu_versions import QemuBinary, firmware_dir, resolve_qemu
 
 __all__ = [
@@ -326,7 +327,8 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
         t0 = time.monotonic()
         if record_to is None:
             try:
-                proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout_s)
+                # run_child: the VMM dies with vmtrace, even a SIGKILLed one.
+                proc = run_child(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout_s)
             except FileNotFoundError:
                 raise TargetError(f"command not found: {cmd[0]} (install qemu-system-x86)") from None
             except subprocess.TimeoutExpired:
@@ -352,6 +354,9 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
 
             rec = record(record_to, cmd=cmd, backend=backend, precise=precise, stdout=out,
                          extra_meta=bench_meta, duration=timeout_s)
+            if rec.signum is not None:
+                # The guest's results are incomplete, the trace is not lost.
+                raise Interrupted(rec.signum, f"the trace recorded so far was written to {record_to}")
             status = rec.exit_status if rec.exit_status is not None else -1
         wall = time.monotonic() - t0
         out.seek(0)

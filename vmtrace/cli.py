@@ -60,9 +60,14 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except VmtraceError as err:
             _fail(str(err))
-        except KeyboardInterrupt:
-            print("vmtrace: interrupted", file=sys.stderr)
-            raise typer.Exit(130)
+        except KeyboardInterrupt as err:
+            # 128+N, the shell's convention for "stopped by signal N".
+            from .procs import Interrupted
+
+            code = err.exit_status if isinstance(err, Interrupted) else 130
+            detail = err.detail if isinstance(err, Interrupted) else ""
+            print(f"vmtrace: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
+            raise typer.Exit(code)
 
     return wrapper
 
@@ -105,8 +110,7 @@ def record(
     err_console.print(
         f"vmtrace: wrote {result.path} ({result.events:,} events, backend {result.backend}{lost}){stop}"
     )
-    if result.exit_status is not None:
-        raise typer.Exit(result.exit_status)
+    raise typer.Exit(result.status)
 
 
 class _OneLineUsageErrors(TyperCommand):
@@ -229,9 +233,11 @@ def bench(
     own number beside the traced breakdown.
     """
     from .bench import run_bench
+    from .procs import interrupt_on_signals
 
-    result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
-                       queue_depth=queue_depth, blk=blk_mode, disk=disk)
+    with interrupt_on_signals():
+        result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
+                           queue_depth=queue_depth, blk=blk_mode, disk=disk)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
@@ -280,9 +286,8 @@ def vmm_run(
 
       vmtrace vmm run --image ... --vcpus 2 --disk disk.img --blk dataplane -- bench=blk_randread qd=16
     """
-    import subprocess
-
     from .blk import BLK_MODES, check_disk
+    from .procs import interrupt_on_signals, run_child
 
     if blk_mode is not None and blk_mode not in BLK_MODES:
         raise VmtraceError(f"--blk takes {' or '.join(BLK_MODES)}, not {blk_mode!r}")
@@ -294,7 +299,9 @@ def vmm_run(
     if disk is not None:
         check_disk(disk)
         cmd += ["--disk", str(disk), "--blk", blk_mode or "bql"]
-    raise typer.Exit(subprocess.call(cmd))
+    with interrupt_on_signals():
+        status = run_child(cmd).returncode
+    raise typer.Exit(128 - status if status < 0 else status)
 
 
 @app.command()
@@ -336,6 +343,10 @@ def sweep(
     if repeat < 1:
         raise VmtraceError("--repeat must be at least 1 (runs per configuration)")
     configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None)
+    from .procs import interrupt_on_signals
+    from .sweep import check_outdir
+
+    check_outdir(outdir)
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -348,13 +359,29 @@ def sweep(
             started[0] = True
             bar.update(task, description=what)
 
-        summary = run_sweep(configs, counts, outdir, bench=bench_name, iterations=iterations, backend=backend,
-                            progress=step, repeat=repeat)
+        with interrupt_on_signals():
+            summary = run_sweep(configs, counts, outdir, bench=bench_name, iterations=iterations,
+                                backend=backend, progress=step, repeat=repeat)
         bar.advance(task)
     files = write_summary(summary, outdir)
     files.append(write_sweep_html(summary, outdir / "report.html"))
     render_sweep(summary, console)
     console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+@app.command()
+@friendly
+def recover(
+    spool: Path = typer.Argument(..., help="The spool directory a failed `vmtrace record` kept (it names it)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Trace file to write (default: the one record was given)."),
+) -> None:
+    """Finish writing a trace that `record` could not write (a full disk).
+
+      vmtrace recover /tmp/vmtrace-spool-1234-abcd -o run.vmtrace
+    """
+    from .spool import recover as do_recover
+
+    err_console.print(f"vmtrace: wrote {do_recover(spool, output)}")
 
 
 @app.command()

@@ -20,7 +20,8 @@ from .analyses.breakdown import COMPONENTS, bql_breakdown
 from .errors import VmtraceError
 from .trace import read_trace
 
-__all__ = ["SweepConfig", "SweepRun", "configs_for", "write_summary", "run_sweep", "summarize_sweep", "SUMMARY_COLUMNS"]
+__all__ = ["SweepConfig", "SweepRun", "configs_for", "check_outdir", "write_summary", "run_sweep", "summarize_sweep",
+           "SUMMARY_COLUMNS"]
 
 #: Columns of the sweep summary (CSV and JSON), one row per (config, vcpus).
 SUMMARY_COLUMNS = (
@@ -86,6 +87,23 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None) -> list[Swe
     return out
 
 
+def check_outdir(outdir: Path) -> None:
+    """Refuse, before anything runs, an output directory that is a file or
+    cannot be created or written."""
+    import os
+
+    outdir = Path(outdir)
+    probe = outdir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe == outdir and not outdir.is_dir():
+        raise VmtraceError(f"cannot use {outdir} as the sweep's output directory: it exists and is not a directory")
+    if not probe.is_dir():
+        raise VmtraceError(f"cannot create {outdir}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise VmtraceError(f"cannot write to {probe}: permission denied (choose another -o)")
+
+
 def run_sweep(
     configs: list[SweepConfig],
     vcpus: list[int],
@@ -106,9 +124,20 @@ def run_sweep(
     fewer)."""
     from .bench import run_bench
 
+    from .bench import BENCHES
+
     if repeat < 1:
         raise VmtraceError("--repeat must be at least 1")
-    outdir.mkdir(parents=True, exist_ok=True)
+    if bench not in BENCHES:
+        raise VmtraceError(f"unknown bench {bench!r}: choose one of {', '.join(BENCHES)}")
+    if iterations is not None and iterations < 1:
+        raise VmtraceError("--iterations must be at least 1")
+    # Options first, the directory after: a mistyped option leaves nothing behind.
+    check_outdir(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VmtraceError(f"cannot create {outdir}: {err.strerror}") from None
     runs = []
     for cfg in configs:
         for n in vcpus:
