@@ -150,10 +150,11 @@ class CallsiteTable:
     coverage: float = 1.0
     duty: float | None = None
     notes: list[str] = field(default_factory=list)
+    vmm: str = ""  # "qemu 10.0.2": the target and its version, from the metadata
 
     def to_json(self) -> dict[str, Any]:
         rows = self.sites.astype(object).where(self.sites.notna(), None).to_dict(orient="records")
-        return {"sampled": self.sampled, "coverage": self.coverage, "duty": self.duty,
+        return {"vmm": self.vmm, "sampled": self.sampled, "coverage": self.coverage, "duty": self.duty,
                 "notes": list(self.notes), "sites": rows}
 
 
@@ -201,4 +202,6 @@ def callsite_table(trace: Trace, until_ns: int | None = None) -> CallsiteTable:
     if len(sites):
         sites["share"] = sites["acquisitions"] / sites["acquisitions"].sum()
         sites = sites.sort_values(["wait_ns", "acquisitions"], ascending=False).reset_index(drop=True)
-    return CallsiteTable(sites, sampled, coverage, sampling.get("duty"), notes)
+    target = trace.meta.get("target") or {}
+    vmm = " ".join(str(x) for x in (target.get("vmm"), target.get("vmm_version")) if x)
+    return CallsiteTable(sites, sampled, coverage, sampling.get("duty"), notes, vmm)

@@ -253,6 +253,7 @@ def run_bench(
     disk: Path | None = None,
     guest_args: str = "",
     qemu: str | None = None,
+    callsites: str | None = None,
 ) -> BenchResult:
     """Run ``bench`` on ``vmm`` with ``vcpus`` vCPUs; record it when
     ``record_to`` is given (the guest's results then land in the trace's
@@ -280,6 +281,8 @@ def run_bench(
         raise VmtraceError("QEMU's locking is fixed by its version: --locking applies to --vmm reference")
     if vmm != "qemu" and qemu is not None:
         raise VmtraceError("--qemu applies to --vmm qemu")
+    if callsites is not None and (vmm != "qemu" or record_to is None):
+        raise VmtraceError("--callsites applies to --vmm qemu with --record")
     qbin = resolve_qemu(qemu) if vmm == "qemu" else None
     qpath = qbin.path if qbin else "qemu-system-x86_64"
     is_blk = bench in BLK_BENCHES
@@ -299,7 +302,7 @@ def run_bench(
     image = guest_image()
     if not is_blk:
         cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args, qemu=qpath)
-        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None)
+        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None, callsites)
         res.qemu_version = qbin.version if qbin else None
         return res
     extra = f"qd={queue_depth}"
@@ -314,14 +317,14 @@ def run_bench(
         cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk,
                           qemu=qpath)
         info = {"queue_depth": queue_depth, "blk": blk, "disk": None if Path(tmp) in disk.parents else str(disk)}
-        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info)
+        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info, callsites)
         res.qemu_version = qbin.version if qbin else None
         return res
 
 
 def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_to: Path | None,
              backend: str, precise: bool, timeout_s: float, echo: bool,
-             blk: dict[str, Any] | None) -> BenchResult:
+             blk: dict[str, Any] | None, callsites: str | None = None) -> BenchResult:
     stderr = ""
     with tempfile.TemporaryFile(mode="w+") as out:
         t0 = time.monotonic()
@@ -353,7 +356,7 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
                     return {"bench": None}
 
             rec = record(record_to, cmd=cmd, backend=backend, precise=precise, stdout=out,
-                         extra_meta=bench_meta, duration=timeout_s)
+                         extra_meta=bench_meta, duration=timeout_s, callsites=callsites)
             if rec.signum is not None:
                 # The guest's results are incomplete, the trace is not lost.
                 raise Interrupted(rec.signum, f"the trace recorded so far was written to {record_to}")

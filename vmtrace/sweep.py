@@ -51,13 +51,18 @@ class SweepRun:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """One VMM set-up; the sweep runs it at every vCPU count."""
+    """One VMM set-up; the sweep runs it at every vCPU count.  ``qemu``
+    (QEMU only) is what ``bench --qemu`` takes: a version or a path; the
+    label then names it ("qemu 10.0")."""
 
     vmm: str
     locking: str | None = None
+    qemu: str | None = None
 
     @property
     def label(self) -> str:
+        if self.qemu:
+            return f"{self.vmm} {self.qemu if '/' not in self.qemu else self.qemu.rsplit('/', 1)[-1]}"
         return f"{self.vmm} {self.locking}" if self.locking else self.vmm
 
     @property
@@ -65,9 +70,12 @@ class SweepConfig:
         return self.label.replace(" ", "-")
 
 
-def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None) -> list[SweepConfig]:
+def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
+                qemus: Iterable[str] | None = None) -> list[SweepConfig]:
     """Every configuration named on the command line: ``--locking`` applies
-    to the reference VMM (QEMU's locking is fixed by its version)."""
+    to the reference VMM (QEMU's locking is fixed by its version), ``--qemu``
+    (versions or paths, each resolved now so a missing one fails before any
+    run) to QEMU."""
     from .bench import LOCKING_MODES, VMMS
 
     out: list[SweepConfig] = []
@@ -80,8 +88,16 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None) -> list[Swe
             raise VmtraceError(f"unknown VMM {vmm!r}: choose among {', '.join(VMMS)}")
         if vmm == "reference":
             out += [SweepConfig(vmm, m) for m in (lockings or ["bql", "unlocked"])]
+        elif qemus:
+            from .qemu_versions import resolve_qemu
+
+            for q in qemus:
+                resolve_qemu(q)
+                out.append(SweepConfig(vmm, qemu=q))
         else:
             out.append(SweepConfig(vmm))
+    if qemus and "qemu" not in list(vmms):
+        raise VmtraceError("--qemu applies to --vmm qemu")
     if not out:
         raise VmtraceError("nothing to sweep: give --vmm qemu and/or reference")
     return out
@@ -152,10 +168,11 @@ def run_sweep(
                     of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
-                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op)
+                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, qemu=cfg.qemu).cycles_per_op)
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
-                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend)
+                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend,
+                                    qemu=cfg.qemu)
                     traced.append((res.cycles_per_op, files[k]))
             except BaseException:
                 # A failed or interrupted run leaves no hidden run files behind.
