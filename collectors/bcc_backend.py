@@ -341,13 +341,15 @@ class BccCollector(Collector):
         want = sampling.want_on()
         is_on = "bql_lock_ret" in self._roles
         if want and not is_on:
+            # The window is when lock_begin is emitted (sites_on), not when
+            # the probes are attached: attaching and detaching take time.
+            self._attach_specs([p for p in self._plan if p.role in CALLSITE_ROLES])
             sampling.opened()
             self._set_sites_on(True)
-            self._attach_specs([p for p in self._plan if p.role in CALLSITE_ROLES])
         elif not want and is_on:
-            self._detach_uprobes()
             self._set_sites_on(False)
             sampling.closed()
+            self._detach_uprobes()
 
     # -- run -------------------------------------------------------------
     def _on_chunk(self, _ctx: Any, data: Any, size: int) -> None:
@@ -376,10 +378,14 @@ class BccCollector(Collector):
             time.sleep(timeout_ms / 1000)
             return
         # The BPF side never wakes us (see flush_chunk): sleep, then drain.
-        time.sleep(timeout_ms / 1000)
+        # A sampling window opens and closes on time, not a poll later.
+        sleep_s = timeout_ms / 1000
+        if self._sampling is not None and self._bql_addr is not None:
+            sleep_s = min(sleep_s, self._sampling.until_change_s())
+        time.sleep(sleep_s)
+        self._sample_step()
         self._bpf.ring_buffer_consume()
         self._check_bql()
-        self._sample_step()
         self._read_proc_names()
 
     def _read_proc_names(self) -> None:

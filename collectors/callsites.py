@@ -102,6 +102,16 @@ class SamplingWindows:
             self._t0 = now
         return (now - self._t0) % self.period_ns < self.duty * self.period_ns
 
+    def until_change_s(self, now_ns: int | None = None) -> float:
+        """Seconds until ``want_on`` changes (at least 1 ms)."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        if self._t0 is None:
+            return 0.001
+        phase = (now - self._t0) % self.period_ns
+        on_ns = self.duty * self.period_ns
+        left = on_ns - phase if phase < on_ns else self.period_ns - phase
+        return max(0.001, left / 1e9)
+
     def opened(self) -> None:
         self.windows.append([time.monotonic_ns(), -1])
 
