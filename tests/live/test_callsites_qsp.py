@@ -44,7 +44,7 @@ def qemu_version(request: pytest.FixtureRequest, root: None, qemu: None) -> str:
     return v
 
 
-def _run_with_qsp(tmp: Path, version: str, mode: str) -> tuple[object, object, int]:
+def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> tuple[object, object, int]:
     binary = resolve_qemu(version)
     cmd = vmm_command("qemu", "fwcfg_pmtimer", 2, 1600, guest_image(), qemu=binary.path)
     i = cmd.index("isa-debug-exit,iobase=0xf4,iosize=4")
@@ -71,14 +71,15 @@ def _run_with_qsp(tmp: Path, version: str, mode: str) -> tuple[object, object, i
     t = threading.Thread(target=monitor, daemon=True)
     with open(out_path, "w") as out:
         t.start()
-        record(tmp / "run.vmtrace", cmd=cmd, stdout=out, callsites=mode, duration=300)
+        record(tmp / "run.vmtrace", cmd=cmd, stdout=out, callsites=mode, duration=300, backend=backend)
     t.join(30)
     assert "qsp" in got, "the guest never printed its end record"
     return read_trace(tmp / "run.vmtrace"), got["qsp"], int(got["until_ns"])  # type: ignore[arg-type]
 
 
-def test_callsites_agree_with_sync_profile(qemu_version: str, tmp_path: Path) -> None:
-    trace, qsp, until = _run_with_qsp(tmp_path, qemu_version, "full")
+@pytest.mark.parametrize("backend", ["bcc", "ftrace"])
+def test_callsites_agree_with_sync_profile(qemu_version: str, backend: str, tmp_path: Path) -> None:
+    trace, qsp, until = _run_with_qsp(tmp_path, qemu_version, "full", backend)
     assert trace.bql().get("identified"), trace.meta["locks"]
     assert (trace.meta["target"]["vmm_version"] or "").startswith(qemu_version)
     ours = callsite_table(trace, until_ns=until).sites.set_index("site")
