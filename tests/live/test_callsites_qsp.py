@@ -27,21 +27,18 @@ from pathlib import Path
 
 import pytest
 
-from tests import conftest
 from vmtrace.analyses.callsites import callsite_table
 from vmtrace.bench import guest_image, vmm_command
 from vmtrace.collectors.qsp import hmp_command, qsp_args, sync_profile
-from vmtrace.qemu_versions import KNOWN_VERSIONS, available_qemus, resolve_qemu
+from vmtrace.qemu_versions import resolve_qemu
 from vmtrace.record import record
 from vmtrace.trace import read_trace
 
 
-@pytest.fixture(params=KNOWN_VERSIONS)
-def qemu_version(request: pytest.FixtureRequest, root: None, qemu: None) -> str:
-    """Each QEMU version vmtrace knows; a missing one skips here and fails in CI."""
-    v = request.param
-    conftest.need(v in available_qemus(), f"needs QEMU {v} (scripts/setup.sh installs 10.0)")
-    return v
+@pytest.fixture
+def live(root: None, bpf: None, qemu_version: str) -> str:
+    """Root, bcc, and one of the QEMU versions (conftest.qemu_version)."""
+    return qemu_version
 
 
 def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> tuple[object, object, int]:
@@ -78,7 +75,8 @@ def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> t
 
 
 @pytest.mark.parametrize("backend", ["bcc", "ftrace"])
-def test_callsites_agree_with_sync_profile(qemu_version: str, backend: str, tmp_path: Path) -> None:
+def test_callsites_agree_with_sync_profile(live: str, backend: str, tmp_path: Path) -> None:
+    qemu_version = live
     trace, qsp, until = _run_with_qsp(tmp_path, qemu_version, "full", backend)
     assert trace.bql().get("identified"), trace.meta["locks"]
     assert (trace.meta["target"]["vmm_version"] or "").startswith(qemu_version)
@@ -102,8 +100,8 @@ def test_callsites_agree_with_sync_profile(qemu_version: str, backend: str, tmp_
     assert ours.loc[pio, "wait_ns"] >= 0.5 * theirs.loc[pio, "wait_ns"]
 
 
-def test_sampled_callsites_cover_a_share_and_extrapolate(qemu_version: str, tmp_path: Path) -> None:
-    trace, qsp, until = _run_with_qsp(tmp_path, qemu_version, "sampled")
+def test_sampled_callsites_cover_a_share_and_extrapolate(live: str, tmp_path: Path) -> None:
+    trace, qsp, until = _run_with_qsp(tmp_path, live, "sampled")
     table = callsite_table(trace, until_ns=until)
     assert table.sampled and 0 < table.coverage < 0.5, table.coverage
     assert table.notes and "sampled" in table.notes[0]
