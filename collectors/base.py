@@ -119,7 +119,7 @@ class Collector(abc.ABC):
     def detach(self) -> None:
         """Remove everything attached; idempotent, safe after a failed attach."""
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Collector:
         return self
 
     def __exit__(self, *exc: object) -> None:

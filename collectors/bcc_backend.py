@@ -278,7 +278,6 @@ class BccCollector(Collector):
         binary = self.options.vmm_binary
         if not binary or not is_qemu(binary):
             return
-        from bcc import BPF
 
         syms = qemu_symbols(binary)
         self._syms = syms
@@ -296,7 +295,7 @@ class BccCollector(Collector):
         self._attach_specs(plan)
         self._uprobes_since = time.monotonic_ns()
 
-    def _attach_specs(self, plan: "list[UprobeSpec]") -> None:
+    def _attach_specs(self, plan: list[UprobeSpec]) -> None:
         from bcc import BPF
 
         binary = self.options.vmm_binary
@@ -315,10 +314,10 @@ class BccCollector(Collector):
             self._uprobes.append(attach_uprobe(prog.fd, binary, offset, spec.symbol, spec.is_return))
             self._roles.append(spec.role)
 
-    def _detach_uprobes(self, keep: "tuple[str, ...]" = ()) -> None:
+    def _detach_uprobes(self, keep: tuple[str, ...] = ()) -> None:
         """Close every uprobe whose role is not in ``keep``."""
-        kept = [(p, r) for p, r in zip(self._uprobes, self._roles) if r in keep]
-        for probe, role in zip(self._uprobes, self._roles):
+        kept = [(p, r) for p, r in zip(self._uprobes, self._roles, strict=True) if r in keep]
+        for probe, role in zip(self._uprobes, self._roles, strict=True):
             if role not in keep:
                 probe.close()
         if self._uprobes and not kept:
@@ -401,7 +400,7 @@ class BccCollector(Collector):
                 continue
             names = proc_thread_names(tids)
             self._names.update(names)
-            self._tgids.update({tid: tgid for tid in names})
+            self._tgids.update(dict.fromkeys(names, tgid))
 
     # -- stop ------------------------------------------------------------
     def stop(self) -> Collected:

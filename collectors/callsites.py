@@ -14,7 +14,7 @@ and remembers the windows as they really were (attach to detach).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -45,10 +45,9 @@ from vmtrace.trace import normalize_events
 from . import host
 from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
 from .callsites import assign_sites
-from .qemu import CALLSITE_ROLES
 from .ftrace_events import Decoded, assemble, decode_records, identify_lock_word
+from .qemu import CALLSITE_ROLES
 from .ringbuf import gather, walk_pages
-from .uprobe_pmu import uprobe_einval_hint
 from .tracefs import (
     EventFormat,
     Instance,
@@ -57,6 +56,7 @@ from .tracefs import (
     remove_uprobe_group,
     uprobe_names,
 )
+from .uprobe_pmu import uprobe_einval_hint
 
 __all__ = ["FtraceCollector", "cleanup_stale", "TRACEPOINT_FILTERS"]
 
@@ -330,7 +330,7 @@ class FtraceCollector(Collector):
             # that named it goes.
             self._disable_uprobes(keep=CALLSITE_ROLES if self.options.callsites else ())
 
-    def _disable_uprobes(self, keep: "tuple[str, ...]" = ()) -> None:
+    def _disable_uprobes(self, keep: tuple[str, ...] = ()) -> None:
         """Stop the uprobes firing (the kernel takes the breakpoints out of
         the target) but keep their definitions until detach.
 
@@ -599,5 +599,5 @@ def _emergency_cleanup(tracefs: Path, instance: str, group: str | None) -> None:
         if group and any(g == group for g, _ in uprobe_names(tracefs)):
             remove_uprobe_group(tracefs, group)
         Instance(tracefs, instance).remove()
-    except Exception:  # noqa: BLE001 - never raise from a finalizer
+    except Exception:
         pass

@@ -188,7 +188,7 @@ def uprobe_plan(syms: QemuSymbols, precise: bool, callsites: bool = False) -> li
     return plan
 
 
-def proc_thread_names(tids: "set[int] | list[int]") -> dict[int, str]:
+def proc_thread_names(tids: set[int] | list[int]) -> dict[int, str]:
     """tid -> name from ``/proc/TID/comm`` (QEMU names vCPU threads ``CPU
     n/KVM`` with ``debug-threads=on``); threads that are gone are left out."""
     out: dict[int, str] = {}

@@ -20,7 +20,6 @@ still take the BQL.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
