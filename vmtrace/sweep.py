@@ -194,7 +194,6 @@ def run_sweep(
         for n in vcpus:
             iters = iterations or (20000 if cfg.vmm == "qemu" else 3000)
             path = outdir / f"{cfg.slug}-{n}vcpu.vmtrace"
-            which_qemu = {"qemu": cfg.qemu} if cfg.qemu else {}
             plain: list[float] = []
             interpreter: dict[str, Any] | None = None
             traced: list[tuple[float, Path]] = []
@@ -206,11 +205,11 @@ def run_sweep(
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
                     plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
-                                           python=cfg.python, **which_qemu).cycles_per_op)
+                                           python=cfg.python, qemu=cfg.qemu).cycles_per_op)
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
                     res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend,
-                                    python=cfg.python, **which_qemu)
+                                    python=cfg.python, qemu=cfg.qemu)
                     traced.append((res.cycles_per_op, files[k]))
                     interpreter = getattr(res, "interpreter", None)
             except BaseException:
