@@ -230,6 +230,9 @@ static __always_inline void read_value(u64 *val, u32 size, const void *data) {
         bpf_probe_read_kernel(val, 1, data);
 }
 
+// One handler per tracepoint, alike in shape (filter, read the arguments,
+// emit): deliberate, as for the probes below; each tracepoint lays out its
+// arguments differently, and that difference is the handler.
 // kvm_pio(rw, port, size, count, const void *data)
 RAW_TRACEPOINT_PROBE(kvm_pio) {
     if (!is_target())
