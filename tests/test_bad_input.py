@@ -105,9 +105,9 @@ def tree(root: Path) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def tracing_state() -> dict[str, object]:
+def tracing_state() -> dict[str, list[str]]:
     """tracefs instances and uprobe events (empty where tracefs is not readable)."""
-    state: dict[str, object] = {}
+    state: dict[str, list[str]] = {}
     try:
         state["instances"] = sorted(os.listdir(TRACEFS / "instances"))
         state["uprobes"] = sorted((TRACEFS / "uprobe_events").read_text().splitlines())
@@ -116,13 +116,13 @@ def tracing_state() -> dict[str, object]:
     return state
 
 
-def tracing_left_by(before: dict[str, object], after: dict[str, object], pid: int) -> list[str]:
+def tracing_left_by(before: dict[str, list[str]], after: dict[str, list[str]], pid: int) -> list[str]:
     """What appeared in tracefs during a case.  In CI nothing else traces, so
     every difference counts; here other engineers trace too, so only objects
     named after the case's vmtrace process do (instances are vmtrace-PID-N)."""
     new = []
     for key in ("instances", "uprobes"):
-        added = set(after.get(key, [])) - set(before.get(key, []))  # type: ignore[call-overload]
+        added = set(after.get(key, [])) - set(before.get(key, []))
         new += [a for a in added if IN_CI or f"-{pid}-" in a or f"_{pid}_" in a or f"{pid}" in a.split("/")[0]]
     return new
 

@@ -48,7 +48,7 @@ class _OneLineGroup(TyperGroup):
         except Exception as err:
             if type(err).__name__ == "NoArgsIsHelpError":
                 # As typer does: the help on stdout, status 2 (nothing was done).
-                print(err.ctx.get_help())  # type: ignore[attr-defined]
+                print(err.ctx.get_help())  # type: ignore[attr-defined]  # told by class name: click's own NoArgsIsHelpError
                 sys.exit(2)
             line = _usage_line(err)
             if line is None and hasattr(err, "format_message") and hasattr(err, "exit_code"):

@@ -177,8 +177,7 @@ def _read_events(pf: pq.ParquetFile) -> pd.DataFrame:
     for name, dtype in EVENT_COLUMNS.items():
         col = pf.read(columns=[name]).column(0)
         if dtype in _NULLABLE:
-            # pandas-stubs omit __from_arrow__, the documented ExtensionDtype hook for Arrow data.
-            cols[name] = _NULLABLE[dtype].__from_arrow__(col)  # type: ignore[attr-defined]
+            cols[name] = _NULLABLE[dtype].__from_arrow__(col)  # type: ignore[attr-defined]  # missing from pandas-stubs
         else:
             cols[name] = col.to_pandas().array
     return pd.DataFrame(cols, copy=False)
