@@ -31,6 +31,10 @@ to the thread whose release ends it, as that thread held the lock then:
 - no release seen at all (a lost wake, a wait that returned EAGAIN or timed
   out, a waker outside the trace): the whole wait to ``unknown``.  It is
   reported, never dropped.
+- a reported lock span with no release and no futex wait inside never
+  blocked: nobody held the lock, and its time is the acquire's own (in
+  QEMU's ``--precise`` mode mostly the uprobes' cost).  It goes to
+  ``uncontended``, apart from ``unknown``.
 
 Activity.  A segment ending at the release r by thread H is charged to what
 H was doing at r: a vCPU handling an exit (H's KVM_RUN cycle whose
@@ -72,6 +76,7 @@ from .waits import BQL_NAME, trace_lock_waits
 __all__ = [
     "ROLE_RCU",
     "ROLE_UNKNOWN",
+    "ROLE_UNCONTENDED",
     "HOLDER_ROLES",
     "bql_holder_segments",
     "holder_summary",
@@ -82,8 +87,10 @@ __all__ = [
 
 #: QEMU's RCU thread (``call_rcu``; the reference VMM names its own the same).
 ROLE_RCU = "rcu"
-#: No release was seen for (part of) a wait.
+#: No release was seen for (part of) a wait that blocked.
 ROLE_UNKNOWN = "unknown"
+#: A reported lock span that never blocked: the acquire's own cost.
+ROLE_UNCONTENDED = "uncontended"
 
 #: Holder roles in the order reports list them, with their labels.
 HOLDER_ROLES: dict[str, str] = {
@@ -94,6 +101,7 @@ HOLDER_ROLES: dict[str, str] = {
     ROLE_WORKER: THREAD_ROLES[ROLE_WORKER],
     ROLE_OTHER: THREAD_ROLES[ROLE_OTHER],
     ROLE_UNKNOWN: "unknown (no release seen)",
+    ROLE_UNCONTENDED: "no holder (uncontended acquire)",
 }
 
 #: The columns that name one holder activity.
@@ -211,7 +219,7 @@ def bql_holder_segments(trace: Trace) -> pd.DataFrame:
     ``wait_start_ns``/``wait_end_ns`` int64 (the whole wait), ``start_ns``,
     ``end_ns`` int64 (the segment), ``wait_ns`` int64 (of it, BQL wait:
     less nested waits for another named lock), ``holder`` int64 (the
-    releasing thread, -1 unknown), ``role`` str (``HOLDER_ROLES``), ``kind``
+    releasing thread, -1 none seen), ``role`` str (``HOLDER_ROLES``), ``kind``
     str or None and ``addr`` UInt64 (a vCPU holder's exit), ``preempted``
     bool, ``handoff`` bool (after the last release), ``activity`` str
     (``activity_label``) and ``lost`` bool (the wait spans lost events).
@@ -229,6 +237,18 @@ def _segments(trace: Trace) -> pd.DataFrame:
     order = np.lexsort((w_s, w_tid))
     w_tid, w_s, w_e = w_tid[order], w_s[order], w_e[order]
     n_w = len(w_s)
+    # A reported span with no futex wait inside never blocked: nobody held
+    # the lock, the time is the acquire's own (in QEMU's precise mode,
+    # mostly the uprobes').
+    blocked = np.ones(n_w, dtype=bool)
+    n_lk = int(lk.sum())
+    if n_lk:
+        inside_span = inside_by_thread(rule.wait_tid, rule.wait_start, rule.lock_tid[lk], rule.lock_start[lk],
+                                       rule.lock_end[lk])
+        span_blocked = np.zeros(n_lk, dtype=bool)
+        span_blocked[inside_span[inside_span >= 0]] = True
+        blocked[:n_lk] = span_blocked
+    blocked = blocked[order]
 
     # Releases by other threads inside each wait, in time order.
     r_tid, r_ts = _bql_releases(trace, int(bql_word) if bql_word else None)
@@ -269,14 +289,15 @@ def _segments(trace: Trace) -> pd.DataFrame:
     seg_wait = np.concatenate((wait, wait[last], none))
     seg_s = np.concatenate((h_start, rel_t[last], w_s[none]))
     seg_e = np.concatenate((rel_t, w_e[wait[last]], w_e[none]))
-    seg_h = np.concatenate((rel_h, rel_h[last], np.full(len(none), -1, dtype=np.int64)))
+    seg_h = np.concatenate((rel_h, rel_h[last], np.where(blocked[none], -1, -2).astype(np.int64)))
     seg_rel = np.concatenate((rel_t, rel_t[last], w_e[none]))
     handoff = np.concatenate((np.zeros(len(wait), bool), np.ones(int(last.sum()), bool), np.zeros(len(none), bool)))
 
     # What each holder was doing at its release.
     roles = _holder_roles(trace)
     uniq_h = np.unique(seg_h)
-    role_of = {int(h): (roles.get(int(h), ROLE_OTHER) if h >= 0 else ROLE_UNKNOWN) for h in uniq_h}
+    role_of = {int(h): (roles.get(int(h), ROLE_OTHER) if h >= 0 else ROLE_UNKNOWN if h == -1 else ROLE_UNCONTENDED)
+               for h in uniq_h}
     seg_role = np.array([role_of[int(h)] for h in uniq_h], dtype=object)[np.searchsorted(uniq_h, seg_h)] \
         if len(seg_h) else np.zeros(0, dtype=object)
     cyc = cache.cached(trace, "holders_run_cycles", lambda: run_cycles(trace, vcpu_threads(trace)).cycles)
@@ -317,7 +338,7 @@ def _segments(trace: Trace) -> pd.DataFrame:
             "start_ns": start,
             "end_ns": end,
             "wait_ns": (end - start - nested).astype(np.int64),
-            "holder": seg_h[src],
+            "holder": np.maximum(seg_h[src], -1),
             "role": seg_role[src] if len(src) else np.zeros(0, dtype=object),
             "kind": seg_kind[src] if len(src) else np.zeros(0, dtype=object),
             "addr": seg_addr.take(src) if len(src) else pd.array([], dtype="UInt64"),
