@@ -483,7 +483,7 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
         )
     by_holder = split_summary(trace, exits)
     n_exits = max(len(exits), 1)
-    by_holder.insert(by_holder.columns.get_loc("exits") + 1, "cycles", by_holder["wait_ns"] / n_exits * k)
+    by_holder.insert(list(by_holder.columns).index("exits") + 1, "cycles", by_holder["wait_ns"] / n_exits * k)
     return Breakdown(
         exits=exits,
         tsc_hz=tsc,
@@ -525,5 +525,5 @@ def _hottest(by_kind: pd.DataFrame) -> dict[str, Any] | None:
     rows = by_kind[by_kind["addr"].notna().to_numpy(dtype=bool)] if len(by_kind) else by_kind
     if not len(rows):
         return None
-    top = rows.loc[rows["time_share"].idxmax()]
+    top = rows.iloc[int(np.argmax(rows["time_share"].to_numpy(dtype=np.float64)))]
     return {"kind": str(top["kind"]), "addr": int(top["addr"]), "time_share": float(top["time_share"])}

@@ -123,7 +123,7 @@ def activity_label(role: str, kind: Any, addr: Any, preempted: bool) -> str:
 def _holder_roles(trace: Trace) -> dict[int, str]:
     t = trace.threads
     roles: dict[int, str] = {}
-    for tid, name, role in zip(t["tid"], t["name"], t["role"]):
+    for tid, name, role in zip(t["tid"], t["name"], t["role"], strict=True):
         is_rcu = "rcu" in str(name).lower() and role != ROLE_VCPU
         roles[int(tid)] = ROLE_RCU if is_rcu else str(role or ROLE_OTHER)
     return roles
@@ -358,7 +358,7 @@ def _labels(df: pd.DataFrame) -> np.ndarray:
     if df.empty:
         return np.zeros(0, dtype=object)
     keys = df[ACTIVITY_KEYS].astype(object).where(df[ACTIVITY_KEYS].notna(), None)
-    tuples = list(zip(*(keys[c] for c in ACTIVITY_KEYS)))
+    tuples = list(zip(*(keys[c] for c in ACTIVITY_KEYS), strict=True))
     cache_: dict[tuple[Any, ...], str] = {}
     return np.array([cache_.setdefault(t, activity_label(*t)) for t in tuples], dtype=object)
 

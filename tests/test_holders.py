@@ -23,7 +23,7 @@ MAIN = 200
 
 def _by_activity(trace) -> dict[str, int]:
     rows = holder_summary(trace).rows
-    return dict(zip(rows["activity"], rows["wait_ns"].astype(int)))
+    return dict(zip(rows["activity"], rows["wait_ns"].astype(int), strict=True))
 
 
 def _wait_start(x: ExitScript, start: int) -> int:
