@@ -33,6 +33,8 @@ from vmtrace.collectors.userspace import read_probe_spool
 
 from . import probes, procs, spool
 from .errors import HostError, TargetError, TraceFileError, VmtraceError
+from .interpreter import REPORT_ENV
+from .interpreter import read_report as read_interpreter_report
 from .schema import ROLE_IOTHREAD, ROLE_MAIN, ROLE_OTHER, ROLE_VCPU, ROLE_WORKER
 from .trace import check_writable, normalize_events, write_trace
 
@@ -55,6 +57,9 @@ class RecordResult:
     backend: str
     notes: list[str] = field(default_factory=list)
     signum: int | None = None  # the signal that stopped vmtrace, if one did
+    #: What the target reported of its interpreter (the reference VMM does:
+    #: see vmtrace.interpreter), also in the trace's ``target.interpreter``.
+    interpreter: dict[str, Any] | None = None
 
     @property
     def status(self) -> int:
@@ -269,6 +274,7 @@ def record(
             if cmd is not None:
                 env = dict(os.environ)
                 env[probes.ENV_VAR] = str(probe_spool)
+                env[REPORT_ENV] = str(spool_dir / "interpreter.json")
                 child, go_w, err_r = _spawn_held(cmd, env, stdout)
                 target_pid = child
             else:
@@ -329,7 +335,7 @@ def record(
                                                 exit_status, stop.signum)) from None
         lost = int(meta["lost_events"]["total"])
         return RecordResult(output, exit_status, len(events), lost, stop.signum is not None, chosen, notes,
-                            stop.signum)
+                            stop.signum, meta["target"]["interpreter"])
     finally:
         if child is not None:
             _terminate(child)
@@ -436,6 +442,7 @@ def _assemble(
             "vmm": vmm,
             "binary": binary,
             "vmm_version": qemu_version(binary) if binary and vmm == "qemu" else None,
+            "interpreter": read_interpreter_report(probe_spool.parent / "interpreter.json"),
         },
         "threads": threads,
         "lost_events": {"total": lost_total, "per_cpu": {str(k): v for k, v in collected.lost_per_cpu.items()}},
