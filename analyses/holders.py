@@ -357,10 +357,11 @@ def _labels(df: pd.DataFrame) -> np.ndarray:
     """``activity_label`` per row, formatted once per distinct activity."""
     if df.empty:
         return np.zeros(0, dtype=object)
-    keys = df[ACTIVITY_KEYS].astype(object).where(df[ACTIVITY_KEYS].notna(), None)
-    tuples = list(zip(*(keys[c] for c in ACTIVITY_KEYS), strict=True))
-    cache_: dict[tuple[Any, ...], str] = {}
-    return np.array([cache_.setdefault(t, activity_label(*t)) for t in tuples], dtype=object)
+    group = df.groupby(ACTIVITY_KEYS, dropna=False, sort=False).ngroup().to_numpy()
+    first = pd.Series(np.arange(len(df))).groupby(group).first().to_numpy()
+    keys = df[ACTIVITY_KEYS].astype(object).where(df[ACTIVITY_KEYS].notna(), None).iloc[first]
+    labels = [activity_label(*row) for row in keys.itertuples(index=False)]
+    return np.asarray(labels, dtype=object)[group]
 
 
 def _holders_text(trace: Trace, tids: pd.Series) -> str:

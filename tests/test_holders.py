@@ -245,3 +245,29 @@ def test_timeline_cuts_bql_waits_where_the_holder_changes():
     assert dur.to_dict() == {f"main loop [{MAIN}]": _by_activity(t)["main loop"] - a.bql_futex_ns,
                              "vCPU pio 0x608 [100]": _by_activity(t)["vCPU pio 0x608"]}
     assert (spans.loc[spans["state"] != "bql_wait", "holder"].astype(str) == "").all()
+
+
+def test_html_report_shows_both_tables_and_cli_json_equals_the_library(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vmtrace.cli import app
+    from vmtrace.render.html import write_report_html
+    from vmtrace.report import Report
+    from vmtrace.trace import read_trace, write_trace
+
+    sy = SyntheticTrace()
+    sy.thread(MAIN, "qemu-system-x86", "main")
+    sy.vcpu(100, 0, [ExitScript(), ExitScript(bql_futex_ns=10_000, waker=MAIN), ExitScript()])
+    t = sy.trace()
+    path = tmp_path / "t.vmtrace"
+    write_trace(path, t.events, t.meta)
+    page = write_report_html(Report(read_trace(path)), tmp_path / "r.html").read_text()
+    assert "BQL wait by holder activity" in page and "who held the BQL (holder activity)" in page
+    assert "held by main loop [200]" in page  # the timeline's hover
+    doc = json.loads(CliRunner().invoke(app, ["report", str(path), "--bql-breakdown", "-f", "json"]).output)
+    lib = bql_breakdown(read_trace(path)).to_json()["bql_wait_by_holder"]
+    assert doc["bql_wait_by_holder"] == lib and lib[0]["activity"] == "main loop"
+    locks = json.loads(CliRunner().invoke(app, ["report", str(path), "--locks", "-f", "json"]).output)
+    assert locks["who_held"]["rows"][0]["wait_ns"] == 10_000
