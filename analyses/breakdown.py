@@ -223,6 +223,17 @@ class Breakdown:
     - ``by_vcpu``: ``vcpu`` int16, then the same columns;
     - ``by_role``: ``role`` category (of the exiting thread), the same.
 
+    ``by_kind`` also has ``time_share`` float64 (the group's share of all
+    the exits' time).  ``by_holder``: ``bql_wait`` by what the BQL's holder
+    was doing (``analyses.holders.split_summary``, plus ``cycles`` float64,
+    mean cycles per summarised exit: the rows add up to
+    ``components["bql_wait"]``).  ``from_bench``: the trace has ``bench``
+    metadata; ``guest_separated``: kvm_entry/kvm_exit fired (else the
+    component called vmexit is guest+vmexit, ``component_labels``);
+    ``port``: the selection asked for; ``hottest``: ``kind``, ``addr`` int
+    and ``time_share`` of the kind and address that took the most time;
+    ``path``: the trace file, when read from one.
+
     ``bql``: the trace's BQL record (``name``, ``identified``, ``method``,
     ``futex_uaddr`` int or None).  ``lost_events`` and ``lost_per_cpu``
     count what the collector lost, ``excluded_lost`` the exits left out

@@ -83,7 +83,7 @@ def _group_table(df: pd.DataFrame, keys: list[str], title: str, limit: int = 12,
     heads = {"lock_wait": "lock", "bql_wait": "BQL", "emulator": "emul", "vmexit": vmexit}
     rows = []
     for row in df.head(limit).to_dict(orient="records"):
-        cells = [str(row.get(k) if row.get(k) is not None else "-") for k in keys]
+        cells = ["-" if row.get(k) is None or row.get(k) != row.get(k) else str(row.get(k)) for k in keys]
         cells.append(f"{int(row['exits']):,}")
         if time_share:
             cells.append(fmt_pct(row.get("time_share")))
