@@ -41,7 +41,8 @@ from .intervals import (
     thread_lifetimes,
     thread_spans_lost,
 )
-from .jsonform import bql_json
+from .holders import HolderTable, holder_summary
+from .jsonform import bql_json, hex_or_none, records
 from .offcpu import thread_info
 
 __all__ = ["word_names", "lock_waits", "lock_holds", "lock_report", "Locks", "EAGAIN"]
@@ -202,8 +203,15 @@ class Locks:
     lost_markers: int
     tsc_hz: int
     notes: list[str] = field(default_factory=list)
+    who_held: HolderTable | None = None
 
     def to_json(self) -> dict[str, Any]:
+        who: dict[str, Any] | None = None
+        if self.who_held is not None:
+            rows = self.who_held.rows
+            who = {"wait_ns": self.who_held.wait_ns, "waits": self.who_held.waits,
+                   "excluded_lost": self.who_held.excluded_lost,
+                   "rows": records(rows.assign(addr=rows["addr"].map(hex_or_none)) if len(rows) else rows)}
         words = self.words.assign(addr=self.words["addr"].map(hex))
         by_thread = self.by_thread.assign(addr=self.by_thread["addr"].map(hex))
         return {
@@ -216,6 +224,7 @@ class Locks:
             "words": words.to_dict(orient="records"),
             "by_thread": by_thread.to_dict(orient="records"),
             "notes": self.notes,
+            "who_held": who,
         }
 
 
@@ -337,7 +346,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
         notes.append("the BQL's futex word was not identified: it is among the unnamed words")
     return Locks(words=words, by_thread=by_thread, waits=waits, totals=totals, bql=bql,
                  lost_events=trace.lost_events, lost_markers=len(lost_windows(ev)), tsc_hz=trace.tsc_hz,
-                 notes=notes)
+                 notes=notes, who_held=holder_summary(trace))
 
 
 def _futex_totals(trace: Trace, calls: pd.DataFrame, life: pd.DataFrame, target_ns: int) -> dict[str, Any]:

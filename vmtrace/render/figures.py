@@ -118,12 +118,15 @@ def breakdown_figure(b: Breakdown) -> go.Figure:
     x = [label for label, _ in rows]
     values = [_stack_values(r) for _, r in rows]
     fig = go.Figure()
+    labels = dict(COMPONENT_LABELS)
+    if not getattr(b, "guest_separated", True):
+        labels["vmexit"] = "guest+vmexit"  # no kvm_entry/kvm_exit: the guest's time is inside
     for c in _STACK:
         y = [v[c] for v in values]
         if c == "guest" and not any(y):
             continue
-        fig.add_bar(x=x, y=y, name=COMPONENT_LABELS[c], marker_color=COMPONENT_COLORS[c],
-                    hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>")
+        fig.add_bar(x=x, y=y, name=labels[c], marker_color=COMPONENT_COLORS[c],
+                    hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + labels[c] + "</extra>")
     bench = b.meta.get("bench") or {}
     per_vcpu = bench.get("per_vcpu") or []
     if b.guest_cycles_per_op:
@@ -407,6 +410,11 @@ def timeline_detail(spans: pd.DataFrame, trace_threads: pd.DataFrame, window: tu
     disp = display_state(sel).to_numpy()
     rows = sel["tid"].map(row_of).to_numpy(dtype=np.int16)
     detail = sel["detail"].astype(str).to_numpy()
+    if "holder" in sel:
+        # A BQL wait says who held the lock meanwhile, doing what.
+        holder = sel["holder"].astype(str).to_numpy()
+        detail = np.where(holder != "", np.char.add(np.char.add(detail.astype(str), "; held by "),
+                                                    holder.astype(str)), detail)
     fig = go.Figure()
     for state in _DISPLAY_ORDER:
         m = disp == state
