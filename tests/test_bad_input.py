@@ -304,8 +304,8 @@ case("export-unknown-option", lambda p: ["export", str(p.trace), "--chrome", "x"
 case("report-unknown-option", lambda p: ["report", str(p.trace), "--cycles"], "no such option")
 case("unknown-command", lambda p: ["profile"], "no such command")
 case("vmm-unknown-command", lambda p: ["vmm", "boot"], "no such command")
-case("record-unknown-option-before-dashes", lambda p: ["record", "--callsites", "-o", "t.vmtrace", "--", "true"],
-     "no such option: --callsites")
+case("record-unknown-option-before-dashes", lambda p: ["record", "--no-such-flag", "-o", "t.vmtrace", "--", "true"],
+     "no such option: --no-such-flag")
 case("record-not-executable", lambda p: ["record", "-o", "t2.vmtrace", "--", "./notexec"], "not executable")
 case("record-directory-command", lambda p: ["record", "-o", "t2.vmtrace", "--", "./dir"], "is a directory")
 case("record-command-not-found", lambda p: ["record", "-o", "t2.vmtrace", "--", "no-such-vmm-x"], "command not found")
