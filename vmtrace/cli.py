@@ -18,6 +18,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from .errors import TraceWarning, VmtraceError
+from .report import CLI_VIEWS, option_users, view
 from .validate import U32_MAX, check_command, check_duration, check_locking, parse_address, parse_counts
 from .validate import parse_int as _checked_int
 from .validate import parse_lock as _checked_lock
@@ -41,12 +42,13 @@ class _OneLineGroup(TyperGroup):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         standalone = kwargs.pop("standalone_mode", True)
+        kwargs["standalone_mode"] = False
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(*args, **kwargs)
         except Exception as err:
             if type(err).__name__ == "NoArgsIsHelpError":
                 # As typer does: the help on stdout, status 2 (nothing was done).
-                print(err.ctx.get_help())  # type: ignore[attr-defined]
+                print(err.ctx.get_help())  # type: ignore[attr-defined]  # told by class name: click's own NoArgsIsHelpError
                 sys.exit(2)
             line = _usage_line(err)
             if line is None and hasattr(err, "format_message") and hasattr(err, "exit_code"):
@@ -64,7 +66,6 @@ class _OneLineGroup(TyperGroup):
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
 
-from .report import CLI_VIEWS, option_users, view
 
 app = typer.Typer(
     cls=_OneLineGroup,
@@ -130,7 +131,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             code = err.exit_status if isinstance(err, Interrupted) else 130
             detail = err.detail if isinstance(err, Interrupted) else ""
             print(f"vmtrace: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
-            raise typer.Exit(code)
+            raise typer.Exit(code) from None
 
     return wrapper
 
@@ -147,8 +148,9 @@ class _RecordCommand(TyperCommand):
         ctx.ignore_unknown_options = False
         ctx.allow_extra_args = False
         super().parse_args(ctx, args[:cut])
-        ctx.args = args[cut + 1:]
-        return ctx.args
+        rest: list[str] = args[cut + 1:]
+        ctx.args = rest
+        return rest
 
 
 @app.command(cls=_RecordCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -160,6 +162,8 @@ def record(
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after S seconds (default: until the target exits or Ctrl-C)."),
     backend: str = typer.Option("auto", "--backend", help="auto (bcc where it works), bcc (eBPF) or ftrace (tracefs only)."),
     precise: bool = typer.Option(False, "--precise", help="Keep uprobes on the BQL and memory_region_dispatch_* for the whole run: splits device time from dispatch, at a higher observer effect."),
+    callsites: Optional[str] = typer.Option(None, "--callsites", help="QEMU: read the BQL's call sites (file:line) at its uprobes: full (every acquisition) or sampled (uprobes on in windows, see --callsite-duty). Shown by report --callsites."),
+    callsite_duty: float = typer.Option(0.1, "--callsite-duty", help="--callsites=sampled: share of each second the call-site uprobes are on."),
 ) -> None:
     """Record a VMM: KVM exits, KVM_RUN boundaries, futex waits, scheduling.
 
@@ -188,7 +192,8 @@ def record(
     check_duration(duration)
     if cmd:
         check_command(cmd[0])
-    result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration)
+    result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration,
+                       callsites=callsites, callsite_duty=callsite_duty)
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
     stop = " (stopped by signal)" if result.interrupted else ""
     err_console.print(
@@ -234,6 +239,7 @@ def report(
     locks: bool = _view_flag("locks"),
     offcpu: bool = _view_flag("offcpu"),
     requests: bool = _view_flag("requests"),
+    callsites: bool = _view_flag("callsites"),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
     all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
@@ -310,6 +316,8 @@ def bench(
     disk: Optional[Path] = typer.Option(None, "--disk", help="blk_* benches: raw disk image (default: a 64 MiB one in a temporary directory). blk_randwrite and blk_verify overwrite data on it."),
     python: Optional[str] = typer.Option(None, "--python", help=PYTHON_HELP),
     guest_args: str = typer.Option("", "--guest-args", help="More words for the guest's command line, e.g. \"readers=1 hammer=serial\" for blk_mixed (see reference_vmm/guest/README.md)."),
+    qemu: Optional[str] = typer.Option(None, "--qemu", help="--vmm qemu: 7.2 (Debian's), 10.0 (scripts/install_qemu10.sh's private prefix, run with -L) or a path (default: qemu-system-x86_64 on PATH)."),
+    callsites: Optional[str] = typer.Option(None, "--callsites", help="With --record: full or sampled BQL call sites (see vmtrace record --help)."),
 ) -> None:
     """Run the benchmark guest and print the guest-measured cycles per operation.
 
@@ -328,7 +336,8 @@ def bench(
     check_locking([vmm], locking)
     with interrupt_on_signals():
         result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
-                           queue_depth=queue_depth, blk=blk_mode, disk=disk, python=python, guest_args=guest_args)
+                           queue_depth=queue_depth, blk=blk_mode, disk=disk, python=python, guest_args=guest_args,
+                           qemu=qemu, callsites=callsites)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
@@ -433,6 +442,7 @@ def sweep(
     backend: str = typer.Option("auto", "--backend", help="Recording backend: auto, bcc or ftrace."),
     repeat: int = typer.Option(1, "--repeat", help="Runs per configuration, untraced and recorded alternating; medians are shown, with the untraced range."),
     python: str = typer.Option("ft", "--python", help="Reference VMM: the Pythons it runs on, comma-separated, each a configuration of its own: ft (the free-threaded build, the default; the GIL interpreter with a note when it is missing), gil (the one vmtrace runs on: 'reference bql (GIL)' beside the free-threaded curves), or a path."),
+    qemu: Optional[str] = typer.Option(None, "--qemu", help="--vmm qemu: QEMU versions or paths, comma-separated, one configuration each (7.2,10.0)."),
 ) -> None:
     """Reproduce the seed's figure: cost per exit by component across vCPU counts.
 
@@ -463,7 +473,8 @@ def sweep(
         _checked_int(str(iterations), "--iterations", 1, U32_MAX, example="20000")
     check_locking(vmm.split(","), locking)
     configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None,
-                          pythons=[p.strip() for p in python.split(",") if p.strip()])
+                          pythons=[p.strip() for p in python.split(",") if p.strip()],
+                          qemus=[q.strip() for q in qemu.split(",") if q.strip()] if qemu else None)
     from .outputs import check_output_dir
     from .procs import interrupt_on_signals
     from .sweep import check_outdir

@@ -28,6 +28,7 @@ import pandas as pd
 
 from vmtrace.collectors import host
 from vmtrace.collectors.base import Collected, Collector, RecordOptions
+from vmtrace.collectors.callsites import check_callsites
 from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary
 from vmtrace.collectors.userspace import read_probe_spool
 
@@ -214,6 +215,8 @@ def record(
     precise: bool = False,
     duration: float | None = None,
     stdout: TextIO | None = None,
+    callsites: str | None = None,
+    callsite_duty: float = 0.1,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
     say: Callable[[str], None] | None = _say,
@@ -227,12 +230,15 @@ def record(
     ``duration`` limits the recording in seconds (finite, > 0); ``stdout``
     sends the target's standard output elsewhere (``bench`` parses it);
     ``say`` gets one-line notices (leftovers removed, an attached PID that
-    never entered KVM_RUN), on stderr by default.
+    never entered KVM_RUN), on stderr by default.  ``callsites`` ("full"
+    or "sampled", QEMU only) reads the BQL function's file and line at a
+    uprobe; sampled keeps the uprobes on for ``callsite_duty`` of each second.
     """
     if (cmd is None) == (pid is None):
         raise VmtraceError("give either a command after -- or -p PID")
     if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
         raise VmtraceError(f"--duration takes a finite number of seconds above 0, not {duration!r}")
+    check_callsites(callsites, callsite_duty)
     say = say or (lambda _line: None)
     output = Path(output)
     host.require_root("vmtrace record")
@@ -261,7 +267,8 @@ def record(
         say("removed leftovers of a recorder that was killed: " + ", ".join(removed))
     chosen = choose_backend(backend)
     spool_dir = spool.new_spool()
-    options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary)
+    options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary,
+                            callsites=check_callsites(callsites, callsite_duty), callsite_duty=callsite_duty)
     probe_spool = spool_dir / "probes.bin"
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in procs.STOP_SIGNALS}
@@ -276,8 +283,9 @@ def record(
                 env[probes.ENV_VAR] = str(probe_spool)
                 env[REPORT_ENV] = str(spool_dir / "interpreter.json")
                 child, go_w, err_r = _spawn_held(cmd, env, stdout)
-                target_pid = child
+                target_pid, program = child, cmd[0]
             else:
+                assert pid is not None  # checked above: a command or a PID
                 target_pid = pid
             try:
                 collector.attach(target_pid)
@@ -293,7 +301,7 @@ def record(
                 if failed:
                     os.waitpid(child, 0)
                     child = None
-                    raise TargetError(f"cannot run {cmd[0]}: {os.strerror(int(failed))}")
+                    raise TargetError(f"cannot run {program}: {os.strerror(int(failed))}")
             start_ns = time.monotonic_ns()
             while stop.signum is None:
                 if child is not None:
@@ -457,6 +465,7 @@ def _assemble(
         "bench": None,
         "notes": notes,
     }
+    meta.update(collected.meta)
     meta.update(extra_meta() if callable(extra_meta) else extra_meta)
     return events, meta, notes
 
@@ -475,5 +484,5 @@ def _vmm_binary(cmd: list[str]) -> str | None:
 
 
 def _is_reference(cmd: list[str] | None) -> bool:
-    return bool(cmd) and any("reference_vmm" in part for part in cmd)
+    return cmd is not None and any("reference_vmm" in part for part in cmd)
 

@@ -133,6 +133,12 @@ def _all_exits(r: Report) -> Any:
     return exit_breakdown(r.trace)
 
 
+def _callsites(r: Report) -> Any:
+    from .analyses.callsites import callsite_table
+
+    return callsite_table(r.trace)
+
+
 def _timeline(r: Report) -> Any:
     from .analyses.timeline import timeline
 
@@ -161,6 +167,11 @@ VIEWS: tuple[View, ...] = (
          "virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): "
          "notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99.",
          frozenset(), _to_json, _text("render_requests"), _html("requests_section")),
+    View("callsites", _callsites, "--callsites",
+         "BQL call sites (QEMU, traces recorded with --callsites or --precise): acquisitions, wait inside the lock "
+         "call, contended waits, hold time to the unlock; mean and p99 per file:line, as info sync-profile.",
+         frozenset(), _to_json, _Lazy("vmtrace.render.callsites", "render_callsites"),
+         _Lazy("vmtrace.render.callsites", "callsites_section")),
     # Every exit of the trace (not only the breakdown's summary): what the
     # timeline and the Perfetto export lay out.
     View("all_exits", _all_exits),

@@ -58,33 +58,48 @@ class SweepConfig:
     """One VMM set-up; the sweep runs it at every vCPU count.  ``python``
     (reference VMM only) is the interpreter's path, None for the default
     (see vmtrace.interpreter.resolve_python); ``gil`` says it runs with the
-    GIL, which the label then says: "reference unlocked (GIL)"."""
+    GIL, which the label then says: "reference unlocked (GIL)".  ``qemu``
+    (QEMU only) is what ``bench --qemu`` takes: a version or a path; the
+    label then names it ("qemu 10.0")."""
 
     vmm: str
     locking: str | None = None
     python: str | None = None
     gil: bool = False
+    qemu: str | None = None
 
     @property
     def label(self) -> str:
+        if self.qemu:
+            return f"{self.vmm} {self._qemu_name}"
         base = f"{self.vmm} {self.locking}" if self.locking else self.vmm
         return f"{base} (GIL)" if self.gil else base
 
     @property
+    def _qemu_name(self) -> str:
+        q = self.qemu or ""
+        return q.rsplit("/", 1)[-1] if "/" in q else q
+
+    @property
     def slug(self) -> str:
+        if self.qemu:
+            return f"{self.vmm}-{self._qemu_name}"
         base = f"{self.vmm}-{self.locking}" if self.locking else self.vmm
         return f"{base}-gil" if self.gil else base
 
 
 def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
-                pythons: Iterable[str] | None = None) -> list[SweepConfig]:
+                pythons: Iterable[str] | None = None,
+                qemus: Iterable[str] | None = None) -> list[SweepConfig]:
     """Every configuration named on the command line: ``--locking`` applies
     to the reference VMM (QEMU's locking is fixed by its version), and so
     does ``--python`` (default "ft": the free-threaded build, or the GIL
     interpreter with a note on stderr when it is missing).  Each interpreter
-    is a configuration of its own, free-threaded ones first."""
+    is a configuration of its own, free-threaded ones first.  ``--qemu``
+    (versions or paths, each resolved now so a missing one fails before any
+    run) makes one QEMU configuration each."""
     from .bench import LOCKING_MODES, VMMS, note_on_stderr
-    from .interpreter import resolve_python
+    from .interpreter import Interpreter, resolve_python
 
     out: list[SweepConfig] = []
     lockings = [x for x in (lockings or []) if x]
@@ -95,7 +110,7 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
         if vmm not in VMMS:
             raise VmtraceError(f"unknown VMM {vmm!r}: choose among {', '.join(VMMS)}")
         if vmm == "reference":
-            interps = []
+            interps: list[Interpreter] = []
             for spec in list(pythons or []) or ["ft"]:
                 interp = resolve_python(spec, note_on_stderr)
                 if interp.kind in [i.kind for i in interps]:
@@ -108,8 +123,16 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
             interps.sort(key=lambda i: i.kind != "free-threaded")
             out += [SweepConfig(vmm, m, i.path, i.kind == "GIL") for i in interps
                     for m in (lockings or ["bql", "unlocked"])]
+        elif qemus:
+            from .qemu_versions import resolve_qemu
+
+            for q in qemus:
+                resolve_qemu(q)
+                out.append(SweepConfig(vmm, qemu=q))
         else:
             out.append(SweepConfig(vmm))
+    if qemus and "qemu" not in list(vmms):
+        raise VmtraceError("--qemu applies to --vmm qemu")
     if not out:
         raise VmtraceError("nothing to sweep: give --vmm qemu and/or reference")
     return out
@@ -181,13 +204,13 @@ def run_sweep(
                     of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
-                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
-                                           python=cfg.python).cycles_per_op)
+                    plain.append(_guest_cycles(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
+                                                         python=cfg.python, qemu=cfg.qemu).cycles_per_op))
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
                     res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend,
-                                    python=cfg.python)
-                    traced.append((res.cycles_per_op, files[k]))
+                                    python=cfg.python, qemu=cfg.qemu)
+                    traced.append((_guest_cycles(res.cycles_per_op), files[k]))
                     interpreter = getattr(res, "interpreter", None)
             except BaseException:
                 # A failed or interrupted run leaves no hidden run files behind.
@@ -203,6 +226,13 @@ def run_sweep(
             runs.append(SweepRun(cfg, bench, n, iters, float(statistics.median(plain)), keep[0], path,
                                  tuple(plain), tuple(c for c, _ in traced), interpreter))
     return summarize_sweep(runs)
+
+
+def _guest_cycles(cycles_per_op: float | None) -> float:
+    # A sweep compares what the guest measured: a run without it has nothing to compare.
+    if cycles_per_op is None:
+        raise VmtraceError("the benchmark guest reported no cycles per operation")
+    return cycles_per_op
 
 
 def _median_run(runs: list[tuple[float, Path]]) -> tuple[float, Path]:
