@@ -134,14 +134,6 @@ def test_every_view_through_a_real_process() -> None:
 
 #: trace -> timed_loop -> (exits, component means in cycles).
 GOLDEN_BREAKDOWN: dict[str, dict[bool, tuple[int, dict[str, float]]]] = {
-    "qemu10-fwcfg-2vcpu-callsites.vmtrace": {
-        True: (5188, {'guest': 0.0, 'vmexit': 9157516.18453675, 'emulator': 609054.2788251045, 'dispatch': 416449.44416293956, 'device': 0.0, 'lock_wait': 350418.1036965072, 'bql_wait': 348490.46377190726, 'total': 10533438.011221299}),
-        False: (5188, {'guest': 0.0, 'vmexit': 9157516.18453675, 'emulator': 609054.2788251045, 'dispatch': 416449.44416293956, 'device': 0.0, 'lock_wait': 350418.1036965072, 'bql_wait': 348490.46377190726, 'total': 10533438.011221299}),
-    },
-    "qemu10-pmtimer-2vcpu.vmtrace": {
-        True: (11999, {'guest': 0.0, 'vmexit': 203896.58583373923, 'emulator': 779.6539967165564, 'dispatch': 54730.857418726846, 'device': 0.0, 'lock_wait': 1.0223660233429452, 'bql_wait': 1.0223660233429452, 'total': 259408.11961520597}),
-        False: (14813, {'guest': 0.0, 'vmexit': 4197118.142078474, 'emulator': 235862.8732671737, 'dispatch': 70407.80813621359, 'device': 0.0, 'lock_wait': 6860.993075539116, 'bql_wait': 4059.9426843421516, 'total': 4510249.816557401}),
-    },
     "qemu-pmtimer-1vcpu-precise.vmtrace": {
         True: (6000, {"guest": 0.0, "vmexit": 21811.25533574881, "emulator": 1176.9336127140893,
                       "dispatch": 31783.874595711757, "device": 2217.9641182434084, "lock_wait": 26964.535785857643,
@@ -173,6 +165,22 @@ GOLDEN_BREAKDOWN: dict[str, dict[bool, tuple[int, dict[str, float]]]] = {
         False: (47538, {"guest": 0.0, "vmexit": 311441.91276161146, "emulator": 21819.67192902809,
                         "dispatch": 3506.944433531709, "device": 0.0, "lock_wait": 15.707540756685725,
                         "bql_wait": 10.336696212323867, "runnable": 927.1451540663279, "total": 337711.38181899424}),
+    },
+    "qemu10-fwcfg-2vcpu-callsites.vmtrace": {
+        True: (5188, {"guest": 0.0, "vmexit": 5883499.766596145, "emulator": 130483.98324194184,
+                      "dispatch": 112799.24826761843, "device": 0.0, "lock_wait": 107952.99612359561,
+                      "bql_wait": 106477.95452095177, "runnable": 4298702.016992, "total": 10533438.011221299}),
+        False: (5188, {"guest": 0.0, "vmexit": 5883499.766596145, "emulator": 130483.98324194184,
+                       "dispatch": 112799.24826761843, "device": 0.0, "lock_wait": 107952.99612359561,
+                       "bql_wait": 106477.95452095177, "runnable": 4298702.016992, "total": 10533438.011221299}),
+    },
+    "qemu10-pmtimer-2vcpu.vmtrace": {
+        True: (11999, {"guest": 0.0, "vmexit": 29859.214429607262, "emulator": 779.6539967165564,
+                       "dispatch": 2683.3622469848715, "device": 0.0, "lock_wait": 1.0223660233429452,
+                       "bql_wait": 1.0223660233429452, "runnable": 226084.86657587392, "total": 259408.11961520597}),
+        False: (14813, {"guest": 0.0, "vmexit": 2454407.873977606, "emulator": 39884.35285566776,
+                        "dispatch": 5976.371123762973, "device": 0.0, "lock_wait": 2545.5711740373144,
+                        "bql_wait": 695.8588264869345, "runnable": 2007435.6474263268, "total": 4510249.816557401}),
     },
 }
 
