@@ -3,6 +3,8 @@ shared by the property tests of the analyses that must agree on one trace."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import strategies as st
 
 from .synthetic import ExitScript
@@ -50,7 +52,7 @@ def woken_exit_scripts(post_min_ns: int = 3_000) -> st.SearchStrategy[ExitScript
     )
 
 
-def _with_room(**kw: int) -> ExitScript:
+def _with_room(**kw: Any) -> ExitScript:
     """An ExitScript whose kernel_ns holds its preemption, and whose BQL
     wait is only woken where it is long enough to be."""
     kp = kw.get("kernel_preempted_ns", 0)

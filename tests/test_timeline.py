@@ -56,11 +56,11 @@ def assert_agrees(trace: Trace) -> None:
 
 def assert_carved(got: pd.DataFrame, want: pd.DataFrame, runnable: pd.Series) -> None:
     """Timeline state durations ``got`` against the breakdown's ``want``."""
-    comps = [c for c in want if not c.startswith("sched_")]
+    comps = [str(c) for c in want if not str(c).startswith("sched_")]
     extra = got[comps].to_numpy() - want[comps].to_numpy()
     assert (extra >= 0).all()
     np.testing.assert_array_equal(extra.sum(axis=1), runnable.to_numpy())
-    for col in want:
+    for col in map(str, want):
         if col.startswith("sched_"):
             np.testing.assert_array_equal(got[col].to_numpy(), want[col].to_numpy(), err_msg=col)
     assert (got[["running", "unattributed"]] == 0).all().all()
