@@ -161,7 +161,11 @@ class TopProgram:
         bpf = self._bpf
         self._check_bql()
         now = time.monotonic_ns()
-        items = list(bpf[b"aggs"].items())
+        table = bpf[b"aggs"]
+        n_bytes = 8 + 8 * self._ncomp + 4 * self._ncomp * self._nbuckets
+        if ctypes.sizeof(table.Leaf) != n_bytes:
+            raise HostError(f"top's BPF map value is {ctypes.sizeof(table.Leaf)} bytes, expected {n_bytes}")
+        items = list(table.items())
         n, c, b = len(items), self._ncomp, self._nbuckets
         tid = np.zeros(n, dtype=np.int64)
         kind = np.zeros(n, dtype=np.int64)

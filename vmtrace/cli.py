@@ -109,6 +109,42 @@ def record(
         raise typer.Exit(result.exit_status)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def top(
+    ctx: typer.Context,
+    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch a running VMM instead of starting one."),
+    interval: float = typer.Option(1.0, "-d", "--interval", help="Seconds between refreshes."),
+    once: bool = typer.Option(False, "-1", "--once", help="Print one snapshot as a table and exit (like kvm_stat -1)."),
+    batch: Optional[int] = typer.Option(None, "-b", "--batch", help="Print N snapshots as tables and exit."),
+    log: Optional[Path] = typer.Option(None, "-l", "--log", help="Also write one JSON line (or, for a .csv file, one CSV row) per interval."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="json or csv (default: from the --log file's suffix)."),
+) -> None:
+    """A live view of exits and lock waits, aggregated in the kernel.
+
+    Rows per vCPU and exit kind and port; mean and p99 cycles per component
+    and the share of time in each; the BQL's share of wait and the top futex
+    words.  Keys: s sort, g group, v vCPU, k kind, d drill, c clear, f freeze,
+    q quit.
+
+      vmtrace top -p "$(pgrep -f qemu-system)"
+
+      vmtrace top --batch 5 --log run.csv -- qemu-system-x86_64 -enable-kvm ...
+    """
+    from .top.cli_run import top as run_top
+
+    cmd = list(ctx.args)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if pid is not None and cmd:
+        raise VmtraceError("give either -p PID or a command after --, not both")
+    if pid is None and not cmd:
+        raise VmtraceError("nothing to watch: give a command after -- or -p PID")
+    if once and batch is not None:
+        raise VmtraceError("give --once or --batch N, not both")
+    raise typer.Exit(run_top(cmd or None, pid, interval, 1 if once else batch, log, log_format))
+
+
 class _OneLineUsageErrors(TyperCommand):
     """A command whose usage errors (unknown option, bad value) are one line
     on stderr and status 2, like every other vmtrace error."""

@@ -62,7 +62,7 @@ struct akey {
 struct aval {
     u64 count;
     u64 sum[NCOMP];
-    u32 hist[NCOMP][HBUCKETS];
+    u32 hist[NCOMP * HBUCKETS];  // flat: bcc's ctypes mirror mis-sizes 2-D arrays
 };
 
 struct wval {
@@ -124,7 +124,7 @@ static __always_inline void add(struct aval *v, int c, u64 ns) {
     v->sum[c] += ns;
     u32 b = log2_bucket(ns);
     if (b < HBUCKETS)
-        v->hist[c][b] += 1;
+        v->hist[c * HBUCKETS + b] += 1;
 }
 
 static __always_inline void drop(void) {
