@@ -76,6 +76,7 @@ def record(
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after S seconds (default: until the target exits or Ctrl-C)."),
     backend: str = typer.Option("auto", "--backend", help="auto (bcc where it works), bcc (eBPF) or ftrace (tracefs only)."),
     precise: bool = typer.Option(False, "--precise", help="Keep uprobes on the BQL and memory_region_dispatch_* for the whole run: splits device time from dispatch, at a higher observer effect."),
+    aggregate: Optional[float] = typer.Option(None, "--aggregate", help="Record no events: one snapshot of the exit breakdown, aggregated in the kernel, every S seconds (a tiny time series; see vmtrace top)."),
 ) -> None:
     """Record a VMM: KVM exits, KVM_RUN boundaries, futex waits, scheduling.
 
@@ -99,7 +100,8 @@ def record(
         raise VmtraceError("give either -p PID or a command after --, not both")
     if pid is None and not cmd:
         raise VmtraceError("nothing to record: give a command after -- or -p PID")
-    result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration)
+    result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration,
+                       aggregate=aggregate)
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
     stop = " (stopped by signal)" if result.interrupted else ""
     err_console.print(
@@ -182,6 +184,7 @@ def report(
     locks: bool = _view_flag("locks"),
     offcpu: bool = _view_flag("offcpu"),
     requests: bool = _view_flag("requests"),
+    aggregate: bool = _view_flag("aggregate"),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
     all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
@@ -207,14 +210,17 @@ def report(
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
     # Each view's flag is the parameter named after it.
-    chosen = [v for v in CLI_VIEWS if ctx.params[v.name]] or [CLI_VIEWS[0]]
+    loaded = read_trace(trace)
+    # A record --aggregate trace has snapshots, not events: its own default.
+    default = view("aggregate") if loaded.meta.get("aggregate") else CLI_VIEWS[0]
+    chosen = [v for v in CLI_VIEWS if ctx.params[v.name]] or [default]
     # An option that no chosen view reads is a mistake to point out, not to ignore.
     for option, given in (("--port", port is not None), ("--all-exits", all_exits), ("--lock", bool(lock))):
         if given and not any(option in v.reads for v in chosen):
             raise VmtraceError(f"{option} applies to {' and '.join(v.option for v in option_users(option))}")
     port_no = _parse_int(port, "--port") if port else None
     names = dict(_parse_lock(spec) for spec in lock)
-    session = Report(read_trace(trace), port=port_no, timed_loop=not all_exits, lock_names=names)
+    session = Report(loaded, port=port_no, timed_loop=not all_exits, lock_names=names)
     # Every chosen view before any output: one that fails stops the command
     # before a page or half a report is written.
     session.compute([v.name for v in chosen])

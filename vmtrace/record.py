@@ -62,7 +62,11 @@ def choose_backend(name: str) -> str:
     return "bcc" if ok else "ftrace"
 
 
-def _make_collector(backend: str, options: RecordOptions) -> Collector:
+def _make_collector(backend: str, options: RecordOptions, aggregate: float | None = None) -> Collector:
+    if aggregate is not None:
+        from .top.session import AggregateCollector  # imported late: it imports this module
+
+        return AggregateCollector(options, aggregate)
     if backend == "bcc":
         from vmtrace.collectors.bcc_backend import BccCollector, bcc_available
 
@@ -169,6 +173,7 @@ def record(
     stdout: TextIO | None = None,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
+    aggregate: float | None = None,
 ) -> RecordResult:
     """Record ``cmd`` (started by vmtrace) or the running process ``pid``.
 
@@ -176,6 +181,8 @@ def record(
     root, no /dev/kvm, no tracefs, command not found, PID gone, unwritable
     output.  ``duration`` limits the recording in seconds; ``stdout`` sends
     the target's standard output elsewhere (``bench`` parses it).
+    ``aggregate`` records no events: one snapshot of top's in-kernel
+    counters every that many seconds, in the metadata's ``aggregate``.
     """
     if (cmd is None) == (pid is None):
         raise VmtraceError("give either a command after -- or -p PID")
@@ -200,6 +207,8 @@ def record(
             binary = None
     host.ensure_tracefs()
     chosen = choose_backend(backend)
+    if aggregate is not None and (aggregate <= 0 or chosen != "bcc" or precise):
+        raise VmtraceError("--aggregate needs a positive interval, the bcc backend and no --precise")
     spool_dir = Path(tempfile.mkdtemp(prefix="vmtrace-spool-"))
     options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary)
     probe_spool = spool_dir / "probes.bin"
@@ -209,7 +218,7 @@ def record(
     exit_status: int | None = None
     start_ns = time.monotonic_ns()
     try:
-        with _make_collector(chosen, options) as collector:
+        with _make_collector(chosen, options, aggregate) as collector:
             if cmd is not None:
                 env = dict(os.environ)
                 env[probes.ENV_VAR] = str(probe_spool)
@@ -253,6 +262,9 @@ def record(
                 exit_status = _terminate(child)
                 child = None
             collected = collector.stop()
+        if aggregate is not None:
+            extra_meta = {**(extra_meta() if callable(extra_meta) else extra_meta or {}),
+                          "aggregate": collected.probes.pop("aggregate"), "mode": "aggregate"}
         end_ns = time.monotonic_ns()
         return _write(
             output, collected, chosen, precise, cmd, target_pid, binary, exit_status,

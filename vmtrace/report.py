@@ -133,6 +133,12 @@ def _all_exits(r: Report) -> Any:
     return exit_breakdown(r.trace)
 
 
+def _aggregate(r: Report) -> Any:
+    from .top.series import aggregate_view
+
+    return aggregate_view(r.trace)
+
+
 def _timeline(r: Report) -> Any:
     from .analyses.timeline import timeline
 
@@ -161,6 +167,11 @@ VIEWS: tuple[View, ...] = (
          "virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): "
          "notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99.",
          frozenset(), _to_json, _text("render_requests"), _html("requests_section")),
+    View("aggregate", _aggregate, "--aggregate",
+         "A record --aggregate trace: exits/s and mean cycles per component per interval, the recording's rows "
+         "by vCPU and exit kind with p99, the BQL's share of wait.  The default view of such a trace.",
+         frozenset(), _to_json, _Lazy("vmtrace.top.series", "render_aggregate"),
+         _Lazy("vmtrace.top.html", "aggregate_section")),
     # Every exit of the trace (not only the breakdown's summary): what the
     # timeline and the Perfetto export lay out.
     View("all_exits", _all_exits),

@@ -322,7 +322,10 @@ class AggregateCollector(Collector):
             self._next_ns += int(self.interval_s * 1e9)
 
     def stop(self) -> Collected:
-        self._take()
+        # The tail since the last snapshot, unless it is only the poll's
+        # rounding (a few ms with nothing in it).
+        if time.monotonic_ns() - self._last_ns > 0.1e9 * self.interval_s or not self.series:
+            self._take()
         names = dict(self._names.names) if self._names else {}
         have = self._program.have
         tracepoints = {tp: {"available": bool(have.get(tp)), "fired": None}
