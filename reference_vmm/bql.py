@@ -8,14 +8,23 @@ QEMU's trace-event semantics: ``lock_begin`` when a thread starts waiting
 (``qemu_mutex_unlock``).  The address passed with them is the futex word a
 waiter sleeps on, so the trace's futex waits can be tied to the BQL.
 
-The lock is a ``threading.Lock``.  On Linux CPython builds it on a POSIX
-semaphore: a blocked thread sleeps in ``futex(FUTEX_WAIT)`` on the
-semaphore's first word, with the GIL released.
+The lock is a ``threading.Lock``.  On Linux, CPython up to 3.12 builds it
+on a POSIX semaphore: a blocked thread sleeps in ``futex(FUTEX_WAIT)`` on
+the semaphore's first word, with the GIL released.  From 3.13 (and so on
+the free-threaded build) it is a one-byte ``PyMutex`` whose waiters park on
+a semaphore of their own, so no futex word names the lock: the trace still
+has the BQL's wait from ``lock_begin``/``lock_acquired``, only the futex
+waits inside it stay unnamed.
+
+``_owner`` is written only by the thread that holds the lock, and read by
+others only to ask "is it mine?", which no other thread's store can make
+true: a plain attribute is enough, with or without the GIL.
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 
 from vmtrace import probes
@@ -37,6 +46,10 @@ def lock_futex_word(lock: object) -> int:
     lock without an address.
     """
     if type(lock) is not type(threading.Lock()):
+        return 0
+    if sys.version_info >= (3, 13):
+        # A PyMutex, not a sem_t pointer, follows the header: reading it as
+        # one would dereference a lock byte (see the module docstring).
         return 0
     try:
         sem = ctypes.c_void_p.from_address(id(lock) + _LOCK_PTR_OFFSET).value or 0

@@ -33,14 +33,25 @@ class AioContext:
         self._sel = selectors.DefaultSelector()
         self._notify_r, self._notify_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._notify_r, selectors.EVENT_READ, None)
+        # Bottom halves come from any thread (a vCPU, another IOThread):
+        # a list under a lock of its own, swapped out whole by the poller.
         self._bh: list[Callable[[], None]] = []
         self._bh_lock = threading.Lock()
+        # Timers belong to the context's own thread (heapq is not atomic:
+        # two threads pushing at once could break the heap order).
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.lock = lock  # the main context dispatches under the BQL; IOThreads do not
 
     def set_fd_handler(self, fd: int, on_read: Optional[Callable[[], None]]) -> None:
-        """``aio_set_fd_handler``: call ``on_read`` when ``fd`` is readable (None removes)."""
+        """``aio_set_fd_handler``: call ``on_read`` when ``fd`` is readable (None removes).
+
+        Any thread may call it while the context's thread polls (QEMU takes
+        ``ctx->list_lock``): the selector's epoll set is the kernel's, and
+        its fd-to-handler map is a dict, each store and lookup one atomic
+        step on every CPython build.  A handler removed while its event is
+        being dispatched may run once more; callers check their own state
+        under their own lock (``VirtIOPCIProxy.detach``)."""
         if on_read is None:
             self._sel.unregister(fd)
         else:

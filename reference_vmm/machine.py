@@ -67,6 +67,7 @@ COM1_PORT = 0x3F8
 TSS_ADDR = 0xFFFBD000  # as QEMU: just below the BIOS at 4 GiB
 IDENTITY_MAP_ADDR = 0xFFFBC000
 _KICK_SIGNAL = signal.SIGUSR1
+_ALL_ONES = {n: (1 << (8 * n)) - 1 for n in range(1, 9)}  # what an unclaimed read returns
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Machine:
         self._stop_lock = threading.Lock()
         self._halted = 0
         self.main_loop = MainLoop(bql)
-        self.unassigned: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._unassigned_counts: dict[str, dict[int, int]] = {}
         self.vcpus: list[VcpuFd] = []
         self.threads: list[VcpuThread] = []
         self.iothreads: list[IOThread] = []
@@ -183,17 +184,38 @@ class Machine:
 
     # -- construction -------------------------------------------------------
     def _unassigned_region(self, name: str, size: int, space: str) -> MemoryRegion:
-        counter = self.unassigned
-        read_kind, write_kind = space + "-read", space + "-write"  # once: inl_vmm reads here per exit
+        # One plain dict per kind, keyed by address: ``inl_vmm`` counts here on
+        # every exit, and a Counter's ``+=`` costs three times a dict's.  The
+        # root regions keep global locking, so every count is made under the
+        # BQL: no two threads ever update these dicts at once.
+        reads: dict[int, int] = {}
+        writes: dict[int, int] = {}
+        self._unassigned_counts[space + "-read"] = reads
+        self._unassigned_counts[space + "-write"] = writes
 
         def read(addr: int, size: int) -> int:
-            counter[(read_kind, addr)] += 1
-            return (1 << (8 * size)) - 1
+            try:
+                reads[addr] += 1
+            except KeyError:
+                reads[addr] = 1
+            return _ALL_ONES[size]
 
         def write(addr: int, value: int, size: int) -> None:
-            counter[(write_kind, addr)] += 1
+            try:
+                writes[addr] += 1
+            except KeyError:
+                writes[addr] = 1
 
         return MemoryRegion.io(None, name, size, read, write)
+
+    @property
+    def unassigned(self) -> collections.Counter[tuple[str, int]]:
+        """``(kind, address) -> count`` of accesses no device claimed (kind: ``pio-read`` ...)."""
+        # dict(counts) copies in one step on every build (a vCPU may be adding
+        # an address meanwhile); no BQL, so a stuck vCPU holding it cannot hang stats.
+        return collections.Counter(
+            {(kind, addr): n for kind, counts in self._unassigned_counts.items() for addr, n in dict(counts).items()}
+        )
 
     def _build(self) -> None:
         cfg = self.config
@@ -408,9 +430,9 @@ class Machine:
 
         lines = [f"reference-vmm: stats: locking={self.config.locking} vcpus={len(self.threads)}"]
         lines += [f"  {t.name}: {t.exits} exits" for t in self.threads]
-        unclaimed = sum(self.unassigned.values())
-        lines.append(f"  unclaimed accesses: {unclaimed}")
-        lines += [f"    {kind} {addr:#x}: {n}" for (kind, addr), n in self.unassigned.most_common(10)]
+        unassigned = self.unassigned
+        lines.append(f"  unclaimed accesses: {sum(unassigned.values())}")
+        lines += [f"    {kind} {addr:#x}: {n}" for (kind, addr), n in unassigned.most_common(10)]
         rebuilds = self.address_space_memory.rebuilds + self.address_space_io.rebuilds
         rcu = rcu_stats()
         lines.append(f"  FlatView rebuilds: {rebuilds}; RCU grace periods: {rcu['grace_periods']}, callbacks: {rcu['callbacks']}")

@@ -188,7 +188,8 @@ class VcpuThread(threading.Thread):
             self.on_stop(self.index, stop)
 
     def _loop(self) -> Optional[Stop]:
-        vcpu, bus = self.vcpu, self.bus
+        # The bus with this thread's own state (RCU reader, lookup memo): made here, in the thread.
+        vcpu, bus = self.vcpu, self.bus.for_thread()
         run = vcpu.run
         n = 0
         try:
@@ -204,7 +205,7 @@ class VcpuThread(threading.Thread):
 
     def _loop_2013(self) -> Optional[Stop]:
         # QEMU 1.0 (kvm_cpu_exec): hold the BQL except around the ioctl itself.
-        vcpu, bus, bql = self.vcpu, self.bus, self.bql
+        vcpu, bus, bql = self.vcpu, self.bus.for_thread(), self.bql
         run = vcpu.run
         n = 0
         bql.lock()

@@ -67,7 +67,7 @@ _fd: int = -1
 _names_fd: int = -1
 _names: dict[str, int] = {}
 _names_lock = threading.Lock()
-_buffers: list[bytearray] = []
+_buffers: list["_ThreadBuffer"] = []
 _local = threading.local()
 
 
@@ -86,19 +86,40 @@ def _name_id(name: str) -> int:
     return nid
 
 
-def _new_buffer() -> tuple[bytearray, int]:
-    """This thread's record buffer, made on its first event, and its kernel
-    thread id, cached beside it (asking the kernel on every event was a
-    third of a probe's cost; one thread-local lookup for both saves another)."""
-    buf = bytearray()
-    _local.mine = buf, threading.get_native_id()
+class _ThreadBuffer:
+    """One thread's records, its kernel thread id, and the lock that guards them.
+
+    Only the owning thread appends, so the lock is uncontended on the hot
+    path; it is there for :func:`flush`, which another thread may call
+    (``atexit``, :func:`disable`) while the owner records.  Without it a
+    record appended between the flusher's copy and its ``del buf[:]`` is
+    lost -- under the GIL too, since ``os.write`` releases it -- and on a
+    free-threaded CPython a ``bytearray`` resized by one thread while
+    another copies it is a use-after-free (3.13's bytearray has no
+    per-object lock).  The thread id is cached here because asking the
+    kernel on every event was a third of a probe's cost.
+    """
+
+    __slots__ = ("buf", "tid", "lock")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.tid = threading.get_native_id()
+        self.lock = threading.Lock()
+
+
+def _new_buffer() -> _ThreadBuffer:
+    """This thread's record buffer, made on its first event."""
+    mine = _ThreadBuffer()
+    _local.mine = mine
     with _names_lock:
-        _buffers.append(buf)
-    return _local.mine
+        _buffers.append(mine)
+    return mine
 
 
 def _write_out(buf: bytearray) -> None:
     # One write per buffer: O_APPEND keeps records of concurrent threads whole.
+    # The caller holds the buffer's lock.
     if buf and _fd >= 0:
         os.write(_fd, bytes(buf))
     del buf[:]
@@ -110,12 +131,15 @@ def _write_out(buf: bytearray) -> None:
 def _lock_probe(code: int) -> Callable[..., None]:
     def probe(name: str, addr: int = 0) -> None:
         try:
-            buf, tid = _local.mine
+            mine = _local.mine
         except AttributeError:
-            buf, tid = _new_buffer()
-        buf += _pack(_monotonic_ns(), tid, code, 0, _names.get(name) or _name_id(name), addr & _U64, 0)
-        if len(buf) >= _FLUSH_BYTES:
-            _write_out(buf)
+            mine = _new_buffer()
+        record = _pack(_monotonic_ns(), mine.tid, code, 0, _names.get(name) or _name_id(name), addr & _U64, 0)
+        with mine.lock:
+            buf = mine.buf
+            buf += record
+            if len(buf) >= _FLUSH_BYTES:
+                _write_out(buf)
 
     return probe
 
@@ -123,13 +147,16 @@ def _lock_probe(code: int) -> Callable[..., None]:
 def _dispatch_probe(code: int) -> Callable[..., None]:
     def probe(addr: int, size: int, write: bool, region: str) -> None:
         try:
-            buf, tid = _local.mine
+            mine = _local.mine
         except AttributeError:
-            buf, tid = _new_buffer()
-        buf += _pack(_monotonic_ns(), tid, code, (size & 0x7F) | (0x80 if write else 0),
-                     _names.get(region) or _name_id(region), addr & _U64, 0)
-        if len(buf) >= _FLUSH_BYTES:
-            _write_out(buf)
+            mine = _new_buffer()
+        record = _pack(_monotonic_ns(), mine.tid, code, (size & 0x7F) | (0x80 if write else 0),
+                       _names.get(region) or _name_id(region), addr & _U64, 0)
+        with mine.lock:
+            buf = mine.buf
+            buf += record
+            if len(buf) >= _FLUSH_BYTES:
+                _write_out(buf)
 
     return probe
 
@@ -160,11 +187,12 @@ name_futex = _noop
 
 
 def flush() -> None:
-    """Write every thread's buffered records to the spool file."""
+    """Write every thread's buffered records to the spool file (any thread may call it)."""
     with _names_lock:
         buffers = list(_buffers)
-    for buf in buffers:
-        _write_out(buf)
+    for mine in buffers:
+        with mine.lock:
+            _write_out(mine.buf)
 
 
 def enable(path: str) -> None:

@@ -46,6 +46,10 @@ def host_clock_ns() -> int:
 class PmTimer(Owner):
     """``acpi-pm-tmr``: a 4-byte I/O region whose reads return the counter.
 
+    Nothing changes after realize (``_t0``, the clock): a read computes from
+    them and a fresh ``timespec``, so any number of vCPUs may read at once,
+    with or without the GIL -- what lets ``unlocked`` mode drop the BQL.
+
     ``clock_ns`` returns nanoseconds of a monotonic clock (tests pass a fake).
     """
 

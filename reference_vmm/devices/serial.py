@@ -22,7 +22,11 @@ _IIR_NO_INT = 0x01
 
 
 class Serial16550(Owner):
-    """``serial``: 8 byte-wide registers; ``out`` receives every transmitted byte."""
+    """``serial``: 8 byte-wide registers; ``out`` receives every transmitted byte.
+
+    The region keeps global locking: every register access runs under the
+    BQL, so ``regs`` and ``divisor`` are never changed by two vCPUs at once.
+    """
 
     def __init__(self, out: Callable[[bytes], None], name: str = "serial") -> None:
         super().__init__(name)

@@ -12,11 +12,13 @@ return all ones, writes are dropped; both are counted per address.
 from __future__ import annotations
 
 import collections
+import threading
 from typing import Callable, Optional
 
 from .flatview import FlatRange, FlatView
 from .rcu import call_rcu, rcu_read_lock
-from .region import MemoryRegion, _register_address_space, _topology_lock, _unregister_address_space
+from .region import MemoryRegion
+from .topology import register_address_space, topology_lock, unregister_address_space
 
 __all__ = ["AddressSpace", "Listener"]
 
@@ -33,20 +35,25 @@ class AddressSpace:
         self.listeners: list[Listener] = []
         #: (address, "read"|"write") -> count of accesses no region claimed.
         self.unassigned: collections.Counter[tuple[int, str]] = collections.Counter()
-        self.rebuilds = 0
-        with _topology_lock:
+        # Any thread may read or write through the space, and a Counter's
+        # ``+= 1`` is a load and a store: without the GIL two threads lose
+        # counts.  Off the hot path (vCPUs dispatch through dispatch.py), so
+        # a lock of its own rather than per-thread counters.
+        self._unassigned_lock = threading.Lock()
+        self.rebuilds = 0  # under the topology lock
+        with topology_lock:
             self.current_map = FlatView.from_root(root)
-            _register_address_space(self)
+            register_address_space(self)
 
     def add_listener(self, listener: Listener) -> None:
         """Register a listener and replay the current view to it."""
-        with _topology_lock:
+        with topology_lock:
             self.listeners.append(listener)
             listener(None, self.current_map)
 
     def update_topology(self) -> None:
         """Re-render and publish; the old view is reclaimed after a grace period."""
-        with _topology_lock:
+        with topology_lock:
             new = FlatView.from_root(self.root)
             old = self.current_map
             self.current_map = new  # the publication: one store, atomic for readers
@@ -57,7 +64,7 @@ class AddressSpace:
 
     def destroy(self) -> None:
         """Stop tracking topology changes and drop the current view."""
-        _unregister_address_space(self)
+        unregister_address_space(self)
         call_rcu(self.current_map.unref)
 
     # -- simple accessors (no BQL: the vCPU loop decides locking) -----------
@@ -70,7 +77,8 @@ class AddressSpace:
         with rcu_read_lock():
             fr = self.current_map.lookup(addr)
             if fr is None or not fr.mr.terminates:
-                self.unassigned[(addr, "read")] += 1
+                with self._unassigned_lock:
+                    self.unassigned[(addr, "read")] += 1
                 return (1 << (8 * size)) - 1
             offset = addr - fr.start + fr.offset_in_region
             if fr.mr.kind == "ram":
@@ -82,7 +90,8 @@ class AddressSpace:
         with rcu_read_lock():
             fr = self.current_map.lookup(addr)
             if fr is None or not fr.mr.terminates:
-                self.unassigned[(addr, "write")] += 1
+                with self._unassigned_lock:
+                    self.unassigned[(addr, "write")] += 1
                 return
             offset = addr - fr.start + fr.offset_in_region
             if fr.mr.kind == "ram":

@@ -14,6 +14,7 @@ continue the same region are then merged (``flatview_simplify``).
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from typing import NamedTuple, Optional
 
@@ -102,7 +103,11 @@ class FlatView:
     """
 
     __slots__ = ("ranges", "_starts", "_ends", "_refs", "_lock", "reclaimed", "generation")
-    _generations = 0
+    # A view may be built outside the topology lock (tests, a second
+    # renderer), so ``+= 1`` on a class attribute could hand two views one
+    # number without the GIL; next() on a count is one atomic step on every
+    # CPython build (3.13t: a compare-and-swap), QEMU's qatomic_fetch_inc.
+    _generations = itertools.count(1)
 
     def __init__(self, ranges: list[FlatRange]) -> None:
         self.ranges = tuple(ranges)
@@ -111,8 +116,7 @@ class FlatView:
         self._refs = 1
         self._lock = threading.Lock()
         self.reclaimed = False
-        FlatView._generations += 1
-        self.generation = FlatView._generations
+        self.generation = next(FlatView._generations)
         for mr in {id(r.mr): r.mr for r in self.ranges}.values():
             mr.ref()
 

@@ -19,17 +19,36 @@ Usage::
         view = address_space.current_map   # take the pointer once
         ...                                 # use view; it stays alive
 
-Python's GIL makes the plain loads and stores here sequentially consistent,
-which is what QEMU gets from ``qatomic_*`` and memory barriers.
+Memory ordering, with or without the GIL.  Each side stores one word and
+then loads another: a reader stores its snapshot (``ctr``) and then loads the
+protected pointer; a writer stores the new pointer and then loads each
+reader's ``ctr``.  If both loads could pass the stores before them (a
+store buffer does exactly that, on x86 too), the writer could see a reader
+as quiescent while that reader took the old pointer, and reclaim it under
+it.  Under the GIL every thread switch is a full barrier, so this never
+happens; on a free-threaded CPython the threads truly run at once.  The
+fix is QEMU's (``util/rcu.c`` with ``CONFIG_MEMBARRIER``): readers pay
+nothing, and the writer issues ``smp_mb_global()`` -- the membarrier(2)
+system call, which runs a full barrier on every CPU that is running a
+thread of this process -- after publishing and after setting ``waiting``.
+Where membarrier is unavailable (old kernel, seccomp), readers fence
+themselves instead: an acquire and release of a lock of their own, an
+atomic read-modify-write (see :data:`READER_FENCE`).
+
+Everything else is per-thread (a reader's ``depth``) or changed under a
+lock (``rcu_gp_ctr`` under ``_sync_lock``, the registry under
+``_registry_lock``); the ``call_rcu`` queue is a ``deque``, whose append and
+popleft are atomic on every CPython build.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 __all__ = [
     "rcu_read_lock",
@@ -38,38 +57,137 @@ __all__ = [
     "synchronize_rcu",
     "call_rcu",
     "drain_call_rcu",
+    "rcu_register_thread",
     "rcu_unregister_thread",
     "rcu_stats",
+    "RcuReader",
+    "READER_FENCE",
+    "rcu_gp",
 ]
 
 RCU_GP_LOCKED = 1  # the counter is odd, so a reader snapshot is never 0
 RCU_GP_CTR = 2
 
-_gp_ctr = RCU_GP_LOCKED
+
+
+class _GracePeriod:
+    """Holds QEMU's ``rcu_gp_ctr`` (written under ``_sync_lock`` only): an
+    object, not a module global, so that an inlined reader loads it fast."""
+
+    __slots__ = ("ctr",)
+
+    def __init__(self) -> None:
+        self.ctr = RCU_GP_LOCKED
+
+
+rcu_gp = _GracePeriod()
 _sync_lock = threading.Lock()  # QEMU's rcu_sync_lock: one grace period at a time
 _registry_lock = threading.Lock()
-_registry: set["_Reader"] = set()
+_registry: set["RcuReader"] = set()
 _gp_event = threading.Event()  # QEMU's rcu_gp_event: set by a reader leaving while waited for
 _local = threading.local()
+# Two counters, each with one writer: grace_periods under _sync_lock,
+# callbacks in the call_rcu thread (a dict's item store is atomic).
 _stats = {"grace_periods": 0, "callbacks": 0}
 
+# -- smp_mb_global ------------------------------------------------------------
+_SYS_MEMBARRIER = 324  # x86-64
+_MEMBARRIER_CMD_QUERY = 0
+_MEMBARRIER_CMD_PRIVATE_EXPEDITED = 1 << 3
+_MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
 
-class _Reader:
-    """Per-thread reader state (QEMU's ``struct rcu_reader_data``)."""
 
-    __slots__ = ("ctr", "depth", "waiting", "thread", "__weakref__")
+def _membarrier_init() -> Optional[Callable[[], None]]:
+    """QEMU's ``smp_mb_global_init``: a process-wide barrier, or None if the kernel has none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+        syscall.restype = ctypes.c_long
+        cmds = syscall(_SYS_MEMBARRIER, _MEMBARRIER_CMD_QUERY, 0)
+        if cmds < 0 or not cmds & _MEMBARRIER_CMD_PRIVATE_EXPEDITED:
+            return None
+        if syscall(_SYS_MEMBARRIER, _MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0) < 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+
+    def membarrier() -> None:
+        # Fails only if the registration above did not happen: never silently.
+        if syscall(_SYS_MEMBARRIER, _MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0) < 0:
+            raise OSError(ctypes.get_errno(), "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed")
+
+    return membarrier
+
+
+_membarrier = _membarrier_init()
+#: True when readers must fence themselves (no membarrier on this host).
+READER_FENCE = _membarrier is None
+_writer_fence = threading.Lock()
+
+
+def _smp_mb_global() -> None:
+    """A full barrier on every thread of the process (``smp_mb_global``)."""
+    if _membarrier is not None:
+        _membarrier()
+    else:  # the readers fence themselves; this orders the writer's own side
+        _writer_fence.acquire()
+        _writer_fence.release()
+
+
+class RcuReader:
+    """One thread's reader record (QEMU's ``struct rcu_reader_data``).
+
+    ``depth`` is the thread's own; ``ctr`` is written by the thread and read
+    by writers; ``waiting`` is set by a writer and cleared by whichever side
+    sees it first.  A hot path that keeps its thread's record (a vCPU's
+    dispatch, from :func:`rcu_register_thread`) calls :meth:`lock` and
+    :meth:`unlock` on it and skips the thread-local lookup of
+    :func:`rcu_read_lock`.
+    """
+
+    __slots__ = ("ctr", "depth", "waiting", "thread", "_fence", "__weakref__")
 
     def __init__(self) -> None:
         self.ctr = 0
         self.depth = 0
         self.waiting = False
         self.thread = threading.current_thread().name
+        self._fence = threading.Lock()
+
+    def lock(self) -> None:
+        """``rcu_read_lock`` for this record's thread (only that thread may call it)."""
+        if self.depth == 0:
+            self.ctr = rcu_gp.ctr
+            if READER_FENCE:  # the store above before the loads of the section
+                self.fence()
+        self.depth += 1
+
+    def unlock(self) -> None:
+        """``rcu_read_unlock`` for this record's thread."""
+        self.depth -= 1
+        if self.depth == 0:
+            self.ctr = 0
+            if READER_FENCE:  # the store above before the load of ``waiting``
+                self.fence()
+            if self.waiting:
+                self.wake_writer()
+
+    def fence(self) -> None:
+        """A full barrier, where membarrier is missing: an atomic read-modify-write."""
+        self._fence.acquire()
+        self._fence.release()
+
+    def wake_writer(self) -> None:
+        """A writer waits for this reader, which has just left: wake it."""
+        self.waiting = False
+        _gp_event.set()
 
 
-def _reader() -> _Reader:
+def rcu_register_thread() -> RcuReader:
+    """The calling thread's reader record, registered on first use (``rcu_register_thread``)."""
     r = getattr(_local, "reader", None)
     if r is None:
-        r = _Reader()
+        r = RcuReader()
         _local.reader = r
         with _registry_lock:
             _registry.add(r)
@@ -93,22 +211,13 @@ _GUARD = _Guard()
 
 def rcu_read_lock() -> _Guard:
     """Enter a read-side critical section (nests).  Never blocks."""
-    r = getattr(_local, "reader", None) or _reader()
-    if r.depth == 0:
-        r.ctr = _gp_ctr
-    r.depth += 1
+    (getattr(_local, "reader", None) or rcu_register_thread()).lock()
     return _GUARD
 
 
 def rcu_read_unlock() -> None:
     """Leave a read-side critical section; wake a waiting writer if any."""
-    r = _local.reader
-    r.depth -= 1
-    if r.depth == 0:
-        r.ctr = 0
-        if r.waiting:
-            r.waiting = False
-            _gp_event.set()
+    _local.reader.unlock()
 
 
 def rcu_read_locked() -> bool:
@@ -129,17 +238,23 @@ def rcu_unregister_thread() -> None:
 
 def synchronize_rcu() -> None:
     """Wait until every reader that entered before this call has left."""
-    global _gp_ctr
     assert not rcu_read_locked(), "synchronize_rcu inside a read-side critical section deadlocks"
     with _sync_lock:
-        _gp_ctr += RCU_GP_CTR
-        gp = _gp_ctr
+        # The caller's publication (a new current_map) before the loads of
+        # each reader's ctr below; pairs with the reader's ctr store before
+        # its loads (see the module docstring).
+        _smp_mb_global()
+        gp = rcu_gp.ctr + RCU_GP_CTR
+        rcu_gp.ctr = gp
         with _registry_lock:
             pending = list(_registry)
         while pending:
             _gp_event.clear()
             for r in pending:
                 r.waiting = True
+            # The stores to ``waiting`` before the loads of ``ctr``: a reader
+            # leaving now either sees ``waiting`` or is seen with ctr == 0.
+            _smp_mb_global()
             still = []
             for r in pending:
                 ctr = r.ctr

@@ -10,8 +10,9 @@ Vocabulary and semantics follow QEMU's ``docs/devel/memory.rst``:
 Subregions carry a priority; where siblings overlap, the higher priority
 wins and, between equal priorities, the one added last.  A region whose own
 content is not a container (RAM/I/O) shows through wherever none of its
-subregions does.  Changes are grouped in transactions; the FlatViews of every
-AddressSpace are re-rendered once per outermost commit.
+subregions does.  Changes are grouped in transactions (:mod:`.topology`,
+which holds the topology lock and the list of address spaces); the FlatViews
+of every AddressSpace are re-rendered once per outermost commit.
 
 ``global_locking`` is True unless the device opts out with
 :meth:`MemoryRegion.clear_global_locking` (QEMU's
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import threading
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 from .owner import Owner
-
-if TYPE_CHECKING:
-    from .address_space import AddressSpace
+from .topology import (
+    memory_region_transaction_begin,
+    memory_region_transaction_commit,
+    memory_region_update_pending,
+    transaction,
+)
 
 __all__ = [
     "MemoryRegion",
@@ -44,61 +47,6 @@ __all__ = [
 ReadFn = Callable[[int, int], int]
 #: ``write(offset, value, size)`` of an I/O region.
 WriteFn = Callable[[int, int, int], None]
-
-# Topology updates are serialized (QEMU requires the BQL for them); an RLock
-# so a commit may add regions from a listener.
-_topology_lock = threading.RLock()
-_transaction_depth = 0
-_update_pending = False
-_address_spaces: list["AddressSpace"] = []
-
-
-def memory_region_transaction_begin() -> None:
-    """Start a group of changes: no FlatView is rebuilt until the commit."""
-    global _transaction_depth
-    _topology_lock.acquire()
-    _transaction_depth += 1
-
-
-def memory_region_transaction_commit() -> None:
-    """End a group; the outermost commit rebuilds each AddressSpace once."""
-    global _transaction_depth, _update_pending
-    try:
-        assert _transaction_depth > 0, "commit without begin"
-        _transaction_depth -= 1
-        if _transaction_depth == 0 and _update_pending:
-            _update_pending = False
-            for space in list(_address_spaces):
-                space.update_topology()
-    finally:
-        _topology_lock.release()
-
-
-class transaction:
-    """``with transaction():`` around several region changes."""
-
-    def __enter__(self) -> None:
-        memory_region_transaction_begin()
-
-    def __exit__(self, *exc: object) -> None:
-        memory_region_transaction_commit()
-
-
-def _changed() -> None:
-    global _update_pending
-    _update_pending = True
-
-
-def _register_address_space(space: "AddressSpace") -> None:
-    with _topology_lock:
-        _address_spaces.append(space)
-
-
-def _unregister_address_space(space: "AddressSpace") -> None:
-    with _topology_lock:
-        if space in _address_spaces:
-            _address_spaces.remove(space)
-
 
 def _unassigned_read(offset: int, size: int) -> int:
     return (1 << (8 * size)) - 1
@@ -197,6 +145,8 @@ class MemoryRegion:
         with transaction():
             sub.ref()  # the container's reference, dropped by del_subregion
             sub.container, sub.addr, sub.priority = self, offset, priority
+            # A read-modify-write of a class attribute: safe because every
+            # caller holds the topology lock (the transaction).
             MemoryRegion._next_seq += 1
             sub._seq = MemoryRegion._next_seq
             # As QEMU: insert before the first sibling of lower or equal priority,
@@ -207,7 +157,7 @@ class MemoryRegion:
                     at = i
                     break
             self.subregions.insert(at, sub)
-            _changed()
+            memory_region_update_pending()
 
     def del_subregion(self, sub: "MemoryRegion") -> None:
         """``memory_region_del_subregion``: unreachable after the commit.
@@ -220,14 +170,14 @@ class MemoryRegion:
         with transaction():
             self.subregions.remove(sub)
             sub.container = None
-            _changed()
+            memory_region_update_pending()
         sub.unref()
 
     def set_enabled(self, enabled: bool) -> None:
         """``memory_region_set_enabled``: a disabled region renders as absent."""
         with transaction():
             self.enabled = enabled
-            _changed()
+            memory_region_update_pending()
 
     def set_address(self, offset: int) -> None:
         """``memory_region_set_address``: move the region inside its container."""
@@ -245,7 +195,7 @@ class MemoryRegion:
         with transaction():
             self.subregions.remove(sub)
             sub.container = None
-            _changed()
+            memory_region_update_pending()
 
     def clear_global_locking(self) -> None:
         """``memory_region_clear_global_locking``: dispatch without the BQL."""

@@ -3,6 +3,7 @@ and MemoryRegion owners that outlive removal until in-flight dispatch ends."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -19,7 +20,7 @@ from vmtrace.reference_vmm.memory import (
     rcu_read_unlock,
     synchronize_rcu,
 )
-from vmtrace.reference_vmm.memory.rcu import rcu_read_locked, rcu_stats
+from vmtrace.reference_vmm.memory.rcu import RcuReader, rcu_read_locked, rcu_stats, rcu_unregister_thread
 
 
 def io(owner, name: str, size: int, read=None) -> MemoryRegion:
@@ -102,27 +103,46 @@ def test_call_rcu_runs_after_the_reader_leaves_and_in_order() -> None:
     assert order == [0, 1, 2, 3, 4]
 
 
-def test_stress_no_reader_ever_uses_a_reclaimed_flatview() -> None:
-    """Writers swap FlatViews while readers dispatch; reclaimed views must never be seen."""
+#: Scales the stress tests' threads and duration: the free-threaded run
+#: (test_free_threaded.py) raises it, to give a race more chances.
+STRESS_SCALE = max(1, int(os.environ.get("VMTRACE_STRESS_SCALE", "1")))
+
+
+def rcu_stress(seconds: float, readers: int, writers: int) -> tuple[list[str], int, int]:
+    """Writers swap FlatViews while readers use them; returns (errors, reads, rebuilds).
+
+    What catches a race: a reader checks ``view.reclaimed`` at every step of
+    its read-side section.  A grace period that ends while a reader that
+    took the old view is still inside (a reader not seen, a ctr store
+    reordered after the pointer load, a missed wake-up taken for a
+    quiescent state) lets call_rcu reclaim that view under the reader,
+    which then sees ``reclaimed`` set, or trips FlatView.lookup's assertion.
+    test_stress_detects_a_reader_that_does_not_announce_itself shows the
+    check firing when the reader side is broken on purpose.
+    """
     root = io(None, "root", 0x100)
     space = AddressSpace(root, "stress")
     errors: list[str] = []
     stop = threading.Event()
-    reads = [0]
-    before = rcu_stats()["callbacks"]
+    reads = [0] * readers  # one slot per thread: no shared read-modify-write
 
-    def reader() -> None:
-        while not stop.is_set():
-            with rcu_read_lock():
-                view = space.current_map
-                for _ in range(3):
+    def reader(k: int) -> None:
+        try:
+            while not stop.is_set():
+                with rcu_read_lock():
+                    view = space.current_map
+                    for _ in range(3):
+                        if view.reclaimed:
+                            errors.append(f"reader saw reclaimed view #{view.generation}")
+                        view.lookup(random.randrange(0x100))
+                        time.sleep(0)  # let writers and the reclaimer run mid-section
                     if view.reclaimed:
-                        errors.append(f"reader saw reclaimed view #{view.generation}")
-                    view.lookup(random.randrange(0x100))
-                    time.sleep(0)  # let writers and the reclaimer run mid-section
-                if view.reclaimed:
-                    errors.append(f"view #{view.generation} reclaimed inside a read section")
-            reads[0] += 1
+                        errors.append(f"view #{view.generation} reclaimed inside a read section")
+                reads[k] += 1
+        except AssertionError as e:  # FlatView.lookup in a reclaimed view
+            errors.append(str(e))
+        finally:
+            rcu_unregister_thread()
 
     def writer(seed: int) -> None:
         rnd = random.Random(seed)
@@ -135,20 +155,41 @@ def test_stress_no_reader_ever_uses_a_reclaimed_flatview() -> None:
                 root.add_subregion_overlap(rnd.randrange(0, 0xF8), mr, rnd.randrange(3))
                 mine.append(mr)
 
-    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer, args=(s,)) for s in range(2)]
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(readers)]
+    threads += [threading.Thread(target=writer, args=(s,)) for s in range(writers)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    time.sleep(seconds)
     stop.set()
     for t in threads:
         t.join(10)
     drain_call_rcu()
     space.destroy()
     drain_call_rcu()
+    return errors, sum(reads), space.rebuilds
+
+
+def test_stress_no_reader_ever_uses_a_reclaimed_flatview() -> None:
+    """Writers swap FlatViews while readers dispatch; reclaimed views must never be seen."""
+    before = rcu_stats()["callbacks"]
+    errors, reads, rebuilds = rcu_stress(1.5 * STRESS_SCALE, 3 * STRESS_SCALE, 2)
     assert not errors, errors[:3]
-    assert reads[0] > 50
-    assert space.rebuilds > 50
-    assert rcu_stats()["callbacks"] - before >= space.rebuilds  # the old views were reclaimed
+    assert reads > 50
+    assert rebuilds > 50
+    assert rcu_stats()["callbacks"] - before >= rebuilds  # the old views were reclaimed
+
+
+def test_stress_detects_a_reader_that_does_not_announce_itself(monkeypatch) -> None:
+    """The stress test can fail: with readers that never publish their ctr
+    (so grace periods never wait for them), it must see a reclaimed view."""
+
+    def lock_without_ctr(self: RcuReader) -> None:
+        self.depth += 1
+
+    monkeypatch.setattr(RcuReader, "lock", lock_without_ctr)
+    errors, _, rebuilds = rcu_stress(1.5, 3, 2)
+    assert rebuilds > 50
+    assert errors, "the stress test did not notice readers that grace periods ignore"
 
 
 def test_removed_region_is_not_reclaimed_until_in_flight_dispatch_ends() -> None:

@@ -59,11 +59,13 @@ class VirtIODevice(Owner):
         self.mem = mem
         self.queues = [VirtQueue(mem, n, i) for i, n in enumerate(queue_sizes)]
         #: ``kind -> count`` of driver errors that broke the device (see :class:`VirtioError`).
+        #: Like the queues and ``interrupts``, changed only under the transport's
+        #: lock (queue work and reconfiguration both hold it), never by two threads at once.
         self.guest_errors: collections.Counter[str] = collections.Counter()
         self.last_guest_error = ""
         self.on_interrupt: Callable[[], None] = lambda: None
         self.interrupts = 0
-        self._isr_lock = threading.Lock()
+        self._isr_lock = threading.Lock()  # the ISR is read-and-cleared by a vCPU (BQL) and set by the queue's thread
         self._reported: set[str] = set()
         self.reset()
 
