@@ -15,8 +15,9 @@ kind), ``v`` filter by the next vCPU, ``k`` filter by the next exit kind,
 from __future__ import annotations
 
 import curses
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .aggregate import ROW_KEYS, Snapshot
@@ -39,12 +40,22 @@ class ViewState:
     frozen: bool = False
     drill: bool = False
     quit: bool = False
+    seen_vcpus: set[int] = field(default_factory=set)
+    seen_kinds: set[str] = field(default_factory=set)
+
+    def observe(self, snap: Snapshot) -> None:
+        """Remember the vCPUs and exit kinds seen, the filters' choices (an
+        interval in which a vCPU did not exit must not drop it from them)."""
+        exits = snap.exits()
+        self.seen_vcpus.update(int(v) for v in exits["vcpu"])
+        self.seen_kinds.update(str(k) for k in exits["kind"])
 
     def key(self, ch: str, snap: Snapshot | None) -> None:
         """Apply one key press (``snap``: what is shown, for the choices)."""
-        exits = snap.exits() if snap is not None else None
-        vcpus = sorted(set(exits["vcpu"].tolist())) if exits is not None and len(exits) else []
-        kinds = sorted(set(exits["kind"].tolist())) if exits is not None and len(exits) else []
+        if snap is not None:
+            self.observe(snap)
+        vcpus = sorted(self.seen_vcpus)
+        kinds = sorted(self.seen_kinds)
         if ch == "q":
             self.quit = True
         elif ch == "s":
@@ -118,10 +129,15 @@ def run_tui(monitor: Monitor, interval: float) -> None:
             if time.monotonic() >= next_at:
                 next_at += interval
                 snap = monitor.snapshot()
+                st.observe(snap)
                 if not st.frozen:
                     shown = snap
                 _draw(scr, shown, st)
 
+    # The terminal's own size, not COLUMNS/LINES a caller exported (they
+    # do not follow a resize; ncurses prefers them to the tty's size).
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
     try:
         curses.wrapper(main)
     except curses.error:
