@@ -31,29 +31,32 @@ from vmtrace.errors import VmtraceError
 from vmtrace.schema import ROLE_VCPU
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import (
-    require_events,
     ThreadWindows,
     dense_codes,
-    futex_waits,
     inside_by_thread,
     lost_windows,
-    offcpu_spans,
     pair_spans,
     rank_in,
+    require_events,
 )
+from .jsonform import bql_json, hex_or_none, records
 from .runs import run_cycles, vcpu_threads
+from .waits import trace_lock_waits
 
 __all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakdown", "histogram", "timed_loop_exits"]
 
 #: The partition, in the order reports stack it.
 COMPONENTS: tuple[str, ...] = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "device")
 
-def _vcpu_tids(trace: Trace) -> dict[int, int]:
-    return vcpu_threads(trace)
-
-
 def exit_breakdown(trace: Trace) -> pd.DataFrame:
+    """One row per complete userspace exit of every vCPU thread, computed
+    once per trace (``analyses.cache``); see ``compute_exit_breakdown``."""
+    return cache.cached(trace, "exit_breakdown", lambda: compute_exit_breakdown(trace))
+
+
+def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     """One row per complete userspace exit of every vCPU thread.
 
     Columns: ``tid`` int32, ``vcpu`` int16, ``start_ns``/``end_ns`` int64
@@ -72,19 +75,16 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     """
     ev = trace.events
     require_events(ev, ["run_enter", "run_exit"], "the exit breakdown")
-    tids = _vcpu_tids(trace)
+    tids = vcpu_threads(trace)
     cyc = run_cycles(trace, tids).cycles
     cyc = cyc[(cyc["complete"] & ~cyc["lost"]).to_numpy()].reset_index(drop=True)
     if cyc.empty:
         return _empty_exits()
-    bql_word = trace.bql().get("futex_uaddr")
-    other_named = [a for a, n in trace.futex_names().items() if n != "BQL"]
 
     # Spans of every thread; the windows below only see their own thread's.
-    waits = futex_waits(ev)
-    locks = pair_spans(ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
+    rule = trace_lock_waits(trace)
     devices = pair_spans(ev, "dispatch_begin", "dispatch_end")
-    offcpu = offcpu_spans(ev)
+    offcpu = cache.offcpu_spans(trace)
 
     c_tid = cyc["tid"].to_numpy(dtype=np.int64)
     t_enter = cyc["start_ns"].to_numpy(dtype=np.int64)
@@ -107,31 +107,15 @@ def exit_breakdown(trace: Trace) -> pd.DataFrame:
     def inside(p_tid: np.ndarray, p: np.ndarray, s_tid: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
         return inside_by_thread(p_tid, p, s_tid, s, e) >= 0
 
-    # Userspace part: run_exit -> next run_enter.
-    l_tid = locks["tid"].to_numpy(dtype=np.int64)
-    lock_s = locks["start_ns"].to_numpy(dtype=np.int64)
-    lock_e = locks["end_ns"].to_numpy(dtype=np.int64)
-    # Compared as a category, not as strings: one test per distinct name.
-    is_bql_lock = (locks["name"] == "BQL").to_numpy(dtype=bool, na_value=False) if len(locks) \
-        else np.zeros(0, bool)
+    # Userspace part: run_exit -> next run_enter, lock waits by the rule of
+    # analyses.waits.
+    l_tid, lock_s, lock_e, is_bql_lock = rule.lock_tid, rule.lock_start, rule.lock_end, rule.lock_bql
     lock_all = over(l_tid, lock_s, lock_e)
     lock_bql = over(l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
-    # Futex waits inside a reported lock span are that lock's, not another.
-    w_tid = waits["tid"].to_numpy(dtype=np.int64)
-    w_s = waits["start_ns"].to_numpy(dtype=np.int64)
-    w_e = waits["end_ns"].to_numpy(dtype=np.int64)
-    w_in_lock = inside(w_tid, w_s, l_tid, lock_s, lock_e)
-    w_addr = waits["uaddr"].to_numpy(dtype="uint64", na_value=0)
-    w_bql = (w_addr == np.uint64(bql_word)) if bql_word else np.zeros(len(waits), bool)
-    free_bql = ~w_in_lock & w_bql
-    free_other = ~w_in_lock & ~w_bql
+    w_tid, w_s, w_e = rule.wait_tid, rule.wait_start, rule.wait_end
+    free_bql, free_other, nested_other = rule.free_bql, rule.free_other, rule.wait_nested
     bql_futex = over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
     other_futex = over(w_tid[free_other], w_s[free_other], w_e[free_other])
-    # A thread inside a BQL span can block on another lock the VMM named
-    # (the reference VMM re-takes the GIL after the BQL's futex returns):
-    # that time is the other lock's, not the BQL's.
-    in_bql = inside(w_tid, w_s, l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
-    nested_other = in_bql & np.isin(w_addr, np.asarray(other_named, dtype=np.uint64))
     bql_wait = lock_bql + bql_futex - over(w_tid[nested_other], w_s[nested_other], w_e[nested_other])
     lock_wait = lock_all + bql_futex + other_futex
     d_tid = devices["tid"].to_numpy(dtype=np.int64)
@@ -216,26 +200,34 @@ def _empty_exits() -> pd.DataFrame:
     return df
 
 
-def _inside(points: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """Whether each point lies inside one of the disjoint spans [s, e)."""
-    if len(s) == 0 or len(points) == 0:
-        return np.zeros(len(points), dtype=bool)
-    order = np.argsort(s, kind="stable")
-    s, e = s[order], e[order]
-    idx = np.searchsorted(s, points, side="right") - 1
-    ok = idx >= 0
-    res = np.zeros(len(points), dtype=bool)
-    res[ok] = points[ok] < e[idx[ok]]
-    return res
-
-
 # ----------------------------------------------------------------------------
 # Summaries
 
 
 @dataclass
 class Breakdown:
-    """The BQL breakdown of one trace, in cycles (see ``bql_breakdown``)."""
+    """The BQL breakdown of one trace, in cycles (see ``bql_breakdown``).
+
+    ``exits``: the exits summarised, rows of ``exit_breakdown`` (after the
+    timed-loop or ``port`` selection).  ``components``: component -> mean
+    cycles per exit (``_SUMMARY_COLS``); ``percentiles``: component ->
+    ``p50``/``p90``/``p99`` cycles; ``histograms``: component -> ``edges``
+    and ``counts`` (``histogram``).  The groupings, one row per group:
+
+    - ``by_kind``: ``kind`` category, ``addr`` UInt64 (port, GPA or MSR; NA
+      for exits without one), ``exits`` int64, then float64 mean cycles per exit ``guest``, ``vmexit``,
+    ``emulator``, ``dispatch``, ``device``, ``lock_wait``, ``bql_wait``,
+    ``total``, and ``p50``/``p90``/``p99`` float64 cycles of the total;
+    most exits first;
+    - ``by_vcpu``: ``vcpu`` int16, then the same columns;
+    - ``by_role``: ``role`` category (of the exiting thread), the same.
+
+    ``bql``: the trace's BQL record (``name``, ``identified``, ``method``,
+    ``futex_uaddr`` int or None).  ``lost_events`` and ``lost_per_cpu``
+    count what the collector lost, ``excluded_lost`` the exits left out
+    across a loss; ``guest_cycles_per_op``: what the benchmark guest
+    measured itself, when it did.
+    """
 
     exits: pd.DataFrame
     tsc_hz: int
@@ -265,10 +257,10 @@ class Breakdown:
             "percentiles": self.percentiles,
             "histograms": self.histograms,
             "excluded_lost": self.excluded_lost,
-            "bql": self.bql,
-            "by_kind": _records(self.by_kind),
-            "by_vcpu": _records(self.by_vcpu),
-            "by_role": _records(self.by_role),
+            "bql": bql_json(self.bql),
+            "by_kind": records(self.by_kind.assign(addr=self.by_kind["addr"].map(hex_or_none))),
+            "by_vcpu": records(self.by_vcpu),
+            "by_role": records(self.by_role),
             "guest_cycles_per_op": self.guest_cycles_per_op,
             "notes": self.notes,
             "backend": self.meta.get("backend"),
@@ -310,15 +302,6 @@ def _percentile_sorted(ordered: np.ndarray, q: float) -> float:
     lo = int(np.floor(pos))
     hi = min(lo + 1, len(ordered) - 1)
     return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in df.to_dict(orient="records"):
-        out.append({k: (None if (isinstance(v, float) and v != v) or v is pd.NA else
-                        (int(v) if isinstance(v, (np.integer,)) else
-                         float(v) if isinstance(v, (np.floating,)) else v)) for k, v in row.items()})
-    return out
 
 
 _SUMMARY_COLS = ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total")
@@ -451,7 +434,6 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     }
     histograms = {c: histogram(ordered[c] * k, presorted=True) for c in _SUMMARY_COLS}
     by_kind = _grouped(exits, ["kind", "addr"], tsc, by_total, values)
-    by_kind["addr"] = pd.Series(by_kind["addr"].array, dtype=object).map(lambda a: None if pd.isna(a) else hex(int(a)))
     by_vcpu = _grouped(exits, ["vcpu"], tsc, by_total, values)
     threads = trace.threads
     roles = dict(zip(threads["tid"].astype(int), threads["role"]))
@@ -463,7 +445,7 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
                                      np.zeros(0, np.int64), categories=role_names)
     by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total, values)
     bql = dict(trace.bql())
-    bql["futex_uaddr"] = hex(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
+    bql["futex_uaddr"] = int(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
     lost = trace.meta.get("lost_events") or {}
     if not (exits["device_ns"] > 0).any() if len(exits) else True:
         notes.append(

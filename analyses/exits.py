@@ -292,7 +292,20 @@ def exit_table(exits: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 @dataclass
 class Exits:
-    """The ``--exits`` view (see ``exit_stats``)."""
+    """The ``--exits`` view (see ``exit_stats``).
+
+    ``exits``: one row per VM exit (``exit_events``): ``tid`` int32,
+    ``vcpu`` int16, ``start_ns`` int64, ``end_ns``/``dur_ns`` Int64,
+    ``reason`` and ``kind`` category, ``addr`` UInt64, ``size`` UInt8,
+    ``write`` boolean, ``userspace`` bool.  ``by_reason`` (keys ``reason``,
+    ``handled`` category), ``by_access`` (keys ``kind`` category, ``addr``
+    UInt64, ``dir`` category: in/out, read/write) and ``by_vcpu`` (key
+    ``vcpu`` int16) carry ``exit_table``'s columns after their keys:
+    ``count`` int64, ``share`` float64, ``userspace``, ``timed``,
+    ``time_ns`` int64, ``time_share`` float64, ``min_ns``, ``mean_ns``,
+    ``p50_ns``, ``p99_ns``, ``max_ns`` float64 (NaN when none is timed).
+    ``source``: what timed the exits (``kvm_exit`` or ``KVM_RUN``).
+    """
 
     exits: pd.DataFrame
     by_reason: pd.DataFrame

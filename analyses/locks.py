@@ -31,17 +31,17 @@ import pandas as pd
 
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import (
-    require_events,
-    futex_calls,
     last_match,
     lost_windows,
-    offcpu_spans,
     overlap_by_thread,
     pair_spans,
+    require_events,
     thread_lifetimes,
     thread_spans_lost,
 )
+from .jsonform import bql_json
 from .offcpu import thread_info
 
 __all__ = ["word_names", "lock_waits", "lock_holds", "lock_report", "Locks", "EAGAIN"]
@@ -86,14 +86,14 @@ def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
     require_events(trace.events, ["futex_enter", "futex_exit"], "the lock analysis")
     ev = trace.events
     names = names if names is not None else word_names(trace)
-    calls = futex_calls(ev)
+    calls = cache.futex_calls(trace)
     waits = calls[calls["kind"] == "wait"].reset_index(drop=True)
     wakes = calls[calls["kind"] == "wake"].reset_index(drop=True)
     tid = waits["tid"].to_numpy(dtype=np.int64)
     start = waits["start_ns"].to_numpy(dtype=np.int64)
     end = waits["end_ns"].to_numpy(dtype=np.int64)
     word = waits["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     offcpu = overlap_by_thread(tid, start, end, off["tid"].to_numpy(dtype=np.int64),
                                off["start_ns"].to_numpy(dtype=np.int64), off["end_ns"].to_numpy(dtype=np.int64))
 
@@ -175,7 +175,23 @@ def lock_holds(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
 
 @dataclass
 class Locks:
-    """The ``--locks`` view (see ``lock_report``)."""
+    """The ``--locks`` view (see ``lock_report``).
+
+    ``words``, one row per futex word waited on or held: ``addr`` uint64,
+    ``name`` str or None, ``waits``, ``eagain``, ``blocked``, ``wait_ns``
+    int64, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns`` float64,
+    ``max_ns`` int64 (float64 when a word has holds but no waits),
+    ``wait_share`` float64, ``waiters`` int64, ``waiter_names`` str,
+    ``wake_calls`` int64, ``wakers`` str, ``holds``, ``hold_ns`` int64,
+    ``hold_mean_ns``, ``hold_p99_ns`` float64 (NaN without holds).
+    ``by_thread``: ``addr`` uint64, ``name`` str or None, ``tid`` int32,
+    ``thread``, ``role`` str, ``waits``, ``wait_ns``, ``wake_calls`` int64.
+    ``waits``: every wait call (``lock_waits``): ``tid`` int32,
+    ``start_ns``, ``end_ns``, ``dur_ns`` int64, ``uaddr`` uint64, ``name``
+    str or None, ``op`` int64, ``ret`` Int64, ``offcpu_ns`` int64,
+    ``woken_by`` Int32, ``lost`` bool.  ``totals``: see ``lock_report``;
+    ``bql``: the trace's BQL record, ``futex_uaddr`` int or None.
+    """
 
     words: pd.DataFrame
     by_thread: pd.DataFrame
@@ -195,7 +211,7 @@ class Locks:
             "lost_events": self.lost_events,
             "lost_markers": self.lost_markers,
             "tsc_hz": self.tsc_hz,
-            "bql": self.bql,
+            "bql": bql_json(self.bql),
             "totals": self.totals,
             "words": words.to_dict(orient="records"),
             "by_thread": by_thread.to_dict(orient="records"),
@@ -229,7 +245,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     ev = trace.events
     names = word_names(trace, extra_names)
     waits = lock_waits(trace, names)
-    calls = futex_calls(ev)
+    calls = cache.futex_calls(trace)
     calls_lost = thread_spans_lost(ev, calls["tid"].to_numpy(dtype=np.int64), calls["start_ns"].to_numpy(dtype=np.int64),
                                    calls["end_ns"].to_numpy(dtype=np.int64))
     calls = calls[~calls_lost].reset_index(drop=True)
@@ -307,9 +323,9 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
         }
     ).sort_values(["wait_ns", "wake_calls"], ascending=False, kind="stable").reset_index(drop=True)
 
-    totals = _futex_totals(ev, calls, life, target_ns)
+    totals = _futex_totals(trace, calls, life, target_ns)
     bql = dict(trace.bql())
-    bql["futex_uaddr"] = hex(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
+    bql["futex_uaddr"] = int(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
     notes = []
     n_lost = int(waits["lost"].sum())
     if n_lost:
@@ -324,9 +340,9 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
                  notes=notes)
 
 
-def _futex_totals(ev: pd.DataFrame, calls: pd.DataFrame, life: pd.DataFrame, target_ns: int) -> dict[str, Any]:
+def _futex_totals(trace: Trace, calls: pd.DataFrame, life: pd.DataFrame, target_ns: int) -> dict[str, Any]:
     """Time of the target inside futex calls by kind, on CPU and in all."""
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     has_sched = len(off) > 0
     s_tid = off["tid"].to_numpy(dtype=np.int64)
     s_start = off["start_ns"].to_numpy(dtype=np.int64)

@@ -8,7 +8,7 @@ With more runnable threads than CPUs the last state grows; it is
 oversubscription, not lock contention, even when the thread was woken from
 a futex wait: the wait ends at the wakeup, what follows is the scheduler's.
 
-Built on ``intervals.offcpu_spans``: a span from sched_out to sched_in is
+Built on ``pairing.offcpu_spans``: a span from sched_out to sched_in is
 runnable when prev_state says so, and a blocked span is cut at the thread's
 last sched_wakeup inside it.
 """
@@ -21,18 +21,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vmtrace.schema import ROLE_VCPU, role_rank
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import (
-    require_events,
-    futex_waits,
     inside_by_thread,
     lost_windows,
-    offcpu_spans,
-    pair_spans,
+    require_events,
     thread_lifetimes,
     thread_spans_lost,
 )
+from .waits import BQL_NAME
 
 __all__ = ["OFFCPU_STATES", "offcpu_by_thread", "OffCpu", "offcpu_report"]
 
@@ -75,13 +75,13 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     require_events(trace.events, ["sched_out", "sched_in"], "the off-CPU analysis")
     ev = trace.events
     life = thread_lifetimes(ev)
-    off = offcpu_spans(ev)
+    off = cache.offcpu_spans(trace)
     s_tid = off["tid"].to_numpy(dtype=np.int64)
     s_start = off["start_ns"].to_numpy(dtype=np.int64)
     s_end = off["end_ns"].to_numpy(dtype=np.int64)
     lost = thread_spans_lost(ev, s_tid, s_start, s_end)
 
-    waits = futex_waits(ev)
+    waits = cache.futex_waits(trace)
     bql_word = trace.bql().get("futex_uaddr")
     w_in = inside_by_thread(s_tid, s_start, waits["tid"].to_numpy(dtype=np.int64),
                             waits["start_ns"].to_numpy(dtype=np.int64), waits["end_ns"].to_numpy(dtype=np.int64))
@@ -92,13 +92,13 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
         on_bql[in_wait] = w_addr[w_in[in_wait]] == np.uint64(bql_word)
     # A reported lock-acquire span counts even where no futex wait shows
     # (the collector may not trace futex calls, or the lock spins then sleeps).
-    spans = pair_spans(ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
+    spans = cache.lock_spans(trace)
     if len(spans):
         spans = spans.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
         l_in = inside_by_thread(s_tid, s_start, spans["tid"].to_numpy(dtype=np.int64),
                                 spans["start_ns"].to_numpy(dtype=np.int64), spans["end_ns"].to_numpy(dtype=np.int64))
         in_span = l_in >= 0
-        span_bql = (spans["name"].astype(object) == "BQL").to_numpy(dtype=bool)
+        span_bql = (spans["name"].astype(object) == BQL_NAME).to_numpy(dtype=bool)
         on_bql |= ~in_wait & in_span & span_bql[np.clip(l_in, 0, None)]
         in_lock = in_wait | in_span
     else:
@@ -135,16 +135,22 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     out["tid"] = out["tid"].astype(np.int32)
     cols = ["tid", "name", "role", "vcpu", "time_ns", "running_ns", "lock_ns", "other_blocked_ns", "runnable_ns",
             "unknown_ns", "bql_ns", "preempted_ns", "woken_wait_ns", "switches"]
-    return out[cols].sort_values(["role", "tid"], key=lambda s: s.map(_ROLE_ORDER) if s.name == "role" else s,
+    return out[cols].sort_values(["role", "tid"], key=lambda s: s.map(role_rank) if s.name == "role" else s,
                                  kind="stable").reset_index(drop=True)
 
-
-_ROLE_ORDER = {"vcpu": 0, "main": 1, "iothread": 2, "worker": 3, "other": 4}
 
 
 @dataclass
 class OffCpu:
-    """The ``--offcpu`` view (see ``offcpu_report``)."""
+    """The ``--offcpu`` view (see ``offcpu_report``).
+
+    ``threads``: one row per thread (``offcpu_by_thread``): ``tid`` int32,
+    ``name``, ``role`` str, ``vcpu`` Int16, then int64 ns ``time_ns`` and
+    its partition ``running_ns``, ``lock_ns``, ``other_blocked_ns``,
+    ``runnable_ns``, ``unknown_ns``; beside it ``bql_ns``,
+    ``preempted_ns``, ``woken_wait_ns`` and ``switches`` int64.  ``totals``:
+    ``vcpu`` and ``all`` -> those ns columns summed (ints).
+    """
 
     threads: pd.DataFrame
     totals: dict[str, Any]
@@ -169,7 +175,7 @@ def offcpu_report(trace: Trace) -> OffCpu:
     threads = offcpu_by_thread(trace)
     states = [f"{s}_ns" for s in OFFCPU_STATES] + ["bql_ns", "preempted_ns", "woken_wait_ns"]
     totals: dict[str, Any] = {}
-    for label, rows in (("vcpu", threads[threads["role"] == "vcpu"]), ("all", threads)):
+    for label, rows in ((ROLE_VCPU, threads[threads["role"] == ROLE_VCPU]), ("all", threads)):
         totals[label] = {c: int(rows[c].sum()) for c in ["time_ns"] + states}
     notes = []
     if not (trace.events["event"] == "wakeup").any():

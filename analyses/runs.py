@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vmtrace.schema import EVENT_TYPES, KVM_EXIT_REASONS
+from vmtrace.schema import EVENT_CODE, EVENT_TYPES, KVM_EXIT_REASONS
 from vmtrace.trace import Trace
 
 from .intervals import rank_in, thread_spans_lost
@@ -31,13 +31,12 @@ from .intervals import rank_in, thread_spans_lost
 __all__ = ["RunCycles", "vcpu_threads", "run_cycles", "event_codes", "exit_reason_name", "DECODE_EVENTS"]
 
 DECODE_EVENTS: tuple[str, ...] = ("pio", "mmio", "msr")
-_CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
 # The KVM_EXIT_* reason each decode kind ends a KVM_RUN with.
 _REASON_OF_DECODE = {"pio": (2,), "mmio": (6,), "msr": (29, 30)}
 _ROLES = ("exit", "completion", "kernel", "stray")
-assert [_CODE[k] for k in DECODE_EVENTS] == list(range(_CODE["pio"], _CODE["pio"] + 3))
+assert [EVENT_CODE[k] for k in DECODE_EVENTS] == list(range(EVENT_CODE["pio"], EVENT_CODE["pio"] + 3))
 _CYCLE_KINDS = ("run_enter", "run_exit", "kvm_entry", "kvm_exit") + DECODE_EVENTS + ("userspace_exit",)
-assert [_CODE[k] for k in _CYCLE_KINDS] == list(range(len(_CYCLE_KINDS)))
+assert [EVENT_CODE[k] for k in _CYCLE_KINDS] == list(range(len(_CYCLE_KINDS)))
 
 
 def event_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
@@ -45,7 +44,7 @@ def event_codes(names: tuple[str, ...] | list[str]) -> np.ndarray:
     it with ``events["event"].cat.codes``; the extra last slot absorbs -1."""
     table = np.zeros(len(EVENT_TYPES) + 1, dtype=bool)
     for n in names:
-        table[_CODE[n]] = True
+        table[EVENT_CODE[n]] = True
     return table
 
 
@@ -70,7 +69,9 @@ def vcpu_threads(trace: Trace) -> dict[int, int]:
 
 @dataclass
 class RunCycles:
-    """The KVM_RUN cycles of a trace (see ``run_cycles``)."""
+    """The KVM_RUN cycles of a trace: ``cycles``, one row per KVM_RUN cycle,
+    and ``decodes``, one row per decode event with its role; both DataFrames'
+    columns and dtypes are listed in ``run_cycles``."""
 
     cycles: pd.DataFrame
     decodes: pd.DataFrame
@@ -148,9 +149,9 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     n_ev = len(sel)
     # Positions of each kind, in thread-then-time order: everything below
     # touches these subsets, not the whole selection.
-    pos_of = {name: np.flatnonzero(code == _CODE[name])
+    pos_of = {name: np.flatnonzero(code == EVENT_CODE[name])
               for name in ("run_enter", "run_exit", "userspace_exit", "kvm_entry", "kvm_exit")}
-    dec_all = np.flatnonzero((code >= _CODE["pio"]) & (code <= _CODE["msr"]))
+    dec_all = np.flatnonzero((code >= EVENT_CODE["pio"]) & (code <= EVENT_CODE["msr"]))
 
     enter_pos = pos_of["run_enter"]
     n_all = len(enter_pos)
@@ -227,7 +228,7 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     d_code = code[np.maximum(decode, 0)] if n_ev else np.zeros(n_all, dtype=code.dtype)
     agrees = ~has_reason
     for kind_name, reasons in _REASON_OF_DECODE.items():
-        agrees |= (d_code == _CODE[kind_name]) & np.isin(reason, reasons)
+        agrees |= (d_code == EVENT_CODE[kind_name]) & np.isin(reason, reasons)
     decode = np.where(has_dec & agrees, decode, -1)
     has_dec = decode >= 0
 
@@ -258,7 +259,7 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     labels = list(DECODE_EVENTS) + ["unknown"] + list(reason_names.values())
     label_idx = np.full(len(keep_c), len(DECODE_EVENTS), dtype=np.int16)
     for i, k in enumerate(DECODE_EVENTS):
-        label_idx[has_name & (name_code == _CODE[k])] = i
+        label_idx[has_name & (name_code == EVENT_CODE[k])] = i
     for j, r in enumerate(reason_names):
         label_idx[~has_name & c_has_reason & (c_reason == r)] = len(DECODE_EVENTS) + 1 + j
     kind = pd.Categorical.from_codes(label_idx, categories=labels)
@@ -312,7 +313,7 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
         {
             "tid": tid_all[dec_rows].astype(np.int32),
             "ts_ns": ts[dec_p],
-            "kind": pd.Categorical.from_codes(dec_code - _CODE["pio"], categories=list(DECODE_EVENTS)),
+            "kind": pd.Categorical.from_codes(dec_code - EVENT_CODE["pio"], categories=list(DECODE_EVENTS)),
             "addr": ev["addr"].array.take(dec_rows),
             "size": ev["size"].array.take(dec_rows),
             "write": ev["write"].array.take(dec_rows),

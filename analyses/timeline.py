@@ -48,8 +48,11 @@ import pandas as pd
 
 from vmtrace.trace import Trace
 
-from .breakdown import _inside, _vcpu_tids, exit_breakdown
-from .intervals import futex_waits, offcpu_spans, pair_spans
+from . import cache
+from .breakdown import exit_breakdown
+from .intervals import pair_spans
+from .runs import vcpu_threads
+from .waits import LockWaits, trace_lock_waits
 
 __all__ = ["STATES", "SCHED", "STATE_GROUP", "timeline", "display_state", "state_durations"]
 
@@ -211,47 +214,31 @@ def _paint(
     })
 
 
-def _wait_layers(
-    locks: pd.DataFrame,
-    waits: pd.DataFrame,
-    names: dict[int, str],
-    bql_word: int | None,
-    details: _Details,
-) -> list[Layer]:
-    """The lock-wait layers of one thread, lowest priority first, with the
-    breakdown's rules: a futex wait inside a reported lock span is that
-    lock's, except a wait on another *named* lock inside the BQL's span
-    (the reference VMM re-taking the GIL), which is the other lock's."""
-    lock_s = locks["start_ns"].to_numpy(dtype=np.int64)
-    lock_e = locks["end_ns"].to_numpy(dtype=np.int64)
-    lock_name = locks["name"].astype(str) if len(locks) else pd.Series([], dtype=object)
-    is_bql = (lock_name == "BQL").to_numpy()
+def _wait_layers(rule: LockWaits, names: dict[int, str], details: _Details) -> list[Layer]:
+    """The lock-wait layers of one thread, lowest priority first, by the
+    rule of ``analyses.waits``: other locks' spans and free waits, then the
+    BQL's, then waits on another named lock nested in a BQL span, which
+    paint over the BQL's span as that lock's."""
+    lock_name = pd.Series(rule.lock_name, dtype=object).astype(str)
+    is_bql = rule.lock_bql
     lock_detail = details.codes(lock_name)
-
-    w_s = waits["start_ns"].to_numpy(dtype=np.int64)
-    w_e = waits["end_ns"].to_numpy(dtype=np.int64)
-    w_addr = waits["uaddr"].to_numpy(dtype="uint64", na_value=0)
-    w_bql = (w_addr == np.uint64(bql_word)) if bql_word else np.zeros(len(waits), dtype=bool)
-    inside = _inside(w_s, lock_s, lock_e)
-    other_named = np.asarray([a for a, n in names.items() if n != "BQL"], dtype=np.uint64)
-    nested_other = _inside(w_s, lock_s[is_bql], lock_e[is_bql]) & np.isin(w_addr, other_named)
+    w_s, w_e, w_addr = rule.wait_start, rule.wait_end, rule.wait_addr
     w_text = pd.Series(w_addr).map(
         {int(a): (f"{names[int(a)]} (futex {int(a):#x})" if int(a) in names else f"futex {int(a):#x}")
          for a in np.unique(w_addr)}
     )
-    w_detail = details.codes(w_text) if len(waits) else np.zeros(0, dtype=np.int64)
+    w_detail = details.codes(w_text) if len(w_addr) else np.zeros(0, dtype=np.int64)
 
-    free_other = ~inside & ~w_bql
-    free_bql = ~inside & w_bql
+    free_other, free_bql, nested_other = rule.free_other, rule.free_bql, rule.wait_nested
     other = _layer(
-        np.concatenate((lock_s[~is_bql], w_s[free_other])),
-        np.concatenate((lock_e[~is_bql], w_e[free_other])),
+        np.concatenate((rule.lock_start[~is_bql], w_s[free_other])),
+        np.concatenate((rule.lock_end[~is_bql], w_e[free_other])),
         _S["lock_wait"],
         np.concatenate((lock_detail[~is_bql], w_detail[free_other])),
     )
     bql = _layer(
-        np.concatenate((lock_s[is_bql], w_s[free_bql])),
-        np.concatenate((lock_e[is_bql], w_e[free_bql])),
+        np.concatenate((rule.lock_start[is_bql], w_s[free_bql])),
+        np.concatenate((rule.lock_end[is_bql], w_e[free_bql])),
         _S["bql_wait"],
         np.concatenate((lock_detail[is_bql], w_detail[free_bql])),
     )
@@ -291,17 +278,15 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
     ev = trace.events
     if exits is None:
         exits = exit_breakdown(trace)
-    vcpus = _vcpu_tids(trace)
+    vcpus = vcpu_threads(trace)
     names = trace.futex_names()
-    bql_word = trace.bql().get("futex_uaddr")
     details = _Details()
     exit_detail = _exit_labels(exits, details)
     unattributed = details.code("outside a complete exit")
 
-    waits = futex_waits(ev)
-    locks = pair_spans(ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
+    rule = trace_lock_waits(trace)
     devices = pair_spans(ev, "dispatch_begin", "dispatch_end")
-    offcpu = offcpu_spans(ev)
+    offcpu = cache.offcpu_spans(trace)
     # Collector markers that belong to no thread (tid < 0) have no timeline.
     own = ev[ev["tid"].to_numpy() >= 0]
     extent = own.groupby("tid", sort=True)["ts_ns"].agg(["min", "max"])
@@ -311,8 +296,6 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
         tid = int(tid)
         if hi <= lo:
             continue
-        t_waits = waits[waits["tid"] == tid]
-        t_locks = locks[locks["tid"] == tid]
         t_dev = devices[devices["tid"] == tid]
         t_off = offcpu[offcpu["tid"] == tid]
         off = (
@@ -320,7 +303,7 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
             t_off["end_ns"].to_numpy(dtype=np.int64),
             np.where(t_off["runnable"].to_numpy(dtype=bool), 1, 2).astype(np.int64),
         )
-        waits_layers = _wait_layers(t_locks, t_waits, names, bql_word, details)
+        waits_layers = _wait_layers(rule.of_thread(tid), names, details)
         device = _device_layer(t_dev, details)
         if tid in vcpus:
             mine = (exits["tid"] == tid).to_numpy()

@@ -25,6 +25,8 @@ import pandas as pd
 from vmtrace.schema import EVENT_TYPES
 from vmtrace.trace import normalize_events
 
+from .qemu import IDENTIFY_TIMEOUT_S
+
 __all__ = ["RecordOptions", "LockIdentity", "Collected", "Collector", "lost_rows", "with_markers"]
 
 
@@ -42,7 +44,7 @@ class RecordOptions:
     precise: bool = False
     vmm_binary: str | None = None
     sched: bool = True
-    identify_timeout_s: float = 5.0
+    identify_timeout_s: float = IDENTIFY_TIMEOUT_S
     buffer_pages: int = 256
 
 

@@ -31,7 +31,20 @@ from vmtrace.schema import EVENT_TYPES
 
 from . import host
 from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
-from .qemu import QemuSymbols, is_qemu, qemu_symbols
+from .qemu import QemuSymbols, is_qemu, proc_thread_names, qemu_symbols, symbol_file_offset, uprobe_plan
+from .uprobe_pmu import PerfUprobe, attach_uprobe
+
+#: The BPF function in bpf/vmtrace.bpf.c behind each role of ``qemu.uprobe_plan``.
+_BPF_FN = {
+    "bql_lock": "bql_lock_enter",
+    "mutex_lock": "mutex_lock_enter",
+    "bql_lock_ret": "bql_lock_return",
+    "bql_unlock": "bql_unlock_enter",
+    "dispatch_read": "dispatch_read_enter",
+    "dispatch_write": "dispatch_write_enter",
+    "dispatch_read_ret": "dispatch_return",
+    "dispatch_write_ret": "dispatch_return",
+}
 
 __all__ = ["BccCollector", "bcc_available", "REC_DTYPE", "decode_chunks"]
 
@@ -194,7 +207,7 @@ class BccCollector(Collector):
         self._pid = 0
         self._have: dict[str, bool] = {}
         self._syms: QemuSymbols | None = None
-        self._uprobes: list[tuple[str, str, bool]] = []  # (sym, fn, is_return)
+        self._uprobes: list[PerfUprobe] = []
         self._uprobes_since = 0
         self._uprobes_detached_ns: int | None = None
         self._bql_addr: int | None = None
@@ -242,38 +255,33 @@ class BccCollector(Collector):
         binary = self.options.vmm_binary
         if not binary or not is_qemu(binary):
             return
+        from bcc import BPF
+
         syms = qemu_symbols(binary)
         self._syms = syms
-        if syms.bql_lock is None or syms.mutex_lock is None:
+        plan = uprobe_plan(syms, self.options.precise)
+        if not plan:
             self._notes.append(
                 f"{binary} lacks {', '.join(syms.missing)}: the BQL cannot be identified by uprobes"
             )
             return
-        plan = [(syms.bql_lock, "bql_lock_enter", False), (syms.mutex_lock, "mutex_lock_enter", False)]
-        if self.options.precise:
-            plan.append((syms.bql_lock, "bql_lock_return", True))
-            if syms.bql_unlock:
-                plan.append((syms.bql_unlock, "bql_unlock_enter", False))
-            for sym, fn in ((syms.dispatch_read, "dispatch_read_enter"),
-                            (syms.dispatch_write, "dispatch_write_enter")):
-                if sym:
-                    plan += [(sym, fn, False), (sym, "dispatch_return", True)]
-        for sym, fn, ret in plan:
-            attach = self._bpf.attach_uretprobe if ret else self._bpf.attach_uprobe
-            # Not pid-filtered: the VMM may be a child of the command vmtrace
-            # started; the BPF side filters on the traced process tree.
-            attach(name=binary.encode(), sym=sym.encode(), fn_name=fn.encode())
-            self._uprobes.append((sym, fn, ret))
+        for spec in plan:
+            offset = symbol_file_offset(binary, spec.symbol)
+            if offset is None:
+                self._notes.append(f"no file offset for {spec.symbol} in {binary}; uprobe {spec.role} skipped")
+                continue
+            prog = self._bpf.load_func(_BPF_FN[spec.role].encode(), BPF.KPROBE)
+            # Our own perf_event_open, not bcc's attach_uprobe: see
+            # uprobe_pmu (ref_ctr_offset 0, nothing left in tracefs on
+            # SIGKILL).  Not pid-filtered: the VMM may be a child of the
+            # command vmtrace started; the BPF side filters on the traced
+            # process tree.
+            self._uprobes.append(attach_uprobe(prog.fd, binary, offset, spec.symbol, spec.is_return))
         self._uprobes_since = time.monotonic_ns()
 
     def _detach_uprobes(self) -> None:
-        binary = self.options.vmm_binary
-        for sym, _fn, ret in self._uprobes:
-            detach = self._bpf.detach_uretprobe if ret else self._bpf.detach_uprobe
-            try:
-                detach(name=binary.encode(), sym=sym.encode())
-            except Exception:  # already gone with the process; nothing is left attached
-                pass
+        for probe in self._uprobes:
+            probe.close()
         if self._uprobes:
             self._uprobes_detached_ns = time.monotonic_ns()
         self._uprobes = []
@@ -317,16 +325,12 @@ class BccCollector(Collector):
             if not _is_process(tgid):
                 continue  # sched_process_fork also adds threads
             try:
-                tasks = list(os.scandir(f"/proc/{tgid}/task"))
+                tids = [int(t) for t in os.listdir(f"/proc/{tgid}/task")]
             except OSError:
                 continue
-            for task in tasks:
-                try:
-                    with open(f"{task.path}/comm") as fh:
-                        self._names[int(task.name)] = fh.read().strip()
-                    self._tgids[int(task.name)] = tgid
-                except OSError:
-                    continue
+            names = proc_thread_names(tids)
+            self._names.update(names)
+            self._tgids.update({tid: tgid for tid in names})
 
     # -- stop ------------------------------------------------------------
     def stop(self) -> Collected:
@@ -358,7 +362,7 @@ class BccCollector(Collector):
         fired = events["event"].value_counts().to_dict() if len(events) else {}
         tracepoints = _tracepoint_report(self._have, fired)
         probes = {
-            "attached": sorted({s for s, _f, _r in self._uprobes} | set(self._probe_names())),
+            "attached": sorted({u.symbol for u in self._uprobes} | set(self._probe_names())),
             "attached_ns": self._uprobes_since if self._uprobes_since < 1 << 62 else None,
             "detached_ns": self._uprobes_detached_ns,
         }
@@ -395,8 +399,8 @@ class BccCollector(Collector):
         return [n for n in names if n]
 
     def detach(self) -> None:
+        self._detach_uprobes()
         if self._bpf is not None:
-            self._detach_uprobes()
             try:
                 self._bpf.cleanup()
             finally:

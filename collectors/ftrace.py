@@ -26,6 +26,7 @@ run and give lock_* and dispatch_* rows.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -45,6 +46,7 @@ from . import host
 from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
 from .ftrace_events import Decoded, assemble, decode_records, identify_lock_word
 from .ringbuf import gather, walk_pages
+from .uprobe_pmu import uprobe_einval_hint
 from .tracefs import (
     EventFormat,
     Instance,
@@ -217,36 +219,31 @@ class FtraceCollector(Collector):
         self._bql_fn = syms.bql_lock
         assert self._tracefs is not None and self._instance is not None
         self._group = group
-        plan: list[tuple[str, str, str, str]] = [
-            ("p", "bql_lock", syms.bql_lock, ""),
-            ("p", "mutex_lock", syms.mutex_lock, "mutex=%di:x64"),
-        ]
+        plan = qemu.uprobe_plan(syms, self.options.precise)
         if self.options.precise:
-            plan.append(("r", "bql_lock_ret", syms.bql_lock, ""))
-            if syms.bql_unlock:
-                plan.append(("p", "bql_unlock", syms.bql_unlock, ""))
-            if syms.dispatch_read:
-                plan.append(("p", "dispatch_read", syms.dispatch_read, "addr=%si:x64 op=%cx:x32"))
-                plan.append(("r", "dispatch_read_ret", syms.dispatch_read, ""))
-            if syms.dispatch_write:
-                plan.append(("p", "dispatch_write", syms.dispatch_write, "addr=%si:x64 data=%dx:x64 op=%cx:x32"))
-                plan.append(("r", "dispatch_write_ret", syms.dispatch_write, ""))
             missing = [m for m in syms.missing if "mutex" not in m]
             if missing:
                 self._notes.append(f"precise mode without {', '.join(missing)}: absent from {real}")
-        for kind, name, fn, args in plan:
-            offset = qemu.symbol_file_offset(real, fn)
+        for spec in plan:
+            offset = qemu.symbol_file_offset(real, spec.symbol)
             if offset is None:
-                self._notes.append(f"no file offset for {fn} in {real}; uprobe {name} skipped")
+                self._notes.append(f"no file offset for {spec.symbol} in {real}; uprobe {spec.role} skipped")
                 continue
-            tp = add_uprobe(self._tracefs, kind, self._group, name, real, offset, args)
-            self._instance.enable(tp)
+            kind = "r" if spec.is_return else "p"
+            tp = add_uprobe(self._tracefs, kind, self._group, spec.role, real, offset, spec.fetch)
+            try:
+                self._instance.enable(tp)
+            except HostError as err:
+                cause = err.__cause__
+                if isinstance(cause, OSError) and cause.errno == errno.EINVAL:
+                    raise HostError(uprobe_einval_hint(real, spec.symbol)) from None
+                raise
             self._uprobe_events.append(tp)
             fmt = self._instance.format(tp)
             self._formats[fmt.id] = fmt
-            if name in ("bql_lock", "mutex_lock"):
+            if spec.identify:
                 self._identify_ids.add(fmt.id)
-            self._probes["attached"].append(("uretprobe:" if kind == "r" else "uprobe:") + fn)
+            self._probes["attached"].append(("uretprobe:" if spec.is_return else "uprobe:") + spec.symbol)
         self._identifying = len(self._identify_ids) == 2
         self._probes["attached_at_ns"] = time.monotonic_ns()
 
@@ -388,11 +385,9 @@ class FtraceCollector(Collector):
                 self._known_tids.update(int(x) for x in inst.read("set_event_pid").split())
             except (OSError, ValueError):
                 pass
-        for tid in list(self._known_tids):
-            try:
-                self._proc_names[tid] = Path(f"/proc/{tid}/comm").read_text().rstrip("\n")
-            except OSError:
-                pass
+        from .qemu import proc_thread_names
+
+        self._proc_names.update(proc_thread_names(list(self._known_tids)))
 
     # -------------------------------------------------------------------- stop
     def stop(self) -> Collected:

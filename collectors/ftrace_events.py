@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from vmtrace.schema import EVENT_TYPES, KVM_RUN
+from vmtrace.schema import EVENT_CODE, EVENT_TYPES, KVM_RUN
 
 from .ringbuf import decode_cstrings, gather, gather_bytes
 from .tracefs import EventFormat
@@ -61,7 +61,6 @@ UPROBE_ROLES = {
     "dispatch_write_ret": "dispatch_end",
 }
 
-_CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
 _RUN_EXIT_CANDIDATE = -1  # internal code of a sys_exit_ioctl not yet paired
 # prev_state bits that name a task state (TASK_REPORT); the bit above them
 # (TASK_REPORT_MAX) marks a preemption, which is "runnable" like 0.
@@ -175,42 +174,42 @@ def decode_records(
             out.own_pids.update(int(x) for x in np.unique(p))
         if key == "syscalls:sys_enter_ioctl":
             keep = (f("cmd") & 0xFFFFFFFF) == KVM_RUN
-            frames.append(_frame(t[keep], p[keep], c[keep], _CODE["run_enter"]))
+            frames.append(_frame(t[keep], p[keep], c[keep], EVENT_CODE["run_enter"]))
         elif key == "syscalls:sys_exit_ioctl":
             frames.append(_frame(t, p, c, _RUN_EXIT_CANDIDATE, value=f("ret")))
         elif key == "kvm:kvm_pio":
-            frames.append(_frame(t, p, c, _CODE["pio"], addr=f("port"), size=f("size"), write=f("rw") != 0, value=f("val")))
+            frames.append(_frame(t, p, c, EVENT_CODE["pio"], addr=f("port"), size=f("size"), write=f("rw") != 0, value=f("val")))
         elif key == "kvm:kvm_mmio":
             frames.append(
-                _frame(t, p, c, _CODE["mmio"], addr=f("gpa"), size=f("len"),
+                _frame(t, p, c, EVENT_CODE["mmio"], addr=f("gpa"), size=f("len"),
                        write=f("type") == _KVM_TRACE_MMIO_WRITE, value=_as_i64(f("val")))
             )
         elif key == "kvm:kvm_msr":
-            frames.append(_frame(t, p, c, _CODE["msr"], addr=f("ecx"), write=f("write") != 0, value=_as_i64(f("data"))))
+            frames.append(_frame(t, p, c, EVENT_CODE["msr"], addr=f("ecx"), write=f("write") != 0, value=_as_i64(f("data"))))
         elif key == "kvm:kvm_userspace_exit":
             err = f("errno")
-            frames.append(_frame(t, p, c, _CODE["userspace_exit"], value=np.where(err < 0, err, f("reason"))))
+            frames.append(_frame(t, p, c, EVENT_CODE["userspace_exit"], value=np.where(err < 0, err, f("reason"))))
         elif key == "kvm:kvm_entry":
-            frames.append(_frame(t, p, c, _CODE["kvm_entry"]))
+            frames.append(_frame(t, p, c, EVENT_CODE["kvm_entry"]))
         elif key == "kvm:kvm_exit":
-            frames.append(_frame(t, p, c, _CODE["kvm_exit"], addr=f("info1"), value=f("exit_reason")))
+            frames.append(_frame(t, p, c, EVENT_CODE["kvm_exit"], addr=f("info1"), value=f("exit_reason")))
         elif key == "syscalls:sys_enter_futex":
             op = (f("op") & 0xFFFFFFFF).astype(np.int64)
-            frames.append(_frame(t, p, c, _CODE["futex_enter"], addr=f("uaddr"), value=op))
+            frames.append(_frame(t, p, c, EVENT_CODE["futex_enter"], addr=f("uaddr"), value=op))
         elif key == "syscalls:sys_exit_futex":
-            frames.append(_frame(t, p, c, _CODE["futex_exit"], value=f("ret")))
+            frames.append(_frame(t, p, c, EVENT_CODE["futex_exit"], value=f("ret")))
         elif key == "sched:sched_switch":
             prev, nxt = f("prev_pid"), f("next_pid")
             state = f("prev_state") & _TASK_REPORT_MASK
-            frames.append(_frame(t, prev, c, _CODE["sched_out"], value=state, peer=nxt))
-            frames.append(_frame(t, nxt, c, _CODE["sched_in"], peer=prev))
+            frames.append(_frame(t, prev, c, EVENT_CODE["sched_out"], value=state, peer=nxt))
+            frames.append(_frame(t, nxt, c, EVENT_CODE["sched_in"], peer=prev))
             pc = fmt.fields["prev_comm"]
             nc = fmt.fields["next_comm"]
             _add_names(out, t, prev, gather_bytes(buf, o, pc.offset, pc.size))
             _add_names(out, t, nxt, gather_bytes(buf, o, nc.offset, nc.size))
         elif key == "sched:sched_wakeup":
             woken = f("pid")
-            frames.append(_frame(t, woken, c, _CODE["wakeup"], peer=p))
+            frames.append(_frame(t, woken, c, EVENT_CODE["wakeup"], peer=p))
             cf = fmt.fields["comm"]
             _add_names(out, t, woken, gather_bytes(buf, o, cf.offset, cf.size))
         elif key == "task:task_rename":
@@ -225,16 +224,16 @@ def decode_records(
             if event is None or not uprobe_rows:
                 continue
             if event.startswith("lock_"):
-                frames.append(_frame(t, p, c, _CODE[event], addr=np.full(len(t), bql_addr or 0, dtype=np.uint64), name="BQL"))
+                frames.append(_frame(t, p, c, EVENT_CODE[event], addr=np.full(len(t), bql_addr or 0, dtype=np.uint64), name="BQL"))
             else:
                 is_write = role.startswith("dispatch_write")
                 write = np.full(len(t), is_write)
                 if role.endswith("_ret"):
-                    frames.append(_frame(t, p, c, _CODE[event], write=write))
+                    frames.append(_frame(t, p, c, EVENT_CODE[event], write=write))
                 else:
                     size = np.left_shift(1, f("op") & 3)
                     value = _as_i64(f("data")) if is_write else None
-                    frames.append(_frame(t, p, c, _CODE[event], addr=f("addr"), size=size, write=write, value=value))
+                    frames.append(_frame(t, p, c, EVENT_CODE[event], addr=f("addr"), size=size, write=write, value=value))
     out.rows = pd.concat(frames, ignore_index=True) if frames else _frame(*(np.zeros(0, dtype=np.int64),) * 3, 0).iloc[:0]
     if hits:
         out.lock_hits = pd.concat(hits, ignore_index=True)
@@ -266,16 +265,16 @@ def pair_run_exits(rows: pd.DataFrame) -> pd.DataFrame:
     is_exit = rows["event_code"].to_numpy() == _RUN_EXIT_CANDIDATE
     if not is_exit.any():
         return rows
-    is_enter = rows["event_code"].to_numpy() == _CODE["run_enter"]
+    is_enter = rows["event_code"].to_numpy() == EVENT_CODE["run_enter"]
     io = rows.loc[is_exit | is_enter, ["tid", "event_code"]]
     io = io.iloc[np.argsort(io["tid"].to_numpy(), kind="stable")]
     code = io["event_code"].to_numpy()
     tid = io["tid"].to_numpy()
     prev_enter = np.zeros(len(io), dtype=bool)
-    prev_enter[1:] = (code[:-1] == _CODE["run_enter"]) & (tid[:-1] == tid[1:])
+    prev_enter[1:] = (code[:-1] == EVENT_CODE["run_enter"]) & (tid[:-1] == tid[1:])
     paired = io.index[(code == _RUN_EXIT_CANDIDATE) & prev_enter]
     out = rows.copy()
-    out.loc[paired, "event_code"] = _CODE["run_exit"]
+    out.loc[paired, "event_code"] = EVENT_CODE["run_exit"]
     return out[out["event_code"].to_numpy() != _RUN_EXIT_CANDIDATE]
 
 

@@ -19,7 +19,22 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-__all__ = ["QemuSymbols", "resolve_binary", "is_qemu", "qemu_version", "qemu_symbols", "symbol_file_offset"]
+__all__ = [
+    "QemuSymbols",
+    "UprobeSpec",
+    "IDENTIFY_TIMEOUT_S",
+    "resolve_binary",
+    "is_qemu",
+    "qemu_version",
+    "qemu_symbols",
+    "symbol_file_offset",
+    "uprobe_plan",
+    "proc_thread_names",
+]
+
+#: How long the BQL-identification uprobes stay attached when no thread takes
+#: the BQL (a QEMU that idles from the start); both backends use it.
+IDENTIFY_TIMEOUT_S = 5.0
 
 _BQL_LOCK = ("bql_lock_impl", "qemu_mutex_lock_iothread_impl")
 _BQL_UNLOCK = ("bql_unlock", "qemu_mutex_unlock_iothread")
@@ -114,3 +129,61 @@ def qemu_version(binary: str) -> str | None:
         return None
     m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
     return m.group(1) if m else None
+
+
+@dataclass(frozen=True)
+class UprobeSpec:
+    """One uprobe both backends place on QEMU.
+
+    ``role``: what it marks (``bql_lock``, ``mutex_lock``, ``bql_lock_ret``,
+    ``bql_unlock``, ``dispatch_read``/``_ret``, ``dispatch_write``/``_ret``);
+    ``symbol``: the function; ``is_return``: a uretprobe; ``fetch``: the
+    arguments in tracefs ``uprobe_events`` syntax (the BPF programs read the
+    same registers themselves); ``identify``: used to name the BQL.
+    """
+
+    role: str
+    symbol: str
+    is_return: bool = False
+    fetch: str = ""
+    identify: bool = False
+
+
+def uprobe_plan(syms: QemuSymbols, precise: bool) -> list[UprobeSpec]:
+    """The uprobes to place on a QEMU binary: the two that name the BQL's
+    futex word (the first ``qemu_mutex_lock_impl(QemuMutex *mutex)`` inside
+    the BQL lock function), and in precise mode the lock's return, the
+    unlock and ``memory_region_dispatch_read/write`` (entry and return).
+    Empty when the BQL functions are absent."""
+    if not syms.bql_lock or not syms.mutex_lock:
+        return []
+    plan = [
+        UprobeSpec("bql_lock", syms.bql_lock, identify=True),
+        UprobeSpec("mutex_lock", syms.mutex_lock, fetch="mutex=%di:x64", identify=True),
+    ]
+    if precise:
+        plan.append(UprobeSpec("bql_lock_ret", syms.bql_lock, is_return=True))
+        if syms.bql_unlock:
+            plan.append(UprobeSpec("bql_unlock", syms.bql_unlock))
+        # memory_region_dispatch_read(mr, addr, *pval, op, attrs) and
+        # _write(mr, addr, data, op, attrs): System V argument registers.
+        if syms.dispatch_read:
+            plan.append(UprobeSpec("dispatch_read", syms.dispatch_read, fetch="addr=%si:x64 op=%cx:x32"))
+            plan.append(UprobeSpec("dispatch_read_ret", syms.dispatch_read, is_return=True))
+        if syms.dispatch_write:
+            plan.append(UprobeSpec("dispatch_write", syms.dispatch_write, fetch="addr=%si:x64 data=%dx:x64 op=%cx:x32"))
+            plan.append(UprobeSpec("dispatch_write_ret", syms.dispatch_write, is_return=True))
+    return plan
+
+
+def proc_thread_names(tids: "set[int] | list[int]") -> dict[int, str]:
+    """tid -> name from ``/proc/TID/comm`` (QEMU names vCPU threads ``CPU
+    n/KVM`` with ``debug-threads=on``); threads that are gone are left out."""
+    out: dict[int, str] = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{tid}/comm") as fh:
+                out[tid] = fh.read().rstrip("\n")
+        except OSError:
+            continue
+    return out

@@ -41,7 +41,8 @@ __all__ = [
 
 INSTANCE_PREFIX = "vmtrace-"
 UPROBE_GROUP_PREFIX = "vmtrace_"
-_INSTANCE_RE = re.compile(r"^vmtrace-(\d+)-\d+$")
+# Recorders' instances are vmtrace-<pid>-<n>; doctor's vmtrace-doctor-<pid>.
+_INSTANCE_RE = re.compile(r"^vmtrace-(?:(\d+)-\d+|doctor-(\d+))$")
 _GROUP_RE = re.compile(r"^vmtrace_(\d+)_\d+$")
 
 
@@ -319,7 +320,7 @@ def cleanup_stale(tracefs: Path | None = None) -> list[str]:
     inst_dir = tracefs / "instances"
     for path in sorted(inst_dir.glob(INSTANCE_PREFIX + "*")) if inst_dir.is_dir() else []:
         m = _INSTANCE_RE.match(path.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not _pid_alive(int(m.group(1) or m.group(2))):
             Instance(tracefs, path.name).remove()
             removed.append(f"instance {path.name}")
     return removed

@@ -4,13 +4,23 @@ Guest serial output goes to stdout unchanged; the process exits with the
 guest's isa-debug-exit status (QEMU's ``(value << 1) | 1``).  Host errors are
 one line on stderr, ``reference-vmm: error: ...``, exit 2; guest failures add
 a register dump and exit 3.
+
+When ``VMTRACE_INTERPRETER_REPORT`` names a file, the VMM writes there, as
+JSON, the interpreter it runs on: ``version``, ``free_threaded`` (a
+``--disable-gil`` build), ``gil_enabled`` (asked at start and again at exit: a
+C extension without free-threading support turns the GIL back on when it is
+imported) and ``path``.  ``vmtrace bench`` and ``vmtrace record`` set it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
-from typing import NoReturn, Optional, Sequence
+import sysconfig
+from typing import Any, NoReturn, Optional, Sequence
 
 from .errors import GuestError, VmmError
 from .vcpu import LOCKING_MODES
@@ -19,6 +29,10 @@ __all__ = ["main", "build_parser"]
 
 EXIT_HOST_ERROR = 2
 EXIT_GUEST_FAILURE = 3
+
+# vmtrace.interpreter.REPORT_ENV: the VMM imports no vmtrace module but the
+# probe API, so the name is mirrored here.
+INTERPRETER_REPORT_ENV = "VMTRACE_INTERPRETER_REPORT"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,9 +63,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interpreter_info() -> dict[str, Any]:
+    """This interpreter, as the VMM reports it."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)  # 3.13+
+    return {
+        "version": platform.python_version(),
+        "free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+        "gil_enabled": bool(is_gil_enabled()) if is_gil_enabled else True,
+        "path": sys.executable,
+    }
+
+
+def _report_interpreter() -> None:
+    path = os.environ.get(INTERPRETER_REPORT_ENV)
+    if not path:
+        return
+    # Replaced whole, so a reader never sees half a report.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(interpreter_info(), f)
+        os.replace(tmp, path)
+    except OSError as err:
+        print(f"reference-vmm: warning: cannot write the interpreter report to {path}: {err.strerror}",
+              file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, run the machine, return the process exit status."""
     args = build_parser().parse_args(argv)
+    _report_interpreter()
+    try:
+        return _run(args)
+    finally:
+        _report_interpreter()
+
+
+def _run(args: argparse.Namespace) -> int:
     from .machine import MachineConfig, run_machine  # after parsing: --help needs no KVM
 
     append = " ".join([args.append, *args.guest_args]).strip()

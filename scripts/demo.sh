@@ -11,17 +11,24 @@
 #   REPEAT=1 bash scripts/demo.sh   # one run per configuration instead of the
 #                                   # median of 3 (faster, noisier: with more
 #                                   # vCPUs than host CPUs a run can be off 2x)
+#   PYTHONS=ft,gil bash scripts/demo.sh  # the reference VMM runs on the
+#                                   # free-threaded CPython setup builds (ft);
+#                                   # gil adds its curves under the GIL beside
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VMM=${1:-reference}
 VCPUS=${VCPUS:-1,2,4,8}
 REPEAT=${REPEAT:-3}
+PYTHONS=${PYTHONS:-ft}
 bash scripts/setup.sh
 V=.venv/bin/vmtrace
 out=out/sweep-$VMM
 case "$VMM" in
-  reference) $V sweep -o "$out" --vmm reference --locking bql,unlocked --vcpus "$VCPUS" --repeat "$REPEAT"
-             last=$out/reference-bql-${VCPUS##*,}vcpu.vmtrace ;;
+  reference) $V sweep -o "$out" --vmm reference --locking bql,unlocked --vcpus "$VCPUS" --repeat "$REPEAT" \
+               --python "$PYTHONS"
+             # Without a free-threaded build the runs are the GIL's (-gil).
+             last=$out/reference-bql-${VCPUS##*,}vcpu.vmtrace
+             [ -e "$last" ] || last=$out/reference-bql-gil-${VCPUS##*,}vcpu.vmtrace ;;
   qemu)      $V sweep -o "$out" --vmm qemu --vcpus "$VCPUS" --repeat "$REPEAT"
              last=$out/qemu-${VCPUS##*,}vcpu.vmtrace ;;
   *) echo "demo: unknown VMM '$VMM': use reference or qemu" >&2; exit 2 ;;

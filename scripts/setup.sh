@@ -62,4 +62,10 @@ fi
 
 # 5. The benchmark guest, built from source.
 make -s -C reference_vmm/guest
+
+# 6. A free-threaded CPython 3.13 for the reference VMM (vmtrace itself stays
+#    on Debian's Python, beside bcc).  Built once into a cache outside the
+#    repository; when it cannot be built, the script says why and the VMM
+#    runs on the GIL interpreter, so setup goes on.
+bash scripts/build_python_ft.sh || true
 say "ready: $REPO/.venv/bin/vmtrace"

@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
 # Run vmtrace's tests on a Debian 12 machine as root: sets up what is missing
 # (scripts/setup.sh, idempotent), then runs pytest.  Live tests (KVM, BPF,
-# tracefs, QEMU) run here; under CI=true a live test that cannot run fails.
+# tracefs, QEMU, a browser, the wheel install) run here; under CI=true a live
+# test that cannot run fails.  Arguments go to pytest:
+#   bash scripts/test.sh -m "not live"   # the quick tier: no root needed, under a minute
+#   bash scripts/test.sh -m live         # only what needs the host
+# VMTRACE_LINT=1 runs `ruff check`, `ruff format --check` and `mypy` first and
+# stops at the first that fails.  It is off by default until the tree has been
+# formatted once (see CONTRIBUTING.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ "${VMTRACE_LINT:-0}" = 1 ]; then
+  echo "test: ruff check" >&2
+  .venv/bin/ruff check .
+  echo "test: ruff format --check" >&2
+  .venv/bin/ruff format --check .
+  echo "test: mypy" >&2
+  .venv/bin/mypy
+fi
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?

@@ -53,6 +53,18 @@ STALLED = RANDREAD.replace(
     "VMTRACE-BENCH end status=2",
 )
 
+# QEMU 7.2, -smp 4, bench=blk_mixed iterations=300 qd=4 warmup=30 (2 readers, 2 PM-timer hammers).
+MIXED = """\
+VMTRACE-BENCH begin vcpus=4 tsc_hz=2300215950 pm_port=0x608 cmdline="bench=blk_mixed iterations=300 qd=4 warmup=30"
+VMTRACE-BENCH result bench=blk_mixed vcpu=0 apic_id=0 iterations=300 cycles=1944656726 cycles_per_op=6482189 cycles_per_request=6482189 iops=355 qd=4 errors=0
+VMTRACE-BENCH result bench=blk_mixed vcpu=1 apic_id=1 iterations=300 cycles=1915340496 cycles_per_op=6384468 cycles_per_request=6384468 iops=360 qd=4 errors=0
+VMTRACE-BENCH summary bench=blk_mixed vcpus=4 iterations=300 requests=600 cycles_per_op=6433329 cycles_per_request=6433329 iops=404 qd=4 errors=0 readers=2
+VMTRACE-BENCH hammer bench=blk_mixed vcpu=2 apic_id=2 target=pmtimer port=0x608 ops=14232 cycles=3613913856 cycles_per_op=253929
+VMTRACE-BENCH hammer bench=blk_mixed vcpu=3 apic_id=3 target=pmtimer port=0x608 ops=14264 cycles=3405189384 cycles_per_op=238726
+VMTRACE-BENCH blkdev bench=blk_mixed pci=00:02.0 io=0xc000 queue_size=256 capacity=32768 host_features=0x71006ed4 features=0x00000200 flush=1 isr=0x0 bogus_used=0
+VMTRACE-BENCH end status=0
+"""
+
 INFO = {"queue_depth": 16, "blk": "bql", "disk": None}
 
 
@@ -68,6 +80,15 @@ def test_randread_records_give_iops_and_cycles_per_request() -> None:
     assert r.blkdev["queue_size"] == "256" and r.blkdev["io"] == "0xc000"
     js = r.to_json()
     assert js["iops"] == 13753 and js["cycles_per_request"] == 369817
+
+
+def test_mixed_records_give_the_readers_iops_and_the_hammers_cost() -> None:
+    r = result_of(MIXED, "blk_mixed")
+    assert (r.vcpus, r.readers, r.iterations, r.iops) == (4, 2, 300, 404)
+    assert r.per_vcpu == [6482189, 6384468] and r.per_vcpu_iops == [355, 360]
+    assert [h["vcpu"] for h in r.hammers] == ["2", "3"] and {h["target"] for h in r.hammers} == {"pmtimer"}
+    assert r.hammer_cycles_per_op == pytest.approx((253929 + 238726) / 2)
+    assert r.to_json()["hammers"][1]["ops"] == "14264"
 
 
 def test_old_records_still_parse_without_blk_fields() -> None:
@@ -167,6 +188,7 @@ def test_reference_command_passes_disk_and_mode(tmp_path: Path) -> None:
     ({"bench": "inl_pmtimer", "queue_depth": 4}, "apply to the blk_randread"),
     ({"bench": "cpuid", "blk": "bql"}, "apply to the blk_randread"),
     ({"bench": "blk_verify", "disk": Path("/nonexistent/disk.img")}, "No such file"),
+    ({"bench": "blk_mixed", "python": "ft"}, "--python applies to --vmm reference"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(kwargs: dict, message: str) -> None:
     bench = kwargs.pop("bench")

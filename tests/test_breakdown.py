@@ -102,7 +102,7 @@ def test_summary_in_cycles_and_port_filter() -> None:
     assert b.components["total"] == pytest.approx(1600 * 2)  # 2 cycles per ns
     everything = bql_breakdown(s.trace())
     assert len(everything.exits) == 4
-    assert set(everything.by_kind["addr"]) == {"0x608", "0x3f8"}
+    assert set(everything.by_kind["addr"]) == {0x608, 0x3F8}
 
 
 exit_scripts = exit_scripts_of()

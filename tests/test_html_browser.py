@@ -11,8 +11,8 @@ import pytest
 from vmtrace.render.html import write_html_report
 from vmtrace.trace import read_trace
 
-from .browser import Chromium, chromium_binary, png_stats
-from .conftest import REPO, need
+from .browser import Chromium, png_stats
+from .conftest import REPO
 
 SAMPLE = REPO / "sample_traces" / "qemu-pmtimer-2vcpu-precise.vmtrace"
 # Every plotly div drawn: plotly sets _fullLayout once a plot is laid out.
@@ -21,10 +21,8 @@ RENDERED = ("(() => { const d = [...document.querySelectorAll('.plotly-graph-div
 
 
 @pytest.fixture(scope="module")
-def browser():
-    binary = chromium_binary()
-    need(binary is not None, "needs Chromium (Debian package chromium)")
-    with Chromium(binary) as b:
+def browser(chromium: str):
+    with Chromium(chromium) as b:
         yield b
 
 

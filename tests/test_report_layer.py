@@ -169,7 +169,6 @@ def test_doctor_table_says_each_status() -> None:
     assert "warn" in lines["headers"]
 
 
-@pytest.mark.live
 def test_bench_and_doctor_print_their_tables(kvm: None) -> None:
     import subprocess
     import sys

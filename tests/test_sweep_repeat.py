@@ -7,6 +7,7 @@ tests/live/test_sweep.py, which runs the real sweep on the reference VMM.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +28,7 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, untraced: list[float], traced: l
     be recognised."""
     plain, rec, written = iter(untraced), iter(enumerate(traced)), []
 
-    def run_bench(vmm, name, vcpus, iterations, locking=None, record_to=None, backend="auto"):  # noqa: ANN001
+    def run_bench(vmm, name, vcpus, iterations, locking=None, record_to=None, backend="auto", python=None):  # noqa: ANN001
         if record_to is None:
             return SimpleNamespace(cycles_per_op=next(plain))
         k, cycles = next(rec)
@@ -100,3 +101,39 @@ def test_a_failed_run_leaves_no_hidden_run_files(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(StopIteration):
         sweep.run_sweep([sweep.SweepConfig("qemu")], [1], tmp_path, repeat=3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_interpreter_is_a_configuration_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--python ft,gil: the GIL's curves beside the free-threaded ones, labelled
+    as such; the live twin is tests/live/test_sweep.py."""
+    from vmtrace import interpreter
+
+    ft = interpreter.Interpreter("/opt/py/bin/python3.13t", "3.13.5", True, False)
+    gil = interpreter.Interpreter(sys.executable, "3.11.2", False, True)
+    monkeypatch.setattr(interpreter, "resolve_python", lambda spec, note=None: {"ft": ft, "gil": gil}[spec])
+    configs = sweep.configs_for(["reference"], ["bql", "unlocked"], pythons=["gil", "ft"])
+    assert [c.label for c in configs] == [
+        "reference bql", "reference unlocked", "reference bql (GIL)", "reference unlocked (GIL)"]
+    assert [c.slug for c in configs][2:] == ["reference-bql-gil", "reference-unlocked-gil"]
+    assert [c.python for c in configs] == [ft.path, ft.path, gil.path, gil.path]
+    # Without a free-threaded build "ft" falls back to the same GIL interpreter: one configuration.
+    monkeypatch.setattr(interpreter, "resolve_python", lambda spec, note=None: gil)
+    assert [c.label for c in sweep.configs_for(["reference"], ["bql"], pythons=["ft", "gil"])] == ["reference bql (GIL)"]
+    other = interpreter.Interpreter("/usr/bin/python3.12", "3.12.1", False, True)
+    monkeypatch.setattr(interpreter, "resolve_python", lambda spec, note=None: {"gil": gil, "x": other}[spec])
+    with pytest.raises(VmtraceError, match="two GIL interpreters"):
+        sweep.configs_for(["reference"], ["bql"], pythons=["gil", "x"])
+
+
+def test_the_summary_records_each_runs_interpreter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_runs(monkeypatch, untraced=[100.0], traced=[110.0])
+    real = bench.run_bench
+
+    def with_interpreter(*args, **kw):  # noqa: ANN002, ANN003
+        res = real(*args, **kw)
+        res.interpreter = {"version": "3.13.5", "free_threaded": True, "gil_enabled": False, "path": "/x"}
+        return res
+
+    monkeypatch.setattr(bench, "run_bench", with_interpreter)
+    row = sweep.run_sweep([sweep.SweepConfig("reference", "unlocked", "/x")], [1], tmp_path).iloc[0]
+    assert (row["python_version"], row["free_threaded"], row["gil_enabled"]) == ("3.13.5", True, False)

@@ -9,6 +9,7 @@ lines; it knows nothing about tracing beyond calling ``record``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -18,10 +19,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from . import __version__
 from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_disk, supports_o_direct
 from .errors import TargetError, VmtraceError
+from .interpreter import REPORT_ENV, Interpreter, read_report, reference_vmm_command, resolve_python
+from .procs import Interrupted, run_child
 
 __all__ = [
     "BENCHES",
@@ -34,12 +38,15 @@ __all__ = [
     "vmm_command",
     "parse_bench_output",
     "run_bench",
+    "note_on_stderr",
 ]
 
 BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", *BLK_BENCHES)
 VMMS = ("qemu", "reference")
 LOCKING_MODES = ("2013", "bql", "unlocked")
-GUEST_DIR = Path(__file__).resolve().parent.parent / "reference_vmm" / "guest"
+# Through the vmtrace/reference_vmm link in a checkout, the installed package in a wheel.
+GUEST_DIR = (Path(__file__).resolve().parent / "reference_vmm" / "guest").resolve()
+GUEST_ELF = "vmtrace-guest.elf"
 _LINE = re.compile(r"^VMTRACE-BENCH (\w+)(.*)$")
 _KV = re.compile(r'(\w+)=("[^"]*"|\S+)')
 
@@ -54,7 +61,14 @@ class BenchResult:
     vCPU's cycles per request is its inverse throughput, not a latency),
     ``iops`` (all requests over the span from the first vCPU's start to the
     last one's end), ``per_vcpu_iops``, and the guest's ``blkdev``,
-    ``checksums`` (blk_verify) and ``malformed`` (blk_malformed) records."""
+    ``checksums`` (blk_verify) and ``malformed`` (blk_malformed) records.
+    blk_mixed's numbers are its ``readers`` vCPUs' (the first ones); the
+    others' ``hammers`` records (one per vCPU: ``target``, ``ops``,
+    ``cycles_per_op`` ...) and their mean ``hammer_cycles_per_op`` follow.
+
+    ``interpreter`` is what the reference VMM reported of the Python it ran
+    on (``version``, ``free_threaded``, ``gil_enabled``, ``path``); None on
+    QEMU."""
 
     vmm: str
     bench: str
@@ -80,16 +94,46 @@ class BenchResult:
     blkdev: dict[str, str] = field(default_factory=dict)
     checksums: list[dict[str, str]] = field(default_factory=list)
     malformed: list[dict[str, str]] = field(default_factory=list)
+    interpreter: dict[str, Any] | None = None
+    readers: int | None = None
+    hammers: list[dict[str, str]] = field(default_factory=list)
+    hammer_cycles_per_op: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def guest_build_dir() -> Path:
+    """Where the guest is built: ``GUEST_DIR/build`` in a source checkout (where
+    ``make -C reference_vmm/guest`` puts it), else a per-version, per-source
+    directory under ``${XDG_CACHE_HOME:-~/.cache}/vmtrace/guest``, because an
+    installed package's directory may be read-only and is not for build output."""
+    if (GUEST_DIR.parent.parent / "pyproject.toml").exists():
+        return GUEST_DIR / "build"
+    if not GUEST_DIR.is_dir():
+        raise VmtraceError(f"the benchmark guest's sources are missing: no directory {GUEST_DIR}")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    digest = hashlib.sha256()
+    for src in sorted(p for p in GUEST_DIR.iterdir() if p.is_file()):
+        digest.update(src.name.encode() + b"\0" + src.read_bytes())
+    return cache / "vmtrace" / "guest" / f"{__version__}-{digest.hexdigest()[:16]}"
+
+
 def guest_image(build: bool = True) -> Path:
     """The benchmark guest ELF, built from source with make when missing."""
-    image = GUEST_DIR / "build" / "vmtrace-guest.elf"
+    out = guest_build_dir()
+    image = out / GUEST_ELF
     if not image.exists() and build:
-        proc = subprocess.run(["make", "-C", str(GUEST_DIR)], capture_output=True, text=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            # Built aside and renamed into place: a concurrent run never sees half an image.
+            with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+                proc = subprocess.run(["make", "-C", str(GUEST_DIR), f"BUILD={tmp}"], capture_output=True, text=True)
+                if proc.returncode == 0 and (Path(tmp) / GUEST_ELF).exists():
+                    os.replace(Path(tmp) / GUEST_ELF, image)
+        except OSError as e:
+            raise VmtraceError(f"cannot build the benchmark guest in {out}: {e.strerror or e}") from None
         if proc.returncode != 0 or not image.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise VmtraceError(
@@ -97,7 +141,7 @@ def guest_image(build: bool = True) -> Path:
                 "(run the README's setup command)"
             )
     if not image.exists():
-        raise VmtraceError(f"no benchmark guest image at {image}: run `make -C {GUEST_DIR}`")
+        raise VmtraceError(f"no benchmark guest image at {image}: run `make -C {GUEST_DIR} BUILD={out}`")
     return image
 
 
@@ -112,11 +156,13 @@ def vmm_command(
     qemu: str = "qemu-system-x86_64",
     disk: Path | None = None,
     blk: str | None = None,
+    python: Interpreter | None = None,
 ) -> list[str]:
     """The command line that runs the guest ``bench`` on ``vmm``; with
     ``disk``, the VM gets a legacy virtio-blk-pci device on that raw image,
     its queue serviced under the BQL (``blk`` "bql", the default) or by an
-    IOThread (``blk`` "dataplane")."""
+    IOThread (``blk`` "dataplane").  The reference VMM runs on ``python``
+    (default: the interpreter vmtrace runs on)."""
     append = f"bench={bench} iterations={iterations} {extra}".strip()
     if vmm == "qemu":
         cmd = [
@@ -133,8 +179,9 @@ def vmm_command(
             cmd += _qemu_blk_args(disk, blk or "bql")
         return cmd
     if vmm == "reference":
+        start = reference_vmm_command(python) if python else [sys.executable, "-m", "vmtrace.reference_vmm"]
         cmd = [
-            sys.executable, "-m", "vmtrace.reference_vmm", "run", "--image", str(image),
+            *start, "run", "--image", str(image),
             "--vcpus", str(vcpus), "--locking", locking or "bql", "--append", append,
         ]
         if disk is not None:
@@ -164,14 +211,14 @@ def parse_bench_output(text: str) -> dict[str, Any]:
     ``malformed``; ``check`` merged into one dict of ints; the last record
     for any other kind (``begin``, ``end``, ``blkdev``, ...)."""
     out: dict[str, Any] = {"begin": {}, "result": [], "summary": [], "check": {}, "error": [], "end": {},
-                           "checksum": [], "malformed": [], "blkdev": {}}
+                           "checksum": [], "malformed": [], "blkdev": {}, "hammer": []}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if not m:
             continue
         kind, rest = m.group(1), m.group(2)
         fields = {k: v.strip('"') for k, v in _KV.findall(rest)}
-        if kind in ("result", "summary", "error", "checksum", "malformed"):
+        if kind in ("result", "summary", "error", "checksum", "malformed", "hammer"):
             out[kind].append(fields)
         elif kind == "check":
             out["check"].update({k: int(v) for k, v in fields.items() if v.lstrip("-").isdigit()})
@@ -225,6 +272,11 @@ def _result(vmm: str, bench: str, parsed: dict[str, Any], status: int, wall: flo
         res.blkdev = dict(parsed["blkdev"])
         res.checksums = [c for c in parsed["checksum"] if c.get("bench") == bench]
         res.malformed = list(parsed["malformed"])
+        if bench == "blk_mixed":
+            res.readers = int(summary.get("readers", res.vcpus)) if summary else None
+            res.hammers = [h for h in parsed["hammer"] if h.get("bench") == bench]
+            per_op = [float(h["cycles_per_op"]) for h in res.hammers if int(h.get("ops", 0))]
+            res.hammer_cycles_per_op = sum(per_op) / len(per_op) if per_op else None
     return res
 
 
@@ -243,6 +295,8 @@ def run_bench(
     blk: str | None = None,
     disk: Path | None = None,
     guest_args: str = "",
+    python: str | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Run ``bench`` on ``vmm`` with ``vcpus`` vCPUs; record it when
     ``record_to`` is given (the guest's results then land in the trace's
@@ -253,7 +307,14 @@ def run_bench(
     raw image; by default a 64 MiB one made in a temporary directory and
     removed afterwards).  blk_randwrite and blk_verify overwrite data on it.
     ``guest_args`` go to the guest's command line as they are (``seed=7
-    write_sector=100 ...``: see the guest README)."""
+    write_sector=100 ...``: see the guest README).  blk_mixed splits the
+    vCPUs into readers (``readers=N`` among ``guest_args``, default half)
+    and hammers of the PM timer (``hammer=serial``: of the UART).
+
+    The reference VMM runs on ``python`` (see
+    :func:`vmtrace.interpreter.resolve_python`: by default the free-threaded
+    build when it is there; ``note`` hears why when it is not, and defaults
+    to a line on stderr)."""
     if bench not in BENCHES:
         raise VmtraceError(f"unknown bench {bench!r}: choose one of {', '.join(BENCHES)}")
     if vcpus < 1 or vcpus > 64:
@@ -266,6 +327,8 @@ def run_bench(
         raise VmtraceError(f"unknown locking mode {locking!r}: choose one of {', '.join(LOCKING_MODES)}")
     if vmm == "qemu" and locking not in (None, "bql"):
         raise VmtraceError("QEMU's locking is fixed by its version: --locking applies to --vmm reference")
+    if vmm == "qemu" and python is not None:
+        raise VmtraceError("--python applies to --vmm reference (QEMU is not written in Python)")
     is_blk = bench in BLK_BENCHES
     if not is_blk and (queue_depth is not None or blk is not None or disk is not None):
         raise VmtraceError(f"--queue-depth, --blk and --disk apply to the {', '.join(BLK_BENCHES)} benches, not {bench}")
@@ -281,11 +344,12 @@ def run_bench(
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise VmtraceError("no usable /dev/kvm: load the kvm module and run as root (or join group kvm)")
     image = guest_image()
+    interp = resolve_python(python, note_on_stderr if note is None else note) if vmm == "reference" else None
     if not is_blk:
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args, python=interp)
         return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None)
     extra = f"qd={queue_depth}"
-    if bench in ("blk_randread", "blk_randwrite"):
+    if bench in ("blk_randread", "blk_randwrite", "blk_mixed"):
         # A short untimed run first: the host's first touches of the image
         # and QEMU's first requests are slower than the steady state.
         extra += f" warmup={min(1000, max(1, iterations // 10))}"
@@ -293,26 +357,36 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="vmtrace-disk-") as tmp:
         if disk is None:
             disk = make_disk(Path(tmp) / "disk.img", DEFAULT_DISK_BYTES)
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk,
+                          python=interp)
         info = {"queue_depth": queue_depth, "blk": blk, "disk": None if Path(tmp) in disk.parents else str(disk)}
         return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info)
+
+
+def note_on_stderr(message: str) -> None:
+    print(f"vmtrace: note: {message}", file=sys.stderr)
 
 
 def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_to: Path | None,
              backend: str, precise: bool, timeout_s: float, echo: bool,
              blk: dict[str, Any] | None) -> BenchResult:
     stderr = ""
-    with tempfile.TemporaryFile(mode="w+") as out:
+    interpreter: dict[str, Any] | None = None
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryDirectory(prefix="vmtrace-bench-") as tmp:
         t0 = time.monotonic()
         if record_to is None:
+            report = Path(tmp) / "interpreter.json"
             try:
-                proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout_s)
+                # run_child: the VMM dies with vmtrace, even a SIGKILLed one.
+                proc = run_child(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout_s,
+                                 env={**os.environ, REPORT_ENV: str(report)})
             except FileNotFoundError:
                 raise TargetError(f"command not found: {cmd[0]} (install qemu-system-x86)") from None
             except subprocess.TimeoutExpired:
                 raise TargetError(f"{vmm} did not finish within {timeout_s:.0f}s") from None
             status = proc.returncode
             stderr = proc.stderr or ""
+            interpreter = read_report(report)
         else:
             from .record import record
 
@@ -332,13 +406,18 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
 
             rec = record(record_to, cmd=cmd, backend=backend, precise=precise, stdout=out,
                          extra_meta=bench_meta, duration=timeout_s)
+            if rec.signum is not None:
+                # The guest's results are incomplete, the trace is not lost.
+                raise Interrupted(rec.signum, f"the trace recorded so far was written to {record_to}")
             status = rec.exit_status if rec.exit_status is not None else -1
+            interpreter = rec.interpreter
         wall = time.monotonic() - t0
         out.seek(0)
         text = out.read()
     if echo:
         sys.stdout.write(text)
     result = _result(vmm, bench, parse_bench_output(text), status, wall, cmd, locking, text, stderr, blk)
+    result.interpreter = interpreter
     if record_to is not None:
         result.trace = str(record_to)
     return result

@@ -30,7 +30,7 @@ __all__ = [
     "supports_o_direct",
 ]
 
-BLK_BENCHES = ("blk_randread", "blk_randwrite", "blk_verify", "blk_malformed")
+BLK_BENCHES = ("blk_randread", "blk_randwrite", "blk_verify", "blk_malformed", "blk_mixed")
 BLK_MODES = ("bql", "dataplane")
 SECTOR = 512
 BLOCK = 4096

@@ -34,6 +34,10 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+PYTHON_HELP = ("Reference VMM only: the Python it runs on: ft (the free-threaded CPython 3.13 that "
+               "scripts/setup.sh builds, the default when it is there), gil (the one vmtrace runs on) "
+               "or a path.")
+
 
 def wide_console() -> Console:
     """A console for wide tables: the terminal's width on a terminal, and
@@ -60,9 +64,14 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except VmtraceError as err:
             _fail(str(err))
-        except KeyboardInterrupt:
-            print("vmtrace: interrupted", file=sys.stderr)
-            raise typer.Exit(130)
+        except KeyboardInterrupt as err:
+            # 128+N, the shell's convention for "stopped by signal N".
+            from .procs import Interrupted
+
+            code = err.exit_status if isinstance(err, Interrupted) else 130
+            detail = err.detail if isinstance(err, Interrupted) else ""
+            print(f"vmtrace: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
+            raise typer.Exit(code)
 
     return wrapper
 
@@ -107,8 +116,7 @@ def record(
     err_console.print(
         f"vmtrace: wrote {result.path} ({result.events:,} events, backend {result.backend}{lost}){stop}"
     )
-    if result.exit_status is not None:
-        raise typer.Exit(result.exit_status)
+    raise typer.Exit(result.status)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -260,6 +268,8 @@ def bench(
     queue_depth: Optional[int] = typer.Option(None, "--queue-depth", help="blk_* benches: requests in flight per vCPU (default 1)."),
     blk_mode: Optional[str] = typer.Option(None, "--blk", help="blk_* benches: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL)."),
     disk: Optional[Path] = typer.Option(None, "--disk", help="blk_* benches: raw disk image (default: a 64 MiB one in a temporary directory). blk_randwrite and blk_verify overwrite data on it."),
+    python: Optional[str] = typer.Option(None, "--python", help=PYTHON_HELP),
+    guest_args: str = typer.Option("", "--guest-args", help="More words for the guest's command line, e.g. \"readers=1 hammer=serial\" for blk_mixed (see reference_vmm/guest/README.md)."),
 ) -> None:
     """Run the benchmark guest and print the guest-measured cycles per operation.
 
@@ -271,15 +281,32 @@ def bench(
     own number beside the traced breakdown.
     """
     from .bench import run_bench
+    from .procs import interrupt_on_signals
 
-    result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
-                       queue_depth=queue_depth, blk=blk_mode, disk=disk)
+    with interrupt_on_signals():
+        result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
+                           queue_depth=queue_depth, blk=blk_mode, disk=disk, python=python, guest_args=guest_args)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
     from .render.commands import render_bench
 
-    render_bench(result, Console())
+    console = Console()
+    render_bench(result, console)
+    _print_bench_extras(result, console)
+
+
+def _print_bench_extras(result: Any, console: Console) -> None:
+    """What render_bench does not show yet: blk_mixed's hammers, and the
+    interpreter the reference VMM ran on."""
+    for h in result.hammers:
+        console.print(f"vCPU {h.get('vcpu')} hammered the {h.get('target')} ({h.get('port')}): "
+                      f"{int(h.get('ops', 0)):,} accesses, {int(h.get('cycles_per_op', 0)):,} cycles each")
+    i = result.interpreter
+    if i:
+        gil = "GIL enabled" if i.get("gil_enabled") else "GIL disabled"
+        kind = "free-threaded" if i.get("free_threaded") else "with the GIL"
+        console.print(f"interpreter: CPython {i.get('version')} {kind}, {gil} at run time ({i.get('path')})")
 
 
 @app.command()
@@ -315,6 +342,7 @@ def vmm_run(
     mem: int = typer.Option(64, "--mem", help="Guest memory in MiB."),
     disk: Optional[Path] = typer.Option(None, "--disk", help="A raw disk image for a legacy virtio-blk-pci device at 00:02.0."),
     blk_mode: Optional[str] = typer.Option(None, "--blk", help="With --disk: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL)."),
+    python: Optional[str] = typer.Option(None, "--python", help=PYTHON_HELP.removeprefix("Reference VMM only: ")),
 ) -> None:
     """Boot IMAGE on the reference VMM; arguments after -- go to the guest.
 
@@ -322,21 +350,25 @@ def vmm_run(
 
       vmtrace vmm run --image ... --vcpus 2 --disk disk.img --blk dataplane -- bench=blk_randread qd=16
     """
-    import subprocess
-
+    from .bench import note_on_stderr
     from .blk import BLK_MODES, check_disk
+    from .interpreter import reference_vmm_command, resolve_python
+    from .procs import interrupt_on_signals, run_child
 
     if blk_mode is not None and blk_mode not in BLK_MODES:
         raise VmtraceError(f"--blk takes {' or '.join(BLK_MODES)}, not {blk_mode!r}")
     if blk_mode is not None and disk is None:
         raise VmtraceError("--blk needs --disk")
     guest_args = [a for a in ctx.args if a != "--"]
-    cmd = [sys.executable, "-m", "vmtrace.reference_vmm", "run", "--image", str(image), "--vcpus", str(vcpus),
+    start = reference_vmm_command(resolve_python(python, note_on_stderr))
+    cmd = [*start, "run", "--image", str(image), "--vcpus", str(vcpus),
            "--locking", locking, "--mem", str(mem), "--append", " ".join(guest_args)]
     if disk is not None:
         check_disk(disk)
         cmd += ["--disk", str(disk), "--blk", blk_mode or "bql"]
-    raise typer.Exit(subprocess.call(cmd))
+    with interrupt_on_signals():
+        status = run_child(cmd).returncode
+    raise typer.Exit(128 - status if status < 0 else status)
 
 
 @app.command()
@@ -350,12 +382,14 @@ def sweep(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Operations per vCPU (default: 20000 on QEMU, 3000 on the reference VMM)."),
     backend: str = typer.Option("auto", "--backend", help="Recording backend: auto, bcc or ftrace."),
     repeat: int = typer.Option(1, "--repeat", help="Runs per configuration, untraced and recorded alternating; medians are shown, with the untraced range."),
+    python: str = typer.Option("ft", "--python", help="Reference VMM: the Pythons it runs on, comma-separated, each a configuration of its own: ft (the free-threaded build, the default; the GIL interpreter with a note when it is missing), gil (the one vmtrace runs on: 'reference bql (GIL)' beside the free-threaded curves), or a path."),
 ) -> None:
     """Reproduce the seed's figure: cost per exit by component across vCPU counts.
 
       vmtrace sweep -o pm-sweep                                 # reference VMM, bql vs unlocked, 1-8 vCPUs
       vmtrace sweep -o qemu-sweep --vmm qemu --vcpus 1,2,4
       vmtrace sweep -o pm-sweep --repeat 3                      # steadier numbers on a noisy host
+      vmtrace sweep -o pm-sweep --python ft,gil                 # the GIL's curves beside the free-threaded ones
 
     Each configuration runs twice: untraced (the guest's own cycles per op)
     and recorded.  The summary puts the traced breakdown beside the guest's
@@ -377,7 +411,12 @@ def sweep(
         raise VmtraceError("--vcpus takes counts between 1 and 64, such as 1,2,4,8")
     if repeat < 1:
         raise VmtraceError("--repeat must be at least 1 (runs per configuration)")
-    configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None)
+    configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None,
+                          pythons=[p.strip() for p in python.split(",") if p.strip()])
+    from .procs import interrupt_on_signals
+    from .sweep import check_outdir
+
+    check_outdir(outdir)
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -390,13 +429,29 @@ def sweep(
             started[0] = True
             bar.update(task, description=what)
 
-        summary = run_sweep(configs, counts, outdir, bench=bench_name, iterations=iterations, backend=backend,
-                            progress=step, repeat=repeat)
+        with interrupt_on_signals():
+            summary = run_sweep(configs, counts, outdir, bench=bench_name, iterations=iterations,
+                                backend=backend, progress=step, repeat=repeat)
         bar.advance(task)
     files = write_summary(summary, outdir)
     files.append(write_sweep_html(summary, outdir / "report.html"))
     render_sweep(summary, console)
     console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+@app.command()
+@friendly
+def recover(
+    spool: Path = typer.Argument(..., help="The spool directory a failed `vmtrace record` kept (it names it)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Trace file to write (default: the one record was given)."),
+) -> None:
+    """Finish writing a trace that `record` could not write (a full disk).
+
+      vmtrace recover /tmp/vmtrace-spool-1234-abcd -o run.vmtrace
+    """
+    from .spool import recover as do_recover
+
+    err_console.print(f"vmtrace: wrote {do_recover(spool, output)}")
 
 
 @app.command()

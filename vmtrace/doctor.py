@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vmtrace.collectors import host
 from vmtrace.collectors.qemu import qemu_symbols, qemu_version, resolve_binary
+from vmtrace.procs import run_child
 
 __all__ = ["Check", "run_checks", "tracepoints_that_fire"]
 
@@ -23,6 +24,22 @@ class Check:
     ok: bool | None
     detail: str
     fix: str = ""
+
+
+#: Checks that read tracefs or load BPF, which only root can do.
+_ROOT_ONLY = ("leftovers of killed recorders", "tracefs", "tracepoints", "BPF (bcc)")
+
+
+def _leftovers_check() -> Check:
+    """Remove what SIGKILLed recorders left (as ``record`` does at start) and
+    say what that was."""
+    from vmtrace.record import cleanup_leftovers
+
+    removed = cleanup_leftovers()
+    if not removed:
+        return Check("leftovers of killed recorders", True, "none")
+    return Check("leftovers of killed recorders", None, "removed " + ", ".join(removed),
+                 "a recorder was SIGKILLed; nothing more to do")
 
 
 def _bpf_check() -> Check:
@@ -64,7 +81,7 @@ def tracepoints_that_fire(seconds: float = 1.0) -> dict[str, int] | None:
             if p.exists():
                 p.write_text("1")
         cmd = vmm_command("qemu", "inl_pmtimer", 1, 2000, image)
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        run_child(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         (inst / "tracing_on").write_text("0")
         text = (inst / "trace").read_text(errors="replace")
         for ev in events:
@@ -96,26 +113,32 @@ def run_checks(fire_test: bool = True) -> list[Check]:
     checks.append(Check("/dev/kvm", kvm, "usable" if kvm else "missing or not accessible",
                         "" if kvm else "load kvm_intel/kvm_amd and run as root"))
     checks.append(Check("KVM flavour", None if host.kvm_flavour() == "unknown" else True, host.kvm_flavour()))
-    path = host.tracefs_path()
-    if path is None and root:
-        try:
-            path = host.ensure_tracefs()
-        except Exception as err:
-            checks.append(Check("tracefs", False, str(err)))
-    if path is not None:
-        checks.append(Check("tracefs", True, f"mounted at {path}"))
-        have = host.available_tracepoints(path)
-        missing = [tp for tp, ok in have.items() if not ok]
-        checks.append(Check("tracepoints", not missing or None,
-                            "all present" if not missing else f"missing: {', '.join(missing)}",
-                            "" if not missing else "load the kvm module; syscalls need CONFIG_FTRACE_SYSCALLS"))
-    elif not root:
-        checks.append(Check("tracefs", False, "not mounted", "run as root: vmtrace mounts it"))
+    if root:
+        checks.append(_leftovers_check())
+        path = host.tracefs_path()
+        if path is None:
+            try:
+                path = host.ensure_tracefs()
+            except Exception as err:
+                checks.append(Check("tracefs", False, str(err)))
+        if path is not None:
+            checks.append(Check("tracefs", True, f"mounted at {path}"))
+            have = host.available_tracepoints(path)
+            missing = [tp for tp, ok in have.items() if not ok]
+            checks.append(Check("tracepoints", not missing or None,
+                                "all present" if not missing else f"missing: {', '.join(missing)}",
+                                "" if not missing else "load the kvm module; syscalls need CONFIG_FTRACE_SYSCALLS"))
+    else:
+        # tracefs is root-only (mode 0700): these are not failures of the
+        # host, just checks this user cannot make.
+        for name in _ROOT_ONLY:
+            checks.append(Check(name, None, "not checked: needs root", "run `sudo vmtrace doctor`"))
     release = os.uname().release
     headers = Path(f"/lib/modules/{release}/build")
     checks.append(Check("kernel headers", headers.exists(), str(headers) if headers.exists() else "absent",
                         "" if headers.exists() else "run the README's setup command (links linux-headers-amd64)"))
-    checks.append(_bpf_check())
+    if root:
+        checks.append(_bpf_check())
     qemu = resolve_binary("qemu-system-x86_64")
     if qemu:
         syms = qemu_symbols(qemu)
@@ -125,6 +148,8 @@ def run_checks(fire_test: bool = True) -> list[Check]:
                             "" if not syms.missing else "the BQL cannot be named by uprobes; use --lock NAME=0xADDR"))
     else:
         checks.append(Check("QEMU", None, "qemu-system-x86_64 not found", "apt-get install qemu-system-x86"))
+    if fire_test and not root:
+        checks.append(Check("kvm tracepoints fire", None, "not checked: needs root", "run `sudo vmtrace doctor`"))
     if fire_test and root and kvm and qemu:
         counts = tracepoints_that_fire()
         if counts is None:

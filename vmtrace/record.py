@@ -4,16 +4,21 @@ The target is forked and held before ``exec`` until the collector is
 attached, so the trace starts with the target's first instruction.  Its
 standard streams are inherited untouched.  SIGINT and SIGTERM only ask the
 loop to stop; whatever was recorded is then written as a complete trace, and
-the collector detaches everything on every path.
+the collector detaches everything on every path.  SIGHUP does the same.  The
+target dies with vmtrace (``procs.die_with_parent``), even on SIGKILL; the
+next ``record`` removes what a SIGKILLed recorder left (tracefs instances,
+uprobe groups, spool directories).  When the trace cannot be written (a full
+disk) the recording stays in its spool for ``vmtrace recover``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import signal
-import tempfile
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +31,14 @@ from vmtrace.collectors.base import Collected, Collector, RecordOptions
 from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary
 from vmtrace.collectors.userspace import read_probe_spool
 
-from . import probes
-from .errors import HostError, TargetError, VmtraceError
+from . import probes, procs, spool
+from .errors import HostError, TargetError, TraceFileError, VmtraceError
+from .interpreter import REPORT_ENV
+from .interpreter import read_report as read_interpreter_report
 from .schema import ROLE_IOTHREAD, ROLE_MAIN, ROLE_OTHER, ROLE_VCPU, ROLE_WORKER
 from .trace import check_writable, normalize_events, write_trace
 
-__all__ = ["RecordResult", "record", "choose_backend", "thread_roles"]
+__all__ = ["RecordResult", "record", "choose_backend", "thread_roles", "cleanup_leftovers"]
 
 BACKENDS = ("auto", "bcc", "ftrace")
 
@@ -49,6 +56,18 @@ class RecordResult:
     interrupted: bool
     backend: str
     notes: list[str] = field(default_factory=list)
+    signum: int | None = None  # the signal that stopped vmtrace, if one did
+    #: What the target reported of its interpreter (the reference VMM does:
+    #: see vmtrace.interpreter), also in the trace's ``target.interpreter``.
+    interpreter: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> int:
+        """vmtrace's own exit status, as a shell would give it: 128+N when a
+        signal N stopped vmtrace, else the target's status (0 for -p)."""
+        if self.signum is not None:
+            return 128 + self.signum
+        return self.exit_status or 0
 
 
 def choose_backend(name: str) -> str:
@@ -135,6 +154,7 @@ def _spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> t
     """
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child
         try:
@@ -145,10 +165,12 @@ def _spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> t
             os.close(go_r)
             if stdout is not None:
                 os.dup2(stdout.fileno(), 1)
+            # The VMM must not outlive vmtrace, even a SIGKILLed one.
+            procs.die_with_parent(parent)
             # Ctrl-C reaches the target through the terminal; the target
             # must not inherit vmtrace's handlers.
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for s in procs.STOP_SIGNALS:
+                signal.signal(s, signal.SIG_DFL)
             os.execvpe(cmd[0], cmd, env)
         except OSError as err:
             os.write(err_w, str(err.errno).encode())
@@ -159,8 +181,33 @@ def _spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> t
     return pid, go_w, err_r
 
 
-def _exit_status(status: int) -> int:
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+_exit_status = procs.exit_status
+
+
+def cleanup_leftovers() -> list[str]:
+    """Remove what recorders killed by SIGKILL left behind: tracefs
+    instances and uprobe groups, and spool directories, whose owner process
+    is gone.  Returns what was removed (see ``tracefs.cleanup_stale``)."""
+    from vmtrace.collectors.tracefs import cleanup_stale
+
+    removed = spool.cleanup_stale_spools()
+    try:
+        removed = cleanup_stale() + removed
+    except HostError as err:
+        removed.append(f"(could not remove everything: {err})")
+    return removed
+
+
+def _say(line: str) -> None:
+    print(f"vmtrace: {line}", file=sys.stderr, flush=True)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # gone
 
 
 def record(
@@ -173,19 +220,27 @@ def record(
     stdout: TextIO | None = None,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
+    say: Callable[[str], None] | None = _say,
     aggregate: float | None = None,
 ) -> RecordResult:
     """Record ``cmd`` (started by vmtrace) or the running process ``pid``.
 
     Raises ``VmtraceError`` subclasses for everything a user can fix: not
     root, no /dev/kvm, no tracefs, command not found, PID gone, unwritable
-    output.  ``duration`` limits the recording in seconds; ``stdout`` sends
-    the target's standard output elsewhere (``bench`` parses it).
-    ``aggregate`` records no events: one snapshot of top's in-kernel
-    counters every that many seconds, in the metadata's ``aggregate``.
+    output, and a trace that could not be written (the message then names
+    the kept spool, the ``vmtrace recover`` command and the target's status).
+    ``duration`` limits the recording in seconds (finite, > 0); ``stdout``
+    sends the target's standard output elsewhere (``bench`` parses it);
+    ``say`` gets one-line notices (leftovers removed, an attached PID that
+    never entered KVM_RUN), on stderr by default.  ``aggregate`` records no
+    events: one snapshot of top's in-kernel counters every that many
+    seconds, in the metadata's ``aggregate``.
     """
     if (cmd is None) == (pid is None):
         raise VmtraceError("give either a command after -- or -p PID")
+    if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
+        raise VmtraceError(f"--duration takes a finite number of seconds above 0, not {duration!r}")
+    say = say or (lambda _line: None)
     output = Path(output)
     host.require_root("vmtrace record")
     check_writable(output)
@@ -199,29 +254,36 @@ def record(
         binary = _vmm_binary(cmd)
     else:
         assert pid is not None
-        if not os.path.exists(f"/proc/{pid}"):
+        if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
             raise TargetError(f"no process with PID {pid} (it may have exited)")
+        if _is_zombie(pid):
+            raise TargetError(f"process {pid} has exited (a zombie waiting for its parent): nothing to record")
         try:
             binary = os.path.realpath(f"/proc/{pid}/exe")
         except OSError:
             binary = None
     host.ensure_tracefs()
+    removed = cleanup_leftovers()
+    if removed:
+        say("removed leftovers of a recorder that was killed: " + ", ".join(removed))
     chosen = choose_backend(backend)
     if aggregate is not None and (aggregate <= 0 or chosen != "bcc" or precise):
         raise VmtraceError("--aggregate needs a positive interval, the bcc backend and no --precise")
-    spool_dir = Path(tempfile.mkdtemp(prefix="vmtrace-spool-"))
+    spool_dir = spool.new_spool()
     options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary)
     probe_spool = spool_dir / "probes.bin"
     stop = _StopFlag()
-    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_handlers = {s: signal.signal(s, stop) for s in procs.STOP_SIGNALS}
     child = None
     exit_status: int | None = None
     start_ns = time.monotonic_ns()
+    keep_spool = False
     try:
         with _make_collector(chosen, options, aggregate) as collector:
             if cmd is not None:
                 env = dict(os.environ)
                 env[probes.ENV_VAR] = str(probe_spool)
+                env[REPORT_ENV] = str(spool_dir / "interpreter.json")
                 child, go_w, err_r = _spawn_held(cmd, env, stdout)
                 target_pid = child
             else:
@@ -249,7 +311,8 @@ def record(
                         exit_status = _exit_status(status)
                         child = None
                         break
-                elif not os.path.exists(f"/proc/{target_pid}"):
+                elif _is_zombie(target_pid):
+                    # Exited: a zombie has no threads left to record.
                     break
                 elapsed = (time.monotonic_ns() - start_ns) / 1e9
                 if duration is not None and elapsed >= duration:
@@ -257,8 +320,9 @@ def record(
                 if on_tick:
                     on_tick(elapsed)
                 collector.poll(100)
-            if child is not None and stop.signum is not None:
-                # Stopped by a signal: the VMM we started must not outlive us.
+            if child is not None:
+                # Stopped by a signal or --duration: the VMM we started must
+                # not outlive us.
                 exit_status = _terminate(child)
                 child = None
             collected = collector.stop()
@@ -266,16 +330,53 @@ def record(
             extra_meta = {**(extra_meta() if callable(extra_meta) else extra_meta or {}),
                           "aggregate": collected.probes.pop("aggregate"), "mode": "aggregate"}
         end_ns = time.monotonic_ns()
-        return _write(
-            output, collected, chosen, precise, cmd, target_pid, binary, exit_status,
+        events, meta, notes = _assemble(
+            collected, chosen, precise, cmd, target_pid, binary, exit_status,
             stop.signum is not None, start_ns, end_ns, probe_spool, extra_meta or {},
         )
+        if pid is not None and aggregate is None and not (events["event"] == "run_enter").any():
+            note = (f"no thread of process {pid} entered KVM_RUN while it was recorded: "
+                    "it is not a KVM VMM, or its vCPUs were idle")
+            notes.append(note)
+            say(f"warning: {note}")
+        try:
+            write_trace(output, events, meta)
+        except TraceFileError as err:
+            keep_spool = _keep_for_recovery(spool_dir, output, events, meta)
+            raise TraceFileError(_write_failure(str(err), spool_dir if keep_spool else None, output,
+                                                exit_status, stop.signum)) from None
+        lost = int(meta["lost_events"]["total"])
+        return RecordResult(output, exit_status, len(events), lost, stop.signum is not None, chosen, notes,
+                            stop.signum, meta["target"]["interpreter"])
     finally:
         if child is not None:
             _terminate(child)
         for s, h in old_handlers.items():
             signal.signal(s, h)
-        shutil.rmtree(spool_dir, ignore_errors=True)
+        if not keep_spool:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+def _keep_for_recovery(spool_dir: Path, output: Path, events: pd.DataFrame, meta: dict[str, Any]) -> bool:
+    try:
+        spool.save_for_recovery(spool_dir, output, events, meta)
+    except OSError:
+        return False
+    return True
+
+
+def _write_failure(err: str, kept: Path | None, output: Path, exit_status: int | None, signum: int | None) -> str:
+    if kept is not None:
+        what = f"the recording is kept in {kept}: free some space and run `vmtrace recover {kept} -o {output}`"
+    else:
+        what = "the recording could not be kept either (the spool's file system is full too)"
+    if signum is not None:
+        target = f"recording was stopped by {signal.Signals(signum).name}"
+    elif exit_status is None:
+        target = "the target was attached by PID and left running"
+    else:
+        target = f"the target exited with status {exit_status}"
+    return f"{err}; {what}; {target}"
 
 
 def _terminate(pid: int, grace_s: float = 5.0) -> int:
@@ -297,8 +398,7 @@ def _terminate(pid: int, grace_s: float = 5.0) -> int:
     return _exit_status(os.waitpid(pid, 0)[1])
 
 
-def _write(
-    output: Path,
+def _assemble(
     collected: Collected,
     backend: str,
     precise: bool,
@@ -311,9 +411,11 @@ def _write(
     end_ns: int,
     probe_spool: Path,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]],
-) -> RecordResult:
-    spool = read_probe_spool(probe_spool)
-    user = spool.events
+) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
+    """The trace's rows and metadata from what the collector and the
+    target's probe spool saw."""
+    user_spool = read_probe_spool(probe_spool)
+    user = user_spool.events
     frames = [f for f in (collected.events, user) if len(f)]
     events = normalize_events(pd.concat(frames, ignore_index=True)) if frames else normalize_events(
         pd.DataFrame({"ts_ns": [], "tid": [], "cpu": [], "event": []})
@@ -322,7 +424,7 @@ def _write(
     names = dict(collected.thread_names)
     threads = thread_roles(names, collected.thread_tgids, pid, run_tids)
     locks = [lock.to_json() for lock in collected.locks]
-    named_bql = [a for a, n in spool.futex_names.items() if n == "BQL"]
+    named_bql = [a for a, n in user_spool.futex_names.items() if n == "BQL"]
     if not any(lock.get("name") == "BQL" for lock in locks) and (named_bql or (len(user) and (user["name"] == "BQL").any())):
         locks.append({"name": "BQL", "futex_uaddr": named_bql[0] if named_bql else None,
                       "method": "probe API (the VMM reports its own lock)", "identified": True})
@@ -352,13 +454,14 @@ def _write(
             "vmm": vmm,
             "binary": binary,
             "vmm_version": qemu_version(binary) if binary and vmm == "qemu" else None,
+            "interpreter": read_interpreter_report(probe_spool.parent / "interpreter.json"),
         },
         "threads": threads,
         "lost_events": {"total": lost_total, "per_cpu": {str(k): v for k, v in collected.lost_per_cpu.items()}},
         "locks": locks,
         # Futex words the target named (the reference VMM names its BQL and
         # the interpreter's GIL); keys are hex strings because JSON has no ints.
-        "futex_names": {hex(a): n for a, n in sorted(spool.futex_names.items())},
+        "futex_names": {hex(a): n for a, n in sorted(user_spool.futex_names.items())},
         "probes": collected.probes,
         "start_ns": start_ns,
         "end_ns": end_ns,
@@ -367,8 +470,7 @@ def _write(
         "notes": notes,
     }
     meta.update(extra_meta() if callable(extra_meta) else extra_meta)
-    write_trace(output, events, meta)
-    return RecordResult(output, exit_status, len(events), lost_total, interrupted, backend, notes)
+    return events, meta, notes
 
 
 def _vmm_binary(cmd: list[str]) -> str | None:

@@ -39,7 +39,7 @@ lost                collector marker: ``value`` events recorded on ``cpu``
                     ``ts_ns`` (the first event after the gap, or when the
                     loss was noticed); ``tid`` = -1; ``value`` NA when the
                     kernel said "some" without a count.  Analyses distrust any
-                    span across such a gap (see analyses.intervals.lost_windows)
+                    span across such a gap (see analyses.lost.lost_windows)
 ==================  ==========================================================
 
 Schema 2 added ``lost``; a schema-1 trace reads as one with no markers (its
@@ -53,6 +53,7 @@ from typing import Final
 __all__ = [
     "SCHEMA_VERSION",
     "EVENT_TYPES",
+    "EVENT_CODE",
     "EVENT_COLUMNS",
     "METADATA_KEYS",
     "KVM_RUN",
@@ -63,6 +64,8 @@ __all__ = [
     "ROLE_IOTHREAD",
     "ROLE_WORKER",
     "ROLE_OTHER",
+    "THREAD_ROLES",
+    "role_rank",
 ]
 
 SCHEMA_VERSION: Final = 2
@@ -90,6 +93,11 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
     # New types go last: the codes of the others are stable across versions.
     "lost",
 )
+
+#: Event name -> its category code (its place in ``EVENT_TYPES``): what
+#: ``events["event"].cat.codes`` holds, and what collectors write.  The one
+#: spelling of the mapping; analyses compare codes, not strings, on big traces.
+EVENT_CODE: Final[dict[str, int]] = {name: i for i, name in enumerate(EVENT_TYPES)}
 
 #: Column name -> pandas dtype.  Nullable columns use pandas' masked dtypes.
 EVENT_COLUMNS: Final[dict[str, str]] = {
@@ -174,3 +182,21 @@ ROLE_MAIN: Final = "main"
 ROLE_IOTHREAD: Final = "iothread"
 ROLE_WORKER: Final = "worker"
 ROLE_OTHER: Final = "other"
+
+#: Thread roles in the order reports list them, each with the label a reader
+#: sees (vCPUs first: they are what the exit breakdown is about).  A role not
+#: in the table sorts after all of these (``role_rank``).
+THREAD_ROLES: Final[dict[str, str]] = {
+    ROLE_VCPU: "vCPU",
+    ROLE_MAIN: "main loop",
+    ROLE_IOTHREAD: "IOThread",
+    ROLE_WORKER: "worker",
+    ROLE_OTHER: "other",
+}
+
+_ROLE_RANK: Final[dict[str, int]] = {role: i for i, role in enumerate(THREAD_ROLES)}
+
+
+def role_rank(role: object) -> int:
+    """Place of ``role`` in ``THREAD_ROLES``; an unknown role ranks last."""
+    return _ROLE_RANK.get(str(role), len(_ROLE_RANK))

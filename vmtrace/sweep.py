@@ -12,7 +12,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -20,14 +20,16 @@ from .analyses.breakdown import COMPONENTS, bql_breakdown
 from .errors import VmtraceError
 from .trace import read_trace
 
-__all__ = ["SweepConfig", "SweepRun", "configs_for", "write_summary", "run_sweep", "summarize_sweep", "SUMMARY_COLUMNS"]
+__all__ = ["SweepConfig", "SweepRun", "configs_for", "check_outdir", "write_summary", "run_sweep", "summarize_sweep",
+           "SUMMARY_COLUMNS"]
 
 #: Columns of the sweep summary (CSV and JSON), one row per (config, vcpus).
 SUMMARY_COLUMNS = (
     "config", "vmm", "locking", "bench", "vcpus", "iterations",
     "guest_cycles_per_op", "traced_guest_cycles_per_op", "observer_effect",
     "runs", "guest_min", "guest_max",
-    *COMPONENTS, "bql_wait", "total", "exits", "lost_events", "trace",
+    *COMPONENTS, "bql_wait", "total", "exits", "lost_events",
+    "python_version", "free_threaded", "gil_enabled", "trace",
 )
 
 
@@ -46,28 +48,43 @@ class SweepRun:
     trace: Path
     guest_runs: tuple[float, ...] = ()
     traced_runs: tuple[float, ...] = ()
+    #: What the reference VMM reported of its interpreter (see
+    #: vmtrace.interpreter.read_report); None on QEMU.
+    interpreter: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """One VMM set-up; the sweep runs it at every vCPU count."""
+    """One VMM set-up; the sweep runs it at every vCPU count.  ``python``
+    (reference VMM only) is the interpreter's path, None for the default
+    (see vmtrace.interpreter.resolve_python); ``gil`` says it runs with the
+    GIL, which the label then says: "reference unlocked (GIL)"."""
 
     vmm: str
     locking: str | None = None
+    python: str | None = None
+    gil: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.vmm} {self.locking}" if self.locking else self.vmm
+        base = f"{self.vmm} {self.locking}" if self.locking else self.vmm
+        return f"{base} (GIL)" if self.gil else base
 
     @property
     def slug(self) -> str:
-        return self.label.replace(" ", "-")
+        base = f"{self.vmm}-{self.locking}" if self.locking else self.vmm
+        return f"{base}-gil" if self.gil else base
 
 
-def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None) -> list[SweepConfig]:
+def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
+                pythons: Iterable[str] | None = None) -> list[SweepConfig]:
     """Every configuration named on the command line: ``--locking`` applies
-    to the reference VMM (QEMU's locking is fixed by its version)."""
-    from .bench import LOCKING_MODES, VMMS
+    to the reference VMM (QEMU's locking is fixed by its version), and so
+    does ``--python`` (default "ft": the free-threaded build, or the GIL
+    interpreter with a note on stderr when it is missing).  Each interpreter
+    is a configuration of its own, free-threaded ones first."""
+    from .bench import LOCKING_MODES, VMMS, note_on_stderr
+    from .interpreter import resolve_python
 
     out: list[SweepConfig] = []
     lockings = [x for x in (lockings or []) if x]
@@ -78,12 +95,41 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None) -> list[Swe
         if vmm not in VMMS:
             raise VmtraceError(f"unknown VMM {vmm!r}: choose among {', '.join(VMMS)}")
         if vmm == "reference":
-            out += [SweepConfig(vmm, m) for m in (lockings or ["bql", "unlocked"])]
+            interps = []
+            for spec in list(pythons or []) or ["ft"]:
+                interp = resolve_python(spec, note_on_stderr)
+                if interp.kind in [i.kind for i in interps]:
+                    other = next(i for i in interps if i.kind == interp.kind)
+                    if other.path == interp.path:
+                        continue  # "ft,gil" without a free-threaded build: the same interpreter twice
+                    raise VmtraceError(f"--python names two {interp.kind} interpreters ({other.path} and "
+                                       f"{interp.path}): a sweep compares one of each kind")
+                interps.append(interp)
+            interps.sort(key=lambda i: i.kind != "free-threaded")
+            out += [SweepConfig(vmm, m, i.path, i.kind == "GIL") for i in interps
+                    for m in (lockings or ["bql", "unlocked"])]
         else:
             out.append(SweepConfig(vmm))
     if not out:
         raise VmtraceError("nothing to sweep: give --vmm qemu and/or reference")
     return out
+
+
+def check_outdir(outdir: Path) -> None:
+    """Refuse, before anything runs, an output directory that is a file or
+    cannot be created or written."""
+    import os
+
+    outdir = Path(outdir)
+    probe = outdir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe == outdir and not outdir.is_dir():
+        raise VmtraceError(f"cannot use {outdir} as the sweep's output directory: it exists and is not a directory")
+    if not probe.is_dir():
+        raise VmtraceError(f"cannot create {outdir}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise VmtraceError(f"cannot write to {probe}: permission denied (choose another -o)")
 
 
 def run_sweep(
@@ -106,15 +152,27 @@ def run_sweep(
     fewer)."""
     from .bench import run_bench
 
+    from .bench import BENCHES
+
     if repeat < 1:
         raise VmtraceError("--repeat must be at least 1")
-    outdir.mkdir(parents=True, exist_ok=True)
+    if bench not in BENCHES:
+        raise VmtraceError(f"unknown bench {bench!r}: choose one of {', '.join(BENCHES)}")
+    if iterations is not None and iterations < 1:
+        raise VmtraceError("--iterations must be at least 1")
+    # Options first, the directory after: a mistyped option leaves nothing behind.
+    check_outdir(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VmtraceError(f"cannot create {outdir}: {err.strerror}") from None
     runs = []
     for cfg in configs:
         for n in vcpus:
             iters = iterations or (20000 if cfg.vmm == "qemu" else 3000)
             path = outdir / f"{cfg.slug}-{n}vcpu.vmtrace"
             plain: list[float] = []
+            interpreter: dict[str, Any] | None = None
             traced: list[tuple[float, Path]] = []
             # Several recorded runs go to hidden files until the median is known.
             files = [path] if repeat == 1 else [outdir / f".{cfg.slug}-{n}vcpu.run{k}.vmtrace" for k in range(repeat)]
@@ -123,11 +181,14 @@ def run_sweep(
                     of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
-                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking).cycles_per_op)
+                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
+                                           python=cfg.python).cycles_per_op)
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
-                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend)
+                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend,
+                                    python=cfg.python)
                     traced.append((res.cycles_per_op, files[k]))
+                    interpreter = getattr(res, "interpreter", None)
             except BaseException:
                 # A failed or interrupted run leaves no hidden run files behind.
                 for f in files if repeat > 1 else []:
@@ -140,7 +201,7 @@ def run_sweep(
             if keep[1] != path:
                 keep[1].replace(path)
             runs.append(SweepRun(cfg, bench, n, iters, float(statistics.median(plain)), keep[0], path,
-                                 tuple(plain), tuple(c for c, _ in traced)))
+                                 tuple(plain), tuple(c for c, _ in traced), interpreter))
     return summarize_sweep(runs)
 
 
@@ -168,7 +229,11 @@ def summarize_sweep(runs: list[SweepRun]) -> pd.DataFrame:
             "guest_min": min(r.guest_runs) if r.guest_runs else plain,
             "guest_max": max(r.guest_runs) if r.guest_runs else plain,
             **{c: b.components[c] for c in (*COMPONENTS, "bql_wait", "total")},
-            "exits": len(b.exits), "lost_events": b.lost_events, "trace": str(r.trace),
+            "exits": len(b.exits), "lost_events": b.lost_events,
+            "python_version": (r.interpreter or {}).get("version"),
+            "free_threaded": (r.interpreter or {}).get("free_threaded"),
+            "gil_enabled": (r.interpreter or {}).get("gil_enabled"),
+            "trace": str(r.trace),
         })
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 

@@ -159,6 +159,7 @@ const struct bench bench_table[] = {
     { "blk_randwrite", 0,      blk_setup_randwrite, run_blk_rand,      report_blk,         1 },
     { "blk_verify",    0,      blk_setup_verify,    run_blk_verify,    report_blk,         1 },
     { "blk_malformed", 0,      blk_setup_malformed, run_blk_malformed, report_malformed,   1 },
+    { "blk_mixed",     0,      blk_setup_mixed,     run_blk_mixed,     report_blk_mixed,   1 },
     { NULL, 0, NULL, NULL, NULL, 0 },
 };
 

@@ -13,7 +13,13 @@ struct blk_params {
     uint32_t read_sector;      /* blk_verify: first sector only read */
     uint32_t read_blocks;
     uint32_t timeout_ms;       /* blk_malformed: how long to wait for an answer */
+    uint32_t readers;          /* blk_mixed: vCPUs that read, 0 = half (rounded up) */
+    uint32_t hammer;           /* blk_mixed: what the others hammer (HAMMER_*) */
 };
+
+/* blk_mixed's hammers: a device every VMM serves under its big lock. */
+#define HAMMER_PMTIMER 0       /* inl from the FADT's PM timer port */
+#define HAMMER_SERIAL  1       /* outb to COM1's scratch register (no output) */
 
 /* What a benchmark may use from the platform, filled in by main.c. */
 struct bench_env {

@@ -195,10 +195,15 @@ static void complete_counted(struct blk_slot *s, uint32_t k, int vcpu)
     count_status(s, vcpu);
 }
 
-int blk_setup_randread(const struct bench_env *e, const char **err)
+int blk_setup_reads(const struct bench_env *e, const char *name, const char **err)
 {
     rand_type = VIRTIO_BLK_T_IN;
-    return common_setup(e, "blk_randread", e->blk.qd, err);
+    return common_setup(e, name, e->blk.qd, err);
+}
+
+int blk_setup_randread(const struct bench_env *e, const char **err)
+{
+    return blk_setup_reads(e, "blk_randread", err);
 }
 
 int blk_setup_randwrite(const struct bench_env *e, const char **err)
@@ -363,12 +368,17 @@ static void print_blkdev(void)
 
 int report_blk(void)
 {
+    return report_blk_readers(env.nvcpus, NULL);
+}
+
+int report_blk_readers(int nreaders, void (*more)(void))
+{
     uint64_t hz = tsc_hz(), sum = 0, tmin = ~0ull, tmax = 0, iops;
     uint32_t total = 0, errors = 0, timed = 0;
     uint8_t last_error = 0;
     int v, stalled = -1;
 
-    for (v = 0; v < env.nvcpus; v++) {
+    for (v = 0; v < nreaders; v++) {
         struct vcpu_stats *st = &stats[v];
         uint64_t cycles = st->t1 - st->t0, per = 0;
 
@@ -398,10 +408,15 @@ int report_blk(void)
      * one's end (the TSCs of KVM's vCPUs are synchronised). */
     iops = timed && tmax > tmin ? div_round((uint64_t)total * hz, tmax - tmin) : 0;
     kprintf("VMTRACE-BENCH summary bench=%s vcpus=%d iterations=%llu requests=%u "
-            "cycles_per_op=%llu cycles_per_request=%llu iops=%llu qd=%u errors=%u\n",
-            bench_name, env.nvcpus, div_round(total, (uint64_t)env.nvcpus), total,
+            "cycles_per_op=%llu cycles_per_request=%llu iops=%llu qd=%u errors=%u",
+            bench_name, env.nvcpus, div_round(total, (uint64_t)nreaders), total,
             timed ? div_round(sum, timed) : 0, timed ? div_round(sum, timed) : 0, iops, blk.qd,
             errors);
+    if (nreaders != env.nvcpus)
+        kprintf(" readers=%d", nreaders);
+    kprintf("\n");
+    if (more)
+        more();
     print_blkdev();
 
     if (verifying) {

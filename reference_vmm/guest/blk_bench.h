@@ -1,5 +1,5 @@
-/* The virtio-blk benchmarks: blk_randread, blk_randwrite, blk_verify and
- * blk_malformed (rows of bench_table in bench.c). */
+/* The virtio-blk benchmarks: blk_randread, blk_randwrite, blk_verify,
+ * blk_malformed and blk_mixed (rows of bench_table in bench.c). */
 #ifndef VMTRACE_GUEST_BLK_BENCH_H
 #define VMTRACE_GUEST_BLK_BENCH_H
 
@@ -35,5 +35,15 @@ uint64_t run_blk_malformed(int vcpu, uint32_t warmup, uint32_t iterations);
 
 int report_blk(void);
 int report_malformed(void);
+
+/* For blk_mixed (blk_mixed.c): the random-read setup under another bench
+ * name, and report_blk's records for vCPUs 0 .. nreaders-1 only, with more()
+ * (if not NULL) printing the bench's own records right after the summary. */
+int blk_setup_reads(const struct bench_env *env, const char *name, const char **err);
+int report_blk_readers(int nreaders, void (*more)(void));
+
+int blk_setup_mixed(const struct bench_env *env, const char **err);
+uint64_t run_blk_mixed(int vcpu, uint32_t warmup, uint32_t iterations);
+int report_blk_mixed(void);
 
 #endif

@@ -42,7 +42,7 @@ static int parse_bench(struct options *o, const char *v, size_t n, const char **
     b = bench_find(v, (uint32_t)n);
     if (!b) {
         *err = "unknown bench (expected inl_pmtimer, inl_vmm, inl_kernel, cpuid, all, "
-               "blk_randread, blk_randwrite, blk_verify or blk_malformed)";
+               "blk_randread, blk_randwrite, blk_verify, blk_malformed or blk_mixed)";
         return -1;
     }
     o->benches[o->nbench++] = b;
@@ -156,6 +156,18 @@ int cmdline_parse(const char *raw, struct options *o, const char **err)
             if (parse_number(val, vlen, 1, &o->blk.timeout_ms,
                              "timeout_ms must be an integer >= 1", err))
                 return -1;
+        } else if (str_eq_n(key, klen, "readers")) {
+            if (parse_number(val, vlen, 1, &o->blk.readers, "readers must be an integer >= 1", err))
+                return -1;
+        } else if (str_eq_n(key, klen, "hammer")) {
+            if (str_eq_n(val, vlen, "pmtimer")) {
+                o->blk.hammer = HAMMER_PMTIMER;
+            } else if (str_eq_n(val, vlen, "serial")) {
+                o->blk.hammer = HAMMER_SERIAL;
+            } else {
+                *err = "hammer must be pmtimer or serial";
+                return -1;
+            }
         } else {
             warn_token("unknown key", key, klen);
         }

@@ -1,6 +1,6 @@
 /* The guest's command line: bench=NAME iterations=K warmup=W vcpus=N, and
  * for the blk benches qd= seed= write_sector= write_blocks= read_sector=
- * read_blocks= timeout_ms=. */
+ * read_blocks= timeout_ms=, and for blk_mixed readers= hammer=. */
 #ifndef VMTRACE_GUEST_CMDLINE_H
 #define VMTRACE_GUEST_CMDLINE_H
 

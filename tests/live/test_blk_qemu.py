@@ -21,7 +21,7 @@ from vmtrace.bench import guest_image, parse_bench_output, run_bench, vmm_comman
 from tests.blk_checks import random_disk, verify_write_and_read
 from vmtrace.blk import QEMU_MALFORMED
 
-pytestmark = [pytest.mark.live, pytest.mark.qemu, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def disk(tmp_path: Path, qemu: None) -> Path:

@@ -28,12 +28,9 @@ TRACEFS = Path("/sys/kernel/tracing")
 ITER = 20000
 
 
-@pytest.fixture
-def live(root: None, qemu: None) -> None:
-    from vmtrace.collectors.bcc_backend import bcc_available
-
-    ok, why = bcc_available()
-    need(ok, why)
+@pytest.fixture(scope="session")
+def live(bpf: None, qemu: None) -> None:
+    """What recording QEMU with bcc takes: root, KVM, QEMU, bcc."""
 
 
 def tracing_state() -> dict[str, object]:
@@ -101,13 +98,9 @@ def record_with_both_backends(out: Path, vcpus: int, iterations: int) -> tuple[P
 
 
 @pytest.fixture(scope="module")
-def pm_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
+def pm_traces(tmp_path_factory: pytest.TempPathFactory, live: None) -> dict[tuple[str, int], Path]:
     """QEMU inl_pmtimer at 1 and 2 vCPUs: recorded by bcc alone (``bcc``),
     and recorded by both backends at once (``both-bcc``/``both-ftrace``)."""
-    from .. import conftest
-
-    if not (conftest.have_root() and conftest.have_kvm() and conftest.have_qemu()):
-        return {}
     out = tmp_path_factory.mktemp("pm")
     traces = {}
     for vcpus in (1, 2):
@@ -259,9 +252,8 @@ def test_record_bad_input_is_one_line(root: None, tmp_path: Path, args: list[str
     assert "Traceback" not in proc.stderr
 
 
-def test_record_as_non_root_says_so(tmp_path: Path) -> None:
+def test_record_as_non_root_says_so(root: None, tmp_path: Path) -> None:
     need(shutil.which("setpriv") is not None, "needs setpriv (util-linux) to drop root")
-    need(os.geteuid() == 0, "needs root to drop privileges from")
     import tempfile
 
     open_dir = Path(tempfile.mkdtemp(prefix="vmtrace-nonroot-", dir="/tmp"))

@@ -21,16 +21,15 @@ ITER = 3000
 
 
 @pytest.fixture(scope="module")
-def ref_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
-    from .. import conftest
-
-    if not (conftest.have_root() and conftest.have_kvm()):
-        return {}
+def ref_traces(tmp_path_factory: pytest.TempPathFactory, live: None) -> dict[tuple[str, int], Path]:
     out = tmp_path_factory.mktemp("ref")
     traces = {}
     for locking, vcpus in (("bql", 1), ("bql", 4), ("unlocked", 4)):
         path = out / f"ref-{locking}-{vcpus}.vmtrace"
-        run_bench("reference", "inl_pmtimer", vcpus, ITER, locking=locking, record_to=path, backend="bcc")
+        # On the GIL interpreter: these traces are about the GIL as well as
+        # the BQL (the free-threaded default is tests/live/test_free_threaded.py).
+        run_bench("reference", "inl_pmtimer", vcpus, ITER, locking=locking, record_to=path, backend="bcc",
+                  python="gil")
         traces[(locking, vcpus)] = path
     return traces
 

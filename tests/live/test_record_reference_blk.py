@@ -21,21 +21,13 @@ from vmtrace.analyses.requests import PHASES, request_report
 from vmtrace.bench import run_bench
 from vmtrace.trace import Trace, read_trace
 
-from ..conftest import need
-
-pytestmark = pytest.mark.live
-
 NOTIFY_PORT = 0xC010
 VCPUS = 2
 ITER = 300
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from .. import conftest
-
-    if not (conftest.have_root() and conftest.have_kvm()):
-        return {}
+def recorded(tmp_path_factory: pytest.TempPathFactory, root: None, kvm: None) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("blk")
     disk = out / "disk.img"
     disk.write_bytes(bytes(16 << 20))
@@ -50,7 +42,6 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _record(recorded: dict[str, Path], mode: str) -> tuple[Trace, pd.DataFrame]:
-    need(bool(recorded), "needs root and read/write access to /dev/kvm")
     t = read_trace(recorded[mode])
     ev = t.events.assign(name=t.events["name"].astype(object), event=t.events["event"].astype(object))
     return t, ev

@@ -58,3 +58,26 @@ def test_repeat_keeps_the_trace_of_the_median_recorded_run(live: None, tmp_path:
     assert sorted(p.name for p in out.iterdir()) == [
         "reference-unlocked-1vcpu.vmtrace", "report.html", "summary.csv", "summary.json"]
     assert "guest range" in proc.stdout and "medians of 3 runs" in proc.stdout
+
+
+def test_python_ft_gil_puts_the_gil_curves_beside(live: None, tmp_path: Path) -> None:
+    from vmtrace.interpreter import free_threaded_path
+
+    from ..conftest import need
+
+    need(os.access(free_threaded_path(), os.X_OK),
+         f"needs the free-threaded CPython at {free_threaded_path()} (bash scripts/setup.sh builds it)")
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "sweep", "-o", str(out), "--vmm", "reference",
+         "--locking", "unlocked", "--vcpus", "2", "--iterations", "500", "--python", "ft,gil"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["config"]) == ["reference unlocked", "reference unlocked (GIL)"]
+    assert list(summary["free_threaded"]) == [True, False] and list(summary["gil_enabled"]) == [False, True]
+    assert Path(summary["trace"][1]).name == "reference-unlocked-gil-2vcpu.vmtrace"
+    for row in summary.itertuples():
+        meta = read_trace(row.trace).meta
+        assert meta["target"]["interpreter"]["free_threaded"] == row.free_threaded
+    assert "reference unlocked (GIL)" in (out / "report.html").read_text()

@@ -1,29 +1,12 @@
-"""Fixtures for the reference VMM's tests: the benchmark guest image and a VMM runner."""
+"""Helpers for the reference VMM's tests: a VMM runner (the guest image is
+``tests.conftest.guest_image``)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-from tests.conftest import REPO, need
-
-GUEST_DIR = REPO / "reference_vmm" / "guest"
-GUEST_IMAGE = GUEST_DIR / "build" / "vmtrace-guest.elf"
-
-
-@pytest.fixture(scope="session")
-def guest_image() -> Path:
-    """The benchmark guest, built with ``make -C reference_vmm/guest`` if needed."""
-    if not GUEST_IMAGE.exists() and (GUEST_DIR / "Makefile").exists():
-        if shutil.which("gcc") and shutil.which("nasm"):
-            subprocess.run(["make", "-C", str(GUEST_DIR)], capture_output=True, timeout=120)
-    need(GUEST_IMAGE.exists(), f"needs the benchmark guest {GUEST_IMAGE} (make -C reference_vmm/guest: gcc -m32, nasm)")
-    return GUEST_IMAGE
 
 
 def _package_root() -> str:

@@ -31,11 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, need
-
-pytestmark = pytest.mark.live
 
 FILES = [
     "test_rcu.py",

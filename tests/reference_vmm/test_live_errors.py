@@ -21,8 +21,6 @@ from tests.reference_vmm.conftest import run_vmm
 from vmtrace.reference_vmm.errors import GuestError, KvmError, VmmError
 from vmtrace.reference_vmm.machine import MachineConfig, run_machine
 
-pytestmark = pytest.mark.live
-
 
 def _one_error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()

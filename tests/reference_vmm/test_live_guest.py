@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import subprocess
 import threading
 from pathlib import Path
 
@@ -18,8 +19,6 @@ import pytest
 from tests.reference_vmm.conftest import run_vmm
 from vmtrace import probes
 from vmtrace.reference_vmm.machine import MachineConfig, run_machine
-
-pytestmark = pytest.mark.live
 
 ITERATIONS = 1000
 _SUMMARY = re.compile(r"VMTRACE-BENCH summary bench=inl_pmtimer vcpus=(\d+) iterations=(\d+) cycles_per_op=(\d+)")
@@ -42,6 +41,34 @@ def test_benchmark_guest_runs(kvm, guest_image: Path, vcpus: int, locking: str) 
     assert len(re.findall(r"VMTRACE-BENCH result bench=inl_pmtimer vcpu=\d+", r.stdout)) == vcpus
     assert "VMTRACE-BENCH end status=0" in r.stdout
     assert r.stderr == ""
+
+
+@pytest.mark.parametrize("locking", ["2013", "bql", "unlocked"])
+@pytest.mark.parametrize("vcpus", [1, 2, 4, 8])
+def test_benchmark_guest_runs_on_the_free_threaded_interpreter(kvm, guest_image: Path, vcpus: int, locking: str,
+                                                               tmp_path: Path) -> None:
+    """The same run as above, in a VMM process on CPython 3.13t, launched as
+    vmtrace launches it (only the probe API and the VMM importable)."""
+    from tests.conftest import need
+    from vmtrace.interpreter import REPORT_ENV, free_threaded_path, read_report, reference_vmm_command, resolve_python
+
+    need(os.access(free_threaded_path(), os.X_OK),
+         f"needs the free-threaded CPython at {free_threaded_path()} (bash scripts/setup.sh builds it)")
+    report = tmp_path / "interp.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHON_GIL")}
+    env[REPORT_ENV] = str(report)
+    cmd = [*reference_vmm_command(resolve_python("ft")), "run", "--image", str(guest_image), "--vcpus", str(vcpus),
+           "--locking", locking, "--timeout", "90", "--append", f"bench=inl_pmtimer iterations={ITERATIONS}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, f"status {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    m = _SUMMARY.search(r.stdout)
+    assert m and int(m.group(1)) == vcpus and int(m.group(2)) == ITERATIONS and int(m.group(3)) > 0
+    assert "VMTRACE-BENCH check pmtimer_monotonic=1" in r.stdout
+    assert len(re.findall(r"VMTRACE-BENCH result bench=inl_pmtimer vcpu=\d+", r.stdout)) == vcpus
+    assert r.stderr == ""
+    # Still without the GIL at the end: nothing the VMM imported turned it back on.
+    interp = read_report(report)
+    assert interp is not None and interp["free_threaded"] and interp["gil_enabled"] is False
 
 
 def test_guest_finds_the_pm_timer_at_0x608(kvm, guest_image: Path) -> None:

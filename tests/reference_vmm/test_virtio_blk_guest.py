@@ -20,8 +20,6 @@ from vmtrace.bench import parse_bench_output, run_bench
 from tests.blk_checks import random_disk, verify_write_and_read
 from vmtrace.blk import QEMU_MALFORMED
 
-pytestmark = pytest.mark.live
-
 @pytest.fixture
 def disk(tmp_path: Path, kvm: None, guest_image: Path) -> Path:
     return random_disk(tmp_path / "disk.img")

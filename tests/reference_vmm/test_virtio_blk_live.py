@@ -30,8 +30,6 @@ from vmtrace.reference_vmm.kvm import exits as x
 from vmtrace.reference_vmm.kvm.system import Kvm
 from vmtrace.reference_vmm.machine import Machine, MachineConfig
 
-pytestmark = pytest.mark.live
-
 BAR = 0xC000
 RING = 0x200000
 HDRS = 0x210000

@@ -28,6 +28,7 @@ from plotly.offline import get_plotlyjs
 
 from vmtrace import __version__
 from vmtrace.analyses.breakdown import Breakdown
+from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.analyses.requests import PHASES, request_timeline
 from vmtrace.analyses.timeline import display_state
 from vmtrace.errors import VmtraceError
@@ -204,7 +205,7 @@ def _header(trace: Trace, b: Breakdown) -> Html:
     lost_html = (f'<span class="warn">{lost:,} events lost ({html.escape(per_cpu)})</span>' if lost
                  else '<span class="ok">no events lost</span>')
     bql = b.bql
-    bql_html = (f"BQL: futex word {html.escape(str(bql.get('futex_uaddr')))} ({html.escape(str(bql.get('method')))})"
+    bql_html = (f"BQL: futex word {html.escape(str(hex_or_none(bql.get('futex_uaddr'))))} ({html.escape(str(bql.get('method')))})"
                 if bql.get("identified") else
                 f'<span class="warn">BQL not identified</span> ({html.escape(str(bql.get("method", "no method")))})')
     lines = [
@@ -243,7 +244,7 @@ def _percentiles(b: Breakdown) -> pd.DataFrame:
 def _by_kind(b: Breakdown, limit: int = 15) -> pd.DataFrame:
     cols = ["kind", "addr", "exits", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait",
             "total", "p50", "p99"]
-    df = b.by_kind
+    df = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
     return df[[c for c in cols if c in df]].head(limit)
 
 

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vmtrace.analyses.breakdown import Breakdown
+from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.jsonsafe import json_safe as render_json_safe  # the name callers know; one converter
 
 __all__ = ["render_breakdown", "fmt_cycles", "render_json_safe"]
@@ -37,7 +38,7 @@ def _header(b: Breakdown, console: Console) -> None:
     console.print(f"exits: {len(b.exits):,}   lost events: [{style}]{lost:,}[/] ({per_cpu})")
     bql = b.bql
     if bql.get("identified"):
-        console.print(f"BQL: futex word {bql.get('futex_uaddr') or '-'} ({bql.get('method')})")
+        console.print(f"BQL: futex word {hex_or_none(bql.get('futex_uaddr')) or '-'} ({bql.get('method')})")
     else:
         console.print(f"BQL: [yellow]not identified[/] ({bql.get('method', 'no method')})")
 
@@ -116,7 +117,8 @@ def render_breakdown(b: Breakdown, console: Console | None = None) -> None:
     hist = _histogram_table(b)
     if hist is not None:
         console.print(hist)
-    console.print(_group_table(b.by_kind, ["kind", "addr"], "by exit kind and port/address"))
+    by_kind = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
+    console.print(_group_table(by_kind, ["kind", "addr"], "by exit kind and port/address"))
     console.print(_group_table(b.by_vcpu, ["vcpu"], "by vCPU"))
     if b.by_role["role"].nunique() > 1 if len(b.by_role) else False:
         console.print(_group_table(b.by_role, ["role"], "by thread role"))
@@ -289,7 +291,7 @@ def render_locks(lk: Any, console: Console | None = None, limit: int = 12) -> No
     _lost_line(lk.lost_events, lk.lost_markers, console)
     bql = lk.bql
     if bql.get("identified"):
-        console.print(f"BQL: futex word {bql.get('futex_uaddr') or '-'} ({bql.get('method')})")
+        console.print(f"BQL: futex word {hex_or_none(bql.get('futex_uaddr')) or '-'} ({bql.get('method')})")
     else:
         console.print(f"BQL: [yellow]not identified[/] ({bql.get('method', 'no method')})")
     target = tot["target_ns"]

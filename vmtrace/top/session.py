@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import tempfile
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from vmtrace import probes
+from vmtrace import probes, procs, spool
 from vmtrace.collectors import host
 from vmtrace.collectors.base import Collected, Collector, RecordOptions
 from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary
@@ -37,8 +36,8 @@ from .boundaries import COMPONENTS, HBUCKETS, cflags
 
 __all__ = ["Monitor", "AggregateCollector", "STOP_SIGNALS"]
 
-#: What stops top: Ctrl-C, kill, and the terminal going away.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: What stops top: Ctrl-C, kill, and the terminal going away (as record).
+STOP_SIGNALS = procs.STOP_SIGNALS
 _VCPU_NAME = re.compile(r"CPU (\d+)/KVM")
 
 
@@ -165,7 +164,8 @@ class Monitor:
         self._program = TopProgram(cflags(), len(COMPONENTS), HBUCKETS, self._timeout)
         go_w = -1
         if self.cmd is not None:
-            self._spool_dir = Path(tempfile.mkdtemp(prefix="vmtrace-top-"))
+            # A spool directory like record's: removed if top is SIGKILLed.
+            self._spool_dir = spool.new_spool()
             spool = self._spool_dir / "probes.bin"
             self._spool = _SpoolNames(spool)
             env = dict(os.environ)
@@ -227,7 +227,7 @@ class Monitor:
         if self.child is not None:
             got, status = os.waitpid(self.child, os.WNOHANG)
             if got:
-                self.exit_status = os.waitstatus_to_exitcode(status)
+                self.exit_status = procs.exit_status(status)
                 self.child = None
                 return True
             return False

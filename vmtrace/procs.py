@@ -1,0 +1,120 @@
+"""Child processes vmtrace starts, and the signals that stop vmtrace itself.
+
+Two promises, kept here for every command that starts a VMM (``record``,
+``bench``, ``sweep``, ``vmm run``):
+
+* A VMM vmtrace started never outlives vmtrace.  The child asks the kernel
+  for ``PR_SET_PDEATHSIG`` (SIGKILL) before it execs, so even a SIGKILL to
+  vmtrace, which runs no handler, takes the VMM with it.
+* SIGTERM and SIGHUP stop vmtrace the way Ctrl-C does: the command unwinds,
+  cleans up what it attached and started, and exits with 128+N (the shell's
+  convention for "killed by signal N").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+from typing import Any, Callable, Iterator, Sequence
+
+__all__ = [
+    "STOP_SIGNALS",
+    "Interrupted",
+    "die_with_parent",
+    "child_preexec",
+    "run_child",
+    "interrupt_on_signals",
+    "exit_status",
+]
+
+#: Signals that ask vmtrace to stop (SIGINT from the terminal, SIGTERM from
+#: kill or systemd, SIGHUP when the terminal goes away).
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class Interrupted(KeyboardInterrupt):
+    """vmtrace was asked to stop by signal ``signum``.
+
+    A KeyboardInterrupt, so that every ``finally`` and every ``except
+    BaseException`` cleanup on the way out runs exactly as for Ctrl-C.
+    ``detail`` says what was kept (a trace, a spool), or is empty.
+    """
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.detail = detail
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """In a child, before exec: have the kernel send ``sig`` when ``parent``
+    (vmtrace) dies.  Safe to call between fork and exec: one prctl, one
+    getppid and, if the parent is already gone, ``_exit``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0) != 0:
+        os._exit(125)
+    # The parent may have died between fork and prctl: the signal would then
+    # never come, so the orphan leaves at once.
+    if os.getppid() != parent:
+        os._exit(125)
+
+
+def child_preexec() -> Callable[[], None]:
+    """A ``preexec_fn`` for subprocess: dies with the calling process and
+    starts with default handlers for the stop signals (a VMM must not inherit
+    vmtrace's)."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        die_with_parent(parent)
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+
+    return preexec
+
+
+def run_child(cmd: Sequence[str], timeout: float | None = None, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` for a VMM: the child dies with vmtrace, and if
+    vmtrace is interrupted the child is killed and reaped before the
+    interruption goes on (subprocess.run kills it on any exception)."""
+    return subprocess.run(list(cmd), timeout=timeout, preexec_fn=child_preexec(), **kwargs)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Interrupted`` like Ctrl-C
+    (SIGINT) does; the previous handlers come back on the way out.
+
+    Only the main thread can install handlers; elsewhere this does nothing.
+    """
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    old: dict[int, Any] = {}
+    try:
+        for s in STOP_SIGNALS:
+            old[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def exit_status(status: int) -> int:
+    """A ``waitpid`` status as a shell reports it: the exit code, or 128+N
+    for a child killed by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
