@@ -26,11 +26,15 @@ from vmtrace.errors import HostError
 
 from . import host
 from .bcc_backend import bcc_available
-from .qemu import QemuSymbols, is_qemu, qemu_symbols
+from .qemu import QemuSymbols, is_qemu, qemu_symbols, symbol_file_offset, uprobe_plan
+from .uprobe_pmu import PerfUprobe, attach_uprobe
 
 __all__ = ["KernelCounters", "TopProgram"]
 
 _SOURCE = Path(__file__).with_name("bpf") / "top.bpf.c"
+#: The BPF function in bpf/top.bpf.c behind each identifying role of
+#: ``qemu.uprobe_plan`` (the same names as vmtrace.bpf.c's).
+_BPF_FN = {"bql_lock": "bql_lock_enter", "mutex_lock": "mutex_lock_enter"}
 
 
 @dataclass
@@ -72,7 +76,7 @@ class TopProgram:
         self._bpf: Any = None
         self._binary: str | None = None
         self._syms: QemuSymbols | None = None
-        self._uprobes: list[str] = []
+        self._uprobes: list[PerfUprobe] = []
         self._uprobes_since = 0
         self._bql: int | None = None
         self.have: dict[str, bool] = {}
@@ -113,22 +117,29 @@ class TopProgram:
             self._attach_uprobes(binary)
 
     def _attach_uprobes(self, binary: str) -> None:
+        from bcc import BPF
+
         syms = qemu_symbols(binary)
         self._syms = syms
-        if syms.bql_lock is None or syms.mutex_lock is None:
+        # The identification half of record's plan, attached as record
+        # attaches it (uprobe_pmu: ref_ctr_offset 0, so top and record can
+        # probe the same QEMU at once).
+        plan = [spec for spec in uprobe_plan(syms, precise=False) if spec.identify]
+        if not plan:
             self.notes.append(f"{binary} lacks {', '.join(syms.missing)}: the BQL cannot be identified")
             return
-        for sym, fn in ((syms.bql_lock, "bql_lock_enter"), (syms.mutex_lock, "mutex_lock_enter")):
-            self._bpf.attach_uprobe(name=binary.encode(), sym=sym.encode(), fn_name=fn.encode())
-            self._uprobes.append(sym)
+        for spec in plan:
+            offset = symbol_file_offset(binary, spec.symbol)
+            if offset is None:
+                self.notes.append(f"no file offset for {spec.symbol} in {binary}: the BQL cannot be identified")
+                continue
+            prog = self._bpf.load_func(_BPF_FN[spec.role].encode(), BPF.KPROBE)
+            self._uprobes.append(attach_uprobe(prog.fd, binary, offset, spec.symbol, spec.is_return))
         self._uprobes_since = time.monotonic_ns()
 
     def _detach_uprobes(self) -> None:
-        for sym in self._uprobes:
-            try:
-                self._bpf.detach_uprobe(name=self._binary.encode(), sym=sym.encode())  # type: ignore[union-attr]
-            except Exception:  # gone with the process: nothing is left attached
-                pass
+        for probe in self._uprobes:
+            probe.close()
         self._uprobes = []
 
     def name_bql(self, word: int) -> None:

@@ -166,10 +166,10 @@ class Monitor:
         if self.cmd is not None:
             # A spool directory like record's: removed if top is SIGKILLed.
             self._spool_dir = spool.new_spool()
-            spool = self._spool_dir / "probes.bin"
-            self._spool = _SpoolNames(spool)
+            probe_file = self._spool_dir / "probes.bin"
+            self._spool = _SpoolNames(probe_file)
             env = dict(os.environ)
-            env[probes.ENV_VAR] = str(spool)
+            env[probes.ENV_VAR] = str(probe_file)
             devnull = open(os.devnull, "w")
             try:
                 # The VMM's console must not scribble over the view.
