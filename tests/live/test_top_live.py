@@ -9,6 +9,7 @@ its end, and the counts must agree exactly and the means within 5%.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -75,16 +76,22 @@ def gone(pid: int, timeout: float = 15.0) -> bool:
     return False
 
 
-def same_host_state(before: dict, after: dict, binaries: list[str]) -> None:
-    """The whole state must match; on a shared host another engineer's
-    transient objects may differ, so a difference fails only when it is
-    ours: a uprobe on our QEMU binary, or any tracefs instance of vmtrace's."""
+def same_host_state(before: dict, after: dict, ours: set[int]) -> None:
+    """The whole state must match.  On a shared host another engineer's
+    transient objects may differ, so then a difference fails only when it
+    is ours: a uprobe group or tracefs instance named after one of the
+    processes ``ours`` (vmtrace names them vmtrace_PID...)."""
     if before == after:
         return
-    for line in str(after["uprobe_events"]).splitlines():
-        assert not any(b in line for b in binaries), f"uprobe left behind: {line}"
-    mine = [i for i in after["instances"] if i not in before["instances"] and "top" in i]
-    assert not mine, mine
+    new_lines = set(str(after["uprobe_events"]).splitlines()) - set(str(before["uprobe_events"]).splitlines())
+    new_inst = set(after["instances"]) - set(before["instances"])
+
+    def owner(name: str) -> int | None:
+        m = re.search(r"vmtrace[_-](\d+)", name)
+        return int(m.group(1)) if m else None
+
+    left = [x for x in sorted(new_lines | new_inst) if owner(x) in ours]
+    assert not left, f"left behind: {left}"
 
 
 # --- batch mode, signals, host state ---------------------------------------
@@ -92,10 +99,11 @@ def same_host_state(before: dict, after: dict, binaries: list[str]) -> None:
 
 def test_once_and_batch_tables_parse_and_numbers_change(live: None) -> None:
     before = tracing_state()
-    out = subprocess.run(VMTRACE + ["top", "--batch", "4", "-d", "1", "--"] + qemu_cmd(),
-                         capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr
-    snaps = [chunk.splitlines() for chunk in out.stdout.split("\nvmtrace top - ")]
+    top = subprocess.Popen(VMTRACE + ["top", "--batch", "4", "-d", "1", "--"] + qemu_cmd(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = top.communicate(timeout=240)
+    assert top.returncode == 0, stderr
+    snaps = [chunk.splitlines() for chunk in stdout.split("\nvmtrace top - ")]
     assert len(snaps) == 4
     bodies = []
     for lines in snaps:
@@ -111,7 +119,7 @@ def test_once_and_batch_tables_parse_and_numbers_change(live: None) -> None:
         assert rows and all(len(r) == len(titles) or r[0].startswith("(") for r in rows)
         bodies.append(lines[3:])
     assert len({tuple(b) for b in bodies}) > 1, "the numbers did not change between intervals"
-    same_host_state(before, tracing_state(), ["qemu-system"])
+    same_host_state(before, tracing_state(), {top.pid})
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -133,7 +141,7 @@ def test_signals_detach_and_stop_the_vmm(live: None, signum: int) -> None:
         if top.poll() is None:
             top.kill()
             top.wait()
-    same_host_state(before, tracing_state(), ["qemu-system"])
+    same_host_state(before, tracing_state(), {top.pid})
 
 
 # --- the TUI under tmux ----------------------------------------------------
@@ -203,6 +211,8 @@ def test_tui_keys_sort_filter_freeze_quit_and_the_terminal_is_sane(tmux: type[Tm
     cmd = " ".join(VMTRACE + ["top", "-d", "1", "--"] + [f"'{c}'" for c in qemu_cmd(vcpus=2)])
     t = tmux(f"echo $$ > {pidfile}; {cmd}; echo TOP-EXIT=$?; stty -a > {stty}; sleep 60")
     pane = t.wait_for("EXITS/S")
+    shell = int(pidfile.read_text())
+    ours = {shell, *descendants(shell)}
     for col in ("VMEXIT", "EMUL", "DISPATCH", "LOCKWAIT", "BQL", "TOTAL"):
         assert col in pane
     assert "VMM qemu 7.2" in pane and "lost " in pane
@@ -236,7 +246,7 @@ def test_tui_keys_sort_filter_freeze_quit_and_the_terminal_is_sane(tmux: type[Tm
         time.sleep(0.2)
     settings = stty.read_text()
     assert " icanon" in settings and " echo " in settings and "-icanon" not in settings
-    same_host_state(before, tracing_state(), ["qemu-system"])
+    same_host_state(before, tracing_state(), ours)
 
 
 def test_closed_terminal_stops_top_and_the_vmm(tmux: type[Tmux], tmp_path: Path) -> None:
@@ -337,9 +347,10 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
 def test_record_aggregate_writes_a_tiny_series_report_reads(live: None, tmp_path: Path) -> None:
     before = tracing_state()
     out = tmp_path / "agg.vmtrace"
-    run = subprocess.run(VMTRACE + ["record", "--aggregate", "1", "--duration", "5", "-o", str(out), "--"]
-                         + qemu_cmd(2), capture_output=True, text=True, timeout=240)
-    assert run.returncode in (0, 143), run.stderr
+    run = subprocess.Popen(VMTRACE + ["record", "--aggregate", "1", "--duration", "5", "-o", str(out), "--"]
+                           + qemu_cmd(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _out, err = run.communicate(timeout=240)
+    assert run.returncode in (0, 143), err
     trace = read_trace(out)
     snaps = trace.meta["aggregate"]["snapshots"]
     assert 4 <= len(snaps) <= 7 and len(trace.events) == 0
@@ -349,4 +360,4 @@ def test_record_aggregate_writes_a_tiny_series_report_reads(live: None, tmp_path
     assert f"Aggregate recording: {len(snaps)} intervals" in rep.stdout
     total = sum(r[3] for s in snaps for r in s["exits"])
     assert total > 0
-    same_host_state(before, tracing_state(), ["qemu-system"])
+    same_host_state(before, tracing_state(), {run.pid})
