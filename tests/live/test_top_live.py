@@ -361,3 +361,17 @@ def test_record_aggregate_writes_a_tiny_series_report_reads(live: None, tmp_path
     total = sum(r[3] for s in snaps for r in s["exits"])
     assert total > 0
     same_host_state(before, tracing_state(), {run.pid})
+
+
+def test_reference_vmm_rows_and_its_named_bql(live: None) -> None:
+    cmd = vmm_command("reference", "inl_pmtimer", 2, 400_000, guest_image(), locking="bql")
+    top = subprocess.Popen(VMTRACE + ["top", "--batch", "3", "-d", "1", "--"] + cmd,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = top.communicate(timeout=240)
+    assert top.returncode == 0, stderr
+    last = stdout.split("\nvmtrace top - ")[-1]
+    assert "VMM reference" in last and "BQL unknown" not in last
+    rows = [line.split() for line in last.splitlines() if " pio " in f" {line} " and "0x608" in line]
+    assert sorted(r[0] for r in rows) == ["0", "1"]
+    # the words the VMM named through vmtrace.probes
+    assert any(line.split()[1:2] == ["BQL"] for line in last.splitlines() if line.startswith("0x"))
