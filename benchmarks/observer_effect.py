@@ -11,6 +11,8 @@ untraced median of the same run, plus trace-file bytes per event.
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,8 @@ VMTRACE = [sys.executable, "-m", "vmtrace.cli"]
 
 
 def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
+    if tracer in AGGREGATING:
+        return wrap_aggregating(tracer, out, cmd)
     if tracer == "untraced":
         return cmd
     if tracer == "vmtrace":
@@ -46,6 +50,43 @@ def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
     raise ValueError(tracer)
 
 
+# --- aggregation in the kernel: vmtrace top, record --aggregate, and a bpftrace
+# one-liner as the anchor (it keeps a log2 histogram of the same KVM_RUN-to-
+# KVM_RUN cycle per vCPU thread, in the kernel, and prints it at exit).
+
+AGGREGATING = ("vmtrace-top", "vmtrace-aggregate", "bpftrace-hist")
+BPFTRACE_HIST = (
+    "tracepoint:raw_syscalls:sys_enter /pid == cpid && args->id == 16 && args->args[1] == 0xAE80/ "
+    "{ if (@start[tid]) { @cycle_ns = hist(nsecs - @start[tid]); } @start[tid] = nsecs; }"
+)
+
+
+def wrap_aggregating(tracer: str, out: Path, cmd: list[str]) -> list[str]:
+    """The command line of an aggregating tracer around ``cmd``.  top takes
+    the terminal for its tables, so the guest's console goes to a file
+    (``guest_output`` reads it back)."""
+    if tracer == "vmtrace-top":
+        serial = [f"file:{out}.serial" if c == "stdio" else c for c in cmd]
+        return VMTRACE + ["top", "--batch", "100000", "-d", "1", "--", *serial]
+    if tracer == "vmtrace-aggregate":
+        return VMTRACE + ["record", "--aggregate", "1", "-o", str(out), "--", *cmd]
+    if tracer == "bpftrace-hist":
+        # bpftrace -c splits on blanks and knows no quoting: a script that
+        # execs the VMM keeps the quoting, and the pid (cpid) is the VMM's.
+        script = Path(f"{out}.sh")
+        script.write_text(f"exec {shlex.join(cmd)}\n")
+        return ["bpftrace", "-q", "-o", str(out), "-e", BPFTRACE_HIST, "-c", f"/bin/sh {script}"]
+    raise ValueError(tracer)
+
+
+def guest_output(tracer: str, out: Path, stdout: str) -> str:
+    """What the guest printed: its console file under top, else stdout."""
+    if tracer == "vmtrace-top":
+        serial = Path(f"{out}.serial")
+        return serial.read_text(errors="replace") if serial.exists() else ""
+    return stdout
+
+
 def events_in(tracer: str, out: Path) -> int:
     if tracer.startswith("vmtrace"):
         return len(read_trace(out).events)
@@ -61,9 +102,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--vcpus", default="1,2")
-    ap.add_argument("--tracers", default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,perf-record,trace-cmd")
+    ap.add_argument("--tracers", default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,perf-record,trace-cmd,"
+                                         "vmtrace-top,vmtrace-aggregate,bpftrace-hist")
     args = ap.parse_args()
     tracers = args.tracers.split(",")
+    if "bpftrace-hist" in tracers and shutil.which("bpftrace") is None:
+        print("# bpftrace is not installed (apt-get install bpftrace): its anchor row is skipped", file=sys.stderr)
+        tracers.remove("bpftrace-hist")
     image = guest_image()
     results: dict[tuple[int, str], list[float]] = {}
     sizes: dict[str, list[float]] = {}
@@ -74,12 +119,12 @@ def main() -> None:
                     out = Path(tmp) / f"{tracer}-{vcpus}-{rnd}.data"
                     cmd = wrap(tracer, out, vmm_command("qemu", "inl_pmtimer", vcpus, args.iterations, image))
                     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                    parsed = parse_bench_output(proc.stdout)
+                    parsed = parse_bench_output(guest_output(tracer, out, proc.stdout))
                     if not parsed["summary"]:
                         print(f"# {tracer} {vcpus} vCPU: no result ({proc.stderr.strip()[-200:]})", file=sys.stderr)
                         continue
                     results.setdefault((vcpus, tracer), []).append(float(parsed["summary"][-1]["cycles_per_op"]))
-                    if tracer != "untraced" and out.exists() and rnd == 0:
+                    if tracer != "untraced" and tracer not in AGGREGATING and out.exists() and rnd == 0:
                         n = events_in(tracer, out)
                         if n:
                             sizes.setdefault(tracer, []).append(out.stat().st_size / n)
