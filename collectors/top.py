@@ -207,7 +207,7 @@ class TopProgram:
             finally:
                 self._bpf = None
 
-    def __enter__(self) -> "TopProgram":
+    def __enter__(self) -> TopProgram:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -87,7 +87,7 @@ def test_replay_equals_analysis_on_synthetic_streams(a: list, b: list, shuffled:
     trace = s.trace()
     assert_agrees(trace)
     counters = replay(trace)
-    words = dict(zip(counters.word.tolist(), counters.wait_ns.tolist()))
+    words = dict(zip(counters.word.tolist(), counters.wait_ns.tolist(), strict=False))
     assert words.get(BQL_WORD, 0) == sum(x.bql_futex_ns for x in a + b)
     assert words.get(OTHER_WORD, 0) == sum(x.other_futex_ns for x in a + b)
 

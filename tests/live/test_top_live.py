@@ -17,10 +17,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import pytest
 
 from vmtrace.analyses.breakdown import exit_breakdown
@@ -318,7 +317,7 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
     ex = ex.assign(addr0=ex["addr"].astype("Float64").fillna(0).astype("uint64"), kind=ex["kind"].astype(str))
     groups = ex.groupby(["tid", "kind", "addr0"]).indices
     keys = {(int(t), kind_label(int(k)), int(a)): i
-            for i, (t, k, a) in enumerate(zip(counters.tid, counters.kind, counters.addr))}
+            for i, (t, k, a) in enumerate(zip(counters.tid, counters.kind, counters.addr, strict=False))}
     assert int(counters.count.sum()) == len(ex)
     assert set(keys) == set(groups)
     pm = [k for k in keys if k[1] == "pio" and k[2] == 0x608]

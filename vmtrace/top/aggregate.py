@@ -37,7 +37,7 @@ def empty_counters(ncomp: int = len(COMPONENTS), nbuckets: int = HBUCKETS) -> Ke
 
 
 def _index(c: KernelCounters) -> dict[tuple[int, int, int], int]:
-    return {(int(t), int(k), int(a)): i for i, (t, k, a) in enumerate(zip(c.tid, c.kind, c.addr))}
+    return {(int(t), int(k), int(a)): i for i, (t, k, a) in enumerate(zip(c.tid, c.kind, c.addr, strict=False))}
 
 
 def delta(before: KernelCounters, after: KernelCounters) -> KernelCounters:
@@ -52,7 +52,7 @@ def delta(before: KernelCounters, after: KernelCounters) -> KernelCounters:
             out_sums[j] -= before.sums[i]
             out_hist[j] -= before.hist[i]
     keep = out_count > 0
-    w_before = dict(zip(before.word.tolist(), zip(before.waits.tolist(), before.wait_ns.tolist())))
+    w_before = dict(zip(before.word.tolist(), zip(before.waits.tolist(), before.wait_ns.tolist(), strict=False), strict=False))
     waits = after.waits.copy()
     wait_ns = after.wait_ns.copy()
     for j, w in enumerate(after.word.tolist()):
@@ -72,12 +72,12 @@ def merge(parts: list[KernelCounters]) -> KernelCounters:
     acc: dict[tuple[int, int, int], list[Any]] = {}
     words: dict[int, list[int]] = {}
     for p in parts:
-        for i, key in enumerate(zip(p.tid.tolist(), p.kind.tolist(), p.addr.tolist())):
+        for i, key in enumerate(zip(p.tid.tolist(), p.kind.tolist(), p.addr.tolist(), strict=False)):
             a = acc.setdefault(key, [0, np.zeros(p.sums.shape[1], np.int64), np.zeros(p.hist.shape[1:], np.int64)])
             a[0] += int(p.count[i])
             a[1] += p.sums[i]
             a[2] += p.hist[i]
-        for w, n, ns in zip(p.word.tolist(), p.waits.tolist(), p.wait_ns.tolist()):
+        for w, n, ns in zip(p.word.tolist(), p.waits.tolist(), p.wait_ns.tolist(), strict=False):
             wv = words.setdefault(int(w), [0, 0])
             wv[0] += n
             wv[1] += ns
@@ -163,7 +163,7 @@ class Snapshot:
         df = pd.DataFrame({
             "tid": c.tid, "vcpu": [vcpus[int(t)] for t in c.tid],
             "kind": [kind_label(int(k)) for k in c.kind],
-            "addr": [hex(int(a)) if int(k) in DECODE_KINDS else None for k, a in zip(c.kind, c.addr)],
+            "addr": [hex(int(a)) if int(k) in DECODE_KINDS else None for k, a in zip(c.kind, c.addr, strict=False)],
             "count": c.count,
         })
         for name, i in _C.items():
@@ -193,7 +193,7 @@ class Snapshot:
             key = key if isinstance(key, tuple) else (key,)
             n = int(df["count"].iloc[idx].sum())
             total = float(df["total_ns"].iloc[idx].sum())
-            row: dict[str, Any] = dict(zip(keys, key))
+            row: dict[str, Any] = dict(zip(keys, key, strict=False))
             row["exits"] = n
             row["exits_s"] = n / self.seconds
             h = hist[idx].sum(axis=0)
@@ -245,7 +245,7 @@ class Snapshot:
             "start_ns": self.start_ns, "end_ns": self.end_ns, "dropped": int(c.dropped),
             "bql_word": c.bql_word, "components": list(COMPONENTS),
             "exits": exits,
-            "words": [[int(w), int(n), int(ns)] for w, n, ns in zip(c.word, c.waits, c.wait_ns)],
+            "words": [[int(w), int(n), int(ns)] for w, n, ns in zip(c.word, c.waits, c.wait_ns, strict=False)],
             "vcpus": {str(t): v for t, v in self.vcpus.items()},
             "names": {str(t): n for t, n in self.names.items()},
             "word_names": {hex(w): n for w, n in self.words.items()},
@@ -253,7 +253,7 @@ class Snapshot:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Snapshot":
+    def from_json(cls, obj: dict[str, Any]) -> Snapshot:
         comps = obj.get("components") or list(COMPONENTS)
         if list(comps) != list(COMPONENTS):
             raise ValueError(f"aggregate components {comps} are not this vmtrace's {list(COMPONENTS)}")

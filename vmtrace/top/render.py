@@ -81,7 +81,7 @@ def table_lines(s: Snapshot, by: str = "all", sort: str = "exits", vcpu: int | N
     nkeys = len(keys)
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < nkeys else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.ljust(w) if i < nkeys else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False)))
 
     filt = [f"rows by {by}", f"sort {sort}"]
     if vcpu is not None:

@@ -20,8 +20,16 @@ from vmtrace.schema import FUTEX_CMD_MASK, FUTEX_WAIT_OPS
 from vmtrace.trace import Trace
 
 from .boundaries import (
-    COMPONENTS, HBUCKETS, KIND_ERRNO, KIND_MMIO, KIND_MSR, KIND_PIO, KIND_REASON, KIND_UNKNOWN,
-    REASON_OF_DECODE, log2_bucket,
+    COMPONENTS,
+    HBUCKETS,
+    KIND_ERRNO,
+    KIND_MMIO,
+    KIND_MSR,
+    KIND_PIO,
+    KIND_REASON,
+    KIND_UNKNOWN,
+    REASON_OF_DECODE,
+    log2_bucket,
 )
 
 __all__ = ["replay"]
@@ -121,7 +129,7 @@ def replay(trace: Trace, bql_word: int | None = None, completions: bool = True) 
     acc = _Acc()
     threads: dict[int, _Thread] = {}
     cols = [ev[c].to_numpy(dtype=object) for c in ("ts_ns", "tid", "event", "addr", "value", "write")]
-    for ts, tid, event, addr, value, write in zip(*cols):
+    for ts, tid, event, addr, value, write in zip(*cols, strict=False):
         ts, tid = int(ts), int(tid)
         s = threads.get(tid)
         if event == "run_enter":

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import shutil
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -99,7 +100,7 @@ class _SpoolNames:
                     ids[int(nid)] = name
         except OSError:
             pass
-        for a, n in zip(named["addr"], named["name_id"]):
+        for a, n in zip(named["addr"], named["name_id"], strict=False):
             self.words[int(a)] = ids.get(int(n), f"#{n}")
 
 
@@ -130,7 +131,7 @@ class Monitor:
         self.header: dict[str, Any] = {}
 
     # -- life cycle ----------------------------------------------------------
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         try:
             self._start()
         except BaseException:
@@ -338,7 +339,7 @@ class AggregateCollector(Collector):
             lost_per_cpu={},
             tracepoints=tracepoints,
             thread_names=names,
-            thread_tgids={t: self._names.pid for t in names} if self._names else {},
+            thread_tgids=dict.fromkeys(names, self._names.pid) if self._names else {},
             probes={"aggregate": {"interval_s": self.interval_s, "bql_word": bql, "snapshots": self.series}},
             notes=list(self._program.notes) + [
                 f"aggregate mode: one snapshot of in-kernel counters every {self.interval_s:g}s, no events"],
