@@ -263,8 +263,17 @@ def test_report_requests_on_a_trace_without_blk_is_one_line(tmp_path: Path) -> N
 def test_vmm_run_passes_the_disk_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
+    from vmtrace import procs
+
+    # The VMM is started through procs.run_child (it dies with vmtrace); only
+    # the command line is under test here.
     seen: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+
+    def fake_run_child(cmd: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        seen.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(procs, "run_child", fake_run_child)
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(8192))
     res = RUN.invoke(app, ["vmm", "run", "--image", "g.elf", "--disk", str(disk), "--blk", "dataplane", "--",

@@ -118,3 +118,75 @@ def test_cli_unknown_option_value(tmp_path: Path) -> None:
     path = _sample(tmp_path)
     proc = subprocess.run(VMTRACE + ["report", str(path), "--format", "xml"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown format" in proc.stderr
+
+
+# --- outputs: links, streams, devices (vmtrace.outputs) and metadata (vmtrace.meta)
+
+
+def test_write_trace_goes_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link.vmtrace"
+    link.symlink_to(tmp_path / "real" / "t.vmtrace")
+    s = SyntheticTrace()
+    s.vcpu(1, 0, [ExitScript()])
+    t = s.trace()
+    write_trace(link, t.events, t.meta)
+    assert link.is_symlink() and read_trace(link).vcpu_tids() == {1: 0}
+    assert [p.name for p in (tmp_path / "real").iterdir()] == ["t.vmtrace"]
+
+
+def test_fifo_without_reader_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+
+    from vmtrace.errors import OutputError
+    from vmtrace.render.html import write_html
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="no reader"):
+        write_html([("x", "text")], fifo)
+    s = SyntheticTrace()
+    s.vcpu(1, 0, [ExitScript()])
+    t = s.trace()
+    with pytest.raises(TraceFileError, match="no reader"):
+        write_trace(fifo, t.events, t.meta)
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    from vmtrace.outputs import open_output
+
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with open_output(target) as f:
+            f.write(b"half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_schema_1_metadata_migrates_and_keeps_its_version() -> None:
+    from vmtrace.meta import MIGRATIONS, parse_meta, validate_meta
+
+    assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION))
+    meta = validate_meta({"schema_version": 1, "tsc_hz": 2_000_000_000, "threads": [{"tid": 5, "role": "vcpu",
+                                                                                     "vcpu": 0}]})
+    assert meta["schema_version"] == 1
+    typed = parse_meta(meta)
+    assert typed.threads is not None and typed.threads[0].tid == 5 and typed.tsc_hz == 2_000_000_000
+
+
+@pytest.mark.parametrize("meta, field", [
+    ({"schema_version": 2, "threads": [{"tid": 0}]}, "threads[0].tid"),
+    ({"schema_version": 2, "tsc_hz": float("nan")}, "tsc_hz"),
+    ({"schema_version": 2, "locks": [{"futex_uaddr": 1 << 64}]}, "locks[0].futex_uaddr"),
+    ({"schema_version": 2, "futex_names": {"GIL": "GIL"}}, "futex_names"),
+    ({"schema_version": 2, "lost_events": {"total": None}}, "lost_events.total"),
+    ({"schema_version": 2, "bench": {"per_vcpu": ["fast"]}}, "bench.per_vcpu[0]"),
+])
+def test_metadata_errors_name_the_field(meta: dict, field: str) -> None:
+    from vmtrace.errors import MetadataError
+    from vmtrace.meta import validate_meta
+
+    with pytest.raises(MetadataError) as err:
+        validate_meta(meta)
+    assert err.value.field.startswith(field) and "\n" not in str(err.value)

@@ -9,17 +9,65 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
-from .errors import VmtraceError
+from .errors import TraceWarning, VmtraceError
+from .validate import U32_MAX, check_command, check_duration, check_locking, parse_address, parse_counts
+from .validate import parse_int as _checked_int
+from .validate import parse_lock as _checked_lock
+
+
+def _usage_line(err: Any) -> str | None:
+    """One line for a click usage error (typer vendors click or imports it,
+    depending on its version), or None for anything else."""
+    if getattr(err, "exit_code", None) != 2 or not hasattr(err, "format_message"):
+        return None
+    ctx = getattr(err, "ctx", None)
+    words = (ctx.command_path.split()[1:] if ctx is not None else [])
+    message = " ".join(str(err.format_message()).split())
+    return f"vmtrace: error: {message} (see {' '.join(['vmtrace', *words, '--help'])})"
+
+
+class _OneLineGroup(TyperGroup):
+    """The top-level command: a usage error anywhere (unknown command or
+    option, bad value, missing argument) is one line on stderr and status 2,
+    never typer's multi-line box."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as err:
+            if type(err).__name__ == "NoArgsIsHelpError":
+                # As typer does: the help on stdout, status 2 (nothing was done).
+                print(err.ctx.get_help())  # type: ignore[attr-defined]
+                sys.exit(2)
+            line = _usage_line(err)
+            if line is None and hasattr(err, "format_message") and hasattr(err, "exit_code"):
+                line = f"vmtrace: error: {' '.join(str(err.format_message()).split())}"
+            if line is None:
+                if type(err).__name__ == "Abort":
+                    print("vmtrace: interrupted", file=sys.stderr)
+                    sys.exit(130)
+                raise
+            if standalone:
+                print(line, file=sys.stderr)
+                sys.exit(getattr(err, "exit_code", 2))
+            raise
+        if not standalone:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 from .report import CLI_VIEWS, option_users, view
 
 app = typer.Typer(
+    cls=_OneLineGroup,
     help=(
         "Trace-driven lock profiling of KVM virtual machine monitors.\n\n"
         "Typical session:\n\n"
@@ -57,11 +105,22 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _show_warning(message: Any, category: Any, *_: Any, **__: Any) -> None:
+    # A repaired trace (duplicate rows dropped) is one line, not a source quote.
+    if isinstance(message, TraceWarning):
+        print(f"vmtrace: warning: {message}", file=sys.stderr)
+    else:
+        print(f"vmtrace: warning: {category.__name__}: {message}", file=sys.stderr)
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", TraceWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except VmtraceError as err:
             _fail(str(err))
         except KeyboardInterrupt as err:
@@ -76,7 +135,23 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+class _RecordCommand(TyperCommand):
+    """``record``'s options end at ``--``: an unknown option before it is a
+    usage error, not the name of a command to run.  Without ``--`` the
+    first word that is not an option starts the command, as before."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" not in args:
+            return super().parse_args(ctx, args)
+        cut = args.index("--")
+        ctx.ignore_unknown_options = False
+        ctx.allow_extra_args = False
+        super().parse_args(ctx, args[:cut])
+        ctx.args = args[cut + 1:]
+        return ctx.args
+
+
+@app.command(cls=_RecordCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def record(
     ctx: typer.Context,
@@ -109,6 +184,11 @@ def record(
         raise VmtraceError("give either -p PID or a command after --, not both")
     if pid is None and not cmd:
         raise VmtraceError("nothing to record: give a command after -- or -p PID")
+    if pid is not None and pid < 1:
+        raise VmtraceError(f"-p takes a process ID, not {pid}")
+    check_duration(duration)
+    if cmd:
+        check_command(cmd[0])
     result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration,
                        aggregate=aggregate)
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
@@ -226,9 +306,14 @@ def report(
     for option, given in (("--port", port is not None), ("--all-exits", all_exits), ("--lock", bool(lock))):
         if given and not any(option in v.reads for v in chosen):
             raise VmtraceError(f"{option} applies to {' and '.join(v.option for v in option_users(option))}")
-    port_no = _parse_int(port, "--port") if port else None
-    names = dict(_parse_lock(spec) for spec in lock)
-    session = Report(loaded, port=port_no, timed_loop=not all_exits, lock_names=names)
+    port_no = parse_address(port) if port is not None else None
+    names = dict(_checked_lock(spec) for spec in lock)
+    tr = loaded
+    if port_no is not None:
+        from .validate import check_port_used
+
+        check_port_used(tr.events, port_no)
+    session = Report(tr, port=port_no, timed_loop=not all_exits, lock_names=names)
     # Every chosen view before any output: one that fails stops the command
     # before a page or half a report is written.
     session.compute([v.name for v in chosen])
@@ -247,10 +332,7 @@ def report(
 
 
 def _parse_lock(spec: str) -> tuple[int, str]:
-    name, sep, addr = spec.partition("=")
-    if not sep or not name.strip() or not addr.strip():
-        raise VmtraceError(f"--lock takes NAME=0xADDR, such as GIL=0x7f3a2c001040, not {spec!r}")
-    return _parse_int(addr.strip(), "--lock"), name.strip()
+    return _checked_lock(spec)
 
 
 @app.command()
@@ -283,6 +365,9 @@ def bench(
     from .bench import run_bench
     from .procs import interrupt_on_signals
 
+    _checked_int(str(iterations), "--iterations", 1, U32_MAX, example="20000")
+    _checked_int(str(vcpus), "--vcpus", 1, 64, example="2")
+    check_locking([vmm], locking)
     with interrupt_on_signals():
         result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
                            queue_depth=queue_depth, blk=blk_mode, disk=disk, python=python, guest_args=guest_args)
@@ -330,6 +415,7 @@ def doctor(
 
 vmm_app = typer.Typer(help="The bundled reference VMM (a real KVM VMM in Python).", no_args_is_help=True)
 app.add_typer(vmm_app, name="vmm")
+app.add_typer(__import__("vmtrace.fleet.cli", fromlist=["app"]).app, name="fleet")
 
 
 @vmm_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -355,6 +441,12 @@ def vmm_run(
     from .interpreter import reference_vmm_command, resolve_python
     from .procs import interrupt_on_signals, run_child
 
+    from .bench import LOCKING_MODES
+
+    _checked_int(str(vcpus), "--vcpus", 1, 64, example="2")
+    _checked_int(str(mem), "--mem", 1, 1 << 20, example="64")
+    if locking not in LOCKING_MODES:
+        raise VmtraceError(f"--locking takes {', '.join(LOCKING_MODES)}, not {locking!r}")
     if blk_mode is not None and blk_mode not in BLK_MODES:
         raise VmtraceError(f"--blk takes {' or '.join(BLK_MODES)}, not {blk_mode!r}")
     if blk_mode is not None and disk is None:
@@ -406,16 +498,19 @@ def sweep(
 
     _analysing()
 
-    counts = [_parse_int(v.strip(), "--vcpus") for v in vcpus.split(",") if v.strip()]
-    if not counts or any(n < 1 or n > 64 for n in counts):
-        raise VmtraceError("--vcpus takes counts between 1 and 64, such as 1,2,4,8")
+    counts = parse_counts(vcpus)
     if repeat < 1:
         raise VmtraceError("--repeat must be at least 1 (runs per configuration)")
+    if iterations is not None:
+        _checked_int(str(iterations), "--iterations", 1, U32_MAX, example="20000")
+    check_locking(vmm.split(","), locking)
     configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None,
                           pythons=[p.strip() for p in python.split(",") if p.strip()])
+    from .outputs import check_output_dir
     from .procs import interrupt_on_signals
     from .sweep import check_outdir
 
+    check_output_dir(outdir, "sweep output directory")
     check_outdir(outdir)
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
@@ -474,7 +569,7 @@ def compare(
 
     if fmt not in ("table", "json"):
         raise VmtraceError(f"--format takes table or json, not {fmt!r}")
-    table, breakdowns = compare_traces(traces, port=_parse_int(port, "--port") if port else None)
+    table, breakdowns = compare_traces(traces, port=parse_address(port) if port is not None else None)
     if html is not None:
         from .render.html import write_compare_html
 
@@ -524,10 +619,7 @@ def _analysing() -> None:
 
 
 def _parse_int(text: str, what: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise VmtraceError(f"{what} takes a number such as 0x608 or 1544, not {text!r}") from None
+    return _checked_int(text, what, example="0x608 or 1544")
 
 
 def main() -> None:

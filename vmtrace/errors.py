@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["VmtraceError", "TraceFileError", "HostError", "TargetError", "MissingEventsError"]
+__all__ = [
+    "VmtraceError",
+    "TraceFileError",
+    "MetadataError",
+    "OutputError",
+    "UsageError",
+    "HostError",
+    "TargetError",
+    "MissingEventsError",
+    "TraceWarning",
+]
 
 
 class VmtraceError(Exception):
@@ -11,6 +21,26 @@ class VmtraceError(Exception):
 
 class TraceFileError(VmtraceError):
     """A trace file is missing, truncated, corrupt or of a newer schema."""
+
+
+class MetadataError(TraceFileError):
+    """A trace's metadata does not match the declared schema (``vmtrace.meta``);
+    ``field`` is the dotted path of the first bad field, such as
+    ``threads[2].tid``."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"trace metadata field {field} {problem}" if field else f"the trace metadata {problem}")
+
+
+class OutputError(VmtraceError):
+    """An output path cannot be written (``vmtrace.outputs``)."""
+
+
+class UsageError(VmtraceError):
+    """A command-line value is out of range or malformed; the CLI adds which
+    command's ``--help`` to read."""
 
 
 class HostError(VmtraceError):
@@ -31,3 +61,8 @@ class MissingEventsError(VmtraceError):
             f"{analysis} needs events {', '.join(missing)}; this trace has "
             f"{', '.join(present) or 'no events'}"
         )
+
+
+class TraceWarning(UserWarning):
+    """A trace was read with a repair (exact duplicate rows dropped, ...):
+    the answer is right, but the file is not as vmtrace wrote it."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .errors import TraceFileError
+from .errors import MetadataError, OutputError, TraceFileError, TraceWarning
+from .meta import validate_meta
+from .outputs import _kind, check_output, open_output
 from .schema import EVENT_COLUMNS, EVENT_TYPES, ROLE_VCPU, SCHEMA_VERSION
 
 __all__ = ["Trace", "empty_events", "normalize_events", "write_trace", "read_trace", "check_writable"]
@@ -51,7 +54,7 @@ class Trace:
 
     @property
     def lost_events(self) -> int:
-        return int((self.meta.get("lost_events") or {}).get("total", 0))
+        return int((self.meta.get("lost_events") or {}).get("total") or 0)
 
     def vcpu_tids(self) -> dict[int, int]:
         """tid -> vCPU index for the threads the recorder identified as vCPUs."""
@@ -117,28 +120,18 @@ def normalize_events(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_writable(path: Path) -> None:
-    """Fail early, before recording anything, when ``path`` cannot be written."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    """Fail early, before recording anything, when ``path`` cannot be written
+    (see ``vmtrace.outputs`` for devices, FIFOs and symlinks)."""
     try:
-        path.is_dir()
-        parent.is_dir()
-    except OSError as err:
-        raise TraceFileError(f"cannot write trace {path}: {err.strerror}") from None
-    if path.is_dir():
-        raise TraceFileError(f"cannot write trace {path}: it is a directory; give a file name")
-    if not parent.is_dir():
-        raise TraceFileError(f"cannot write trace {path}: directory {parent} does not exist")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".vmtrace-", dir=parent)
-    except OSError as err:
-        raise TraceFileError(f"cannot write trace {path}: {err.strerror}") from None
-    os.close(fd)
-    os.unlink(probe)
+        check_output(path, "trace")
+    except OutputError as err:
+        raise TraceFileError(str(err)) from None
 
 
 def write_trace(path: Path, events: pd.DataFrame, meta: dict[str, Any]) -> Path:
-    """Write a trace file atomically (a temporary file renamed into place)."""
+    """Write a trace file: atomically (a temporary file renamed into place)
+    for a regular file, through a symlink, directly to a FIFO or /dev/null;
+    refused for other device nodes and sockets (``vmtrace.outputs``)."""
     path = Path(path)
     check_writable(path)
     events = normalize_events(events)
@@ -148,23 +141,23 @@ def write_trace(path: Path, events: pd.DataFrame, meta: dict[str, Any]) -> Path:
     meta.setdefault("created", pd.Timestamp.now(tz="UTC").isoformat())
     table = pa.Table.from_pandas(events, preserve_index=False)
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            compression_level=6,
-            # Timestamps and addresses repeat in small deltas: delta encoding
-            # before zstd is what keeps a trace near a few bytes per event.
-            use_dictionary=["event", "name"],
-            column_encoding={"ts_ns": "DELTA_BINARY_PACKED", "tid": "DELTA_BINARY_PACKED"},
-            row_group_size=1 << 20,
-        )
-        os.replace(tmp, path)
-    except (OSError, pa.ArrowException) as err:
-        tmp.unlink(missing_ok=True)
-        raise TraceFileError(f"cannot write trace {path}: {getattr(err, 'strerror', None) or err}") from None
+        with open_output(path, "trace") as f:
+            pq.write_table(
+                table,
+                f,
+                compression="zstd",
+                compression_level=6,
+                # Timestamps and addresses repeat in small deltas: delta encoding
+                # before zstd is what keeps a trace near a few bytes per event.
+                use_dictionary=["event", "name"],
+                column_encoding={"ts_ns": "DELTA_BINARY_PACKED", "tid": "DELTA_BINARY_PACKED"},
+                row_group_size=1 << 20,
+            )
+    except OutputError as err:
+        raise TraceFileError(str(err)) from None
+    except pa.ArrowException as err:
+        raise TraceFileError(f"cannot write trace {path}: {err}") from None
     return path
 
 
@@ -187,17 +180,96 @@ def _read_events(pf: pq.ParquetFile) -> pd.DataFrame:
     return pd.DataFrame(cols, copy=False)
 
 
+def _file_kind(path: Path) -> None:
+    """Refuse, from its inode alone, what cannot be a trace: opening a FIFO
+    would block and a device would be read as if it were one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise TraceFileError(f"no such trace file: {path}") from None
+    except OSError as err:
+        raise TraceFileError(f"cannot read trace {path}: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise TraceFileError(f"{path} is a directory, not a trace file")
+    if not stat.S_ISREG(st.st_mode):
+        raise TraceFileError(f"{path} is {_kind(st.st_mode)}, not a trace file (traces are regular files)")
+
+
+def _row_problem(events: pd.DataFrame) -> str | None:
+    """What in ``events`` (normalized, in file order) no vmtrace writer
+    produces, or None.  ``write_trace`` sorts by time, every collector
+    reads CLOCK_MONOTONIC (never negative) and records threads by tid,
+    and only ``lost`` markers have tid -1."""
+    ts = events["ts_ns"].to_numpy()
+    back = np.flatnonzero(ts[1:] < ts[:-1])
+    if len(back):
+        i = int(back[0]) + 1
+        return (f"row {i}: events are not in time order (ts_ns {int(ts[i])} after {int(ts[i - 1])}); "
+                "vmtrace writes them sorted, so the file was changed by another tool")
+    neg = np.flatnonzero(ts < 0)
+    if len(neg):
+        return f"row {int(neg[0])}: negative timestamp ts_ns {int(ts[neg[0]])}"
+    lost = (events["event"] == "lost").to_numpy()
+    tid = events["tid"].to_numpy()
+    bad = np.flatnonzero(np.where(lost, tid != -1, tid <= 0))
+    if len(bad):
+        i = int(bad[0])
+        what = "a lost marker must have tid -1" if lost[i] else "only lost markers have no thread"
+        return f"row {i}: {events['event'].iloc[i]} event with tid {int(tid[i])} ({what})"
+    cpu = events["cpu"].to_numpy()
+    bad = np.flatnonzero(cpu < -1)
+    if len(bad):
+        return f"row {int(bad[0])}: cpu {int(cpu[bad[0]])} (a CPU number, or -1 for userspace probes)"
+    return None
+
+
+def _exact_duplicates(events: pd.DataFrame) -> np.ndarray:
+    """Rows equal in every column to an earlier row (lost markers apart):
+    no collector emits one event twice.  Only rows sharing a timestamp with
+    a neighbour are compared, which keeps this cheap on 10M events."""
+    ts = events["ts_ns"].to_numpy()
+    same = np.zeros(len(ts), dtype=bool)
+    if len(ts) > 1:
+        eq = ts[1:] == ts[:-1]
+        same[1:] |= eq
+        same[:-1] |= eq
+    same &= (events["event"] != "lost").to_numpy()
+    dup = np.zeros(len(ts), dtype=bool)
+    if not same.any():
+        return dup
+    rows = np.flatnonzero(same)
+    sub = events.iloc[rows]
+    keys: list[np.ndarray] = []
+    for col in events.columns:
+        values = sub[col]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            keys.append(values.cat.codes.to_numpy())
+            continue
+        na = values.isna().to_numpy()
+        keys += [values.to_numpy(dtype="uint64" if str(values.dtype) == "UInt64" else "int64", na_value=0), na]
+    # Sorted on every column, equal rows are neighbours: one vectorised pass.
+    order = np.lexsort(keys[::-1])
+    equal = np.ones(len(rows) - 1, dtype=bool)
+    for k in keys:
+        ks = k[order]
+        equal &= ks[1:] == ks[:-1]
+    dup[rows[order[1:][equal]]] = True
+    return dup
+
+
 def read_trace(path: Path | str) -> Trace:
     """Read and validate a trace file.
 
     Raises ``TraceFileError`` for a missing, truncated or corrupt file, a
-    Parquet file that is not a vmtrace trace, and a newer schema version.
+    FIFO or device node, a Parquet file that is not a vmtrace trace, a
+    newer schema version, metadata that does not match ``vmtrace.meta``'s
+    schema (``MetadataError``, naming the field), and rows no vmtrace
+    writer produces (out of time order, tid -1 outside a lost marker, a
+    negative time).  Exact duplicate rows are dropped with a
+    ``TraceWarning`` and a note in ``meta["notes"]``.
     """
     path = Path(path)
-    if not path.exists():
-        raise TraceFileError(f"no such trace file: {path}")
-    if path.is_dir():
-        raise TraceFileError(f"{path} is a directory, not a trace file")
+    _file_kind(path)
     try:
         pf = pq.ParquetFile(path)
         raw = (pf.schema_arrow.metadata or {}).get(_META_KEY)
@@ -208,17 +280,19 @@ def read_trace(path: Path | str) -> Trace:
     if raw is None:
         raise TraceFileError(f"{path} is a Parquet file but not a vmtrace trace (no vmtrace metadata)")
     try:
-        meta = json.loads(raw)
+        decoded = json.loads(raw)
     except ValueError:
-        raise TraceFileError(f"{path}: the trace metadata is corrupt") from None
-    version = meta.get("schema_version")
-    if not isinstance(version, int):
-        raise TraceFileError(f"{path}: the trace metadata has no schema version")
-    if version > SCHEMA_VERSION:
+        raise TraceFileError(f"{path}: the trace metadata is corrupt (not JSON)") from None
+    version = decoded.get("schema_version") if isinstance(decoded, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise TraceFileError(
             f"{path} uses trace schema {version}, newer than this vmtrace reads "
             f"({SCHEMA_VERSION}); upgrade vmtrace"
         )
+    try:
+        meta = validate_meta(decoded)
+    except MetadataError as err:
+        raise TraceFileError(f"{path}: {err}") from None
     missing = [c for c in EVENT_COLUMNS if c not in pf.schema_arrow.names]
     if missing:
         raise TraceFileError(f"{path}: trace lacks columns {', '.join(missing)}")
@@ -227,7 +301,23 @@ def read_trace(path: Path | str) -> Trace:
     except (pa.ArrowException, OSError) as err:
         raise TraceFileError(f"{path}: cannot read events (truncated or corrupt: {err})") from None
     try:
+        raw_ts = events["ts_ns"].to_numpy()
+        if len(raw_ts) > 1 and not bool((raw_ts[1:] >= raw_ts[:-1]).all()):
+            # Checked before normalize_events, which would sort the damage away.
+            problem = _row_problem(events)
+            raise TraceFileError(f"{path}: {problem}")
         events = normalize_events(events)
     except (ValueError, TypeError) as err:
         raise TraceFileError(f"{path}: events do not match the schema ({err})") from None
+    problem = _row_problem(events)
+    if problem:
+        raise TraceFileError(f"{path}: {problem}")
+    dup = _exact_duplicates(events)
+    if dup.any():
+        n = int(dup.sum())
+        events = events[~dup].reset_index(drop=True)
+        note = (f"{n:,} exact duplicate event rows were dropped when the trace was read "
+                "(no collector writes one event twice)")
+        meta["notes"] = [*(meta.get("notes") or []), note]
+        warnings.warn(TraceWarning(f"{path}: {note}"), stacklevel=2)
     return Trace(events=events, meta=meta, path=path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import pandas as pd
 
 from vmtrace import __version__
 from vmtrace.analyses.breakdown import COMPONENTS
-from vmtrace.errors import VmtraceError
+from vmtrace.outputs import open_output
 from vmtrace.report import Report
 from vmtrace.trace import Trace
 
@@ -222,14 +221,10 @@ def write_perfetto(trace: Trace | Report, path: Path | str) -> Path:
         trace = trace.trace
     else:
         spans = exits = None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     gz = path.name.endswith(".gz")
-    try:
-        with (gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) if gz
-              else open(tmp, "w", encoding="utf-8")) as f:
+    # Atomic for a regular file, through a symlink, refused for a device (vmtrace.outputs).
+    with open_output(path, "Perfetto trace") as raw:
+        with (gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) if gz
+              else io.TextIOWrapper(raw, encoding="utf-8", write_through=False)) as f:
             _write(f, trace, spans, exits)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise VmtraceError(f"cannot write {path}: {err.strerror}") from None
     return path

@@ -15,7 +15,6 @@ escaped; only fragments vmtrace builds itself go in as HTML.
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -32,6 +31,7 @@ from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.analyses.requests import PHASES, request_timeline
 from vmtrace.analyses.timeline import display_state
 from vmtrace.errors import VmtraceError
+from vmtrace.outputs import open_output
 from vmtrace.report import VIEWS, Report
 from vmtrace.trace import Trace
 
@@ -181,13 +181,9 @@ def write_html(sections: Sequence[SectionLike], path: Path | str, title: str = "
     """
     path = Path(path)
     text = page_html(sections, title=title, header=header, tables=tables)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise VmtraceError(f"cannot write {path}: {err.strerror}") from None
+    # Atomic for a regular file, through a symlink, refused for a device (vmtrace.outputs).
+    with open_output(path, "HTML report") as f:
+        f.write(text.encode("utf-8"))
     return path
 
 
