@@ -329,13 +329,20 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
     for key in pm:
         i, rows = keys[key], ex.iloc[groups[key]]
         n = len(rows)
-        for comp, col in (("total", "total_ns"), ("vmexit", "vmexit_ns"), ("emulator", "emulator_ns")):
+        for comp, col in (("total", "total_ns"), ("vmexit", "vmexit_ns")):
             top_mean = counters.sums[i, _C[comp]] / n
             rec_mean = float(rows[col].mean())
-            # Both programs stamp the same tracepoints, one after the other:
-            # a span a few hundred ns long (emulator) moves by the other
-            # program's run time, tens of ns; 5% holds on the rest.
-            assert top_mean == pytest.approx(rec_mean, rel=0.05, abs=100), (key, comp)
+            assert top_mean == pytest.approx(rec_mean, rel=0.05), (key, comp)
+        # The emulator span is a few hundred ns.  Both programs stamp the
+        # same tracepoints one after the other, so its ends move by the
+        # other program's run time (record's emit: ~25-50 ns each); its mean
+        # is held to 150 ns, and run_enter -> run_exit (vmexit + emulator,
+        # where the decode stamp cancels) to 5%.
+        top_em = counters.sums[i, _C["emulator"]] / n
+        assert abs(top_em - float(rows["emulator_ns"].mean())) <= 150, (key, "emulator")
+        top_kernel = (counters.sums[i, _C["vmexit"]] + counters.sums[i, _C["emulator"]]) / n
+        rec_kernel = float((rows["vmexit_ns"] + rows["emulator_ns"]).mean())
+        assert top_kernel == pytest.approx(rec_kernel, rel=0.05), (key, "kernel")
         top_user = (counters.sums[i, _C["dispatch"]] + counters.sums[i, _C["lock_wait"]]) / n
         rec_user = float((rows["dispatch_ns"] + rows["lock_wait_ns"] + rows["device_ns"]).mean())
         assert top_user == pytest.approx(rec_user, rel=0.05), key
