@@ -1,16 +1,25 @@
 """Observer effect of vmtrace against perf record and trace-cmd, side by side.
 
-Runs the benchmark guest's inl_pmtimer loop on QEMU at 1 and 2 vCPUs,
-untraced and under each tracer, interleaved (round-robin, several rounds),
-and prints the guest-measured cycles per read as medians and as ratios to the
-untraced median of the same run, plus trace-file bytes per event.
+Runs the benchmark guest's inl_pmtimer loop on QEMU at 1 and 2 vCPUs, on
+every installed QEMU (7.2 and 10.0: ``--qemu``), untraced and under each
+tracer, interleaved (round-robin, several rounds), and prints the
+guest-measured cycles per read as medians and as ratios to the untraced
+median of the same QEMU, plus trace-file bytes per event.  The vmtrace rows:
+default mode, ``--precise``, the ftrace backend, and BQL call sites
+(``--callsites full`` and ``sampled`` at ``--callsite-duty 0.1``); then the
+tracers that aggregate in the kernel: ``vmtrace top``, ``record
+--aggregate 1`` and, as an anchor, a bpftrace one-liner.
 
-    .venv/bin/python benchmarks/observer_effect.py [--rounds 3] [--iterations 20000]
+perf, trace-cmd and bpftrace are installed with apt-get when missing (as root); a tool
+that is still missing is skipped with one line saying so.
+
+    .venv/bin/python benchmarks/observer_effect.py [--rounds 3] [--iterations 20000] [--qemu 7.2,10.0]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import statistics
@@ -20,6 +29,8 @@ import tempfile
 from pathlib import Path
 
 from vmtrace.bench import guest_image, parse_bench_output, vmm_command
+from vmtrace.errors import VmtraceError
+from vmtrace.qemu_versions import available_qemus, resolve_qemu
 from vmtrace.trace import read_trace
 
 TRACEPOINTS = [
@@ -28,6 +39,25 @@ TRACEPOINTS = [
     "sched:sched_switch", "sched:sched_wakeup",
 ]
 VMTRACE = [sys.executable, "-m", "vmtrace.cli"]
+#: Foreign tracers: the command each needs and the Debian package that has it.
+TOOLS = {"perf-record": ("perf", "linux-perf"), "trace-cmd": ("trace-cmd", "trace-cmd"),
+         "bpftrace-hist": ("bpftrace", "bpftrace")}
+
+
+def ensure_tools(tracers: list[str], install: bool) -> list[str]:
+    """The tracers whose tools are present, installing missing ones with
+    apt-get when ``install`` and root; one line on stderr per tool skipped."""
+    kept = []
+    for tracer in tracers:
+        tool = TOOLS.get(tracer)
+        if tool and not shutil.which(tool[0]) and install and os.geteuid() == 0:
+            print(f"# {tool[0]} missing: apt-get install {tool[1]}", file=sys.stderr)
+            subprocess.run(["apt-get", "install", "-y", "-q", tool[1]], capture_output=True, text=True)
+        if tool and not shutil.which(tool[0]):
+            print(f"# skipping {tracer}: {tool[0]} is not installed (Debian package {tool[1]})", file=sys.stderr)
+            continue
+        kept.append(tracer)
+    return kept
 
 
 def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
@@ -41,6 +71,11 @@ def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
         return VMTRACE + ["record", "-o", str(out), "--backend", "bcc", "--precise", "--", *cmd]
     if tracer == "vmtrace-ftrace":
         return VMTRACE + ["record", "-o", str(out), "--backend", "ftrace", "--", *cmd]
+    if tracer == "vmtrace-callsites":
+        return VMTRACE + ["record", "-o", str(out), "--backend", "bcc", "--callsites", "full", "--", *cmd]
+    if tracer == "vmtrace-callsites-sampled":
+        return VMTRACE + ["record", "-o", str(out), "--backend", "bcc", "--callsites", "sampled",
+                          "--callsite-duty", "0.1", "--", *cmd]
     if tracer == "perf-record":
         ev = [a for tp in TRACEPOINTS for a in ("-e", tp)]
         return ["perf", "record", "-q", "-o", str(out), *ev, "--", *cmd]
@@ -102,47 +137,58 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--vcpus", default="1,2")
-    ap.add_argument("--tracers", default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,perf-record,trace-cmd,"
-                                         "vmtrace-top,vmtrace-aggregate,bpftrace-hist")
+    ap.add_argument("--tracers", default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,vmtrace-callsites,"
+                    "vmtrace-callsites-sampled,perf-record,trace-cmd,vmtrace-top,vmtrace-aggregate,bpftrace-hist")
+    ap.add_argument("--qemu", default=None, help="QEMU versions or paths (default: every installed one of 7.2,10.0)")
+    ap.add_argument("--no-install", action="store_true", help="skip missing perf/trace-cmd instead of installing them")
     args = ap.parse_args()
-    tracers = args.tracers.split(",")
-    if "bpftrace-hist" in tracers and shutil.which("bpftrace") is None:
-        print("# bpftrace is not installed (apt-get install bpftrace): its anchor row is skipped", file=sys.stderr)
-        tracers.remove("bpftrace-hist")
+    tracers = ensure_tools(args.tracers.split(","), not args.no_install)
+    qemus = args.qemu.split(",") if args.qemu else available_qemus()
+    try:
+        binaries = {q: resolve_qemu(q) for q in qemus}
+    except VmtraceError as err:
+        sys.exit(f"observer_effect: error: {err}")
     image = guest_image()
-    results: dict[tuple[int, str], list[float]] = {}
-    sizes: dict[str, list[float]] = {}
+    results: dict[tuple[str, int, str], list[float]] = {}
+    sizes: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="vmtrace-bench-") as tmp:
         for rnd in range(args.rounds):
+            for q, binary in binaries.items():
+                for vcpus in map(int, args.vcpus.split(",")):
+                    for tracer in tracers:
+                        out = Path(tmp) / f"{tracer}-{q.replace('/', '_')}-{vcpus}-{rnd}.data"
+                        cmd = wrap(tracer, out, vmm_command("qemu", "inl_pmtimer", vcpus, args.iterations, image,
+                                                            qemu=binary.path))
+                        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                        parsed = parse_bench_output(guest_output(tracer, out, proc.stdout))
+                        if not parsed["summary"]:
+                            why = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+                            print(f"# QEMU {q} {tracer} {vcpus} vCPU: no result ({why[0][:200]})", file=sys.stderr)
+                            continue
+                        key = (q, vcpus, tracer)
+                        results.setdefault(key, []).append(float(parsed["summary"][-1]["cycles_per_op"]))
+                        if tracer != "untraced" and tracer not in AGGREGATING and out.exists() and rnd == 0:
+                            n = events_in(tracer, out)
+                            if n:
+                                sizes.setdefault((q, tracer), []).append(out.stat().st_size / n)
+                        print(f"# round {rnd} QEMU {q} {vcpus} vCPU {tracer}: {results[key][-1]:.0f}", file=sys.stderr)
+    print(f"guest-measured cycles per PM-timer read (median of {args.rounds} interleaved rounds)")
+    print(f"{'QEMU':<8}{'tracer':<27}" + "".join(f"{v + ' vCPU':>22}" for v in args.vcpus.split(","))
+          + f"{'bytes/event':>14}")
+    for q, binary in binaries.items():
+        for tracer in tracers:
+            cells = []
             for vcpus in map(int, args.vcpus.split(",")):
-                for tracer in tracers:
-                    out = Path(tmp) / f"{tracer}-{vcpus}-{rnd}.data"
-                    cmd = wrap(tracer, out, vmm_command("qemu", "inl_pmtimer", vcpus, args.iterations, image))
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                    parsed = parse_bench_output(guest_output(tracer, out, proc.stdout))
-                    if not parsed["summary"]:
-                        print(f"# {tracer} {vcpus} vCPU: no result ({proc.stderr.strip()[-200:]})", file=sys.stderr)
-                        continue
-                    results.setdefault((vcpus, tracer), []).append(float(parsed["summary"][-1]["cycles_per_op"]))
-                    if tracer != "untraced" and tracer not in AGGREGATING and out.exists() and rnd == 0:
-                        n = events_in(tracer, out)
-                        if n:
-                            sizes.setdefault(tracer, []).append(out.stat().st_size / n)
-                    print(f"# round {rnd} {vcpus} vCPU {tracer}: {results[(vcpus, tracer)][-1]:.0f}", file=sys.stderr)
-    print(f"guest-measured cycles per PM-timer read (median of {args.rounds} interleaved rounds), QEMU")
-    print(f"{'tracer':<18}" + "".join(f"{v + ' vCPU':>22}" for v in args.vcpus.split(",")) + f"{'bytes/event':>14}")
-    for tracer in tracers:
-        cells = []
-        for vcpus in map(int, args.vcpus.split(",")):
-            vals = results.get((vcpus, tracer))
-            base = results.get((vcpus, "untraced"))
-            if not vals or not base:
-                cells.append(f"{'-':>22}")
-                continue
-            med, b = statistics.median(vals), statistics.median(base)
-            cells.append(f"{med:>12,.0f} ({med / b:4.2f}x)")
-        size = f"{statistics.median(sizes[tracer]):>14.1f}" if tracer in sizes else f"{'-':>14}"
-        print(f"{tracer:<18}" + "".join(cells) + size)
+                vals = results.get((q, vcpus, tracer))
+                base = results.get((q, vcpus, "untraced"))
+                if not vals or not base:
+                    cells.append(f"{'-':>22}")
+                    continue
+                med, b = statistics.median(vals), statistics.median(base)
+                cells.append(f"{med:>12,.0f} ({med / b:4.2f}x)")
+            sz = sizes.get((q, tracer))
+            size = f"{statistics.median(sz):>14.1f}" if sz else f"{'-':>14}"
+            print(f"{binary.version:<8}{tracer:<27}" + "".join(cells) + size)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,12 @@ class RecordOptions:
     sched: bool = True
     identify_timeout_s: float = IDENTIFY_TIMEOUT_S
     buffer_pages: int = 256
+    #: None, "full" or "sampled" (collectors.callsites): read the BQL
+    #: function's file and line; sampled keeps its uprobes on for
+    #: ``callsite_duty`` of every ``callsite_period_s``.
+    callsites: str | None = None
+    callsite_duty: float = 0.1
+    callsite_period_s: float = 1.0
 
 
 @dataclass
@@ -78,6 +84,8 @@ class Collected:
     locks: list[LockIdentity] = field(default_factory=list)
     probes: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Trace metadata the backend adds (``callsites``, ``callsite_sampling``).
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Collector(abc.ABC):
@@ -111,7 +119,7 @@ class Collector(abc.ABC):
     def detach(self) -> None:
         """Remove everything attached; idempotent, safe after a failed attach."""
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Collector:
         return self
 
     def __exit__(self, *exc: object) -> None:

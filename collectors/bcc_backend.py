@@ -31,7 +31,17 @@ from vmtrace.schema import EVENT_TYPES
 
 from . import host
 from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
-from .qemu import QemuSymbols, is_qemu, proc_thread_names, qemu_symbols, symbol_file_offset, uprobe_plan
+from .callsites import SamplingWindows, assign_sites
+from .qemu import (
+    CALLSITE_ROLES,
+    QemuSymbols,
+    UprobeSpec,
+    is_qemu,
+    proc_thread_names,
+    qemu_symbols,
+    symbol_file_offset,
+    uprobe_plan,
+)
 from .uprobe_pmu import PerfUprobe, attach_uprobe
 
 #: The BPF function in bpf/vmtrace.bpf.c behind each role of ``qemu.uprobe_plan``.
@@ -88,7 +98,8 @@ def bcc_available() -> tuple[bool, str]:
     return True, "ok"
 
 
-def _cflags(precise: bool, sched: bool, have: dict[str, bool], ringbuf_pages: int) -> list[str]:
+def _cflags(precise: bool, sched: bool, have: dict[str, bool], ringbuf_pages: int,
+            callsites: bool = False) -> list[str]:
     flags = [f"-DEV_{name.upper()}={code}" for code, name in enumerate(EVENT_TYPES)]
     flags += [f"-DEV_COMM={EV_COMM}", f"-DRINGBUF_PAGES={ringbuf_pages}"]
     if have.get("kvm:kvm_entry"):
@@ -97,6 +108,8 @@ def _cflags(precise: bool, sched: bool, have: dict[str, bool], ringbuf_pages: in
         flags.append("-DHAVE_KVM_EXIT")
     if precise:
         flags.append("-DPRECISE")
+    if callsites:
+        flags.append("-DCALLSITES")
     if sched:
         flags.append("-DWITH_SCHED")
     return flags
@@ -145,7 +158,9 @@ def decode_chunks(
         ("kvm_exit", "pio", "mmio", "msr", "futex_enter", "lock_begin", "lock_acquired",
          "lock_release", "dispatch_begin"),
     )
-    with_value = ~np.isin(kinds, ("run_enter", "kvm_entry", "sched_in", "wakeup", "lock_begin",
+    # lock_begin keeps its value: the caller's line when call sites were
+    # read (collectors.callsites.assign_sites turns it into a site index).
+    with_value = ~np.isin(kinds, ("run_enter", "kvm_entry", "sched_in", "wakeup",
                                    "lock_acquired", "lock_release", "dispatch_end"))
     with_peer = np.isin(kinds, ("sched_out", "sched_in", "wakeup"))
     df = pd.DataFrame(
@@ -208,6 +223,10 @@ class BccCollector(Collector):
         self._have: dict[str, bool] = {}
         self._syms: QemuSymbols | None = None
         self._uprobes: list[PerfUprobe] = []
+        self._roles: list[str] = []  # role of each of _uprobes (qemu.uprobe_plan)
+        self._plan: list[UprobeSpec] = []
+        self._sampling = (SamplingWindows(options.callsite_duty, options.callsite_period_s)
+                          if options.callsites == "sampled" else None)
         self._uprobes_since = 0
         self._uprobes_detached_ns: int | None = None
         self._bql_addr: int | None = None
@@ -235,7 +254,8 @@ class BccCollector(Collector):
             )
         self._pid = pid
         ring_pages = 1 << max(6, (self.options.buffer_pages * 16).bit_length() - 1)
-        flags = _cflags(self.options.precise, self.options.sched, self._have, ring_pages)
+        flags = _cflags(self.options.precise, self.options.sched, self._have, ring_pages,
+                        callsites=self.options.callsites is not None)
         try:
             self._bpf = BPF(src_file=str(_SOURCE).encode(), cflags=flags)
         except Exception as err:  # bcc raises bare Exception on compile/load errors
@@ -246,6 +266,9 @@ class BccCollector(Collector):
         slot.target = pid
         slots[ctypes.c_int(pid & 0xFFFF)] = slot
         self._bpf[b"bql_word"][ctypes.c_int(0)] = ctypes.c_uint64(0)
+        if self._records_sites():
+            # Full call sites from the start; sampled ones only in windows.
+            self._set_sites_on(self._sampling is None)
         self._spool = open(self._spool_path, "wb")
         self._bpf[b"rb"].open_ring_buffer(self._on_chunk)
         self._attach_uprobes()
@@ -255,16 +278,28 @@ class BccCollector(Collector):
         binary = self.options.vmm_binary
         if not binary or not is_qemu(binary):
             return
-        from bcc import BPF
 
         syms = qemu_symbols(binary)
         self._syms = syms
-        plan = uprobe_plan(syms, self.options.precise)
+        plan = uprobe_plan(syms, self.options.precise, self.options.callsites is not None)
+        self._plan = plan
+        if self._sampling is not None:
+            # The call-site probes other than the lock's entry (which names
+            # the BQL) wait for the first window.
+            plan = [p for p in plan if p.identify]
         if not plan:
             self._notes.append(
                 f"{binary} lacks {', '.join(syms.missing)}: the BQL cannot be identified by uprobes"
             )
             return
+        self._attach_specs(plan)
+        self._uprobes_since = time.monotonic_ns()
+
+    def _attach_specs(self, plan: list[UprobeSpec]) -> None:
+        from bcc import BPF
+
+        binary = self.options.vmm_binary
+        assert binary is not None
         for spec in plan:
             offset = symbol_file_offset(binary, spec.symbol)
             if offset is None:
@@ -277,14 +312,43 @@ class BccCollector(Collector):
             # command vmtrace started; the BPF side filters on the traced
             # process tree.
             self._uprobes.append(attach_uprobe(prog.fd, binary, offset, spec.symbol, spec.is_return))
-        self._uprobes_since = time.monotonic_ns()
+            self._roles.append(spec.role)
 
-    def _detach_uprobes(self) -> None:
-        for probe in self._uprobes:
-            probe.close()
-        if self._uprobes:
+    def _detach_uprobes(self, keep: tuple[str, ...] = ()) -> None:
+        """Close every uprobe whose role is not in ``keep``."""
+        kept = [(p, r) for p, r in zip(self._uprobes, self._roles, strict=True) if r in keep]
+        for probe, role in zip(self._uprobes, self._roles, strict=True):
+            if role not in keep:
+                probe.close()
+        if self._uprobes and not kept:
             self._uprobes_detached_ns = time.monotonic_ns()
-        self._uprobes = []
+        self._uprobes = [p for p, _ in kept]
+        self._roles = [r for _, r in kept]
+
+    def _records_sites(self) -> bool:
+        return self.options.precise or self.options.callsites is not None
+
+    def _set_sites_on(self, on: bool) -> None:
+        self._bpf[b"sites_on"][ctypes.c_int(0)] = ctypes.c_uint32(1 if on else 0)
+
+    def _sample_step(self) -> None:
+        """Open or close a sampling window (sampled call sites, once the
+        BQL is named)."""
+        sampling = self._sampling
+        if sampling is None or self._bql_addr is None or self._bpf is None:
+            return
+        want = sampling.want_on()
+        is_on = "bql_lock_ret" in self._roles
+        if want and not is_on:
+            # The window is when lock_begin is emitted (sites_on), not when
+            # the probes are attached: attaching and detaching take time.
+            self._attach_specs([p for p in self._plan if p.role in CALLSITE_ROLES])
+            sampling.opened()
+            self._set_sites_on(True)
+        elif not want and is_on:
+            self._set_sites_on(False)
+            sampling.closed()
+            self._detach_uprobes()
 
     # -- run -------------------------------------------------------------
     def _on_chunk(self, _ctx: Any, data: Any, size: int) -> None:
@@ -297,8 +361,9 @@ class BccCollector(Collector):
         if word:
             self._bql_addr = int(word)
             if not self.options.precise:
-                # Default mode: the uprobes were only for naming the BQL.
-                self._detach_uprobes()
+                # Default mode: the uprobes were only for naming the BQL;
+                # full call sites keep theirs, sampled ones reattach in windows.
+                self._detach_uprobes(CALLSITE_ROLES if self.options.callsites == "full" else ())
         elif self._uprobes and time.monotonic_ns() - self._uprobes_since > self.options.identify_timeout_s * 1e9:
             if not self.options.precise:
                 self._detach_uprobes()
@@ -312,7 +377,12 @@ class BccCollector(Collector):
             time.sleep(timeout_ms / 1000)
             return
         # The BPF side never wakes us (see flush_chunk): sleep, then drain.
-        time.sleep(timeout_ms / 1000)
+        # A sampling window opens and closes on time, not a poll later.
+        sleep_s = timeout_ms / 1000
+        if self._sampling is not None and self._bql_addr is not None:
+            sleep_s = min(sleep_s, self._sampling.until_change_s())
+        time.sleep(sleep_s)
+        self._sample_step()
         self._bpf.ring_buffer_consume()
         self._check_bql()
         self._read_proc_names()
@@ -330,7 +400,7 @@ class BccCollector(Collector):
                 continue
             names = proc_thread_names(tids)
             self._names.update(names)
-            self._tgids.update({tid: tgid for tid in names})
+            self._tgids.update(dict.fromkeys(names, tgid))
 
     # -- stop ------------------------------------------------------------
     def stop(self) -> Collected:
@@ -355,10 +425,21 @@ class BccCollector(Collector):
         events, names, tgids = decode_chunks(raw, noticed_ns)
         # Names read from /proc while the target ran are the freshest.
         self._names = {**names, **self._names}
+        meta: dict[str, Any] = {}
+        if self._records_sites() and len(events):
+            files = self._site_files()
+            events, sites = assign_sites(events, files.get)
+            meta["callsites"] = sites
+            meta["callsite_sampling"] = {"mode": "sampled" if self._sampling else "full"}
+            if self._sampling is not None:
+                self._sampling.closed()
+                meta["callsite_sampling"].update(
+                    duty=self._sampling.duty, period_ns=self._sampling.period_ns,
+                    windows=[w for w in self._sampling.windows if w[1] >= 0])
         bql = self._bql_addr
-        if bql is not None and "addr" in events:
+        if "addr" in events:
             locked = events["event"].isin(["lock_begin", "lock_acquired", "lock_release"])
-            events.loc[locked, "addr"] = bql
+            events.loc[locked, "addr"] = bql if bql is not None else pd.NA
         fired = events["event"].value_counts().to_dict() if len(events) else {}
         tracepoints = _tracepoint_report(self._have, fired)
         probes = {
@@ -379,7 +460,19 @@ class BccCollector(Collector):
             locks=locks,
             probes=probes,
             notes=self._notes,
+            meta=meta,
         )
+
+    def _site_files(self) -> dict[int, str]:
+        """File pointer -> the string QEMU passed as ``__FILE__``."""
+        out: dict[int, str] = {}
+        try:
+            table = self._bpf[b"site_files"]
+        except KeyError:
+            return out
+        for k, v in table.items():
+            out[int(k.value)] = bytes(v.name).split(b"\0", 1)[0].decode(errors="replace")
+        return out
 
     def _quiesce(self) -> None:
         """Stop every BPF program from running; the maps stay readable."""

@@ -44,9 +44,10 @@ from vmtrace.trace import normalize_events
 
 from . import host
 from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
+from .callsites import assign_sites
 from .ftrace_events import Decoded, assemble, decode_records, identify_lock_word
+from .qemu import CALLSITE_ROLES
 from .ringbuf import gather, walk_pages
-from .uprobe_pmu import uprobe_einval_hint
 from .tracefs import (
     EventFormat,
     Instance,
@@ -55,6 +56,7 @@ from .tracefs import (
     remove_uprobe_group,
     uprobe_names,
 )
+from .uprobe_pmu import uprobe_einval_hint
 
 __all__ = ["FtraceCollector", "cleanup_stale", "TRACEPOINT_FILTERS"]
 
@@ -136,6 +138,9 @@ class FtraceCollector(Collector):
         (no such process); everything done so far is undone first.
         """
         host.require_root("recording with ftrace")
+        if self.options.callsites == "sampled":
+            raise HostError("sampled call sites need the bcc backend (--backend bcc); "
+                            "the ftrace backend records them in full (--callsites full)")
         if not Path(f"/proc/{pid}").exists():
             raise TargetError(f"process {pid} does not exist (did the target exit before recording started?)")
         self._pid = pid
@@ -219,7 +224,7 @@ class FtraceCollector(Collector):
         self._bql_fn = syms.bql_lock
         assert self._tracefs is not None and self._instance is not None
         self._group = group
-        plan = qemu.uprobe_plan(syms, self.options.precise)
+        plan = qemu.uprobe_plan(syms, self.options.precise, self.options.callsites is not None)
         if self.options.precise:
             missing = [m for m in syms.missing if "mutex" not in m]
             if missing:
@@ -321,9 +326,11 @@ class FtraceCollector(Collector):
                 f"locked a QemuMutex inside {self._bql_fn} while the probes were attached"
             )
         if not self._identifying and not self.options.precise:
-            self._disable_uprobes()
+            # Full call sites keep the BQL's probes; only the mutex probe
+            # that named it goes.
+            self._disable_uprobes(keep=CALLSITE_ROLES if self.options.callsites else ())
 
-    def _disable_uprobes(self) -> None:
+    def _disable_uprobes(self, keep: tuple[str, ...] = ()) -> None:
         """Stop the uprobes firing (the kernel takes the breakpoints out of
         the target) but keep their definitions until detach.
 
@@ -336,10 +343,14 @@ class FtraceCollector(Collector):
         group is only removed in ``detach``, after the last drain."""
         if not self._uprobe_events:
             return
+        kept = [tp for tp in self._uprobe_events if tp.rsplit(":", 1)[-1] in keep]
         if self._instance is not None and self._instance.exists():
             for tp in self._uprobe_events:
-                self._instance.disable(tp)
-        self._uprobe_events = []
+                if tp not in kept:
+                    self._instance.disable(tp)
+        self._uprobe_events = kept
+        if kept:
+            return
         if "attached_at_ns" in self._probes and "detached_at_ns" not in self._probes:
             now = time.monotonic_ns()
             self._probes["detached_at_ns"] = now
@@ -418,6 +429,7 @@ class FtraceCollector(Collector):
         lost_pages: dict[int, int] = {}
         gaps: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         fired: dict[str, int] = {}
+        site_files: dict[int, str] = {}
         for cpu, path in self._spool_paths.items():
             lost_pages[cpu] = 0
             gaps[cpu] = ([], [])
@@ -430,7 +442,9 @@ class FtraceCollector(Collector):
                     gaps[cpu][1].append(rec.gap_count)
                     buf = np.frombuffer(blob, dtype=np.uint8)
                     cpus = np.full(len(rec.ts), cpu, dtype=np.int16)
-                    dec = decode_records(buf, rec.ts, rec.offset, cpus, self._formats, self._bql_addr, self.options.precise)
+                    dec = decode_records(buf, rec.ts, rec.offset, cpus, self._formats, self._bql_addr,
+                                         self.options.precise or self.options.callsites is not None,
+                                         site_files=site_files)
                     decoded.append(dec)
                     for k, v in dec.fired.items():
                         fired[k] = fired.get(k, 0) + v
@@ -442,6 +456,12 @@ class FtraceCollector(Collector):
         rows = pd.concat([d.rows for d in decoded], ignore_index=True) if decoded else None
         markers = _lost_markers({cpu: (np.concatenate(t), np.concatenate(c)) for cpu, (t, c) in gaps.items() if t})
         events = normalize_events(assemble(rows, tids)) if rows is not None else _empty()
+        meta: dict[str, Any] = {}
+        if self.options.precise or self.options.callsites:
+            events, sites = assign_sites(events, site_files.get)
+            begin = (events["event"] == "lock_begin").to_numpy()
+            events.loc[begin, "addr"] = self._bql_addr if self._bql_addr is not None else pd.NA
+            meta = {"callsites": sites, "callsite_sampling": {"mode": "full"}}
         # Markers join after the target filter: they belong to no thread.
         events = with_markers(events, markers)
         thread_names = {t: n for t, n in self._proc_names.items() if t in tids}
@@ -490,6 +510,7 @@ class FtraceCollector(Collector):
             locks=locks,
             probes=dict(self._probes),
             notes=notes,
+            meta=meta,
         )
 
     # ------------------------------------------------------------------ detach
@@ -578,5 +599,5 @@ def _emergency_cleanup(tracefs: Path, instance: str, group: str | None) -> None:
         if group and any(g == group for g, _ in uprobe_names(tracefs)):
             remove_uprobe_group(tracefs, group)
         Instance(tracefs, instance).remove()
-    except Exception:  # noqa: BLE001 - never raise from a finalizer
+    except Exception:
         pass

@@ -84,6 +84,10 @@ class Decoded:
     fired: dict[str, int] = field(default_factory=dict)
     names: list[tuple[int, int, str]] = field(default_factory=list)
     own_pids: set[int] = field(default_factory=set)
+    #: bql_lock records with a ``file`` string (call sites): id -> the
+    #: string; their lock_begin rows carry the id in ``addr`` and the line in
+    #: ``value`` (see collectors.callsites.assign_sites).
+    site_files: dict[int, str] = field(default_factory=dict)
     lock_hits: pd.DataFrame | None = None
 
 
@@ -142,6 +146,7 @@ def decode_records(
     formats: dict[int, EventFormat],
     bql_addr: int | None = None,
     uprobe_rows: bool = True,
+    site_files: dict[int, str] | None = None,
 ) -> Decoded:
     """Decode records into schema rows.
 
@@ -150,12 +155,14 @@ def decode_records(
     event that may occur (others are ignored); ``bql_addr`` the BQL's futex
     word for lock rows (0 when unknown); ``uprobe_rows`` bool: emit lock_* and
     dispatch_* rows for uprobe records (False when the probes were only there
-    to identify the BQL, so their partial coverage is not mistaken for data).
+    to identify the BQL, so their partial coverage is not mistaken for data);
+    ``site_files`` the call-site file strings by id, shared by every batch
+    of a recording (extended here; see ``Decoded.site_files``).
     """
     types = gather(buf, offsets, 0, 2, False)
     pids = gather(buf, offsets, 4, 4, True)
     frames: list[pd.DataFrame] = []
-    out = Decoded(rows=pd.DataFrame())
+    out = Decoded(rows=pd.DataFrame(), site_files={} if site_files is None else site_files)
     hits: list[pd.DataFrame] = []
     for ev_id in np.unique(types):
         fmt = formats.get(int(ev_id))
@@ -223,7 +230,10 @@ def decode_records(
             event = UPROBE_ROLES[role]
             if event is None or not uprobe_rows:
                 continue
-            if event.startswith("lock_"):
+            if role == "bql_lock" and "file" in fmt.fields:
+                ids = _site_file_ids(buf, o, fmt.fields["file"].offset, out.site_files)
+                frames.append(_frame(t, p, c, EVENT_CODE[event], addr=ids, value=f("line"), name="BQL"))
+            elif event.startswith("lock_"):
                 frames.append(_frame(t, p, c, EVENT_CODE[event], addr=np.full(len(t), bql_addr or 0, dtype=np.uint64), name="BQL"))
             else:
                 is_write = role.startswith("dispatch_write")
@@ -238,6 +248,30 @@ def decode_records(
     if hits:
         out.lock_hits = pd.concat(hits, ignore_index=True)
     return out
+
+
+def _site_file_ids(buf: np.ndarray, offsets: np.ndarray, loc_offset: int, files: dict[int, str]) -> np.ndarray:
+    """The ``__data_loc char[] file`` of each record (u32: length << 16 |
+    offset in the record) as a small id per distinct string, ``files`` id ->
+    string extended.  Records share few strings (one per QEMU source file
+    that takes the BQL), so each distinct one is decoded once."""
+    loc = gather(buf, offsets, loc_offset, 4, False).astype(np.int64)
+    start, length = loc & 0xFFFF, np.minimum(loc >> 16, 256)
+    width = int(length.max()) if len(length) else 0
+    if width == 0:
+        return np.zeros(len(offsets), dtype=np.uint64)
+    idx = (offsets + start)[:, None] + np.arange(width)
+    raw = buf[np.minimum(idx, len(buf) - 1)]
+    raw = np.where(np.arange(width)[None, :] < length[:, None], raw, 0).astype(np.uint8)
+    uniq, inverse = np.unique(raw, axis=0, return_inverse=True)
+    known = {v: k for k, v in files.items()}
+    ids = np.zeros(len(uniq), dtype=np.uint64)
+    for i, name in enumerate(decode_cstrings(uniq)):
+        if name not in known:
+            known[name] = len(files) + 1
+            files[known[name]] = name
+        ids[i] = known[name]
+    return ids[inverse.reshape(-1)]
 
 
 def _add_names(out: Decoded, ts: np.ndarray, tids: np.ndarray, comms: np.ndarray) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "qemu_symbols",
     "symbol_file_offset",
     "uprobe_plan",
+    "CALLSITE_ROLES",
     "proc_thread_names",
 ]
 
@@ -149,22 +150,33 @@ class UprobeSpec:
     identify: bool = False
 
 
-def uprobe_plan(syms: QemuSymbols, precise: bool) -> list[UprobeSpec]:
+#: Roles of the uprobes that record call sites (``--callsites``), which the
+#: sampled mode attaches only inside its windows.
+CALLSITE_ROLES = ("bql_lock", "bql_lock_ret", "bql_unlock")
+
+
+def uprobe_plan(syms: QemuSymbols, precise: bool, callsites: bool = False) -> list[UprobeSpec]:
     """The uprobes to place on a QEMU binary: the two that name the BQL's
     futex word (the first ``qemu_mutex_lock_impl(QemuMutex *mutex)`` inside
-    the BQL lock function), and in precise mode the lock's return, the
-    unlock and ``memory_region_dispatch_read/write`` (entry and return).
-    Empty when the BQL functions are absent."""
+    the BQL lock function); with ``callsites`` or ``precise`` the lock's
+    return and the unlock too, the lock's entry then reading the caller's
+    file and line (``bql_lock_impl(const char *file, int line)``, and
+    ``qemu_mutex_lock_iothread_impl`` alike before 9.0); in precise mode
+    ``memory_region_dispatch_read/write`` (entry and return).  Empty when
+    the BQL functions are absent."""
     if not syms.bql_lock or not syms.mutex_lock:
         return []
+    sites = precise or callsites
     plan = [
-        UprobeSpec("bql_lock", syms.bql_lock, identify=True),
+        UprobeSpec("bql_lock", syms.bql_lock, identify=True,
+                   fetch="file=+0(%di):string line=%si:s32" if sites else ""),
         UprobeSpec("mutex_lock", syms.mutex_lock, fetch="mutex=%di:x64", identify=True),
     ]
-    if precise:
+    if sites:
         plan.append(UprobeSpec("bql_lock_ret", syms.bql_lock, is_return=True))
         if syms.bql_unlock:
             plan.append(UprobeSpec("bql_unlock", syms.bql_unlock))
+    if precise:
         # memory_region_dispatch_read(mr, addr, *pval, op, attrs) and
         # _write(mr, addr, data, op, attrs): System V argument registers.
         if syms.dispatch_read:
@@ -176,7 +188,7 @@ def uprobe_plan(syms: QemuSymbols, precise: bool) -> list[UprobeSpec]:
     return plan
 
 
-def proc_thread_names(tids: "set[int] | list[int]") -> dict[int, str]:
+def proc_thread_names(tids: set[int] | list[int]) -> dict[int, str]:
     """tid -> name from ``/proc/TID/comm`` (QEMU names vCPU threads ``CPU
     n/KVM`` with ``debug-threads=on``); threads that are gone are left out."""
     out: dict[int, str] = {}

@@ -68,4 +68,8 @@ make -s -C reference_vmm/guest
 #    repository; when it cannot be built, the script says why and the VMM
 #    runs on the GIL interpreter, so setup goes on.
 bash scripts/build_python_ft.sh || true
+# 7. QEMU 10.0 beside Debian's 7.2, in a private prefix (`--qemu 10.0`; the
+#    live tests run on both).  When it cannot be fetched, QEMU 7.2 alone is used.
+bash "$REPO/scripts/install_qemu10.sh" || say "WARNING: QEMU 10.0 not installed; benches and tests use QEMU 7.2 only"
+
 say "ready: $REPO/.venv/bin/vmtrace"

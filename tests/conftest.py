@@ -127,3 +127,22 @@ def fresh_venv(tmp_path: Path) -> Path:
     )
     need(proc.returncode == 0, f"needs /usr/bin/python3 with venv (Debian package python3-venv): {proc.stderr.strip()}")
     return venv / "bin" / "python"
+
+
+def _known_qemus() -> tuple[str, ...]:
+    from vmtrace.qemu_versions import KNOWN_VERSIONS
+
+    return KNOWN_VERSIONS
+
+
+@pytest.fixture(scope="session", params=_known_qemus())
+def qemu_version(request: pytest.FixtureRequest) -> str:
+    """Each QEMU version vmtrace knows (7.2: Debian's; 10.0: the private
+    prefix scripts/setup.sh installs): a live QEMU test that takes this runs
+    once per version.  A missing one skips here and fails under CI."""
+    from vmtrace.qemu_versions import available_qemus
+
+    v = str(request.param)
+    need(have_kvm(), "needs read/write access to /dev/kvm")
+    need(v in available_qemus(), f"needs QEMU {v} (scripts/setup.sh installs 10.0 beside Debian's 7.2)")
+    return v

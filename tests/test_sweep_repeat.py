@@ -28,7 +28,8 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, untraced: list[float], traced: l
     be recognised."""
     plain, rec, written = iter(untraced), iter(enumerate(traced)), []
 
-    def run_bench(vmm, name, vcpus, iterations, locking=None, record_to=None, backend="auto", python=None):  # noqa: ANN001
+    def run_bench(vmm, name, vcpus, iterations, locking=None, record_to=None, backend="auto", python=None,  # noqa: ANN001
+                  qemu=None):
         if record_to is None:
             return SimpleNamespace(cycles_per_op=next(plain))
         k, cycles = next(rec)

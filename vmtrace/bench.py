@@ -26,6 +26,7 @@ from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_di
 from .errors import TargetError, VmtraceError
 from .interpreter import REPORT_ENV, Interpreter, read_report, reference_vmm_command, resolve_python
 from .procs import Interrupted, run_child
+from .qemu_versions import QemuBinary, firmware_dir, resolve_qemu
 
 __all__ = [
     "BENCHES",
@@ -41,7 +42,7 @@ __all__ = [
     "note_on_stderr",
 ]
 
-BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", *BLK_BENCHES)
+BENCHES = ("inl_pmtimer", "inl_vmm", "inl_kernel", "cpuid", "serial_pmtimer", "fwcfg_pmtimer", *BLK_BENCHES)
 VMMS = ("qemu", "reference")
 LOCKING_MODES = ("2013", "bql", "unlocked")
 # Through the vmtrace/reference_vmm link in a checkout, the installed package in a wheel.
@@ -68,7 +69,12 @@ class BenchResult:
 
     ``interpreter`` is what the reference VMM reported of the Python it ran
     on (``version``, ``free_threaded``, ``gil_enabled``, ``path``); None on
-    QEMU."""
+    QEMU.
+
+    serial_pmtimer and fwcfg_pmtimer: ``per_vcpu`` are two kinds of op,
+    vCPU 0's (serial writes, fw_cfg fills), then the other vCPUs' PM-timer
+    reads.  ``qemu_version`` is the version of the QEMU that ran
+    ("10.0.2"); None on the reference VMM."""
 
     vmm: str
     bench: str
@@ -98,6 +104,7 @@ class BenchResult:
     readers: int | None = None
     hammers: list[dict[str, str]] = field(default_factory=list)
     hammer_cycles_per_op: float | None = None
+    qemu_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +165,9 @@ def vmm_command(
     blk: str | None = None,
     python: Interpreter | None = None,
 ) -> list[str]:
-    """The command line that runs the guest ``bench`` on ``vmm``; with
+    """The command line that runs the guest ``bench`` on ``vmm``
+    (``qemu``: the QEMU binary; one inside a private prefix gets ``-L`` to
+    its firmware, see vmtrace.qemu_versions); with
     ``disk``, the VM gets a legacy virtio-blk-pci device on that raw image,
     its queue serviced under the BQL (``blk`` "bql", the default) or by an
     IOThread (``blk`` "dataplane").  The reference VMM runs on ``python``
@@ -166,7 +175,7 @@ def vmm_command(
     append = f"bench={bench} iterations={iterations} {extra}".strip()
     if vmm == "qemu":
         cmd = [
-            qemu, "-enable-kvm", "-cpu", "max,-arch-capabilities", "-M", "pc",
+            qemu, *QemuBinary(qemu, "", firmware_dir(qemu)).args(), "-enable-kvm", "-cpu", "max,-arch-capabilities", "-M", "pc",
             "-smp", str(vcpus), "-m", "64", "-display", "none", "-nodefaults",
             "-no-reboot", "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
@@ -297,6 +306,8 @@ def run_bench(
     guest_args: str = "",
     python: str | None = None,
     note: Callable[[str], None] | None = None,
+    qemu: str | None = None,
+    callsites: str | None = None,
 ) -> BenchResult:
     """Run ``bench`` on ``vmm`` with ``vcpus`` vCPUs; record it when
     ``record_to`` is given (the guest's results then land in the trace's
@@ -314,7 +325,11 @@ def run_bench(
     The reference VMM runs on ``python`` (see
     :func:`vmtrace.interpreter.resolve_python`: by default the free-threaded
     build when it is there; ``note`` hears why when it is not, and defaults
-    to a line on stderr)."""
+    to a line on stderr).
+
+    ``qemu`` picks the QEMU (a version in
+    vmtrace.qemu_versions.KNOWN_VERSIONS or a path; default
+    ``qemu-system-x86_64`` on PATH)."""
     if bench not in BENCHES:
         raise VmtraceError(f"unknown bench {bench!r}: choose one of {', '.join(BENCHES)}")
     if vcpus < 1 or vcpus > 64:
@@ -329,6 +344,12 @@ def run_bench(
         raise VmtraceError("QEMU's locking is fixed by its version: --locking applies to --vmm reference")
     if vmm == "qemu" and python is not None:
         raise VmtraceError("--python applies to --vmm reference (QEMU is not written in Python)")
+    if vmm != "qemu" and qemu is not None:
+        raise VmtraceError("--qemu applies to --vmm qemu")
+    if callsites is not None and (vmm != "qemu" or record_to is None):
+        raise VmtraceError("--callsites applies to --vmm qemu with --record")
+    qbin = resolve_qemu(qemu) if vmm == "qemu" else None
+    qpath = qbin.path if qbin else "qemu-system-x86_64"
     is_blk = bench in BLK_BENCHES
     if not is_blk and (queue_depth is not None or blk is not None or disk is not None):
         raise VmtraceError(f"--queue-depth, --blk and --disk apply to the {', '.join(BLK_BENCHES)} benches, not {bench}")
@@ -346,8 +367,11 @@ def run_bench(
     image = guest_image()
     interp = resolve_python(python, note_on_stderr if note is None else note) if vmm == "reference" else None
     if not is_blk:
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args, python=interp)
-        return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args, qemu=qpath,
+                          python=interp)
+        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None, callsites)
+        res.qemu_version = qbin.version if qbin else None
+        return res
     extra = f"qd={queue_depth}"
     if bench in ("blk_randread", "blk_randwrite", "blk_mixed"):
         # A short untimed run first: the host's first touches of the image
@@ -358,9 +382,11 @@ def run_bench(
         if disk is None:
             disk = make_disk(Path(tmp) / "disk.img", DEFAULT_DISK_BYTES)
         cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk,
-                          python=interp)
+                          qemu=qpath, python=interp)
         info = {"queue_depth": queue_depth, "blk": blk, "disk": None if Path(tmp) in disk.parents else str(disk)}
-        return _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info)
+        res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info, callsites)
+        res.qemu_version = qbin.version if qbin else None
+        return res
 
 
 def note_on_stderr(message: str) -> None:
@@ -369,7 +395,7 @@ def note_on_stderr(message: str) -> None:
 
 def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_to: Path | None,
              backend: str, precise: bool, timeout_s: float, echo: bool,
-             blk: dict[str, Any] | None) -> BenchResult:
+             blk: dict[str, Any] | None, callsites: str | None = None) -> BenchResult:
     stderr = ""
     interpreter: dict[str, Any] | None = None
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryDirectory(prefix="vmtrace-bench-") as tmp:
@@ -405,7 +431,7 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
                     return {"bench": None}
 
             rec = record(record_to, cmd=cmd, backend=backend, precise=precise, stdout=out,
-                         extra_meta=bench_meta, duration=timeout_s)
+                         extra_meta=bench_meta, duration=timeout_s, callsites=callsites)
             if rec.signum is not None:
                 # The guest's results are incomplete, the trace is not lost.
                 raise Interrupted(rec.signum, f"the trace recorded so far was written to {record_to}")

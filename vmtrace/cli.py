@@ -160,6 +160,8 @@ def record(
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after S seconds (default: until the target exits or Ctrl-C)."),
     backend: str = typer.Option("auto", "--backend", help="auto (bcc where it works), bcc (eBPF) or ftrace (tracefs only)."),
     precise: bool = typer.Option(False, "--precise", help="Keep uprobes on the BQL and memory_region_dispatch_* for the whole run: splits device time from dispatch, at a higher observer effect."),
+    callsites: Optional[str] = typer.Option(None, "--callsites", help="QEMU: read the BQL's call sites (file:line) at its uprobes: full (every acquisition) or sampled (uprobes on in windows, see --callsite-duty). Shown by report --callsites."),
+    callsite_duty: float = typer.Option(0.1, "--callsite-duty", help="--callsites=sampled: share of each second the call-site uprobes are on."),
     aggregate: Optional[float] = typer.Option(None, "--aggregate", help="Record no events: one snapshot of the exit breakdown, aggregated in the kernel, every S seconds (a tiny time series; see vmtrace top)."),
 ) -> None:
     """Record a VMM: KVM exits, KVM_RUN boundaries, futex waits, scheduling.
@@ -190,7 +192,7 @@ def record(
     if cmd:
         check_command(cmd[0])
     result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration,
-                       aggregate=aggregate)
+                       callsites=callsites, callsite_duty=callsite_duty, aggregate=aggregate)
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
     stop = " (stopped by signal)" if result.interrupted else ""
     err_console.print(
@@ -272,6 +274,7 @@ def report(
     locks: bool = _view_flag("locks"),
     offcpu: bool = _view_flag("offcpu"),
     requests: bool = _view_flag("requests"),
+    callsites: bool = _view_flag("callsites"),
     aggregate: bool = _view_flag("aggregate"),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
@@ -352,6 +355,8 @@ def bench(
     disk: Optional[Path] = typer.Option(None, "--disk", help="blk_* benches: raw disk image (default: a 64 MiB one in a temporary directory). blk_randwrite and blk_verify overwrite data on it."),
     python: Optional[str] = typer.Option(None, "--python", help=PYTHON_HELP),
     guest_args: str = typer.Option("", "--guest-args", help="More words for the guest's command line, e.g. \"readers=1 hammer=serial\" for blk_mixed (see reference_vmm/guest/README.md)."),
+    qemu: Optional[str] = typer.Option(None, "--qemu", help="--vmm qemu: 7.2 (Debian's), 10.0 (scripts/install_qemu10.sh's private prefix, run with -L) or a path (default: qemu-system-x86_64 on PATH)."),
+    callsites: Optional[str] = typer.Option(None, "--callsites", help="With --record: full or sampled BQL call sites (see vmtrace record --help)."),
 ) -> None:
     """Run the benchmark guest and print the guest-measured cycles per operation.
 
@@ -370,7 +375,8 @@ def bench(
     check_locking([vmm], locking)
     with interrupt_on_signals():
         result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
-                           queue_depth=queue_depth, blk=blk_mode, disk=disk, python=python, guest_args=guest_args)
+                           queue_depth=queue_depth, blk=blk_mode, disk=disk, python=python, guest_args=guest_args,
+                           qemu=qemu, callsites=callsites)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
@@ -475,6 +481,7 @@ def sweep(
     backend: str = typer.Option("auto", "--backend", help="Recording backend: auto, bcc or ftrace."),
     repeat: int = typer.Option(1, "--repeat", help="Runs per configuration, untraced and recorded alternating; medians are shown, with the untraced range."),
     python: str = typer.Option("ft", "--python", help="Reference VMM: the Pythons it runs on, comma-separated, each a configuration of its own: ft (the free-threaded build, the default; the GIL interpreter with a note when it is missing), gil (the one vmtrace runs on: 'reference bql (GIL)' beside the free-threaded curves), or a path."),
+    qemu: Optional[str] = typer.Option(None, "--qemu", help="--vmm qemu: QEMU versions or paths, comma-separated, one configuration each (7.2,10.0)."),
 ) -> None:
     """Reproduce the seed's figure: cost per exit by component across vCPU counts.
 
@@ -505,7 +512,8 @@ def sweep(
         _checked_int(str(iterations), "--iterations", 1, U32_MAX, example="20000")
     check_locking(vmm.split(","), locking)
     configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None,
-                          pythons=[p.strip() for p in python.split(",") if p.strip()])
+                          pythons=[p.strip() for p in python.split(",") if p.strip()],
+                          qemus=[q.strip() for q in qemu.split(",") if q.strip()] if qemu else None)
     from .outputs import check_output_dir
     from .procs import interrupt_on_signals
     from .sweep import check_outdir

@@ -28,6 +28,7 @@ import pandas as pd
 
 from vmtrace.collectors import host
 from vmtrace.collectors.base import Collected, Collector, RecordOptions
+from vmtrace.collectors.callsites import check_callsites
 from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary
 from vmtrace.collectors.userspace import read_probe_spool
 
@@ -218,6 +219,8 @@ def record(
     precise: bool = False,
     duration: float | None = None,
     stdout: TextIO | None = None,
+    callsites: str | None = None,
+    callsite_duty: float = 0.1,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
     say: Callable[[str], None] | None = _say,
@@ -232,14 +235,17 @@ def record(
     ``duration`` limits the recording in seconds (finite, > 0); ``stdout``
     sends the target's standard output elsewhere (``bench`` parses it);
     ``say`` gets one-line notices (leftovers removed, an attached PID that
-    never entered KVM_RUN), on stderr by default.  ``aggregate`` records no
-    events: one snapshot of top's in-kernel counters every that many
-    seconds, in the metadata's ``aggregate``.
+    never entered KVM_RUN), on stderr by default.  ``callsites`` ("full"
+    or "sampled", QEMU only) reads the BQL function's file and line at a
+    uprobe; sampled keeps the uprobes on for ``callsite_duty`` of each second.
+    ``aggregate`` records no events: one snapshot of top's in-kernel
+    counters every that many seconds, in the metadata's ``aggregate``.
     """
     if (cmd is None) == (pid is None):
         raise VmtraceError("give either a command after -- or -p PID")
     if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
         raise VmtraceError(f"--duration takes a finite number of seconds above 0, not {duration!r}")
+    check_callsites(callsites, callsite_duty)
     say = say or (lambda _line: None)
     output = Path(output)
     host.require_root("vmtrace record")
@@ -267,10 +273,11 @@ def record(
     if removed:
         say("removed leftovers of a recorder that was killed: " + ", ".join(removed))
     chosen = choose_backend(backend)
-    if aggregate is not None and (aggregate <= 0 or chosen != "bcc" or precise):
-        raise VmtraceError("--aggregate needs a positive interval, the bcc backend and no --precise")
+    if aggregate is not None and (aggregate <= 0 or chosen != "bcc" or precise or callsites):
+        raise VmtraceError("--aggregate needs a positive interval, the bcc backend, and no --precise or --callsites")
     spool_dir = spool.new_spool()
-    options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary)
+    options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary,
+                            callsites=check_callsites(callsites, callsite_duty), callsite_duty=callsite_duty)
     probe_spool = spool_dir / "probes.bin"
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in procs.STOP_SIGNALS}
@@ -469,6 +476,7 @@ def _assemble(
         "bench": None,
         "notes": notes,
     }
+    meta.update(collected.meta)
     meta.update(extra_meta() if callable(extra_meta) else extra_meta)
     return events, meta, notes
 

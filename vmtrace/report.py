@@ -133,6 +133,12 @@ def _all_exits(r: Report) -> Any:
     return exit_breakdown(r.trace)
 
 
+def _callsites(r: Report) -> Any:
+    from .analyses.callsites import callsite_table
+
+    return callsite_table(r.trace)
+
+
 def _aggregate(r: Report) -> Any:
     from .top.series import aggregate_view
 
@@ -167,6 +173,11 @@ VIEWS: tuple[View, ...] = (
          "virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): "
          "notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99.",
          frozenset(), _to_json, _text("render_requests"), _html("requests_section")),
+    View("callsites", _callsites, "--callsites",
+         "BQL call sites (QEMU, traces recorded with --callsites or --precise): acquisitions, wait inside the lock "
+         "call, contended waits, hold time to the unlock; mean and p99 per file:line, as info sync-profile.",
+         frozenset(), _to_json, _Lazy("vmtrace.render.callsites", "render_callsites"),
+         _Lazy("vmtrace.render.callsites", "callsites_section")),
     View("aggregate", _aggregate, "--aggregate",
          "A record --aggregate trace: exits/s and mean cycles per component per interval, the recording's rows "
          "by vCPU and exit kind with p99, the BQL's share of wait.  The default view of such a trace.",

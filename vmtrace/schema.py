@@ -28,7 +28,9 @@ sched_out           thread switched out: ``value`` = prev_state (0 runnable),
                     ``peer_tid`` = next tid
 sched_in            thread switched in: ``peer_tid`` = previous tid
 wakeup              sched_wakeup of ``tid``; ``peer_tid`` = waker tid
-lock_begin          userspace: thread starts to take lock ``name`` at ``addr``
+lock_begin          userspace: thread starts to take lock ``name`` at ``addr``;
+                    ``value`` = index into metadata ``callsites`` (the
+                    caller's file:line, QEMU's BQL) or NA
 lock_acquired       ... got it
 lock_release        ... released it
 dispatch_begin      userspace: device callback starts; ``addr`` = port/address,
@@ -137,6 +139,8 @@ METADATA_KEYS: Final[dict[str, str]] = {
     "interrupted": "bool: stopped by a signal",
     "bench": "dict or null: guest-measured results when made by `vmtrace bench --record`",
     "notes": "list[str]: what this host could not separate, and why",
+    "callsites": "list[str] (optional): 'file:line' call sites of the BQL, indexed by lock_begin's value",
+    "callsite_sampling": "dict (optional): mode full | sampled; sampled adds duty, period_ns, windows [[start_ns, end_ns]]",
 }
 
 #: ioctl(KVM_RUN) = _IO(KVMIO=0xAE, 0x80).

@@ -58,31 +58,46 @@ class SweepConfig:
     """One VMM set-up; the sweep runs it at every vCPU count.  ``python``
     (reference VMM only) is the interpreter's path, None for the default
     (see vmtrace.interpreter.resolve_python); ``gil`` says it runs with the
-    GIL, which the label then says: "reference unlocked (GIL)"."""
+    GIL, which the label then says: "reference unlocked (GIL)".  ``qemu``
+    (QEMU only) is what ``bench --qemu`` takes: a version or a path; the
+    label then names it ("qemu 10.0")."""
 
     vmm: str
     locking: str | None = None
     python: str | None = None
     gil: bool = False
+    qemu: str | None = None
 
     @property
     def label(self) -> str:
+        if self.qemu:
+            return f"{self.vmm} {self._qemu_name}"
         base = f"{self.vmm} {self.locking}" if self.locking else self.vmm
         return f"{base} (GIL)" if self.gil else base
 
     @property
+    def _qemu_name(self) -> str:
+        q = self.qemu or ""
+        return q.rsplit("/", 1)[-1] if "/" in q else q
+
+    @property
     def slug(self) -> str:
+        if self.qemu:
+            return f"{self.vmm}-{self._qemu_name}"
         base = f"{self.vmm}-{self.locking}" if self.locking else self.vmm
         return f"{base}-gil" if self.gil else base
 
 
 def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
-                pythons: Iterable[str] | None = None) -> list[SweepConfig]:
+                pythons: Iterable[str] | None = None,
+                qemus: Iterable[str] | None = None) -> list[SweepConfig]:
     """Every configuration named on the command line: ``--locking`` applies
     to the reference VMM (QEMU's locking is fixed by its version), and so
     does ``--python`` (default "ft": the free-threaded build, or the GIL
     interpreter with a note on stderr when it is missing).  Each interpreter
-    is a configuration of its own, free-threaded ones first."""
+    is a configuration of its own, free-threaded ones first.  ``--qemu``
+    (versions or paths, each resolved now so a missing one fails before any
+    run) makes one QEMU configuration each."""
     from .bench import LOCKING_MODES, VMMS, note_on_stderr
     from .interpreter import resolve_python
 
@@ -108,8 +123,16 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
             interps.sort(key=lambda i: i.kind != "free-threaded")
             out += [SweepConfig(vmm, m, i.path, i.kind == "GIL") for i in interps
                     for m in (lockings or ["bql", "unlocked"])]
+        elif qemus:
+            from .qemu_versions import resolve_qemu
+
+            for q in qemus:
+                resolve_qemu(q)
+                out.append(SweepConfig(vmm, qemu=q))
         else:
             out.append(SweepConfig(vmm))
+    if qemus and "qemu" not in list(vmms):
+        raise VmtraceError("--qemu applies to --vmm qemu")
     if not out:
         raise VmtraceError("nothing to sweep: give --vmm qemu and/or reference")
     return out
@@ -182,11 +205,11 @@ def run_sweep(
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
                     plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
-                                           python=cfg.python).cycles_per_op)
+                                           python=cfg.python, qemu=cfg.qemu).cycles_per_op)
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
                     res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend,
-                                    python=cfg.python)
+                                    python=cfg.python, qemu=cfg.qemu)
                     traced.append((res.cycles_per_op, files[k]))
                     interpreter = getattr(res, "interpreter", None)
             except BaseException:

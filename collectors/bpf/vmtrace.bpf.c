@@ -305,6 +305,29 @@ TRACEPOINT_PROBE(task, task_rename) {
 
 // --- uprobes on the VMM (QEMU) --------------------------------------------
 
+// Call sites: QEMU passes the caller's __FILE__ and __LINE__ to the BQL
+// function (qemu_mutex_lock_iothread_impl(file, line) up to 8.x,
+// bql_lock_impl(file, line) since 9.0).  lock_begin carries the file
+// pointer in addr and the line in value; each distinct pointer's string is
+// read once into site_files (the strings are constants in QEMU's .rodata,
+// so the pointer names the file for the life of the process).  sites_on[0]
+// is 1 while call sites are recorded: always with PRECISE or full
+// CALLSITES, inside the sampling windows otherwise.
+#if defined(PRECISE) || defined(CALLSITES)
+#define SITE_FILE_LEN 128
+struct site_file {
+    char name[SITE_FILE_LEN];
+};
+BPF_HASH(site_files, u64, struct site_file, 1024);
+BPF_ARRAY(sites_on, u32, 1);
+
+static __always_inline int recording_sites(void) {
+    int zero = 0;
+    u32 *on = sites_on.lookup(&zero);
+    return on && *on;
+}
+#endif
+
 // Identification: the first qemu_mutex_lock_impl() a thread calls inside the
 // BQL lock function locks the BQL; its QemuMutex starts with the futex word.
 int bql_lock_enter(struct pt_regs *ctx) {
@@ -313,10 +336,16 @@ int bql_lock_enter(struct pt_regs *ctx) {
     u32 tid = cur_tid();
     u8 one = 1;
     bql_pending.update(&tid, &one);
-#ifdef PRECISE
-    int zero = 0;
-    u64 *w = bql_word.lookup(&zero);
-    emit(tid, EV_LOCK_BEGIN, w ? *w : 0, 0, 0, 0, 0);
+#if defined(PRECISE) || defined(CALLSITES)
+    if (!recording_sites())
+        return 0;
+    u64 file = PT_REGS_PARM1(ctx);
+    if (file && site_files.lookup(&file) == NULL) {
+        struct site_file sf = {};
+        bpf_probe_read_user_str(sf.name, sizeof(sf.name), (const void *)file);
+        site_files.update(&file, &sf);
+    }
+    emit(tid, EV_LOCK_BEGIN, file, (s32)PT_REGS_PARM2(ctx), 0, 0, 0);
 #endif
     return 0;
 }
@@ -334,7 +363,7 @@ int mutex_lock_enter(struct pt_regs *ctx) {
     return 0;
 }
 
-#ifdef PRECISE
+#if defined(PRECISE) || defined(CALLSITES)
 int bql_lock_return(struct pt_regs *ctx) {
     if (!is_target())
         return 0;
@@ -352,6 +381,9 @@ int bql_unlock_enter(struct pt_regs *ctx) {
     emit(cur_tid(), EV_LOCK_RELEASE, w ? *w : 0, 0, 0, 0, 0);
     return 0;
 }
+#endif
+
+#ifdef PRECISE
 
 // memory_region_dispatch_read(mr, addr, pval, op, attrs) and
 // memory_region_dispatch_write(mr, addr, data, op, attrs): op's low bits are

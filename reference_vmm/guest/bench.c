@@ -7,6 +7,7 @@
 
 #include "bench.h"
 #include "blk_bench.h"
+#include "contend_bench.h"
 #include "console.h"
 #include "io.h"
 #include "lib.h"
@@ -154,6 +155,10 @@ const struct bench bench_table[] = {
     { "inl_vmm",       1,      NULL,                run_inl_vmm,       report_inl_vmm,     0 },
     { "inl_kernel",    1,      NULL,                run_inl_kernel,    NULL,               0 },
     { "cpuid",         1,      NULL,                run_cpuid,         NULL,               0 },
+    /* contend_bench.c: vCPU 0 writes to COM1, the others read the PM timer */
+    { "serial_pmtimer", 0,     contend_setup,       run_serial_pmtimer, NULL,              0 },
+    /* ... vCPU 0 makes QEMU zero-fill 256 KiB by fw_cfg DMA, under the BQL */
+    { "fwcfg_pmtimer", 0,      fwcfg_setup,         run_fwcfg_pmtimer, NULL,               0 },
     /* virtio-blk (blk_bench.c): not in "all", they need a disk */
     { "blk_randread",  0,      blk_setup_randread,  run_blk_rand,      report_blk,         1 },
     { "blk_randwrite", 0,      blk_setup_randwrite, run_blk_rand,      report_blk,         1 },

@@ -67,7 +67,7 @@ def _qemu_children(parent: int) -> list[int]:
     return found
 
 
-def record_with_both_backends(out: Path, vcpus: int, iterations: int) -> tuple[Path, Path]:
+def record_with_both_backends(out: Path, vcpus: int, iterations: int, qemu: str = "7.2") -> tuple[Path, Path]:
     """One QEMU run observed by both backends at once: bcc from the start
     (``vmtrace bench --record``), ftrace attached by PID once QEMU runs.
     Two separate runs differ by more than the backends do (preemption on a
@@ -76,7 +76,7 @@ def record_with_both_backends(out: Path, vcpus: int, iterations: int) -> tuple[P
     a, b = out / f"both-bcc-{vcpus}.vmtrace", out / f"both-ftrace-{vcpus}.vmtrace"
     bench = subprocess.Popen(
         [*VMTRACE, "bench", "--vmm", "qemu", "--bench", "inl_pmtimer", "--vcpus", str(vcpus),
-         "--iterations", str(iterations), "--record", str(a), "--backend", "bcc", "--json"],
+         "--iterations", str(iterations), "--record", str(a), "--backend", "bcc", "--json", "--qemu", qemu],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -97,18 +97,21 @@ def record_with_both_backends(out: Path, vcpus: int, iterations: int) -> tuple[P
     return a, b
 
 
-@pytest.fixture(scope="module")
-def pm_traces(tmp_path_factory: pytest.TempPathFactory, live: None) -> dict[tuple[str, int], Path]:
-    """QEMU inl_pmtimer at 1 and 2 vCPUs: recorded by bcc alone (``bcc``),
-    and recorded by both backends at once (``both-bcc``/``both-ftrace``)."""
-    out = tmp_path_factory.mktemp("pm")
+@pytest.fixture(scope="session")
+def pm_traces(tmp_path_factory: pytest.TempPathFactory, live: None, qemu_version: str) -> dict[tuple[str, int], Path]:
+    """QEMU inl_pmtimer at 1 and 2 vCPUs, on each QEMU version: recorded by
+    bcc alone (``bcc``), and recorded by both backends at once
+    (``both-bcc``/``both-ftrace``)."""
+    out = tmp_path_factory.mktemp(f"pm-{qemu_version}")
     traces = {}
     for vcpus in (1, 2):
         path = out / f"pm-bcc-{vcpus}.vmtrace"
-        run_bench("qemu", "inl_pmtimer", vcpus, ITER, record_to=path, backend="bcc")
+        run_bench("qemu", "inl_pmtimer", vcpus, ITER, record_to=path, backend="bcc", qemu=qemu_version)
+        assert (read_trace(path).meta["target"]["vmm_version"] or "").startswith(qemu_version)
         traces[("bcc", vcpus)] = path
         # Long enough that ftrace attaches well inside the timed loop.
-        traces[("both-bcc", vcpus)], traces[("both-ftrace", vcpus)] = record_with_both_backends(out, vcpus, 400_000)
+        traces[("both-bcc", vcpus)], traces[("both-ftrace", vcpus)] = record_with_both_backends(
+            out, vcpus, 400_000, qemu_version)
     return traces
 
 
@@ -123,12 +126,13 @@ def test_traced_total_matches_guest_and_bql_is_named(live: None, pm_traces, vcpu
         assert b.components["bql_wait"] < 0.03 * b.components["total"]
 
 
-def test_precise_mode_sees_the_bql_on_every_exit(live: None, tmp_path: Path) -> None:
-    # QEMU 7.2 takes the BQL for every PM-timer read (prepare_mmio_access);
-    # --precise keeps the uprobes on and must show a BQL span per exit and
-    # separate the device callback from dispatch.
+def test_precise_mode_sees_the_bql_on_every_exit(live: None, qemu_version: str, tmp_path: Path) -> None:
+    # QEMU 7.2 and 10.0 take the BQL for every PM-timer read
+    # (prepare_mmio_access; the PM timer runs without it from 10.2); --precise
+    # keeps the uprobes on and must show a BQL span per exit and separate the
+    # device callback from dispatch.
     path = tmp_path / "precise.vmtrace"
-    run_bench("qemu", "inl_pmtimer", 2, 5000, record_to=path, precise=True)
+    run_bench("qemu", "inl_pmtimer", 2, 5000, record_to=path, precise=True, qemu=qemu_version)
     b = bql_breakdown(read_trace(path))
     ev = read_trace(path).events
     spans = (ev["event"] == "lock_acquired").sum()

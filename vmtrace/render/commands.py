@@ -18,7 +18,8 @@ def render_bench(result: Any, console: Console) -> None:
     if result.blk is not None:
         render_blk(result, console)
         return
-    t = Table(title=f"{result.bench} on {result.vmm}" + (f" (locking {result.locking})" if result.locking else ""),
+    vmm = f"{result.vmm} {result.qemu_version}" if getattr(result, "qemu_version", None) else result.vmm
+    t = Table(title=f"{result.bench} on {vmm}" + (f" (locking {result.locking})" if result.locking else ""),
               title_justify="left")
     t.add_column("vCPU", justify="right")
     t.add_column("cycles/op", justify="right")
@@ -34,7 +35,8 @@ def render_bench(result: Any, console: Console) -> None:
 def render_blk(result: Any, console: Console) -> None:
     """A virtio-blk bench: cycles and IOPS per vCPU, or for blk_malformed
     what the device answered to each bad request; checksums and checks."""
-    console.print(f"{result.bench} on {result.vmm}, --blk {result.blk}, queue depth {result.queue_depth}")
+    vmm = f"{result.vmm} {result.qemu_version}" if getattr(result, "qemu_version", None) else result.vmm
+    console.print(f"{result.bench} on {vmm}, --blk {result.blk}, queue depth {result.queue_depth}")
     if result.malformed:
         t = Table()
         for col in ("kind", "answered", "status", "used len", "then ok"):
