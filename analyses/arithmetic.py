@@ -33,7 +33,8 @@ def dense_codes(keys: np.ndarray) -> np.ndarray:
         present = np.zeros(hi + 1, dtype=bool)
         present[keys] = True
         rank = np.cumsum(present, dtype=np.int64) - 1
-        return rank[keys]
+        ranks: np.ndarray = rank[keys]
+        return ranks
     return np.unique(keys, return_inverse=True)[1].astype(np.int64)
 
 
@@ -48,7 +49,8 @@ def rank_in(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     if int(sorted_keys.min()) >= 0 and int(values.min()) >= 0 and hi < 1 << 24:
         table = np.full(hi + 1, -1, dtype=np.int64)
         table[sorted_keys] = np.arange(len(sorted_keys))
-        return table[values]
+        found: np.ndarray = table[values]
+        return found
     i = np.clip(np.searchsorted(sorted_keys, values), 0, len(sorted_keys) - 1)
     return np.where(sorted_keys[i] == values, i, -1)
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from vmtrace.errors import VmtraceError
-from vmtrace.schema import ROLE_VCPU
+from vmtrace.schema import EVENT_CODE, ROLE_VCPU
 from vmtrace.trace import Trace
 
 from . import cache
@@ -41,6 +41,7 @@ from .intervals import (
     rank_in,
     require_events,
 )
+from .holders import split_summary
 from .jsonform import bql_json, hex_or_none, records
 from .runs import run_cycles, vcpu_threads
 from .waits import trace_lock_waits
@@ -222,6 +223,17 @@ class Breakdown:
     - ``by_vcpu``: ``vcpu`` int16, then the same columns;
     - ``by_role``: ``role`` category (of the exiting thread), the same.
 
+    ``by_kind`` also has ``time_share`` float64 (the group's share of all
+    the exits' time).  ``by_holder``: ``bql_wait`` by what the BQL's holder
+    was doing (``analyses.holders.split_summary``, plus ``cycles`` float64,
+    mean cycles per summarised exit: the rows add up to
+    ``components["bql_wait"]``).  ``from_bench``: the trace has ``bench``
+    metadata; ``guest_separated``: kvm_entry/kvm_exit fired (else the
+    component called vmexit is guest+vmexit, ``component_labels``);
+    ``port``: the selection asked for; ``hottest``: ``kind``, ``addr`` int
+    and ``time_share`` of the kind and address that took the most time;
+    ``path``: the trace file, when read from one.
+
     ``bql``: the trace's BQL record (``name``, ``identified``, ``method``,
     ``futex_uaddr`` int or None).  ``lost_events`` and ``lost_per_cpu``
     count what the collector lost, ``excluded_lost`` the exits left out
@@ -245,8 +257,27 @@ class Breakdown:
     histograms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     excluded_lost: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    by_holder: pd.DataFrame = field(default_factory=pd.DataFrame)
+    from_bench: bool = False
+    guest_separated: bool = True
+    port: int | None = None
+    hottest: dict[str, Any] | None = None
+    path: str | None = None
+
+    @property
+    def component_labels(self) -> dict[str, str]:
+        """Component -> the name reports give it: ``vmexit`` is
+        ``guest+vmexit`` where kvm_entry/kvm_exit did not fire."""
+        labels = {c: c for c in COMPONENTS}
+        if not self.guest_separated:
+            labels["vmexit"] = "guest+vmexit"
+        return labels
 
     def to_json(self) -> dict[str, Any]:
+        by_holder = self.by_holder
+        if len(by_holder):
+            by_holder = by_holder.assign(addr=by_holder["addr"].map(hex_or_none))
+        hottest = None if self.hottest is None else {**self.hottest, "addr": hex_or_none(self.hottest.get("addr"))}
         return {
             "exits": int(len(self.exits)),
             "lost_events": self.lost_events,
@@ -266,6 +297,11 @@ class Breakdown:
             "backend": self.meta.get("backend"),
             "mode": self.meta.get("mode"),
             "vmm": (self.meta.get("target") or {}).get("vmm"),
+            "bql_wait_by_holder": records(by_holder),
+            "from_bench": self.from_bench,
+            "guest_separated": self.guest_separated,
+            "component_labels": self.component_labels,
+            "hottest": hottest,
         }
 
 
@@ -339,14 +375,14 @@ def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int, order: np.ndarra
     for key in keys:
         col = exits[key]
         if isinstance(col.dtype, pd.CategoricalDtype):
-            c = col.cat.codes.to_numpy().astype(np.int64)
-            c = np.where(c < 0, len(col.cat.categories), c)
+            code = col.cat.codes.to_numpy().astype(np.int64)
+            code = np.where(code < 0, len(col.cat.categories), code)
         else:
             # factorize refuses a plain numpy column wrapped as a pandas
             # array (what int16 vcpu numbers arrive as); hand it numpy.
             values = col.to_numpy() if isinstance(col.dtype, np.dtype) else col.array
-            c = pd.factorize(values, sort=True, use_na_sentinel=False)[0].astype(np.int64)
-        combined = combined * (int(c.max()) + 1) + c
+            code = pd.factorize(values, sort=True, use_na_sentinel=False)[0].astype(np.int64)
+        combined = combined * (int(code.max()) + 1) + code
     gid = dense_codes(combined)
     n_groups = int(gid.max()) + 1
     counts = np.bincount(gid, minlength=n_groups)
@@ -434,15 +470,19 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     }
     histograms = {c: histogram(ordered[c] * k, presorted=True) for c in _SUMMARY_COLS}
     by_kind = _grouped(exits, ["kind", "addr"], tsc, by_total, values)
+    # Where the time went, not only the count: what a trace that is not a
+    # benchmark's leads with (a few idle HLT exits can outweigh every read).
+    all_time = float(values["total"].sum())
+    by_kind["time_share"] = by_kind["exits"] * by_kind["total"] / (k * all_time) if all_time else 0.0
     by_vcpu = _grouped(exits, ["vcpu"], tsc, by_total, values)
     threads = trace.threads
-    roles = dict(zip(threads["tid"].astype(int), threads["role"]))
+    roles = dict(zip(threads["tid"].astype(int), threads["role"], strict=True))
     tids = np.unique(exits["tid"].to_numpy())
     role_of_tid = [str(roles.get(int(t), ROLE_VCPU)) for t in tids]
     role_names = sorted(set(role_of_tid))
     role_code = np.array([role_names.index(r) for r in role_of_tid], dtype=np.int64)
     role = pd.Categorical.from_codes(role_code[rank_in(tids, exits["tid"].to_numpy())] if len(tids) else
-                                     np.zeros(0, np.int64), categories=role_names)
+                                     np.zeros(0, np.int64), categories=pd.Index(role_names))
     by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total, values)
     bql = dict(trace.bql())
     bql["futex_uaddr"] = int(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None
@@ -452,6 +492,9 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
             "device time is not separated from dispatch in this trace (record with --precise, "
             "or a VMM that reports its dispatch through vmtrace.probes)"
         )
+    by_holder = split_summary(trace, exits)
+    n_exits = max(len(exits), 1)
+    by_holder.insert(list(by_holder.columns).index("exits") + 1, "cycles", by_holder["wait_ns"] / n_exits * k)
     return Breakdown(
         exits=exits,
         tsc_hz=tsc,
@@ -469,4 +512,29 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
         meta=trace.meta,
         histograms=histograms,
         excluded_lost=excluded,
+        by_holder=by_holder,
+        from_bench=bool(bench),
+        guest_separated=_guest_separated(trace),
+        port=port,
+        hottest=_hottest(by_kind),
+        path=str(trace.path) if trace.path is not None else None,
     )
+
+
+def _guest_separated(trace: Trace) -> bool:
+    """Whether kvm_entry/kvm_exit fired, so guest time is apart from vmexit."""
+    fired = (trace.meta.get("tracepoints") or {}).get("kvm_exit") or {}
+    if isinstance(fired, dict) and fired.get("fired"):
+        return True
+    codes = trace.events["event"].cat.codes.to_numpy()
+    return bool((codes == EVENT_CODE["kvm_exit"]).any())
+
+
+def _hottest(by_kind: pd.DataFrame) -> dict[str, Any] | None:
+    """The exit kind and port/address that took the most time (``time_share``
+    of ``by_kind``), among those with an address: the view to open next."""
+    rows = by_kind[by_kind["addr"].notna().to_numpy(dtype=bool)] if len(by_kind) else by_kind
+    if not len(rows):
+        return None
+    top = rows.iloc[int(np.argmax(rows["time_share"].to_numpy(dtype=np.float64)))]
+    return {"kind": str(top["kind"]), "addr": int(top["addr"]), "time_share": float(top["time_share"])}

@@ -129,10 +129,10 @@ def _labels(codes: np.ndarray, namer: Any) -> pd.Categorical:
     # Distinct codes can share a name (reason_N fallbacks never do; keep safe).
     cats = list(dict.fromkeys(names))
     remap = np.array([cats.index(n) for n in names], dtype=np.int64)
-    return pd.Categorical.from_codes(remap[inv] if len(uniq) else inv, categories=cats)
+    return pd.Categorical.from_codes(remap[inv] if len(uniq) else inv, categories=pd.Index(cats))
 
 
-def _concat_labels(a: pd.Categorical, b: pd.Categorical) -> pd.Categorical:
+def _concat_labels(a: pd.Categorical, b: pd.Categorical) -> pd.Categorical[str]:
     """Two categoricals end to end, categories merged, without hashing the
     values (``union_categoricals`` refuses categories of different dtypes,
     which an empty one has)."""
@@ -141,7 +141,7 @@ def _concat_labels(a: pd.Categorical, b: pd.Categorical) -> pd.Categorical:
     ra = np.array([index[str(c)] for c in a.categories] + [-1], dtype=np.int64)
     rb = np.array([index[str(c)] for c in b.categories] + [-1], dtype=np.int64)
     codes = np.concatenate((ra[np.asarray(a.codes)], rb[np.asarray(b.codes)]))
-    return pd.Categorical.from_codes(codes, categories=cats)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(cats))
 
 
 def _from_runs(trace: Trace, tids: dict[int, int]) -> tuple[pd.DataFrame, int]:
@@ -349,12 +349,12 @@ def exit_stats(trace: Trace, port: int | None = None) -> Exits:
     if port is not None:
         exits = exits[(exits["addr"] == port).fillna(False).to_numpy(dtype=bool)].reset_index(drop=True)
     source = "KVM_RUN" if missing_events(ev, ["kvm_exit", "kvm_entry"]) else "kvm_exit"
-    handled = pd.Categorical.from_codes(exits["userspace"].to_numpy().astype(np.int8), ["kernel", "userspace"])
+    handled = pd.Categorical.from_codes(exits["userspace"].to_numpy().astype(np.int8), pd.Index(["kernel", "userspace"]))
     by_reason = exit_table(exits.assign(handled=handled), ["reason", "handled"])
     acc = exits[exits["kind"].isin(DECODE_EVENTS).to_numpy()]
     write = acc["write"].to_numpy(dtype=bool, na_value=False)
     is_pio = (acc["kind"] == "pio").to_numpy()
-    direction = pd.Categorical.from_codes(np.where(is_pio, 0, 2) + write, ["in", "out", "read", "write"])
+    direction = pd.Categorical.from_codes(np.where(is_pio, 0, 2) + write, pd.Index(["in", "out", "read", "write"]))
     by_access = exit_table(acc.assign(dir=direction), ["kind", "addr", "dir"])
     by_vcpu = exit_table(exits, ["vcpu"]).sort_values("vcpu", kind="stable").reset_index(drop=True)
     notes = []

@@ -41,7 +41,8 @@ from .intervals import (
     thread_lifetimes,
     thread_spans_lost,
 )
-from .jsonform import bql_json
+from .holders import HolderTable, holder_summary
+from .jsonform import bql_json, hex_or_none, records
 from .offcpu import thread_info
 
 __all__ = ["word_names", "lock_waits", "lock_holds", "lock_report", "Locks", "EAGAIN"]
@@ -64,7 +65,7 @@ def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, s
         rows = ev[(ev["event"] == event).to_numpy() & ev["name"].notna().to_numpy()]
         if len(rows):
             pairs = rows[["addr", "name"]].dropna().drop_duplicates()
-            names.update({int(a): str(n) for a, n in zip(pairs["addr"], pairs["name"]) if int(a)})
+            names.update({int(a): str(n) for a, n in zip(pairs["addr"], pairs["name"], strict=True) if int(a)})
     names.update(trace.futex_names())
     names.update(extra or {})
     return names
@@ -202,8 +203,15 @@ class Locks:
     lost_markers: int
     tsc_hz: int
     notes: list[str] = field(default_factory=list)
+    who_held: HolderTable | None = None
 
     def to_json(self) -> dict[str, Any]:
+        who: dict[str, Any] | None = None
+        if self.who_held is not None:
+            rows = self.who_held.rows
+            who = {"wait_ns": self.who_held.wait_ns, "waits": self.who_held.waits,
+                   "excluded_lost": self.who_held.excluded_lost,
+                   "rows": records(rows.assign(addr=rows["addr"].map(hex_or_none)) if len(rows) else rows)}
         words = self.words.assign(addr=self.words["addr"].map(hex))
         by_thread = self.by_thread.assign(addr=self.by_thread["addr"].map(hex))
         return {
@@ -216,6 +224,7 @@ class Locks:
             "words": words.to_dict(orient="records"),
             "by_thread": by_thread.to_dict(orient="records"),
             "notes": self.notes,
+            "who_held": who,
         }
 
 
@@ -253,7 +262,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     good = waits[~waits["lost"]]
     life = thread_lifetimes(ev)
     info = thread_info(trace, life["tid"].to_numpy())
-    label = {int(t): f"{n} [{int(t)}]" for t, n in zip(life["tid"], info["name"])}
+    label = {int(t): f"{n} [{int(t)}]" for t, n in zip(life["tid"], info["name"], strict=True)}
     target_ns = int(life["time_ns"].sum())
 
     good = good.assign(eagain=(good["ret"] == -EAGAIN).fillna(False).to_numpy(dtype=bool),
@@ -337,7 +346,7 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
         notes.append("the BQL's futex word was not identified: it is among the unnamed words")
     return Locks(words=words, by_thread=by_thread, waits=waits, totals=totals, bql=bql,
                  lost_events=trace.lost_events, lost_markers=len(lost_windows(ev)), tsc_hz=trace.tsc_hz,
-                 notes=notes)
+                 notes=notes, who_held=holder_summary(trace))
 
 
 def _futex_totals(trace: Trace, calls: pd.DataFrame, life: pd.DataFrame, target_ns: int) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def futex_calls(events: pd.DataFrame) -> pd.DataFrame:
     kind = np.full(len(spans), 2, dtype=np.int8)
     kind[np.isin(op, list(FUTEX_WAIT_OPS))] = 0
     kind[np.isin(op, list(FUTEX_WAKE_OPS))] = 1
-    spans["kind"] = pd.Categorical.from_codes(kind, categories=["wait", "wake", "other"])
+    spans["kind"] = pd.Categorical.from_codes(kind, categories=pd.Index(["wait", "wake", "other"]))
     spans["ret"] = spans["ret"].astype("Int64")
     spans["tid"] = spans["tid"].astype("int32")
     return spans[["tid", "start_ns", "end_ns", "dur_ns", "uaddr", "op", "kind", "ret"]]

@@ -9,7 +9,7 @@ uninterruptible sleeps of the threads doing the I/O.  The per-request view
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ def quantiles(v: np.ndarray) -> dict[str, float]:
     if len(v) == 0:
         return {f"p{q}_ns": float("nan") for q in _QUANTILES}
     qs = np.percentile(v, _QUANTILES)
-    return {f"p{q}_ns": float(x) for q, x in zip(_QUANTILES, qs)}
+    return {f"p{q}_ns": float(x) for q, x in zip(_QUANTILES, qs, strict=True)}
 
 
 def notify_port(trace: Trace, batches: pd.DataFrame | None = None) -> tuple[int | None, str]:
@@ -127,17 +127,18 @@ def kernel_notifications(trace: Trace, port: int | None) -> pd.DataFrame:
         oncpu[idx] = i64(ins, "ts_ns")[j[ok]]
     info = thread_info(trace, np.where(got, tid, 0))
 
-    def na(v: np.ndarray, m: np.ndarray, dtype: str) -> Any:
+    def na(v: np.ndarray, m: np.ndarray, dtype: Literal["Int16", "Int32", "Int64"]) -> Any:
         a = pd.array(np.where(m, v, 0), dtype=dtype)
         a[~m] = pd.NA
         return a
 
+    none = np.array(None, dtype=object)  # what numpy's stubs accept for a None fill
     return pd.DataFrame({
         "vcpu": na(np.array([vcpus.get(int(t), -1) for t in k_tid], dtype=np.int64), np.ones(n, bool), "Int16"),
         "kick_ns": k_ts,
         "tid": na(tid, got, "Int32"),
-        "role": np.where(got, info["role"].to_numpy(dtype=object), None),
-        "thread": np.where(got, info["name"].to_numpy(dtype=object), None),
+        "role": np.where(got, info["role"].to_numpy(dtype=object), none),
+        "thread": np.where(got, info["name"].to_numpy(dtype=object), none),
         "wakeup_ns": na(wake - k_ts, got, "Int64"),
         "oncpu_ns": na(oncpu - k_ts, oncpu >= 0, "Int64"),
     })

@@ -128,7 +128,7 @@ def _role_table(rows: pd.DataFrame) -> pd.DataFrame:
     for role, r in rows.groupby("role", sort=False):
         out.append({
             "role": role,
-            "threads": ", ".join(sorted({f"{n} [{t}]" for n, t in zip(r["thread"], r["tid"])})),
+            "threads": ", ".join(sorted({f"{n} [{t}]" for n, t in zip(r["thread"], r["tid"], strict=True)})),
             "requests": len(r),
             "batches": int(r["batch"].nunique()),
             "per_batch": len(r) / max(int(r["batch"].nunique()), 1),
@@ -333,7 +333,7 @@ def request_timeline(result: Requests, first: int = 0, count: int = 60) -> pd.Da
         for r_idx, t, lo, hi, avail in zip(idx, rows["tid"].to_numpy(dtype=np.int64),
                                            rows["start_ns"].to_numpy(dtype=np.int64),
                                            rows["end_ns"].to_numpy(dtype=np.int64),
-                                           rows["avail_idx"].to_numpy(dtype=np.int64, na_value=-2)):
+                                           rows["avail_idx"].to_numpy(dtype=np.int64, na_value=-2), strict=True):
             m = (s_tid == t) & (s_e > lo) & (s_s < hi)
             # Another request's disk I/O inside this one's window is that
             # request's: only this request's own disk spans are its disk phase.

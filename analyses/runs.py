@@ -262,7 +262,7 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
         label_idx[has_name & (name_code == EVENT_CODE[k])] = i
     for j, r in enumerate(reason_names):
         label_idx[~has_name & c_has_reason & (c_reason == r)] = len(DECODE_EVENTS) + 1 + j
-    kind = pd.Categorical.from_codes(label_idx, categories=labels)
+    kind = pd.Categorical.from_codes(label_idx, categories=pd.Index(labels))
 
     def named(col: str) -> Any:
         arr = ev[col].array.take(name_rows)
@@ -313,12 +313,12 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
         {
             "tid": tid_all[dec_rows].astype(np.int32),
             "ts_ns": ts[dec_p],
-            "kind": pd.Categorical.from_codes(dec_code - EVENT_CODE["pio"], categories=list(DECODE_EVENTS)),
+            "kind": pd.Categorical.from_codes(dec_code - EVENT_CODE["pio"], categories=pd.Index(list(DECODE_EVENTS))),
             "addr": ev["addr"].array.take(dec_rows),
             "size": ev["size"].array.take(dec_rows),
             "write": ev["write"].array.take(dec_rows),
             "cycle": row_of[gd],
-            "role": pd.Categorical.from_codes(role, categories=list(_ROLES)),
+            "role": pd.Categorical.from_codes(role, categories=pd.Index(list(_ROLES))),
         },
         copy=False,
     )

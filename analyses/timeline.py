@@ -44,12 +44,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from vmtrace.trace import Trace
 
 from . import cache
 from .breakdown import exit_breakdown
+from .holders import bql_holder_segments
 from .intervals import pair_spans
 from .runs import vcpu_threads
 from .waits import LockWaits, trace_lock_waits
@@ -149,9 +151,9 @@ def _covering(seg_s: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarr
 Layer = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # start, end, state code, detail code
 
 
-def _layer(s: np.ndarray, e: np.ndarray, state: int | np.ndarray, detail: int | np.ndarray) -> Layer:
-    s = np.asarray(s, dtype=np.int64)
-    e = np.asarray(e, dtype=np.int64)
+def _layer(start: npt.ArrayLike, end: npt.ArrayLike, state: int | np.ndarray, detail: int | np.ndarray) -> Layer:
+    s = np.asarray(start, dtype=np.int64)
+    e = np.asarray(end, dtype=np.int64)
     n = len(s)
     st = np.broadcast_to(np.asarray(state, dtype=np.int64), (n,)).copy()
     dt = np.broadcast_to(np.asarray(detail, dtype=np.int64), (n,)).copy()
@@ -267,8 +269,11 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
     int32, ``start_ns``/``end_ns`` int64, ``state`` category (``STATES``),
     ``detail`` category (the exit, e.g. ``pio 0x608 read``; the lock, e.g.
     ``BQL`` or ``futex 0x7f...``; the MemoryRegion of a device callback),
-    ``sched`` category (``SCHED``) and ``exit`` int64 (position in ``exits``
-    of the exit the span belongs to, -1 outside an exit).  A thread's spans are disjoint
+    ``sched`` category (``SCHED``), ``exit`` int64 (position in ``exits``
+    of the exit the span belongs to, -1 outside an exit) and ``holder``
+    category (for ``bql_wait`` spans, what the BQL's holder was doing and
+    its thread, ``main loop [1234]``, from ``analyses.holders``: a wait is
+    cut where the holder changes; "" elsewhere).  A thread's spans are disjoint
     and cover its first to its last event.  vCPU threads (or, when the trace
     names none, every thread that calls KVM_RUN) take the exit states;
     other threads are ``running``, ``device``, ``bql_wait`` or
@@ -291,9 +296,17 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
     own = ev[ev["tid"].to_numpy() >= 0]
     extent = own.groupby("tid", sort=True)["ts_ns"].agg(["min", "max"])
 
+    seg = bql_holder_segments(trace)
+    seg_label = np.where(seg["holder"].to_numpy() >= 0,
+                         seg["activity"].astype(str) + " [" + seg["holder"].astype(str) + "]",
+                         seg["activity"].astype(str)) if len(seg) else np.zeros(0, dtype=object)
+    holders = _Details()
+    seg_code = holders.codes(pd.Series(seg_label, dtype=object))
+    seg_tid = seg["tid"].to_numpy(dtype=np.int64)
+
     frames = []
-    for tid, (lo, hi) in extent.iterrows():
-        tid = int(tid)
+    for tid, lo, hi in zip(extent.index.to_numpy(dtype=np.int64).tolist(), extent["min"].tolist(),
+                           extent["max"].tolist(), strict=True):
         if hi <= lo:
             continue
         t_dev = devices[devices["tid"] == tid]
@@ -317,18 +330,53 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
             layers = [base, device, *waits_layers]
             exit_iv = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
         frame = _paint(int(lo), int(hi), layers, off, exit_iv)
+        mine_seg = seg_tid == tid
+        frame = _with_holders(frame, seg["start_ns"].to_numpy(dtype=np.int64)[mine_seg],
+                              seg["end_ns"].to_numpy(dtype=np.int64)[mine_seg], seg_code[mine_seg])
         frame.insert(0, "tid", np.int32(tid))
         frames.append(frame)
 
-    cols = ["tid", "start_ns", "end_ns", "state", "detail", "sched", "exit"]
+    cols = ["tid", "start_ns", "end_ns", "state", "detail", "sched", "exit", "holder"]
     if not frames:
         out = pd.DataFrame({c: pd.Series([], dtype="int64") for c in cols}).astype({"tid": "int32"})
     else:
         out = pd.concat(frames, ignore_index=True)
-    out["state"] = pd.Categorical.from_codes(out["state"].to_numpy(dtype=np.int64), categories=list(STATES))
-    out["detail"] = pd.Categorical.from_codes(out["detail"].to_numpy(dtype=np.int64), categories=details.names)
-    out["sched"] = pd.Categorical.from_codes(out["sched"].to_numpy(dtype=np.int64), categories=list(SCHED))
+    out["state"] = pd.Categorical.from_codes(out["state"].to_numpy(dtype=np.int64), categories=pd.Index(list(STATES)))
+    out["detail"] = pd.Categorical.from_codes(out["detail"].to_numpy(dtype=np.int64), categories=pd.Index(details.names))
+    out["sched"] = pd.Categorical.from_codes(out["sched"].to_numpy(dtype=np.int64), categories=pd.Index(list(SCHED)))
+    out["holder"] = pd.Categorical.from_codes(out["holder"].to_numpy(dtype=np.int64), categories=pd.Index(holders.names))
     return out[cols]
+
+
+def _with_holders(frame: pd.DataFrame, s: np.ndarray, e: np.ndarray, code: np.ndarray) -> pd.DataFrame:
+    """Cut one thread's ``bql_wait`` spans where the BQL's holder changes
+    (``analyses.holders``) and give every span a ``holder`` code (0: none)."""
+    frame["holder"] = np.zeros(len(frame), dtype=np.int64)
+    bql = np.flatnonzero(frame["state"].to_numpy() == _S["bql_wait"])
+    if len(s) == 0 or len(bql) == 0:
+        return frame
+    order = np.argsort(s, kind="stable")
+    s, e, code = s[order], e[order], code[order]
+    edges = np.unique(np.concatenate((s, e)))
+    b_s = frame["start_ns"].to_numpy(dtype=np.int64)[bql]
+    b_e = frame["end_ns"].to_numpy(dtype=np.int64)[bql]
+    lo = np.searchsorted(edges, b_s, side="right")
+    n = np.maximum(np.searchsorted(edges, b_e, side="left") - lo, 0)
+    row = np.repeat(np.arange(len(bql)), n + 1)
+    k = np.arange(len(row)) - np.repeat(np.cumsum(n + 1) - (n + 1), n + 1)
+    cut = lo[row] + k  # the edge a piece starts at (k > 0) or ends at (k < n)
+    top = len(edges) - 1
+    p_s = np.where(k == 0, b_s[row], edges[np.clip(cut - 1, 0, top)])
+    p_e = np.where(k == n[row], b_e[row], edges[np.clip(cut, 0, top)])
+    cov, idx = _covering(p_s, s, e)
+    pieces = frame.iloc[bql[row]].reset_index(drop=True)
+    pieces["start_ns"] = p_s
+    pieces["end_ns"] = p_e
+    pieces["holder"] = np.where(cov, code[idx], 0)
+    keep = np.ones(len(frame), dtype=bool)
+    keep[bql] = False
+    out = pd.concat([frame[keep], pieces[p_e > p_s]], ignore_index=True)
+    return out.sort_values("start_ns", kind="stable").reset_index(drop=True)
 
 
 def _vcpu_layers(

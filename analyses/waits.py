@@ -77,12 +77,14 @@ class LockWaits:
     @property
     def free_bql(self) -> np.ndarray:
         """Waits outside any lock span on the BQL's word: the BQL's."""
-        return ~self.wait_in_lock & self.wait_on_bql
+        free: np.ndarray = ~self.wait_in_lock & self.wait_on_bql
+        return free
 
     @property
     def free_other(self) -> np.ndarray:
         """Waits outside any lock span on another word: another lock's."""
-        return ~self.wait_in_lock & ~self.wait_on_bql
+        free: np.ndarray = ~self.wait_in_lock & ~self.wait_on_bql
+        return free
 
     def of_thread(self, tid: int) -> LockWaits:
         """The spans and waits of one thread, in the order given."""
@@ -122,7 +124,7 @@ class LockWaits:
         """The positive sets as spans: ``tid``, ``start_ns``, ``end_ns``
         int64 and ``what`` str (``bql_wait`` or ``lock_wait``)."""
         parts = []
-        for what, sets in zip(("bql_wait", "lock_wait"), self.signed()):
+        for what, sets in zip(("bql_wait", "lock_wait"), self.signed(), strict=True):
             for sign, t, s, e in sets:
                 if sign > 0 and len(s):
                     parts.append(pd.DataFrame({"tid": t, "start_ns": s, "end_ns": e, "what": what}))

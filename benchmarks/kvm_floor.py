@@ -252,7 +252,7 @@ def main() -> None:
     if args.vmm:
         # Per round, so that both loops of a pair met the same host; CPU time
         # of the vCPU thread leaves out the time it waited for a CPU.
-        above = [(v - p) * tsc_hz / 1e9 for v, p in zip(vmm_cpu, py_cpu)]
+        above = [(v - p) * tsc_hz / 1e9 for v, p in zip(vmm_cpu, py_cpu, strict=False)]
         print(f"reference VMM's own work per exit above the Python floor: {statistics.median(above):,.0f} cycles "
               f"(rounds {min(above):,.0f}-{max(above):,.0f}; target <= 3,000)")
 

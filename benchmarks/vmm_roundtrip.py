@@ -193,7 +193,7 @@ def main() -> None:
                     row.append("-")
                     continue
                 # Per-round ratios pair the runs that met the same host load.
-                paired = [rv / qv for rv, qv in zip(values, cycles[(bench, vcpus, QEMU)]) if rv and qv]
+                paired = [rv / qv for rv, qv in zip(values, cycles[(bench, vcpus, QEMU)], strict=False) if rv and qv]
                 ratio = rmed / qmed
                 style = "green" if ratio <= 1.0 else "red"
                 spread = f" ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else ""
@@ -242,7 +242,7 @@ def print_scaling(console: Console, cycles: dict[tuple, list[Optional[float]]], 
                     row.append("n/a")
                     continue
                 ratio = statistics.median(m) / statistics.median(o)
-                paired = [b / a for a, b in zip(one, many) if a and b]
+                paired = [b / a for a, b in zip(one, many, strict=False) if a and b]
                 spread = f" ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else ""
                 target = config[0] == "reference" and config[1] == "unlocked" and config[2] == "ft" and vcpus == 2
                 style = ("green" if ratio <= 1.10 else "red") if target else "default"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -119,7 +119,7 @@ class Collector(abc.ABC):
     def detach(self) -> None:
         """Remove everything attached; idempotent, safe after a failed attach."""
 
-    def __enter__(self) -> Collector:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -149,7 +149,7 @@ def decode_chunks(
     recs, cpus = recs[keep], cpus[keep]
 
     codes = recs["event"].astype(np.int64)
-    events = pd.Categorical.from_codes(codes, categories=list(EVENT_TYPES))
+    events = pd.Categorical.from_codes(codes, categories=pd.Index(list(EVENT_TYPES)))
     kinds = np.asarray(EVENT_TYPES, dtype=object)[codes]
     access = np.isin(kinds, ("pio", "mmio", "msr"))
     sized = np.isin(kinds, ("pio", "mmio", "dispatch_begin"))
@@ -182,7 +182,7 @@ def decode_chunks(
     df.loc[~with_value, "value"] = pd.NA
     df.loc[~with_peer, "peer_tid"] = pd.NA
     df["name"] = pd.Series(
-        np.where(np.isin(kinds, ("lock_begin", "lock_acquired", "lock_release")), "BQL", None),
+        np.where(np.isin(kinds, ("lock_begin", "lock_acquired", "lock_release")), "BQL", np.array(None, dtype=object)),
         dtype="category",
     )
     return with_markers(df, markers), names, tgids
@@ -418,7 +418,7 @@ class BccCollector(Collector):
         partial = bpf[b"chunks"][ctypes.c_int(0)]
         tail = np.frombuffer(b"".join(bytes(c) for c in partial), dtype=CHUNK_DTYPE).copy()
         tail["cpu"] = np.arange(len(tail))  # a CPU that never recorded has 0 there
-        lost = {int(c): int(v) for c, v in zip(tail["cpu"], tail["lost"]) if v}
+        lost = {int(c): int(v) for c, v in zip(tail["cpu"], tail["lost"], strict=True) if v}
         self._spool.write(tail.tobytes())
         self._spool.close()
         raw = self._spool_path.read_bytes()
@@ -440,7 +440,7 @@ class BccCollector(Collector):
         if "addr" in events:
             locked = events["event"].isin(["lock_begin", "lock_acquired", "lock_release"])
             events.loc[locked, "addr"] = bql if bql is not None else pd.NA
-        fired = events["event"].value_counts().to_dict() if len(events) else {}
+        fired = {str(k): int(v) for k, v in events["event"].value_counts().items()} if len(events) else {}
         tracepoints = _tracepoint_report(self._have, fired)
         probes = {
             "attached": sorted({u.symbol for u in self._uprobes} | set(self._probe_names())),

@@ -116,7 +116,7 @@ def _frame(
     name: str | None = None,
 ) -> pd.DataFrame:
     n = len(ts)
-    codes = np.full(n, code, dtype=np.int16) if np.isscalar(code) else code.astype(np.int16)
+    codes = np.full(n, code, dtype=np.int16) if isinstance(code, (int, np.integer)) else code.astype(np.int16)
     return pd.DataFrame(
         {
             "ts_ns": ts.astype(np.int64),
@@ -172,7 +172,8 @@ def decode_records(
         o, t, p, c = offsets[sel], ts[sel], pids[sel], cpu[sel]
         out.fired[fmt.key] = out.fired.get(fmt.key, 0) + int(sel.sum())
 
-        def f(name: str) -> np.ndarray:
+        # Bound as defaults: this iteration's format and records, whenever called.
+        def f(name: str, fmt: EventFormat = fmt, o: np.ndarray = o) -> np.ndarray:
             fl = fmt.fields[name]
             return gather(buf, o, fl.offset, fl.size, fl.signed)
 
@@ -283,7 +284,7 @@ def _add_names(out: Decoded, ts: np.ndarray, tids: np.ndarray, comms: np.ndarray
     rev_tids = tids[order][::-1]
     uniq, first = np.unique(rev_tids, return_index=True)
     idx = order[::-1][first]
-    for tid, t, name in zip(uniq, ts[idx], decode_cstrings(comms[idx])):
+    for tid, t, name in zip(uniq, ts[idx], decode_cstrings(comms[idx]), strict=True):
         if tid > 0:
             out.names.append((int(t), int(tid), name))
 
@@ -343,5 +344,5 @@ def assemble(rows: pd.DataFrame, target_tids: set[int]) -> pd.DataFrame:
     rows = rows[rows["tid"].isin(list(target_tids)).to_numpy()].reset_index(drop=True)
     rows = pair_run_exits(rows)
     codes = rows["event_code"].to_numpy().astype(np.int16)
-    event = pd.Categorical.from_codes(codes, categories=list(EVENT_TYPES))
+    event = pd.Categorical.from_codes(codes, categories=pd.Index(list(EVENT_TYPES)))
     return rows.drop(columns=["event_code"]).assign(event=event).reset_index(drop=True)

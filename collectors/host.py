@@ -87,8 +87,14 @@ def ensure_tracefs() -> Path:
 
 
 def tracepoint_available(tracefs: Path, tracepoint: str) -> bool:
+    """Whether ``system:event`` can be traced here.  tracefs is mode 0700:
+    to anyone but root nothing in it is available, which is an answer, not an
+    error (``vmtrace doctor`` runs as any user)."""
     system, event = tracepoint.split(":")
-    return (tracefs / "events" / system / event / "format").exists()
+    try:
+        return (tracefs / "events" / system / event / "format").exists()
+    except PermissionError:
+        return False
 
 
 def available_tracepoints(tracefs: Path | None = None) -> dict[str, bool]:

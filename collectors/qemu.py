@@ -71,7 +71,7 @@ def resolve_binary(cmd0: str) -> str | None:
 
 
 def is_qemu(binary: str | None) -> bool:
-    return bool(binary) and Path(binary).name.startswith("qemu-system")
+    return binary is not None and Path(binary).name.startswith("qemu-system")
 
 
 @lru_cache(maxsize=8)

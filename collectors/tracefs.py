@@ -115,7 +115,7 @@ def _error_log_tail(tracefs: Path) -> str:
         lines = (tracefs / "error_log").read_text().strip().splitlines()
     except OSError:
         return ""
-    return (" (tracefs error_log: " + " | ".join(l.strip() for l in lines[-3:]) + ")") if lines else ""
+    return (" (tracefs error_log: " + " | ".join(line.strip() for line in lines[-3:]) + ")") if lines else ""
 
 
 def write_file(path: Path, value: str, append: bool = False, tracefs: Path | None = None) -> None:

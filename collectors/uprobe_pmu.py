@@ -41,6 +41,9 @@ class _PerfEventAttr(ctypes.Structure):
     """``struct perf_event_attr`` up to PERF_ATTR_SIZE_VER5 (112 bytes); the
     kernel accepts any published size and zero-fills the rest."""
 
+    # Field by field as include/uapi/linux/perf_event.h declares it: the runs
+    # of alike lines are the kernel's layout, kept literal so it can be
+    # checked against the header line by line.
     _fields_ = [
         ("type", ctypes.c_uint32),
         ("size", ctypes.c_uint32),

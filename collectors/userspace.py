@@ -60,7 +60,7 @@ def read_probe_spool(path: Path) -> ProbeSpool:
             if nid.isdigit():
                 names[int(nid)] = name
     named = recs[recs["code"] == probes.NAME_FUTEX_CODE]
-    futex_names = {int(a): names.get(int(n), f"#{n}") for a, n in zip(named["addr"], named["name_id"])}
+    futex_names = {int(a): names.get(int(n), f"#{n}") for a, n in zip(named["addr"], named["name_id"], strict=True)}
     known = np.isin(recs["code"], list(_CODE_TO_EVENT))
     recs = recs[known]
     event = [_CODE_TO_EVENT[int(c)] for c in recs["code"]]

@@ -6,10 +6,12 @@ Layers, bottom up: :mod:`.kvm` (bindings, ioctls, typed exits) ->
 (main loop, IOThreads).  :func:`run_machine` is the library entry point.
 """
 
+from typing import Any
+
 __all__ = ["run_machine", "MachineConfig"]
 
 
-def __getattr__(name: str):  # lazy: importing the package must not open /dev/kvm
+def __getattr__(name: str) -> Any:  # lazy: importing the package must not open /dev/kvm
     if name in __all__:
         from . import machine
 

@@ -37,6 +37,8 @@ _ALIGN = 512
 _IOV_MAX = 1024
 
 Buffers = Sequence[memoryview]
+#: An AIO request's tag: the caller's tag, is_write, offset, buffers and the bytes it should move.
+_AioTag = tuple[object, bool, int, list[memoryview], int]
 
 
 def _host_address(buf: memoryview) -> int:
@@ -72,7 +74,7 @@ class BlockBackend:
         self.writethrough = False  # set when the driver did not negotiate a flush command
         self.buffered_requests = 0  # requests that could not use O_DIRECT
         self.aio_requests = 0  # requests that went through Linux AIO
-        self._aio: Optional[LinuxAio] = None
+        self._aio: Optional[LinuxAio[_AioTag]] = None
         self._aio_broken = False
         self._sync: list[tuple[object, bool, int, list[memoryview]]] = []
 
@@ -159,7 +161,7 @@ class BlockBackend:
         aio = self._aio
         retry = []
         while aio is not None and aio.in_flight:
-            for (tag, is_write, offset, bufs, size), res in aio.reap(block=True):  # type: ignore[misc]
+            for (tag, is_write, offset, bufs, size), res in aio.reap(block=True):
                 if res == size:
                     self.aio_requests += 1
                     yield tag, None, is_write
@@ -175,7 +177,7 @@ class BlockBackend:
             except OSError as e:
                 yield tag, e, is_write
 
-    def _aio_for(self, offset: int, bufs: list[memoryview]) -> Optional[LinuxAio]:
+    def _aio_for(self, offset: int, bufs: list[memoryview]) -> Optional[LinuxAio[_AioTag]]:
         if not self.direct or self._aio_broken or not bufs or offset % _ALIGN:
             return None
         try:

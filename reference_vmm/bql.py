@@ -56,14 +56,14 @@ def lock_futex_word(lock: object) -> int:
         if not sem:
             return 0
         word = ctypes.c_uint32.from_address(sem)
-        if lock.locked():  # type: ignore[attr-defined]
+        if lock.locked():
             return 0
         if word.value != 1:
             return 0
-        if not lock.acquire(blocking=False):  # type: ignore[attr-defined]
+        if not lock.acquire(blocking=False):
             return 0
         held = word.value
-        lock.release()  # type: ignore[attr-defined]
+        lock.release()
         return sem if held == 0 and word.value == 1 else 0
     except (ValueError, OSError):
         return 0

@@ -192,10 +192,10 @@ class VcpuBus(Bus):
         self.ident = threading.get_ident()
         self.io = _SpaceState(bus.io)
         self.memory = _SpaceState(bus.memory)
-        self.pio_read = self._make_read(self.io)  # type: ignore[method-assign]
-        self.mmio_read = self._make_read(self.memory)  # type: ignore[method-assign]
-        self.pio_write = self._make_write(self.io)  # type: ignore[method-assign]
-        self.mmio_write = self._make_write(self.memory)  # type: ignore[method-assign]
+        self.pio_read = self._make_read(self.io)  # type: ignore[method-assign, assignment]  # per-instance closures in place of Bus's methods: see the docstring
+        self.mmio_read = self._make_read(self.memory)  # type: ignore[method-assign, assignment]  # per-instance closures in place of Bus's methods: see the docstring
+        self.pio_write = self._make_write(self.io)  # type: ignore[method-assign, assignment]  # per-instance closures in place of Bus's methods: see the docstring
+        self.mmio_write = self._make_write(self.memory)  # type: ignore[method-assign, assignment]  # per-instance closures in place of Bus's methods: see the docstring
 
     def _make_read(self, state: _SpaceState) -> Callable[[int, int], int]:
         bus, space, rcu, gp, me = self.bus, state.space, self.rcu, rcu_gp, self.ident

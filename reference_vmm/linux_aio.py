@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Sequence
+from typing import Generic, Sequence, TypeVar
 
 __all__ = ["LinuxAio", "IOCB_CMD_PREADV", "IOCB_CMD_PWRITEV"]
 
@@ -71,7 +71,11 @@ def _address(buf: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
-class LinuxAio:
+#: What the caller hands in with a request and gets back with its result.
+TagT = TypeVar("TagT")
+
+
+class LinuxAio(Generic[TagT]):
     """One kernel AIO context of ``depth`` slots, used by one thread at a time."""
 
     def __init__(self, depth: int = 256) -> None:
@@ -84,11 +88,11 @@ class LinuxAio:
         self._events = (_IoEvent * depth)()
         self._zero = _Timespec(0, 0)
         self._next = 1
-        self._queued: list[tuple[int, _IoCb, ctypes.Array, object]] = []
-        self._inflight: dict[int, tuple[_IoCb, ctypes.Array, object]] = {}
-        self._done: list[tuple[object, int]] = []
+        self._queued: list[tuple[int, _IoCb, ctypes.Array, TagT]] = []
+        self._inflight: dict[int, tuple[_IoCb, ctypes.Array, TagT]] = {}
+        self._done: list[tuple[TagT, int]] = []
 
-    def queue(self, fd: int, opcode: int, offset: int, bufs: Sequence[memoryview], tag: object) -> None:
+    def queue(self, fd: int, opcode: int, offset: int, bufs: Sequence[memoryview], tag: TagT) -> None:
         """Queue one read or write of ``bufs`` at ``offset`` on ``fd``; it goes
         to the kernel at the next :meth:`submit` (QEMU's plugged queue)."""
         iov = (_IoVec * len(bufs))(*[_IoVec(_address(b), len(b)) for b in bufs])
@@ -122,7 +126,7 @@ class LinuxAio:
                 self._inflight[key] = (cb, iov, tag)
             del self._queued[:got]
 
-    def reap(self, block: bool) -> list[tuple[object, int]]:
+    def reap(self, block: bool) -> list[tuple[TagT, int]]:
         """Completed requests as ``(tag, result)`` (bytes moved, or a negative
         errno), submitting what is queued first.  ``block``: wait for at
         least one when any is in flight; else only look."""

@@ -244,5 +244,6 @@ def png_stats(png: bytes) -> tuple[tuple[int, int], float, float]:
     colors = im.getcolors(maxcolors=im.width * im.height) or []
     n = im.width * im.height
     top = max(c for c, _ in colors) if colors else n
-    saturated = sum(c for c, (r, g, b) in colors if max(r, g, b) - min(r, g, b) > 40)
+    # getcolors of an RGB image yields (count, (r, g, b)); PIL's stubs allow a float pixel.
+    saturated = sum(c for c, rgb in colors if isinstance(rgb, tuple) and max(rgb[:3]) - min(rgb[:3]) > 40)
     return im.size, 1 - top / n, saturated / n

@@ -414,23 +414,22 @@ def blk_batch(s: SyntheticTrace, tid: int, pickup: int, b: BlkBatch) -> tuple[in
     pickup = pickup if b.bql else pickup + b.entry_ns
     start = kick_ns if known else pickup
     expected = []
-    first_gap_preempt = b.preempt_ns
-    for i, r in enumerate(rows):
+    for i, row in enumerate(rows):
         # GIL waits of later requests fall inside this one's window only
         # when it ends at the batch's interrupt.
-        later = (gil_so_far - r["gil_before"] - r["gil_mine"]) if irq_s is not None else 0
+        later = (gil_so_far - row["gil_before"] - row["gil_mine"]) if irq_s is not None else 0
         expected.append({
-            "kind": r["kind"], "pos": i,
+            "kind": row["kind"], "pos": i,
             "notify_ns": pickup - start,
             "bql_wait_ns": b.bql_wait_ns,
-            "queued_ns": r["pop"] - pickup - b.bql_wait_ns - r["gil_before"],
-            "processing_ns": r["processing_ns"],
-            "disk_ns": r["disk_ns"],
-            "lock_wait_ns": r["gil_before"] + r["gil_mine"] + later,
-            "tail_ns": irq_s - r["push"] - later if irq_s is not None else 0,
+            "queued_ns": row["pop"] - pickup - b.bql_wait_ns - row["gil_before"],
+            "processing_ns": row["processing_ns"],
+            "disk_ns": row["disk_ns"],
+            "lock_wait_ns": row["gil_before"] + row["gil_mine"] + later,
+            "tail_ns": irq_s - row["push"] - later if irq_s is not None else 0,
             "irq_ns": b.irq_ns,
-            "total_ns": (irq_e if irq_e is not None else r["push"]) - start,
-            "bql_held_ns": r["push"] - r["pop"] if b.bql else 0,
+            "total_ns": (irq_e if irq_e is not None else row["push"]) - start,
+            "bql_held_ns": row["push"] - row["pop"] if b.bql else 0,
             "wait_cpu_ns": b.preempt_ns if b.preempt_ns and (i >= 1 or irq_s is not None) else 0,
             "notify_wakeup_ns": b.wake_ns if known else None,
             "notify_known": known,

@@ -145,8 +145,8 @@ def _bql_span_with_gil_reacquire(name_gil: bool) -> "object":
     s.add(6300, 7, "futex_exit", value=0)  # 2000 on the GIL
     s.add(6300, 7, "lock_acquired", addr=0x5555_0000_1000, name="BQL")
     s.add(6800, 7, "run_enter")
-    meta = {"futex_names": {hex(GIL_WORD): "GIL"}} if name_gil else {}
-    return exit_breakdown(s.trace(**meta)).iloc[0]
+    trace = s.trace(futex_names={hex(GIL_WORD): "GIL"}) if name_gil else s.trace()
+    return exit_breakdown(trace).iloc[0]
 
 
 def test_named_lock_waited_inside_a_bql_span_is_not_the_bql() -> None:

@@ -68,7 +68,7 @@ def test_kvm_exit_pairs_with_the_next_kvm_entry() -> None:
     # exit's (kernel_ns - 1 - guest_ns - 3 * kernel exits) after its run_enter.
     nxt = xs[1:] + [None]
     want = []
-    for v, n in zip(xs, nxt):
+    for v, n in zip(xs, nxt, strict=True):
         reenter = 1 if n is None else n.kernel_ns - 1 - n.guest_ns - 3 * len(n.kernel_exits)
         want.append(1 + (expected_total(v) - v.kernel_ns) + reenter)
     assert list(user["dur_ns"]) == want

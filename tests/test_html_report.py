@@ -87,15 +87,15 @@ def test_sweep_figure_stacks_groups_marks_and_annotates() -> None:
     outer, inner = (list(a) for a in bars[0].x)
     assert outer == ["1 vCPU", "1 vCPU", "2 vCPUs", "2 vCPUs", "4 vCPUs", "4 vCPUs"]
     assert inner == ["qemu bql", "reference unlocked"] * 3
-    bql = dict(zip(zip(outer, inner), bars[names.index("BQL wait")].y))
+    bql = dict(zip(zip(outer, inner, strict=True), bars[names.index("BQL wait")].y, strict=True))
     assert bql[("4 vCPUs", "qemu bql")] == 16_000 and bql[("4 vCPUs", "reference unlocked")] == 0
-    other = dict(zip(zip(outer, inner), bars[names.index(COMPONENT_LABELS["other_lock_wait"])].y))
+    other = dict(zip(zip(outer, inner, strict=True), bars[names.index(COMPONENT_LABELS["other_lock_wait"])].y, strict=True))
     assert other[("2 vCPUs", "qemu bql")] == 2_000
     marks = next(t for t in fig.data if t.name == "guest-measured cycles/op")
-    assert dict(zip(zip(*marks.x), marks.y))[("2 vCPUs", "qemu bql")] == 25_000
+    assert dict(zip(zip(*marks.x, strict=True), marks.y, strict=True))[("2 vCPUs", "qemu bql")] == 25_000
     effect = next(t for t in fig.data if t.type == "scatter" and t.mode == "text")
     assert list(effect.text) == ["×1.10"] * 4  # the 4-vCPU rows have no observer effect
-    assert ("4 vCPUs", "qemu bql") not in set(zip(*effect.x))
+    assert ("4 vCPUs", "qemu bql") not in set(zip(*effect.x, strict=True))
 
 
 def test_sweep_figure_draws_the_range_of_repeated_runs() -> None:

@@ -22,7 +22,7 @@ def _disjoint(draw: st.DrawFn, tids: list[int], max_n: int, gaps: bool) -> tuple
     tid, start, end = [], [], []
     for t in tids:
         cuts = sorted(draw(st.sets(st.integers(0, 2_000), min_size=2, max_size=2 * max_n)))
-        pairs = list(zip(cuts[::2], cuts[1::2])) if gaps else list(zip(cuts[:-1], cuts[1:]))
+        pairs = list(zip(cuts[::2], cuts[1::2], strict=False)) if gaps else list(zip(cuts[:-1], cuts[1:], strict=True))
         for a, b in pairs:
             tid.append(t)
             start.append(a)
@@ -39,8 +39,8 @@ def windows_and_spans(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
 
 
 def _brute(wt, ws, we, st_, ss, se) -> np.ndarray:  # noqa: ANN001 - test oracle
-    return np.array([sum(max(0, min(e, b) - max(s, a)) for t2, s, e in zip(st_, ss, se) if t2 == t)
-                     for t, a, b in zip(wt, ws, we)], dtype=np.int64)
+    return np.array([sum(max(0, min(e, b) - max(s, a)) for t2, s, e in zip(st_, ss, se, strict=True) if t2 == t)
+                     for t, a, b in zip(wt, ws, we, strict=True)], dtype=np.int64)
 
 
 @settings(max_examples=150, deadline=None)
@@ -65,7 +65,7 @@ def test_last_match_is_the_last_item_of_the_key_not_after(items: list[tuple[int,
     qk = np.array([k for k, _ in queries], dtype=np.int64)
     qt = np.array([t for _, t in queries], dtype=np.int64)
     got = last_match(qk, qt, ik, it, strict=strict)
-    for (k, t), g in zip(queries, got):
+    for (k, t), g in zip(queries, got, strict=True):
         ok = [i for i, (k2, t2) in enumerate(items) if k2 == k and (t2 < t if strict else t2 <= t)]
         # The latest time wins; among equal times, the last item given.
         want = max(ok, key=lambda i: (items[i][1], i)) if ok else -1
@@ -81,7 +81,7 @@ def test_pair_spans_pairs_within_each_key_and_drops_orphans() -> None:
     ]
     ev = normalize_events(pd.DataFrame(rows, columns=["ts_ns", "tid", "event", "name"]).assign(cpu=0))
     spans = pair_spans(ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
-    got = sorted(zip(spans["tid"], spans["name"].astype(str), spans["start_ns"], spans["end_ns"]))
+    got = sorted(zip(spans["tid"], spans["name"].astype(str), spans["start_ns"], spans["end_ns"], strict=True))
     assert got == [(1, "A", 10, 12), (1, "A", 14, 18), (1, "B", 13, 15), (2, "A", 11, 16)]
 
 

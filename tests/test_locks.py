@@ -31,7 +31,8 @@ def _lifetimes(s: SyntheticTrace) -> dict[int, int]:
     df = pd.DataFrame(s.rows)
     df = df[df["tid"] >= 0]
     g = df.groupby("tid")["ts_ns"]
-    return (g.max() - g.min()).to_dict()
+    life = g.max() - g.min()
+    return dict(zip(life.index.to_numpy(dtype=np.int64).tolist(), life.to_numpy(dtype=np.int64).tolist(), strict=True))
 
 
 def test_waits_waiters_and_wakers_per_word() -> None:
@@ -181,8 +182,8 @@ def test_lock_wait_accounting_property(a: list[ExitScript], b: list[ExitScript],
     # Per thread: waits never exceed the thread's time, and add up to the word.
     life = _lifetimes(s)
     bt = lk.by_thread
-    for tid, grp in bt.groupby("tid"):
-        assert grp["wait_ns"].sum() <= life[int(tid)]
+    for tid in set(bt["tid"].astype(int).tolist()):
+        assert bt.loc[bt["tid"] == tid, "wait_ns"].sum() <= life[tid]
     assert bt.groupby("addr")["wait_ns"].sum().to_dict() == {a_: int(v) for a_, v in
                                                             words["wait_ns"].items() if v}
     assert lk.totals["futex_wait_ns"] == sum(sum(v) for v in scripted.values())

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,6 +143,7 @@ def test_sample_exports_are_valid(path: Path, tmp_path: Path) -> None:
     assert obj["otherData"]["lost_events"] == tr.lost_events
     # Every vCPU nanosecond inside an exit is in exactly one state slice.
     kids = _children_ns(per_thread, tr)
+    r: Any  # a row of cells: pandas-stubs type each as any scalar
     for r in ex.sample(n=min(len(ex), 2000), random_state=0).itertuples():
         assert sum(kids[(r.tid, r.start_ns)].values()) == r.total_ns
 

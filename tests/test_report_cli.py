@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -23,7 +24,7 @@ from .synthetic import OTHER_WORD, ExitScript, SyntheticTrace
 RUN = CliRunner()
 
 
-def _write(tmp_path: Path, s: SyntheticTrace, name: str = "t.vmtrace", **meta: object) -> Path:
+def _write(tmp_path: Path, s: SyntheticTrace, name: str = "t.vmtrace", **meta: Any) -> Path:
     t = s.trace(**meta)
     return write_trace(tmp_path / name, t.events, t.meta)
 

@@ -41,7 +41,7 @@ def _trace(s: SyntheticTrace) -> Trace:
 
 def _check(rows: pd.DataFrame, expected: list[dict]) -> None:
     assert len(rows) == len(expected)
-    for got, want in zip(rows.to_dict("records"), expected):
+    for got, want in zip(rows.to_dict("records"), expected, strict=True):
         for col in CHECKED:
             assert got[col] == want[col], (col, got, want)
         wake = got["notify_wakeup_ns"]
@@ -168,8 +168,9 @@ def test_timeline_paints_each_phase_where_it_happened() -> None:
     rq = request_report(_trace(s))
     spans = request_timeline(rq)
     dur = (spans["end_ns"] - spans["start_ns"]).groupby([spans["req"], spans["phase"]]).sum()
-    for i, r in rq.requests.iterrows():
-        d = dur.loc[i]
+    assert list(rq.requests.index) == [0, 1]
+    for i in (0, 1):
+        r, d = rq.requests.loc[i], dur.loc[i]
         segments = sum(d.get(p, 0) for p in ("notify", "queued", "processing", "tail", "irq"))
         assert segments == r["total_ns"]
         # The waits and the disk call are drawn over the segments they interrupt.

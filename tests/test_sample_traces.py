@@ -102,7 +102,7 @@ def test_every_view_through_the_cli_equals_the_api(path: Path) -> None:
     bql = lk.words[lk.words["name"] == "BQL"]
     assert len(bql) == 1 and int(bql["addr"].iloc[0]) == t.bql()["futex_uaddr"]
     assert lk.by_thread.groupby("addr")["wait_ns"].sum().to_dict() == {
-        int(a): int(w) for a, w in zip(lk.words["addr"], lk.words["wait_ns"]) if w}
+        int(a): int(w) for a, w in zip(lk.words["addr"], lk.words["wait_ns"], strict=True) if w}
     th = off.threads
     parts = th[[f"{s}_ns" for s in OFFCPU_STATES]].sum(axis=1)
     assert (parts == th["time_ns"]).all()

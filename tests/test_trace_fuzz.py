@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,10 @@ def _use(t: Trace) -> None:
 
     console = Console(file=open("/dev/null", "w"), width=160)  # noqa: SIM115 - closed below
     try:
-        for compute, render in ((bql_breakdown, render_breakdown), (exit_stats, render_exits),
-                                (lock_report, render_locks), (offcpu_report, render_offcpu)):
+        views: tuple[tuple[Callable[..., Any], Callable[..., None]], ...] = (
+            (bql_breakdown, render_breakdown), (exit_stats, render_exits),
+            (lock_report, render_locks), (offcpu_report, render_offcpu))
+        for compute, render in views:
             try:
                 result = compute(t)
             except VmtraceError as err:

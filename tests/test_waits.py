@@ -64,7 +64,7 @@ def test_event_codes_are_the_trace_files_category_codes() -> None:
     path = Path(__file__).resolve().parent.parent / "sample_traces" / "qemu-pmtimer-1vcpu.vmtrace"
     ev = read_trace(path).events
     first = ev.drop_duplicates("event")
-    for name, code in zip(first["event"].astype(str), first["event"].cat.codes):
+    for name, code in zip(first["event"].astype(str), first["event"].cat.codes, strict=True):
         assert EVENT_CODE[name] == code
 
 

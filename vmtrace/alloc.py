@@ -44,7 +44,7 @@ def tune_for_large_arrays() -> bool:
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy 1.x keeps it under numpy.core
-        from numpy.core import multiarray  # type: ignore[no-redef]
+        from numpy.core import multiarray  # type: ignore[no-redef]  # the same module, at its 1.x path
     set_advice = getattr(multiarray, "_set_madvise_hugepage", None)
     if set_advice is not None:
         set_advice(False)

@@ -74,7 +74,7 @@ def pattern(seed: int, sector: int, sectors: int = 1) -> bytes:
     """What ``blk_verify`` writes to ``sectors`` 512-byte sectors from
     ``sector``: word i of sector s is seed ^ s*0x9e3779b1 ^ i*0x85ebca77
     (32-bit, little-endian, s modulo 2**32)."""
-    words = []
+    words: list[int] = []
     for s in range(sector, sector + sectors):
         base = (seed ^ (s * _SECTOR_MUL)) & _MASK
         words.extend(base ^ ((i * _WORD_MUL) & _MASK) for i in range(SECTOR // 4))

@@ -18,6 +18,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from .errors import TraceWarning, VmtraceError
+from .report import CLI_VIEWS, option_users, view
 from .validate import U32_MAX, check_command, check_duration, check_locking, parse_address, parse_counts
 from .validate import parse_int as _checked_int
 from .validate import parse_lock as _checked_lock
@@ -41,12 +42,13 @@ class _OneLineGroup(TyperGroup):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         standalone = kwargs.pop("standalone_mode", True)
+        kwargs["standalone_mode"] = False
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(*args, **kwargs)
         except Exception as err:
             if type(err).__name__ == "NoArgsIsHelpError":
                 # As typer does: the help on stdout, status 2 (nothing was done).
-                print(err.ctx.get_help())  # type: ignore[attr-defined]
+                print(err.ctx.get_help())  # type: ignore[attr-defined]  # told by class name: click's own NoArgsIsHelpError
                 sys.exit(2)
             line = _usage_line(err)
             if line is None and hasattr(err, "format_message") and hasattr(err, "exit_code"):
@@ -64,7 +66,6 @@ class _OneLineGroup(TyperGroup):
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
 
-from .report import CLI_VIEWS, option_users, view
 
 app = typer.Typer(
     cls=_OneLineGroup,
@@ -130,7 +131,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             code = err.exit_status if isinstance(err, Interrupted) else 130
             detail = err.detail if isinstance(err, Interrupted) else ""
             print(f"vmtrace: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
-            raise typer.Exit(code)
+            raise typer.Exit(code) from None
 
     return wrapper
 
@@ -147,8 +148,9 @@ class _RecordCommand(TyperCommand):
         ctx.ignore_unknown_options = False
         ctx.allow_extra_args = False
         super().parse_args(ctx, args[:cut])
-        ctx.args = args[cut + 1:]
-        return ctx.args
+        rest: list[str] = args[cut + 1:]
+        ctx.args = rest
+        return rest
 
 
 @app.command(cls=_RecordCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

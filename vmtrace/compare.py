@@ -44,9 +44,9 @@ def compare_breakdowns(breakdowns: dict[str, Breakdown]) -> pd.DataFrame:
         cols[label] = vals
         if label == base_label:
             continue
-        cols[f"{label} Δ"] = [None if v is None or w is None else v - w for v, w in zip(vals, base_vals)]
+        cols[f"{label} Δ"] = [None if v is None or w is None else v - w for v, w in zip(vals, base_vals, strict=True)]
         cols[f"{label} Δ%"] = [
-            None if v is None or not w else 100.0 * (v - w) / w for v, w in zip(vals, base_vals)
+            None if v is None or not w else 100.0 * (v - w) / w for v, w in zip(vals, base_vals, strict=True)
         ]
     return pd.DataFrame(cols, index=pd.Index(ROWS, name="component"))
 

@@ -186,7 +186,7 @@ lock_acquired = _noop
 lock_release = _noop
 dispatch_begin = _noop
 dispatch_end = _noop
-name_futex = _noop
+name_futex: Callable[[int, str], None] = _noop
 
 
 def flush() -> None:

@@ -292,8 +292,9 @@ def record(
                 env[probes.ENV_VAR] = str(probe_spool)
                 env[REPORT_ENV] = str(spool_dir / "interpreter.json")
                 child, go_w, err_r = _spawn_held(cmd, env, stdout)
-                target_pid = child
+                target_pid, program = child, cmd[0]
             else:
+                assert pid is not None  # checked above: a command or a PID
                 target_pid = pid
             try:
                 collector.attach(target_pid)
@@ -309,7 +310,7 @@ def record(
                 if failed:
                     os.waitpid(child, 0)
                     child = None
-                    raise TargetError(f"cannot run {cmd[0]}: {os.strerror(int(failed))}")
+                    raise TargetError(f"cannot run {program}: {os.strerror(int(failed))}")
             start_ns = time.monotonic_ns()
             while stop.signum is None:
                 if child is not None:
@@ -495,5 +496,5 @@ def _vmm_binary(cmd: list[str]) -> str | None:
 
 
 def _is_reference(cmd: list[str] | None) -> bool:
-    return bool(cmd) and any("reference_vmm" in part for part in cmd)
+    return cmd is not None and any("reference_vmm" in part for part in cmd)
 

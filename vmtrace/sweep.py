@@ -99,7 +99,7 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
     (versions or paths, each resolved now so a missing one fails before any
     run) makes one QEMU configuration each."""
     from .bench import LOCKING_MODES, VMMS, note_on_stderr
-    from .interpreter import resolve_python
+    from .interpreter import Interpreter, resolve_python
 
     out: list[SweepConfig] = []
     lockings = [x for x in (lockings or []) if x]
@@ -110,7 +110,7 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
         if vmm not in VMMS:
             raise VmtraceError(f"unknown VMM {vmm!r}: choose among {', '.join(VMMS)}")
         if vmm == "reference":
-            interps = []
+            interps: list[Interpreter] = []
             for spec in list(pythons or []) or ["ft"]:
                 interp = resolve_python(spec, note_on_stderr)
                 if interp.kind in [i.kind for i in interps]:
@@ -204,13 +204,13 @@ def run_sweep(
                     of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
-                    plain.append(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
-                                           python=cfg.python, qemu=cfg.qemu).cycles_per_op)
+                    plain.append(_guest_cycles(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
+                                                         python=cfg.python, qemu=cfg.qemu).cycles_per_op))
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
                     res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend,
                                     python=cfg.python, qemu=cfg.qemu)
-                    traced.append((res.cycles_per_op, files[k]))
+                    traced.append((_guest_cycles(res.cycles_per_op), files[k]))
                     interpreter = getattr(res, "interpreter", None)
             except BaseException:
                 # A failed or interrupted run leaves no hidden run files behind.
@@ -226,6 +226,13 @@ def run_sweep(
             runs.append(SweepRun(cfg, bench, n, iters, float(statistics.median(plain)), keep[0], path,
                                  tuple(plain), tuple(c for c, _ in traced), interpreter))
     return summarize_sweep(runs)
+
+
+def _guest_cycles(cycles_per_op: float | None) -> float:
+    # A sweep compares what the guest measured: a run without it has nothing to compare.
+    if cycles_per_op is None:
+        raise VmtraceError("the benchmark guest reported no cycles per operation")
+    return cycles_per_op
 
 
 def _median_run(runs: list[tuple[float, Path]]) -> tuple[float, Path]:

@@ -60,7 +60,9 @@ class Trace:
         """tid -> vCPU index for the threads the recorder identified as vCPUs."""
         t = self.threads
         t = t[t["role"] == ROLE_VCPU]
-        return {int(r.tid): int(r.vcpu) if pd.notna(r.vcpu) else -1 for r in t.itertuples()}
+        tids = t["tid"].to_numpy(dtype=np.int64).tolist()
+        vcpus = t["vcpu"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64).tolist()
+        return dict(zip(tids, vcpus, strict=True))
 
     def futex_names(self) -> dict[int, str]:
         """Futex word -> lock name: the BQL (however it was identified) and
@@ -77,7 +79,8 @@ class Trace:
         return names
 
     def bql(self) -> dict[str, Any]:
-        for lock in self.meta.get("locks") or []:
+        locks: list[dict[str, Any]] = self.meta.get("locks") or []
+        for lock in locks:
             if lock.get("name") == "BQL":
                 return lock
         return {"name": "BQL", "identified": False, "method": "none", "futex_uaddr": None}
@@ -104,7 +107,7 @@ def normalize_events(df: pd.DataFrame) -> pd.DataFrame:
             values = df[col] if col in df else pd.Series([None] * len(df), index=df.index)
             cols[col] = values.astype("category").array
         elif col in df:
-            cols[col] = df[col].astype(dtype).array
+            cols[col] = df[col].astype(pd.api.types.pandas_dtype(dtype)).array
         else:
             cols[col] = pd.Series(pd.NA, index=df.index, dtype=dtype).array
     # No copies: at 10M events every column copy costs hundreds of MB.
@@ -174,7 +177,7 @@ def _read_events(pf: pq.ParquetFile) -> pd.DataFrame:
     for name, dtype in EVENT_COLUMNS.items():
         col = pf.read(columns=[name]).column(0)
         if dtype in _NULLABLE:
-            cols[name] = _NULLABLE[dtype].__from_arrow__(col)
+            cols[name] = _NULLABLE[dtype].__from_arrow__(col)  # type: ignore[attr-defined]  # missing from pandas-stubs
         else:
             cols[name] = col.to_pandas().array
     return pd.DataFrame(cols, copy=False)

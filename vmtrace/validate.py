@@ -47,7 +47,7 @@ def check_range(value: int | float, what: str, lo: int | float | None = None, hi
         top = f"{hi:#x}" if hi is not None and hi > 1 << 32 else f"{hi}"
         span = f"from {lo} to {top}" if lo is not None and hi is not None else (
             f"at least {lo}" if lo is not None else f"at most {top}")
-        raise UsageError(f"{what} must be {span}, not {shown(value) if isinstance(value, str) else value}")
+        raise UsageError(f"{what} must be {span}, not {value}")
 
 
 def parse_address(text: str, what: str = "--port") -> int:

@@ -230,6 +230,9 @@ static __always_inline void read_value(u64 *val, u32 size, const void *data) {
         bpf_probe_read_kernel(val, 1, data);
 }
 
+// One handler per tracepoint, alike in shape (filter, read the arguments,
+// emit): deliberate, as for the probes below; each tracepoint lays out its
+// arguments differently, and that difference is the handler.
 // kvm_pio(rw, port, size, count, const void *data)
 RAW_TRACEPOINT_PROBE(kvm_pio) {
     if (!is_target())
@@ -364,6 +367,9 @@ int mutex_lock_enter(struct pt_regs *ctx) {
 }
 
 #if defined(PRECISE) || defined(CALLSITES)
+// One program per probe point, each a few lines alike (filter, look up, emit):
+// deliberate.  bcc attaches a function by name, with no argument to tell the
+// points apart, and a macro would hide which event each one emits.
 int bql_lock_return(struct pt_regs *ctx) {
     if (!is_target())
         return 0;

@@ -9,6 +9,7 @@ its port in the FADT (PM_TMR_BLK, 0x608 as on QEMU's pc/q35).
 from __future__ import annotations
 
 import ctypes
+from typing import Callable
 
 from ..memory.owner import Owner
 from ..memory.region import MemoryRegion
@@ -53,7 +54,7 @@ class PmTimer(Owner):
     ``clock_ns`` returns nanoseconds of a monotonic clock (tests pass a fake).
     """
 
-    def __init__(self, clock_ns=host_clock_ns) -> None:
+    def __init__(self, clock_ns: Callable[[], int] = host_clock_ns) -> None:
         super().__init__("acpi-pm-tmr")
         self._clock_ns = clock_ns
         self._t0 = clock_ns()

@@ -8,7 +8,7 @@ in tests.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 __all__ = [
     "IoIn",
@@ -103,6 +103,6 @@ SYSTEM_EVENT_SHUTDOWN = 1
 SYSTEM_EVENT_RESET = 2
 SYSTEM_EVENT_CRASH = 3
 
-VcpuExit = Union[
-    IoIn, IoOut, MmioRead, MmioWrite, Hlt, Shutdown, Intr, InternalError, FailEntry, SystemEvent, Unknown
-]
+VcpuExit = (
+    IoIn | IoOut | MmioRead | MmioWrite | Hlt | Shutdown | Intr | InternalError | FailEntry | SystemEvent | Unknown
+)

@@ -82,7 +82,7 @@ class AddressSpace:
                 return (1 << (8 * size)) - 1
             offset = addr - fr.start + fr.offset_in_region
             if fr.mr.kind == "ram":
-                return int.from_bytes(fr.mr.ram[offset : offset + size], "little")  # type: ignore[index]
+                return int.from_bytes(fr.mr.ram[offset : offset + size], "little")  # type: ignore[index]  # a "ram" region always has its mmap
             return fr.mr.read(offset, size)
 
     def write(self, addr: int, value: int, size: int) -> None:
@@ -95,7 +95,7 @@ class AddressSpace:
                 return
             offset = addr - fr.start + fr.offset_in_region
             if fr.mr.kind == "ram":
-                fr.mr.ram[offset : offset + size] = value.to_bytes(size, "little")  # type: ignore[index]
+                fr.mr.ram[offset : offset + size] = value.to_bytes(size, "little")  # type: ignore[index]  # a "ram" region always has its mmap
                 return
             fr.mr.write(offset, value, size)
 
@@ -110,7 +110,7 @@ class AddressSpace:
                     raise ValueError(f"{self.name}: no RAM at {addr + pos:#x}")
                 offset = addr + pos - fr.start + fr.offset_in_region
                 n = min(len(data) - pos, fr.end - (addr + pos))
-                fr.mr.ram[offset : offset + n] = data[pos : pos + n]  # type: ignore[index]
+                fr.mr.ram[offset : offset + n] = data[pos : pos + n]  # type: ignore[index]  # a "ram" region always has its mmap
                 pos += n
 
     def read_bytes(self, addr: int, length: int) -> bytes:
@@ -125,5 +125,5 @@ class AddressSpace:
                     raise ValueError(f"{self.name}: no RAM at {a:#x}")
                 offset = a - fr.start + fr.offset_in_region
                 n = min(length - len(out), fr.end - a)
-                out += fr.mr.ram[offset : offset + n]  # type: ignore[index]
+                out += fr.mr.ram[offset : offset + n]  # type: ignore[index]  # a "ram" region always has its mmap
             return bytes(out)

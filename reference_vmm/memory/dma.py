@@ -77,7 +77,7 @@ class GuestMemory:
             if fr is not None and fr.mr.kind == "ram":
                 off = pos - fr.start + fr.offset_in_region
                 n = min(end, fr.end) - pos
-                out.append(memoryview(fr.mr.ram)[off : off + n])  # type: ignore[arg-type]
+                out.append(memoryview(fr.mr.ram)[off : off + n])  # type: ignore[arg-type]  # a "ram" region always has its mmap
             elif bounce is not None and not bounce.in_use:
                 bounce.in_use = True
                 self.bounced += 1

@@ -38,14 +38,16 @@ def spool(*chunks: np.ndarray) -> bytes:
 def markers(df: pd.DataFrame) -> list[tuple[int, int, int]]:
     m = df[df["event"] == "lost"]
     assert set(m["tid"]) <= {-1}
-    return sorted(zip(m["cpu"].astype(int), m["ts_ns"].astype(int), m["value"].astype(int)))
+    return sorted(zip(m["cpu"].astype(int), m["ts_ns"].astype(int), m["value"].astype(int), strict=True))
 
 
 def test_header_layout_matches_the_bpf_struct() -> None:
     src = SOURCE.read_text()
-    body = re.search(r"struct chunk \{(.*?)\};", src, re.S)[1]
+    found = re.search(r"struct chunk \{(.*?)\};", src, re.S)
+    assert found is not None
+    body = found[1]
     fields = [line.split()[-1].rstrip(";").split("[")[0] for line in body.strip().splitlines()]
-    assert fields == ["n", "cpu", "lost", "recs"] == list(CHUNK_DTYPE.names)
+    assert fields == ["n", "cpu", "lost", "recs"] == list(CHUNK_DTYPE.names or ())
     assert CHUNK_DTYPE.fields["recs"][1] == 16
 
 
@@ -66,7 +68,7 @@ def test_a_dropped_chunk_becomes_one_marker() -> None:
     assert markers(df) == [(0, 1000, 128), (1, 500, 256)]
     # the window runs from the CPU's last record before the gap
     w = lost_windows(df.sort_values("ts_ns", kind="stable").reset_index(drop=True))
-    got = {int(r.cpu): (int(r.start_ns), int(r.end_ns), int(r.count)) for r in w.itertuples()}
+    got = {int(c): (int(s), int(e), int(n)) for c, s, e, n in zip(w["cpu"], w["start_ns"], w["end_ns"], w["count"], strict=True)}
     assert got[0] == (100 + CHUNK_RECS - 1, 1000, 128)
     assert got[1][1:] == (500, 256) and got[1][0] == np.iinfo(np.int64).min
 

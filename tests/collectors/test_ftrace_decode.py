@@ -22,6 +22,7 @@ import re
 import struct
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ def expected_rows() -> tuple[Counter, dict[str, int]]:
         ts_us = int(m["sec"]) * 1_000_000 + int(m["usec"])
         cpu, pid, ev, rest = int(m["cpu"]), int(m["pid"]), m["ev"], m["rest"]
         events[ev] += 1
-        row = None
+        row: tuple | None = None
         if ev == "sys_ioctl" and rest.startswith("->"):
             row = ("ioctl_exit", pid, None, None, None, np.int64(np.uint64(int(rest[3:], 16))), None)
         elif ev == "sys_ioctl":
@@ -104,7 +105,8 @@ def expected_rows() -> tuple[Counter, dict[str, int]]:
             row = ("userspace_exit", pid, None, None, None, value, None)
         elif ev == "sched_switch":
             p = re.match(r"prev_comm=.* prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=.* next_pid=(\d+)", rest)
-            state = sum(_STATE[c] for c in p[2].rstrip("+").split("|"))
+            bits: list[int] = [_STATE[c] for c in p[2].rstrip("+").split("|")]
+            state = sum(bits)
             state = 0 if p[2].rstrip("+") == "R" else state
             rows[(ts_us, cpu, "sched_out", int(p[1]), None, None, None, state, int(p[3]))] += 1
             row = ("sched_in", int(p[3]), None, None, None, None, int(p[1]))
@@ -120,6 +122,7 @@ def as_tuples(df: pd.DataFrame) -> Counter:
     # the text shows microseconds rounded to nearest (the kernel adds 500 ns)
     names = {-1: "ioctl_exit", **dict(enumerate(EVENT_TYPES))}
     out: Counter = Counter()
+    r: Any  # a row of cells: pandas-stubs type each as any scalar, int() included
     for r in df.itertuples(index=False):
         def v(x):
             return None if pd.isna(x) else (bool(x) if isinstance(x, (bool, np.bool_)) else int(x))
@@ -179,7 +182,7 @@ def test_assemble_gives_exact_schema_and_pairs_exits() -> None:
     # per thread, enters and exits alternate after pairing
     for _, g in runs.groupby("tid"):
         seq = g["event"].astype(str).tolist()
-        assert all(a != b for a, b in zip(seq, seq[1:]) if b == "run_exit")
+        assert all(a != b for a, b in zip(seq, seq[1:], strict=False) if b == "run_exit")
 
 
 def test_pair_run_exits() -> None:
@@ -259,7 +262,7 @@ def test_lost_markers_per_cpu_and_unknown_counts() -> None:
     m = _lost_markers(gaps)
     assert list(m.columns) == list(EVENT_COLUMNS)
     assert set(m["event"].astype(str)) == {"lost"} and set(m["tid"]) == {-1}
-    got = {(int(r.cpu), int(r.ts_ns)): (None if pd.isna(r.value) else int(r.value)) for r in m.itertuples()}
+    got = {(int(c), int(t)): (None if pd.isna(v) else int(v)) for c, t, v in zip(m["cpu"], m["ts_ns"], m["value"], strict=True)}
     assert got == {(0, 100): 5, (0, 200): None, (3, 130): 4}  # a page that stored no count: NA
     assert _lost_markers({}).empty
 

@@ -9,7 +9,6 @@ tracefs is left exactly as it was: ``set_event``, ``uprobe_events`` and the
 from __future__ import annotations
 
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -17,86 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.collectors.targets import GUEST, QEMU, T, Target, qemu_cmd, target_factory  # noqa: F401 (fixture)
+from tests.conftest import need
 from vmtrace.collectors import tracefs as tfs
 from vmtrace.collectors.base import RecordOptions
 from vmtrace.collectors.ftrace import FtraceCollector, cleanup_stale
 from vmtrace.errors import HostError, TargetError
 
-REPO = Path(__file__).resolve().parents[2]
-GUEST = REPO / "reference_vmm" / "guest" / "build" / "vmtrace-guest.elf"
-QEMU = "/usr/bin/qemu-system-x86_64"
-T = Path("/sys/kernel/tracing")
-
 
 def tracefs_state() -> tuple[str, str, list[str]]:
     return ((T / "set_event").read_text(), (T / "uprobe_events").read_text(), sorted(os.listdir(T / "instances")))
-
-
-def qemu_cmd(iterations: int = 20000) -> list[str]:
-    cmd = ["timeout", "30", QEMU, "-name", "vmtrace,debug-threads=on", "-enable-kvm", "-cpu", "max,-arch-capabilities",
-           "-M", "pc", "-smp", "2", "-m", "64", "-nographic", "-nodefaults", "-serial", "file:/dev/null",
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
-    if GUEST.exists():
-        return cmd + ["-kernel", str(GUEST), "-append", f"bench=inl_pmtimer iterations={iterations}"]
-    return cmd  # no guest image: SeaBIOS alone still makes port and MMIO exits
-
-
-class Target:
-    """A child that waits on a pipe, then execs ``cmd``."""
-
-    def __init__(self, cmd: list[str]) -> None:
-        r, w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - child
-            os.close(w)
-            os.read(r, 1)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.execvp(cmd[0], cmd)
-        os.close(r)
-        self._w = w
-        self.status: int | None = None
-
-    def release(self) -> None:
-        os.write(self._w, b"x")
-        os.close(self._w)
-
-    def alive(self) -> bool:
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = status
-        return self.status is None
-
-    def kill(self) -> None:
-        """SIGKILL the target and QEMU under it (``timeout`` makes itself a
-        process group leader, so its group is exactly the two of them)."""
-        if self.alive():
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            self.status = -9
-
-
-@pytest.fixture
-def target_factory():
-    made: list[Target] = []
-
-    def make(cmd: list[str]) -> Target:
-        t = Target(cmd)
-        made.append(t)
-        return t
-
-    yield make
-    for t in made:
-        try:
-            t.release()
-        except OSError:
-            pass
-        t.kill()
 
 
 def opts(tmp_path: Path, **kw) -> RecordOptions:
@@ -274,8 +203,7 @@ def test_attaching_to_a_running_vmm_loses_nothing_when_the_bql_probes_go(root, q
     # as a loaded host does, so a reset would show as a hole in the running
     # vCPU's events that ends where the probes went.  (Shorter holes, tens of
     # ms, are real on this host: its own CPUs are virtual and get stolen.)
-    if not GUEST.exists():
-        pytest.skip("the benchmark guest is not built (make -C reference_vmm/guest)")
+    need(GUEST.exists(), "the benchmark guest is not built (make -C reference_vmm/guest)")
     before = tracefs_state()
     t = target_factory(qemu_cmd(iterations=1_500_000))
     t.release()
@@ -310,6 +238,6 @@ def test_attaching_to_a_running_vmm_loses_nothing_when_the_bql_probes_go(root, q
     ts = mine["ts_ns"].to_numpy()
     gaps = ts[1:] - ts[:-1]
     running = (mine["event"] != "sched_out").to_numpy()[:-1]
-    holes = [(int(g), int(e)) for g, e in zip(gaps[running], ts[1:][running]) if g > 100_000_000]
+    holes = [(int(g), int(e)) for g, e in zip(gaps[running], ts[1:][running], strict=True) if g > 100_000_000]
     assert not [h for h in holes if abs(h[1] - went) < 30_000_000], (
         [f"{g / 1e6:.0f} ms ending {(e - went) / 1e6:+.0f} ms from the probes' stop" for g, e in holes])

@@ -23,7 +23,9 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
 from vmtrace.analyses.callsites import callsite_table
@@ -31,7 +33,7 @@ from vmtrace.bench import guest_image, vmm_command
 from vmtrace.collectors.qsp import hmp_command, qsp_args, sync_profile
 from vmtrace.qemu_versions import resolve_qemu
 from vmtrace.record import record
-from vmtrace.trace import read_trace
+from vmtrace.trace import Trace, read_trace
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def live(root: None, bpf: None, qemu_version: str) -> str:
     return qemu_version
 
 
-def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> tuple[object, object, int]:
+def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> tuple[Trace, pd.DataFrame, int]:
     binary = resolve_qemu(version)
     cmd = vmm_command("qemu", "fwcfg_pmtimer", 2, 1600, guest_image(), qemu=binary.path)
     i = cmd.index("isa-debug-exit,iobase=0xf4,iosize=4")
@@ -48,7 +50,7 @@ def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> t
     sock = tmp / "mon.sock"
     cmd += qsp_args(sock)
     out_path = tmp / "serial.txt"
-    got: dict[str, object] = {}
+    got: dict[str, Any] = {}
 
     def monitor() -> None:
         deadline = time.monotonic() + 240
@@ -70,7 +72,7 @@ def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> t
         record(tmp / "run.vmtrace", cmd=cmd, stdout=out, callsites=mode, duration=300, backend=backend)
     t.join(30)
     assert "qsp" in got, "the guest never printed its end record"
-    return read_trace(tmp / "run.vmtrace"), got["qsp"], int(got["until_ns"])  # type: ignore[arg-type]
+    return read_trace(tmp / "run.vmtrace"), got["qsp"], int(got["until_ns"])
 
 
 @pytest.mark.parametrize("backend", ["bcc", "ftrace"])

@@ -17,6 +17,7 @@ difference counts only when it is ours (see ``Snapshot.diff``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -233,7 +234,7 @@ def have_bcc() -> None:
     need(ok, why)
 
 
-def start(args: list[str], **kw: object) -> subprocess.Popen[str]:
+def start(args: list[str], **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([*VMTRACE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -341,7 +342,7 @@ def test_bcc_killed_while_naming_the_bql_leaves_ftrace_working(host: None, qemu_
         proc = start(["record", "--backend", "bcc", "-o", str(tmp_path / f"k{i}.vmtrace"), "--",
                       *long_qemu(qemu_copy)], env=env)
         try:
-            assert wait_for(lambda: qemu_started(proc), 90), "QEMU never started"
+            assert wait_for(functools.partial(qemu_started, proc), 90), "QEMU never started"
             time.sleep(0.2)  # inside the identification window
             proc.kill()
             proc.wait()

@@ -53,7 +53,7 @@ def _queue_work(ev: pd.DataFrame) -> pd.DataFrame:
 
 def test_bql_mode_queue_work_waits_for_the_bql(root, kvm, recorded) -> None:
     t, ev = _record(recorded, "bql")
-    roles = dict(zip(t.threads["tid"], t.threads["role"]))
+    roles = dict(zip(t.threads["tid"], t.threads["role"], strict=True))
     work = _queue_work(ev)
     assert len(work) > 50 and {roles.get(tid) for tid in work["tid"]} == {"main"}
     main = int(work["tid"].iloc[0])

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -26,9 +27,10 @@ def test_sweep_writes_traces_summary_and_report(live: None, tmp_path: Path) -> N
         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     summary = pd.read_csv(out / "summary.csv")
-    assert list(zip(summary["config"], summary["vcpus"])) == [
+    assert list(zip(summary["config"], summary["vcpus"], strict=True)) == [
         ("reference bql", 1), ("reference bql", 2), ("reference unlocked", 1), ("reference unlocked", 2)]
     assert json.loads((out / "summary.json").read_text())[3]["config"] == "reference unlocked"
+    row: Any  # a row of cells: pandas-stubs type each as any scalar
     for row in summary.itertuples():
         # Every number in the summary is the trace's own breakdown.
         b = bql_breakdown(read_trace(row.trace))
@@ -77,6 +79,7 @@ def test_python_ft_gil_puts_the_gil_curves_beside(live: None, tmp_path: Path) ->
     assert list(summary["config"]) == ["reference unlocked", "reference unlocked (GIL)"]
     assert list(summary["free_threaded"]) == [True, False] and list(summary["gil_enabled"]) == [False, True]
     assert Path(summary["trace"][1]).name == "reference-unlocked-gil-2vcpu.vmtrace"
+    row: Any  # a row of cells: pandas-stubs type each as any scalar
     for row in summary.itertuples():
         meta = read_trace(row.trace).meta
         assert meta["target"]["interpreter"]["free_threaded"] == row.free_threaded

@@ -87,7 +87,13 @@ def test_a_thread_blocked_on_the_bql_sleeps_on_its_reported_word() -> None:
     lock = BigLock("test")
     tids: list[int] = []
     lock.lock()
-    t = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), lock.lock(), lock.unlock()))
+
+    def contend() -> None:
+        tids.append(threading.get_native_id())
+        lock.lock()
+        lock.unlock()
+
+    t = threading.Thread(target=contend)
     t.start()
     try:
         seen: list[int] = []

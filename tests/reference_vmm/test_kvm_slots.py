@@ -28,7 +28,7 @@ def test_ram_gets_slots_and_mmio_holes_split_them() -> None:
     root.add_subregion(0, ram)
     space = AddressSpace(root, "slots")
     vm = FakeVm()
-    space.add_listener(KvmMemoryListener(vm))  # type: ignore[arg-type]
+    space.add_listener(KvmMemoryListener(vm))  # type: ignore[arg-type]  # a fake VmFd: records the slots it is given
     try:
         assert list(vm.slots.values()) == [(0, 1 << 20, ram.host_addr)]
         # An MMIO region over the middle of RAM punches a hole: two slots.

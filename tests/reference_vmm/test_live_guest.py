@@ -122,9 +122,7 @@ def _record(tmp_path: Path, image: Path, vcpus: int, locking: str) -> tuple[list
     finally:
         probes.disable()
     assert status == 1
-    names = dict(
-        (int(i), n) for i, n in (line.rstrip("\n").split("\t", 1) for line in open(str(spool) + ".names"))
-    )
+    names = {int(i): n for i, n in (line.rstrip("\n").split("\t", 1) for line in open(str(spool) + ".names"))}
     return list(probes.RECORD.iter_unpack(spool.read_bytes())), names
 
 
@@ -160,7 +158,7 @@ def test_unlocked_mode_pm_timer_takes_no_bql(kvm, guest_image: Path, tmp_path: P
     assert acquisitions < 0.25 * pm  # what is left: serial output, main-loop timers, debug-exit
     # No PM-timer dispatch happens while its thread holds the BQL.
     holding: dict[int, bool] = collections.defaultdict(bool)
-    for ts, tid, code, _sw, nid, _addr, _val in records:
+    for _ts, tid, code, _sw, nid, _addr, _val in records:
         name = names[nid]
         if name == "BQL":
             holding[tid] = code == probes.EVENT_CODES["lock_acquired"]
@@ -170,8 +168,8 @@ def test_unlocked_mode_pm_timer_takes_no_bql(kvm, guest_image: Path, tmp_path: P
 
 def test_dispatch_events_carry_port_size_and_direction(kvm, guest_image: Path, tmp_path: Path) -> None:
     records, names = _record(tmp_path, guest_image, 1, "bql")
-    by_region = collections.Counter()
-    for ts, tid, code, size_write, nid, addr, _val in records:
+    by_region: collections.Counter[tuple] = collections.Counter()
+    for _ts, _tid, code, size_write, nid, addr, _val in records:
         if code == probes.EVENT_CODES["dispatch_begin"]:
             by_region[(names[nid], addr, size_write & 0x7F, bool(size_write & 0x80))] += 1
     assert by_region[("acpi-pm-tmr", 0x608, 4, False)] > 1000

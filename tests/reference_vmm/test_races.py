@@ -99,7 +99,7 @@ def test_probe_records_of_many_threads_are_all_written(tmp_path: Path) -> None:
     data = spool.read_bytes()
     assert len(data) == 4 * per_thread * probes.RECORD.size
     seen: dict[int, list[int]] = {}
-    for ts, tid, code, _size, _name, addr, _value in probes.RECORD.iter_unpack(data):
+    for _ts, tid, code, _size, _name, addr, _value in probes.RECORD.iter_unpack(data):
         assert code == probes.EVENT_CODES["dispatch_begin"]
         seen.setdefault(tid, []).append(addr)
     assert sorted(len(v) for v in seen.values()) == [per_thread] * 4
@@ -176,7 +176,7 @@ class Rig:
 ACCESSES = [0x10, 0x13, 0x17, 0x20, 0x26, 0x0, 0x500, 0xFFF, 0x1000, 0x5000]
 
 
-def exercise(bus) -> tuple[list, list]:
+def exercise(bus) -> list[int]:
     values = []
     for addr in ACCESSES:
         for size in (1, 2, 4):

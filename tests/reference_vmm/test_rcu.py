@@ -38,7 +38,11 @@ def test_synchronize_waits_for_a_reader_that_entered_before() -> None:
     t = threading.Thread(target=reader)
     t.start()
     entered.wait(5)
-    syncer = threading.Thread(target=lambda: (synchronize_rcu(), done.set()))
+    def sync() -> None:
+        synchronize_rcu()
+        done.set()
+
+    syncer = threading.Thread(target=sync)
     syncer.start()
     assert not done.wait(0.2), "synchronize_rcu returned while a reader was inside"
     release.set()
@@ -219,7 +223,8 @@ def test_removed_region_is_not_reclaimed_until_in_flight_dispatch_ends() -> None
 
     root.del_subregion(region)  # unplug: unreachable for new accesses
     device.unref()  # drop the creator's reference (object_unparent)
-    assert space.current_map.lookup(0x10).mr.name == "io"
+    fr = space.current_map.lookup(0x10)
+    assert fr is not None and fr.mr.name == "io"
     assert bus.pio_read(0x10, 4) == 0  # a new access goes to the root, not the device
     time.sleep(0.3)  # give call_rcu every chance to (wrongly) reclaim
     assert not device.finalized and not finalized.is_set()

@@ -119,4 +119,4 @@ def test_register_dump_names_the_vcpu_and_registers() -> None:
 
 def test_unknown_locking_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="2013, bql, unlocked"):
-        VcpuThread(None, 0, FakeBus(), BigLock("x"), "2099", lambda i, s: None)
+        VcpuThread(ScriptedVcpu([], BigLock("x")), 0, FakeBus(), BigLock("x"), "2099", lambda i, s: None)

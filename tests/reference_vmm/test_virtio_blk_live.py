@@ -26,6 +26,7 @@ from tests.reference_vmm import guests as g
 from tests.reference_vmm.conftest import run_vmm
 from tests.reference_vmm.virtio_driver import S_IOERR, S_OK, T_FLUSH, T_GET_ID, T_IN, T_OUT, Buf, RingDriver
 from vmtrace import probes
+from vmtrace.reference_vmm.devices.virtio.blk import VirtIOBlock
 from vmtrace.reference_vmm.kvm import exits as x
 from vmtrace.reference_vmm.kvm.system import Kvm
 from vmtrace.reference_vmm.machine import Machine, MachineConfig
@@ -126,7 +127,7 @@ def live(request, kvm, tmp_path: Path):
 
 
 def _round_trip_requests(rig: LiveRig, payload: bytes):
-    def build(drv: RingDriver, write) -> int:
+    def build(drv: RingDriver, write) -> None:
         write(DATA, payload)
         reqs = [
             (T_OUT, 16, [Buf(DATA, 4096), Buf(DATA + 4096, 4096)]),  # write 8 KiB at sector 16
@@ -158,6 +159,7 @@ def test_guest_round_trip_through_ioeventfd_and_irqfd(live: LiveRig) -> None:
     assert proxy.notifications >= 2  # DRIVER_OK's own look at the queue, then the guest's kick
     assert proxy.vdev.interrupts >= 1
     assert m.vm.get_irqchip(1).chip[1] & (1 << (GSI - 8)), "GSI 11 not pending in the slave PIC's IRR"
+    assert isinstance(proxy.vdev, VirtIOBlock)
     assert proxy.vdev.requests == {"write": 1, "flush": 1, "read": 2, "get-id": 1, "ioerr-range": 1}
     live.close()  # a clean stop: everything the guest wrote is on the image
     disk = live.disk.read_bytes()
@@ -168,7 +170,7 @@ def test_guest_round_trip_through_ioeventfd_and_irqfd(live: LiveRig) -> None:
 def test_guest_moves_the_bar_and_the_ioeventfd_follows(kvm, tmp_path: Path) -> None:
     rig = LiveRig(tmp_path, "dataplane")
     try:
-        def build(drv: RingDriver, write) -> int:
+        def build(drv: RingDriver, write) -> None:
             drv.offer(drv.blk_request(HDRS, T_IN, 1, [Buf(DATA, 512, True)], STATUSES), publish=False)
 
         assert rig.boot(build, n_avail=1, expect_used=1, move_bar_to=0xD000) == 3
@@ -182,7 +184,7 @@ def test_guest_moves_the_bar_and_the_ioeventfd_follows(kvm, tmp_path: Path) -> N
 
 
 def test_malformed_request_is_counted_and_the_vmm_keeps_running(live: LiveRig, capsys) -> None:
-    def build(drv: RingDriver, write) -> int:
+    def build(drv: RingDriver, write) -> None:
         drv.offer(drv.blk_request(HDRS, T_IN, 0, [Buf(DATA, 512, True)], STATUSES), publish=False)
         write(HDRS + 16, struct.pack("<IIQ", T_IN, 0, 0))
         a = drv.next_desc
@@ -197,6 +199,7 @@ def test_malformed_request_is_counted_and_the_vmm_keeps_running(live: LiveRig, c
     m = live.machine
     assert m is not None and m.virtio_blk is not None
     vdev = m.virtio_blk.vdev
+    assert isinstance(vdev, VirtIOBlock)
     assert vdev.broken and vdev.guest_errors == {"looped-descriptor": 1}
     assert vdev.requests == {"read": 1}  # the request after the bad one was never looked at
     err = capsys.readouterr().err
@@ -211,7 +214,7 @@ def _recorded_run(tmp_path: Path, blk: str):
     spool = tmp_path / f"spool-{blk}"
     rig = LiveRig(tmp_path, blk)
 
-    def build(drv: RingDriver, write) -> int:
+    def build(drv: RingDriver, write) -> None:
         for k in range(8):
             drv.offer(drv.blk_request(HDRS + 16 * k, T_IN, 8 * k, [Buf(DATA + 4096 * k, 4096, True)], STATUSES + k),
                       publish=False)
@@ -225,7 +228,7 @@ def _recorded_run(tmp_path: Path, blk: str):
         main_tid = threading.get_native_id()
         io_tids = {t.native_id for t in m.iothreads} if m is not None else set()
         rig.close()
-    names = dict((int(i), n) for i, n in (line.rstrip("\n").split("\t", 1) for line in open(str(spool) + ".names")))
+    names = {int(i): n for i, n in (line.rstrip("\n").split("\t", 1) for line in open(str(spool) + ".names"))}
     records = [(ts, tid, code, names[nid], addr) for ts, tid, code, _sw, nid, addr, _v in
                probes.RECORD.iter_unpack(spool.read_bytes())]
     return records, main_tid, io_tids

@@ -51,7 +51,7 @@ class RingDriver:
         """Write ``bufs`` as a NEXT-linked chain of fresh descriptors; returns the head."""
         ids = [(self.next_desc + k) % self.num for k in range(len(bufs))]
         self.next_desc = (self.next_desc + len(bufs)) % self.num
-        for k, (i, b) in enumerate(zip(ids, bufs)):
+        for k, (i, b) in enumerate(zip(ids, bufs, strict=True)):
             last = k == len(bufs) - 1
             flags = (VRING_DESC_F_WRITE if b.w else 0) | (0 if last else VRING_DESC_F_NEXT)
             self.put_desc(i, b.addr, b.len, flags, 0 if last else ids[k + 1])

@@ -31,6 +31,7 @@ from vmtrace import __version__
 from vmtrace.analyses.breakdown import COMPONENTS
 from vmtrace.outputs import open_output
 from vmtrace.report import Report
+from vmtrace.schema import ROLE_OTHER, role_rank
 from vmtrace.trace import Trace
 
 __all__ = ["chrome_trace", "write_perfetto", "SLICE_NAMES"]
@@ -48,7 +49,6 @@ SLICE_NAMES: dict[str, str] = {
 # States that say nothing beyond "none of the above": no slice, so an empty
 # stretch of a track reads as exactly that.
 _UNNAMED = ("running", "unattributed")
-_ROLE_ORDER = {"vcpu": 0, "main": 1, "iothread": 2, "worker": 3}
 
 
 def _runs(spans: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -79,13 +79,20 @@ def _metadata(trace: Trace, spans: pd.DataFrame) -> tuple[int, list[dict[str, An
     pid = int(target.get("pid") or 1)
     vmm = " ".join(str(x) for x in (target.get("vmm"), target.get("vmm_version")) if x) or "VMM"
     meta = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": f"{vmm} (vmtrace)"}}]
-    threads = {int(r.tid): r for r in trace.threads.itertuples()}
-    tids = sorted(set(int(t) for t in spans["tid"].unique()),
-                  key=lambda t: (_ROLE_ORDER.get(str(getattr(threads.get(t), "role", "")), 4),
-                                 int(threads[t].vcpu) if t in threads and pd.notna(threads[t].vcpu) else 0, t))
+    th = trace.threads
+    known = th["tid"].to_numpy(dtype=np.int64).tolist()
+    names = dict(zip(known, th["name"].tolist(), strict=True))
+    roles = dict(zip(known, th["role"].tolist(), strict=True))
+    vcpus = dict(zip(known, th["vcpu"].tolist(), strict=True))
+
+    def order(t: int) -> tuple[int, int, int]:
+        # A role outside the table, or no thread row at all, sorts with "other".
+        rank = min(role_rank(roles.get(t)), role_rank(ROLE_OTHER))
+        return rank, int(vcpus[t]) if t in vcpus and pd.notna(vcpus[t]) else 0, t
+
+    tids = sorted({int(t) for t in spans["tid"].unique()}, key=order)
     for i, tid in enumerate(tids):
-        r = threads.get(tid)
-        name = str(r.name) if r is not None and r.name else f"thread {tid}"
+        name = str(names[tid]) if tid in names and names[tid] else f"thread {tid}"
         meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
         meta.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": i}})
     return pid, meta
@@ -105,7 +112,7 @@ def _slices(trace: Trace, spans: pd.DataFrame, exits: pd.DataFrame) -> pd.DataFr
         keys = [json.dumps(f"{c}_{unit}") for c in comps]
         vals = np.round(np.column_stack([exits[f"{c}_ns"].to_numpy(dtype=np.float64) for c in comps])
                         * scale).astype(np.int64)
-        args = ["{" + ",".join(f"{key}:{v}" for key, v in zip(keys, row) if v) + "}" for row in vals.tolist()]
+        args = ["{" + ",".join(f"{key}:{v}" for key, v in zip(keys, row, strict=True) if v) + "}" for row in vals.tolist()]
         label = spans.loc[spans["exit"] >= 0].drop_duplicates("exit").set_index("exit")["detail"].astype(str)
         names = label.reindex(range(len(exits))).fillna(exits["kind"].astype(str)).to_numpy(dtype=object)
         parts.append(pd.DataFrame({
@@ -145,7 +152,7 @@ def _slices(trace: Trace, spans: pd.DataFrame, exits: pd.DataFrame) -> pd.DataFr
 def _us_text(ns: np.ndarray) -> list[str]:
     # Exact decimal microseconds from integer nanoseconds: no float rounding.
     q, r = np.divmod(np.asarray(ns, dtype=np.int64), 1000)
-    return [f"{a}.{b:03d}" for a, b in zip(q.tolist(), r.tolist())]
+    return [f"{a}.{b:03d}" for a, b in zip(q.tolist(), r.tolist(), strict=True)]
 
 
 def _write_events(f: Any, trace: Trace, spans: pd.DataFrame | None, exits: pd.DataFrame | None,
@@ -173,7 +180,7 @@ def _write_events(f: Any, trace: Trace, spans: pd.DataFrame | None, exits: pd.Da
         f.write("".join(
             f',{{"ph":"X","name":{names[n]},"cat":"{c}","ts":{t},"dur":{d},"pid":{pid},"tid":{tid},"args":{a}}}'
             for n, c, t, d, tid, a in zip(b["name"].tolist(), b["cat"].tolist(), ts, dur, b["tid"].tolist(),
-                                           b["args"].tolist())
+                                           b["args"].tolist(), strict=True)
         ))
 
 
@@ -206,7 +213,8 @@ def chrome_trace(trace: Trace, spans: pd.DataFrame | None = None, exits: pd.Data
     ``exit_breakdown(trace)``; both are computed when not given."""
     buf = io.StringIO()
     _write(buf, trace, spans, exits)
-    return json.loads(buf.getvalue())
+    doc: dict[str, Any] = json.loads(buf.getvalue())
+    return doc
 
 
 def write_perfetto(trace: Trace | Report, path: Path | str) -> Path:

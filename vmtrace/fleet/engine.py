@@ -101,7 +101,7 @@ def _run_local(sources: list[str], fn: Task, workers: int, report: Progress) -> 
     report(0, total)
     tasks = [delayed(fn, pure=True)(s, dask_key_name=f"trace-{i}") for i, s in enumerate(sources)]
     try:
-        with _Count():
+        with _Count():  # type: ignore[no-untyped-call]  # dask's Callback.__init__ is unannotated
             # One trace per hand-off (Dask's default batches 6): a trace is
             # seconds of work, and batches would leave a worker idle at the end.
             rows = compute(*tasks, scheduler="processes", num_workers=workers, chunksize=1)

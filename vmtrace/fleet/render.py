@@ -8,6 +8,7 @@ nothing fetched).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,21 +29,21 @@ __all__ = ["render_fleet", "write_fleet_html", "merged_histogram_figure", "trace
 _STACK = ("guest", "vmexit", "emulator", "dispatch", "device", "bql_wait", "other_lock_wait")
 
 
-def _cycles(v: object) -> str:
+def _cycles(v: Any) -> str:  # a numeric cell: a number, NaN, NA or None
     if v is None or v is pd.NA or (isinstance(v, float) and v != v):
         return "-"
-    return f"{float(v):,.0f}"  # type: ignore[arg-type]
+    return f"{float(v):,.0f}"
 
 
-def _text(v: object) -> str:
+def _text(v: Any) -> str:
     """A cell of a string column: pandas gives a missing value as NaN or NA."""
     return "-" if v is None or (not isinstance(v, str) and bool(pd.isna(v))) else str(v)
 
 
-def _pct(v: object) -> str:
+def _pct(v: Any) -> str:  # a numeric cell, as _cycles
     if v is None or v is pd.NA or (isinstance(v, float) and v != v):
         return "-"
-    return f"{100 * float(v):.1f}%"  # type: ignore[arg-type]
+    return f"{100 * float(v):.1f}%"
 
 
 def _headline(r: FleetReport) -> str:
@@ -60,8 +61,9 @@ def render_fleet(r: FleetReport, console: Console | None = None) -> None:
     t = Table(title="fleet: cycles per exit", title_justify="left")
     for c in ("component", "mean", "share", "p50 ~", "p99 ~"):
         t.add_column(c, justify="left" if c == "component" else "right", no_wrap=True)
-    for row in r.overall.itertuples(index=False):
-        t.add_row(str(row.component), _cycles(row.mean), _pct(row.share), _cycles(row.p50), _cycles(row.p99))
+    for comp in r.overall.to_dict(orient="records"):
+        t.add_row(str(comp["component"]), _cycles(comp["mean"]), _pct(comp["share"]), _cycles(comp["p50"]),
+                  _cycles(comp["p99"]))
     console.print(t)
     if len(r.groups):
         g = Table(title=f"by {', '.join(r.by)}: mean cycles per exit", title_justify="left")
@@ -82,8 +84,8 @@ def render_fleet(r: FleetReport, console: Console | None = None) -> None:
                        _text(row.get("workload")), f"{row['exits']:,}", _cycles(row["bql_wait_mean"]),
                        _pct(row["bql_share"]), _cycles(row["total_mean"]), _text(row.get("top_lock")))
         console.print(tp)
-    for row in r.failed.itertuples(index=False):
-        console.print(f"failed: {row.path}: {row.error}", markup=False, highlight=False)
+    for path, error in zip(r.failed["path"], r.failed["error"], strict=True):
+        console.print(f"failed: {path}: {error}", markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------

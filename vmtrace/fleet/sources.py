@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from vmtrace.errors import VmtraceError
 
@@ -61,7 +62,7 @@ def _traces_under(d: Path) -> list[str]:
     return sorted(str(p) for p in d.rglob(f"*{TRACE_SUFFIX}") if p.is_file())
 
 
-def _filesystem(url: str):  # type: ignore[no-untyped-def]
+def _filesystem(url: str) -> Any:  # fsspec is untyped: (filesystem, path)
     """The fsspec filesystem and path of ``url``, or a one-line error
     naming the package its scheme needs."""
     try:

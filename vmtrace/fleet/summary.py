@@ -211,9 +211,10 @@ def _lock_part(trace: Any) -> tuple[dict[str, Any], list[str]]:
     lk = lock_report(trace)
     words = lk.words.head(TOP_LOCKS)
     top = [
-        {"addr": hex(int(w.addr)), "name": None if pd.isna(w.name) else str(w.name), "waits": int(w.waits),
-         "wait_ns": int(w.wait_ns), "wait_share": float(w.wait_share)}
-        for w in words.itertuples(index=False)
+        {"addr": hex(int(addr)), "name": None if pd.isna(name) else str(name), "waits": int(waits),
+         "wait_ns": int(wait_ns), "wait_share": float(share)}
+        for addr, name, waits, wait_ns, share in zip(words["addr"], words["name"], words["waits"], words["wait_ns"],
+                                                     words["wait_share"], strict=True)
     ]
     out: dict[str, Any] = {"top_locks": top, "futex_wait_share": float(lk.totals.get("futex_wait_share") or 0.0)}
     if top:
@@ -325,4 +326,5 @@ def read_fleet(path: str) -> pd.DataFrame:
         raise VmtraceError(f"{path}: fleet table lacks columns {', '.join(missing[:5])}")
     # Nullable pandas dtypes: an error row's NULL stays NA, and counts stay integers.
     nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(), pa.bool_(): pd.BooleanDtype()}
-    return table.to_pandas(types_mapper=nullable.get)
+    df: pd.DataFrame = table.to_pandas(types_mapper=nullable.get)
+    return df

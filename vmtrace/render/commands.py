@@ -50,7 +50,7 @@ def render_blk(result: Any, console: Console) -> None:
         t.add_column("vCPU", justify="right")
         t.add_column("cycles/request", justify="right")
         t.add_column("IOPS", justify="right")
-        for i, (c, iops) in enumerate(zip(result.per_vcpu, result.per_vcpu_iops)):
+        for i, (c, iops) in enumerate(zip(result.per_vcpu, result.per_vcpu_iops, strict=False)):
             t.add_row(str(i), f"{c:,.0f}", f"{iops:,.0f}")
         t.add_row("[bold]all[/]", f"[bold]{result.cycles_per_request:,.0f}[/]", f"[bold]{result.iops:,.0f}[/]")
         console.print(t)

@@ -8,7 +8,8 @@ the same component everywhere, so a reader learns the palette once.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from plotly.subplots import make_subplots
 from vmtrace.analyses.breakdown import Breakdown
 from vmtrace.analyses.intervals import overlap_sum
 from vmtrace.analyses.timeline import STATES, display_state
+from vmtrace.schema import ROLE_OTHER, ROLE_VCPU, THREAD_ROLES, role_rank
 
 __all__ = [
     "COMPONENT_COLORS",
@@ -96,7 +98,7 @@ TEMPLATE = go.layout.Template(
 _STACK = ("guest", "vmexit", "emulator", "dispatch", "device", "bql_wait", "other_lock_wait")
 
 
-def _stack_values(row: dict | pd.Series) -> dict[str, float]:
+def _stack_values(row: dict[str, Any]) -> dict[str, float]:
     get = row.get
     out = {c: float(get(c, 0.0) or 0.0) for c in ("guest", "vmexit", "emulator", "dispatch", "device")}
     lock = float(get("lock_wait", 0.0) or 0.0)
@@ -110,18 +112,21 @@ def breakdown_figure(b: Breakdown) -> go.Figure:
     """Mean cycles per exit, stacked by component, for each vCPU and for all
     of them; the guest's own cycles per operation marked where it was
     measured (a diamond per vCPU, a dashed line for the mean)."""
-    rows = [("all vCPUs", b.components)]
+    rows: list[tuple[str, dict[str, Any]]] = [("all vCPUs", b.components)]
     for r in b.by_vcpu.sort_values("vcpu").to_dict(orient="records"):
-        rows.append((f"vCPU {int(r['vcpu'])}", r))
+        rows.append((f"vCPU {int(r['vcpu'])}", {str(k): v for k, v in r.items()}))
     x = [label for label, _ in rows]
     values = [_stack_values(r) for _, r in rows]
     fig = go.Figure()
+    labels = dict(COMPONENT_LABELS)
+    if not getattr(b, "guest_separated", True):
+        labels["vmexit"] = "guest+vmexit"  # no kvm_entry/kvm_exit: the guest's time is inside
     for c in _STACK:
         y = [v[c] for v in values]
         if c == "guest" and not any(y):
             continue
-        fig.add_bar(x=x, y=y, name=COMPONENT_LABELS[c], marker_color=COMPONENT_COLORS[c],
-                    hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>")
+        fig.add_bar(x=x, y=y, name=labels[c], marker_color=COMPONENT_COLORS[c],
+                    hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + labels[c] + "</extra>")
     bench = b.meta.get("bench") or {}
     per_vcpu = bench.get("per_vcpu") or []
     if b.guest_cycles_per_op:
@@ -153,13 +158,15 @@ def cost_histogram(exits: pd.DataFrame, tsc_hz: int, bins: int = 80) -> go.Figur
         lo, hi = np.log10(np.quantile(total, [0.001, 0.999]))
         edges = np.logspace(lo, hi if hi > lo else lo + 1, bins + 1)
         title += ": 0.1% to 99.9%, the rest counted in the edge bins"
-        for vcpu, grp in exits.groupby("vcpu", sort=True):
-            t = np.clip(grp["total_ns"].to_numpy(dtype=np.float64) * k, edges[0], edges[-1])
+        vcpus = exits["vcpu"].to_numpy(dtype=np.int64)
+        total_ns = exits["total_ns"].to_numpy(dtype=np.float64)
+        for vcpu in np.unique(vcpus).tolist():
+            t = np.clip(total_ns[vcpus == vcpu] * k, edges[0], edges[-1])
             counts, _ = np.histogram(t, bins=edges)
             share = counts / max(len(t), 1) * 100
             fig.add_scatter(
                 x=edges, y=np.append(share, share[-1]), mode="lines", line_shape="hv",
-                name=f"vCPU {int(vcpu)} ({len(t):,} exits)",
+                name=f"vCPU {vcpu} ({len(t):,} exits)",
                 hovertemplate="≥ %{x:,.0f} cycles: %{y:.2f}% of exits<extra></extra>",
             )
     fig.update_layout(
@@ -212,7 +219,7 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
             continue
         fig.add_bar(x=x, y=values[c].to_numpy(), name=COMPONENT_LABELS[c], marker_color=COMPONENT_COLORS[c],
                     hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>")
-    total = values[[c for c in parts]].sum(axis=1).to_numpy()
+    total = values[list(parts)].sum(axis=1).to_numpy()
     guest = pd.to_numeric(df.get("guest_cycles_per_op", pd.Series(np.nan, index=df.index)), errors="coerce")
     has_g = guest.notna().to_numpy()
     if has_g.any():
@@ -265,7 +272,7 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
     """
     labels = [c for c in table.columns if not str(c).endswith((" Δ", " Δ%"))]
     fig = go.Figure()
-    values = {lab: _stack_values({k: table.at[k, lab] if k in table.index else 0.0 for k in table.index})
+    values = {lab: _stack_values({str(k): table.at[k, lab] if k in table.index else 0.0 for k in table.index})
               for lab in labels}
     for c in _STACK:
         y = [values[lab][c] for lab in labels]
@@ -274,7 +281,9 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
         fig.add_bar(x=labels, y=y, name=COMPONENT_LABELS[c], marker_color=COMPONENT_COLORS[c],
                     hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>")
     if "guest_cycles_per_op" in table.index:
-        g = pd.to_numeric(table.loc["guest_cycles_per_op", labels], errors="coerce")
+        measured = table.loc["guest_cycles_per_op", labels]
+        assert isinstance(measured, pd.Series)  # the index names each component once
+        g = pd.to_numeric(measured, errors="coerce")
         if g.notna().any():
             fig.add_scatter(x=list(g[g.notna()].index), y=g[g.notna()].to_numpy(dtype=np.float64), mode="markers",
                             name="guest-measured cycles/op",
@@ -293,30 +302,44 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
-_ROLE_NAMES = {"main": "main loop", "iothread": "IOThread", "worker": "worker"}
+# A vCPU's thread name already says what it is (CPU 0/KVM), and "other" says
+# nothing: only the remaining roles earn a label beside the name.
+_UNLABELLED_ROLES = (ROLE_VCPU, ROLE_OTHER)
 
 
-def thread_labels(trace_threads: pd.DataFrame, tids: Sequence[int]) -> dict[int, str]:
+def _column(trace_threads: pd.DataFrame, col: str) -> dict[int, Any]:
+    """tid -> the thread's ``col`` value, as stored (None, NA and "" kept)."""
+    tids = trace_threads["tid"].to_numpy(dtype=np.int64).tolist()
+    return dict(zip(tids, trace_threads[col].tolist(), strict=True))
+
+
+def thread_labels(trace_threads: pd.DataFrame, tids: Iterable[int]) -> dict[int, str]:
     """A label per tid: ``CPU 0/KVM [15080]``; the threads that are not
     vCPUs get their role beside, ``python (main loop) [15077]``, ``IO
     iothread0 (IOThread) [15079]``, so the thread that services a queue is
     found at a glance."""
-    known = {int(r.tid): r for r in trace_threads.itertuples()}
+    names, roles = _column(trace_threads, "name"), _column(trace_threads, "role")
     labels = {}
-    for tid in tids:
-        r = known.get(int(tid))
-        name = str(r.name) if r is not None and r.name else "?"
-        role = _ROLE_NAMES.get(str(r.role)) if r is not None else None
-        shown = name if role is None else f"{name} ({role})"
-        labels[int(tid)] = f"{shown} [{int(tid)}]"
+    for tid in (int(t) for t in tids):
+        name = str(names[tid]) if tid in names and names[tid] else "?"
+        role = str(roles.get(tid))
+        label = THREAD_ROLES.get(role) if tid in roles and role not in _UNLABELLED_ROLES else None
+        shown = name if label is None else f"{name} ({label})"
+        labels[tid] = f"{shown} [{tid}]"
     return labels
 
 
-def _thread_order(trace_threads: pd.DataFrame, tids: Sequence[int]) -> list[int]:
-    rank = {"vcpu": 0, "main": 1, "iothread": 2, "worker": 3}
-    info = {int(r.tid): (rank.get(str(r.role), 4), int(r.vcpu) if pd.notna(r.vcpu) else 0)
-            for r in trace_threads.itertuples()}
-    return sorted((int(t) for t in tids), key=lambda t: (*info.get(t, (5, 0)), t))
+def _thread_rank(role: object) -> int:
+    """``role_rank``, except that a role outside the table ranks with "other"
+    (both are threads the recorder could not place), before a thread the
+    trace does not describe at all (``len(THREAD_ROLES)``)."""
+    return min(role_rank(role), role_rank(ROLE_OTHER))
+
+
+def _thread_order(trace_threads: pd.DataFrame, tids: Iterable[int]) -> list[int]:
+    roles, vcpus = _column(trace_threads, "role"), _column(trace_threads, "vcpu")
+    info = {t: (_thread_rank(roles[t]), int(v) if pd.notna(v) else 0) for t, v in vcpus.items()}
+    return sorted((int(t) for t in tids), key=lambda t: (*info.get(t, (len(THREAD_ROLES), 0)), t))
 
 
 def timeline_overview(spans: pd.DataFrame, trace_threads: pd.DataFrame, t0_ns: int, bins: int = 400) -> go.Figure:
@@ -387,6 +410,11 @@ def timeline_detail(spans: pd.DataFrame, trace_threads: pd.DataFrame, window: tu
     disp = display_state(sel).to_numpy()
     rows = sel["tid"].map(row_of).to_numpy(dtype=np.int16)
     detail = sel["detail"].astype(str).to_numpy()
+    if "holder" in sel:
+        # A BQL wait says who held the lock meanwhile, doing what.
+        holder = sel["holder"].astype(str).to_numpy()
+        detail = np.where(holder != "", np.char.add(np.char.add(detail.astype(str), "; held by "),
+                                                    holder.astype(str)), detail)
     fig = go.Figure()
     for state in _DISPLAY_ORDER:
         m = disp == state
@@ -434,7 +462,6 @@ PHASE_LABELS: dict[str, str] = {
     "tail": "tail (push -> interrupt)",
     "irq": "completion interrupt",
 }
-_ROLE_TITLES = {"vcpu": "vCPU", "main": "main loop", "iothread": "IOThread"}
 
 
 def request_phases_figure(phases: pd.DataFrame, stat: str = "mean_ns") -> go.Figure:
@@ -444,7 +471,7 @@ def request_phases_figure(phases: pd.DataFrame, stat: str = "mean_ns") -> go.Fig
     from vmtrace.analyses.requests import PHASES
 
     roles = list(dict.fromkeys(phases["role"]))
-    labels = [_ROLE_TITLES.get(r, r) for r in roles]
+    labels = [THREAD_ROLES.get(r, r) for r in roles]
     fig = go.Figure()
     for p in PHASES:
         v = [float(phases.loc[(phases["role"] == r) & (phases["phase"] == p), stat].sum()) / 1e3 for r in roles]
@@ -479,7 +506,7 @@ def request_timeline_figure(spans: pd.DataFrame, requests: pd.DataFrame) -> go.F
     role = requests["role"].to_dict()
     batch = requests["batch"].to_dict()
     pos = requests["pos"].to_dict()
-    ticks = [f"{_ROLE_TITLES.get(role[r], role[r])} batch {batch[r]} #{pos[r]}" for r in reqs]
+    ticks = [f"{THREAD_ROLES.get(role[r], role[r])} batch {batch[r]} #{pos[r]}" for r in reqs]
     fig = go.Figure()
     # Segments first, then what interrupts them, so overlay mode paints those on top.
     for p in ("notify", "queued", "processing", "tail", "irq", "disk", "bql_wait", "lock_wait"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -106,7 +106,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (int, np.integer)):
         return f"{int(v):,}"
     if isinstance(v, (float, np.floating)):
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+        x = float(v)
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
     return str(v)
 
 
@@ -128,7 +129,7 @@ def _anchor(title: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")
 
 
-SectionLike = Union[Section, go.Figure, tuple]
+SectionLike: TypeAlias = Section | go.Figure | tuple[Any, ...]
 
 
 def _as_section(s: SectionLike) -> Section:
@@ -225,11 +226,13 @@ def _header(trace: Trace, b: Breakdown) -> Html:
 def _percentiles(b: Breakdown) -> pd.DataFrame:
     total = b.components.get("total") or 0.0
     rows = []
-    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total"):
+    labels = b.component_labels
+    shown = ("guest",) if b.guest_separated else ()
+    for c in (*shown, "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total"):
         mean = b.components.get(c, 0.0)
         p = b.percentiles.get(c, {})
         rows.append({
-            "component (cycles per exit)": "  of which BQL" if c == "bql_wait" else c,
+            "component (cycles per exit)": "  of which BQL" if c == "bql_wait" else labels.get(c, c),
             "mean": mean,
             "share": f"{100 * mean / total:.1f}%" if total else "-",
             "p50": p.get("p50"), "p90": p.get("p90"), "p99": p.get("p99"),
@@ -237,11 +240,37 @@ def _percentiles(b: Breakdown) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _by_kind(b: Breakdown, limit: int = 15) -> pd.DataFrame:
-    cols = ["kind", "addr", "exits", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait",
-            "total", "p50", "p99"]
+def _by_kind(b: Breakdown, limit: int = 15, by_time: bool = False) -> pd.DataFrame:
+    cols = ["kind", "addr", "exits", "time_share", "vmexit", "emulator", "dispatch", "device", "lock_wait",
+            "bql_wait", "total", "p50", "p99"]
     df = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
-    return df[[c for c in cols if c in df]].head(limit)
+    if by_time:
+        df = df.sort_values("time_share", ascending=False, kind="stable")
+    df = df[[c for c in cols if c in df]].head(limit)
+    if "time_share" in df:
+        df = df.assign(time_share=[f"{100 * v:.1f}%" for v in df["time_share"]])
+    return df.rename(columns={"vmexit": b.component_labels["vmexit"], "time_share": "time"})
+
+
+def _holders(b: Breakdown) -> pd.DataFrame | None:
+    """bql_wait split by what the BQL's holder was doing."""
+    df = b.by_holder
+    if not len(df):
+        return None
+    total = b.components.get("bql_wait") or 0.0
+    return pd.DataFrame({
+        "BQL wait by holder activity": df["activity"],
+        "holders": df["holders"],
+        "exits": df["exits"],
+        "cycles per exit": df["cycles"],
+        "share of BQL wait": [f"{100 * c / total:.1f}%" if total else "-" for c in df["cycles"]],
+    })
+
+
+def _next_step(b: Breakdown) -> str | None:
+    if b.port is not None or not b.hottest or b.from_bench:
+        return None
+    return f"next: vmtrace report {b.path or 'TRACE'} --bql-breakdown --port {int(b.hottest['addr']):#x}"
 
 
 @dataclass(frozen=True)
@@ -284,7 +313,18 @@ def _unavailable(why: str) -> str:
 
 def breakdown_section(report: Report, limits: PageLimits) -> Section:
     b = report["bql_breakdown"]
-    return Section("Breakdown", [breakdown_figure(b), cost_histogram(b.exits, b.tsc_hz), _percentiles(b)],
+    items: list[Any] = [breakdown_figure(b), cost_histogram(b.exits, b.tsc_hz), _percentiles(b)]
+    holders = _holders(b)
+    if holders is not None:
+        items.append(holders)
+    if not b.from_bench and b.port is None:
+        # Not a benchmark's trace: the mean over every exit mixes boot, idle
+        # and loop; lead with where the time went, port by port.
+        lead: list[Any] = ["Not a `vmtrace bench` trace: read the row of the port you care about, not the mean "
+                           "over every exit.", _by_kind(b, by_time=True)]
+        step = _next_step(b)
+        items = lead + ([step] if step else []) + items
+    return Section("Breakdown", items,
                    intro="Where the cycles of one userspace exit go: the components partition the time from one "
                          "KVM_RUN to the next (guest, vmexit, emulator, the VMM's exit path and dispatch, device "
                          "callback, lock wait with the BQL apart).")
@@ -300,7 +340,7 @@ def exits_section(report: Report, limits: PageLimits) -> Section:
     if acc is not None and len(acc):
         top = acc.head(12)
         label = [f"{k} {'' if pd.isna(a) else hex(int(a))} {d}" for k, a, d in
-                 zip(top["kind"], top["addr"], top.get("dir", [""] * len(top)))]
+                 zip(top["kind"], top["addr"], top.get("dir", [""] * len(top)), strict=True)]
         fig = go.Figure(go.Bar(y=label, x=top["count"], orientation="h", marker_color=COMPONENT_COLORS["vmexit"],
                                customdata=np.round(top["mean_ns"].to_numpy(dtype=np.float64) / 1e3, 2),
                                hovertemplate="%{y}: %{x:,} exits, mean %{customdata} µs<extra></extra>"))
@@ -340,7 +380,25 @@ def locks_section(report: Report, limits: PageLimits) -> Section:
         return Section("Locks", [_unavailable(why)], intro=intro)
     fig, table = _locks_from_analysis(locks)
     notes = [f"note: {n}" for n in locks.notes]
-    return Section("Locks", [x for x in (fig, table) if x is not None] + notes, intro=intro)
+    who = _who_held(locks)
+    return Section("Locks", [x for x in (fig, table, who) if x is not None] + notes, intro=intro)
+
+
+def _who_held(locks: Any) -> pd.DataFrame | None:
+    """Who held the BQL: the wait each holder activity caused."""
+    who = getattr(locks, "who_held", None)
+    if who is None or not len(who.rows):
+        return None
+    r = who.rows
+    return pd.DataFrame({
+        "who held the BQL (holder activity)": r["activity"],
+        "holders": r["holders"],
+        "waits": r["waits"],
+        "wait caused ms": r["wait_ns"] / 1e6,
+        "mean µs": r["mean_ns"] / 1e3,
+        "p99 µs": r["p99_ns"] / 1e3,
+        "share": [f"{100 * v:.1f}%" for v in r["share"]],
+    })
 
 
 def _word_label(name: Any, addr: Any) -> str:
@@ -354,7 +412,7 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
         return None, pd.DataFrame({"": ["No futex word was waited on in this trace."]})
     us = 1e3
     table = pd.DataFrame({
-        "lock": [_word_label(n, a) for n, a in zip(words["name"], words["addr"])],
+        "lock": [_word_label(n, a) for n, a in zip(words["name"], words["addr"], strict=True)],
         "waits": words["waits"],
         "went off CPU": words["blocked"],
         "total ms": words["wait_ns"] / 1e6,
@@ -368,12 +426,12 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
     fig = None
     by = locks.by_thread
     if not by.empty:
-        by = by.assign(lock=[_word_label(n, a) for n, a in zip(by["name"], by["addr"])])
+        by = by.assign(lock=[_word_label(n, a) for n, a in zip(by["name"], by["addr"], strict=True)])
         top = by.groupby("lock", sort=False)["wait_ns"].sum().sort_values(ascending=False).index[:8]
         fig = go.Figure()
         for lock in top:
             t = by[by["lock"] == lock]
-            thread = [f"{n} [{int(tid)}]" for n, tid in zip(t["thread"], t["tid"])]
+            thread = [f"{n} [{int(tid)}]" for n, tid in zip(t["thread"], t["tid"], strict=True)]
             fig.add_bar(y=thread, x=t["wait_ns"] / 1e6, name=lock, orientation="h",
                         marker_color=COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None,
                         hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>")
@@ -407,9 +465,9 @@ def _offcpu_from_analysis(off: Any) -> tuple[go.Figure, pd.DataFrame]:
     }
     colors = ["#8fbc8f", COMPONENT_COLORS["bql_wait"], COMPONENT_COLORS["other_lock_wait"], "#4d4d4d", "#f2c12e",
               "#d9d9d9"]
-    names = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("name", "?"), t["tid"])]
+    names = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("name", "?"), t["tid"], strict=False)]
     fig = go.Figure()
-    for (label, v), color in zip(parts.items(), colors):
+    for (label, v), color in zip(parts.items(), colors, strict=False):
         if (v > 0).any():
             fig.add_bar(y=names, x=v / 1e6, name=label, orientation="h", marker_color=color,
                         hovertemplate="%{y}: %{x:.1f} ms<extra>" + label + "</extra>")

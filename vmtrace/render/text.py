@@ -11,8 +11,9 @@ from rich.table import Table
 from vmtrace.analyses.breakdown import Breakdown
 from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.jsonsafe import json_safe as render_json_safe  # the name callers know; one converter
+from vmtrace.schema import THREAD_ROLES
 
-__all__ = ["render_breakdown", "fmt_cycles", "render_json_safe"]
+__all__ = ["render_breakdown", "fmt_cycles", "render_json_safe", "next_step"]
 
 
 def fmt_cycles(v: float | None) -> str:
@@ -48,10 +49,14 @@ def _components_table(b: Breakdown) -> Table:
     for col in ("component", "mean", "share", "p50", "p90", "p99"):
         t.add_column(col, justify="left" if col == "component" else "right")
     total = b.components.get("total") or 0.0
-    for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait"):
+    labels = b.component_labels
+    # Without kvm_entry/kvm_exit the guest's time is inside vmexit: one row,
+    # named for what it holds, not a guest row of zeros.
+    shown = ("guest",) if b.guest_separated else ()
+    for c in (*shown, "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait"):
         mean = b.components.get(c, 0.0)
         pct = b.percentiles.get(c, {})
-        label = "  of which BQL" if c == "bql_wait" else c
+        label = "  of which BQL" if c == "bql_wait" else labels.get(c, c)
         share = f"{100 * mean / total:.1f}%" if total else "-"
         t.add_row(label, fmt_cycles(mean), share, fmt_cycles(pct.get("p50")), fmt_cycles(pct.get("p90")),
                   fmt_cycles(pct.get("p99")))
@@ -73,19 +78,46 @@ def fmt_cycles_short(v: float | None) -> str:
     return f"{v:,.0f}"
 
 
-def _group_table(df: pd.DataFrame, keys: list[str], title: str, limit: int = 12) -> Table:
+def _group_table(df: pd.DataFrame, keys: list[str], title: str, limit: int = 12, vmexit: str = "vmexit",
+                 time_share: bool = False) -> Table:
     comps = ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "total", "p50", "p99")
-    heads = {"lock_wait": "lock", "bql_wait": "BQL", "emulator": "emul"}
+    heads = {"lock_wait": "lock", "bql_wait": "BQL", "emulator": "emul", "vmexit": vmexit}
     rows = []
     for row in df.head(limit).to_dict(orient="records"):
-        cells = [str(row.get(k) if row.get(k) is not None else "-") for k in keys]
+        cells = ["-" if row.get(k) is None or row.get(k) != row.get(k) else str(row.get(k)) for k in keys]
         cells.append(f"{int(row['exits']):,}")
+        if time_share:
+            cells.append(fmt_pct(row.get("time_share")))
         cells += [fmt_cycles_short(row.get(c)) for c in comps]
         rows.append(cells)
     more = len(df) - limit
     return _grid(f"{title}, mean cycles per exit (p50/p99 of the total)",
-                 [(k, "k") for k in keys] + [("exits", "r")] + [(heads.get(c, c), "r") for c in comps], rows,
+                 [(k, "k") for k in keys] + [("exits", "r")] + ([("time", "r")] if time_share else [])
+                 + [(heads.get(c, c), "r") for c in comps], rows,
                  f"{more} more rows in --format json" if more > 0 else None)
+
+
+def _holder_table(b: Breakdown, limit: int = 12) -> Table | None:
+    """bql_wait by what the BQL's holder was doing (``Breakdown.by_holder``)."""
+    df = b.by_holder
+    if not len(df):
+        return None
+    total = b.components.get("bql_wait") or 0.0
+    rows = [[str(r["activity"]), str(r["holders"] or "-"), f"{int(r['exits']):,}", fmt_cycles(r["cycles"]),
+             f"{100 * r['cycles'] / total:.1f}%" if total else "-"] for r in df.head(limit).to_dict("records")]
+    more = len(df) - limit
+    return _grid("BQL wait by what its holder was doing (cycles per exit; the rows add up to the BQL row)",
+                 [("holder activity", "l"), ("holders", "l"), ("exits", "r"), ("BQL", "r"), ("share", "r")], rows,
+                 f"{more} more rows in --format json" if more > 0 else None)
+
+
+def next_step(b: Breakdown) -> str | None:
+    """The command that opens the hottest port's breakdown, when the report
+    is not already one port's."""
+    if b.port is not None or not b.hottest:
+        return None
+    path = b.path or "TRACE"
+    return f"vmtrace report {path} --bql-breakdown --port {int(b.hottest['addr']):#x}"
 
 
 def _histogram_table(b: Breakdown, rows: int = 12) -> Table | None:
@@ -105,7 +137,7 @@ def _histogram_table(b: Breakdown, rows: int = 12) -> Table | None:
     groups = [(i, min(i + step, hi)) for i in range(lo, hi, step)]
     sums = [sum(counts[a:z]) for a, z in groups]
     top = max(sums) or 1
-    for (a, z), n in zip(groups, sums):
+    for (a, z), n in zip(groups, sums, strict=True):
         t.add_row(f"{fmt_cycles(edges[a])} - {fmt_cycles(edges[z])}", f"{n:,}", "█" * round(40 * n / top))
     return t
 
@@ -113,15 +145,33 @@ def _histogram_table(b: Breakdown, rows: int = 12) -> Table | None:
 def render_breakdown(b: Breakdown, console: Console | None = None) -> None:
     console = console or Console()
     _header(b, console)
+    vmexit = b.component_labels["vmexit"]
+    by_kind = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
+    step = next_step(b)
+    # A trace that is not a benchmark's mixes boot, idle and loop exits: its
+    # mean over every exit misleads (seconds of idle guest time inside a few
+    # exits where kvm_exit does not fire), the per-port rows do not.
+    lead = not b.from_bench and b.port is None and len(by_kind) > 0
+    if lead:
+        console.print("[bold]not a `vmtrace bench` trace:[/] exits of every kind are mixed; read the row of the "
+                      "port you care about, not the mean over all exits")
+        ordered = by_kind.sort_values("time_share", ascending=False, kind="stable")
+        console.print(_group_table(ordered, ["kind", "addr"], "by exit kind and port/address, most time first",
+                                   vmexit=vmexit, time_share=True))
+        if step:
+            console.print(f"[bold]next:[/] {step}")
     console.print(_components_table(b))
+    holders = _holder_table(b)
+    if holders is not None:
+        console.print(holders)
     hist = _histogram_table(b)
     if hist is not None:
         console.print(hist)
-    by_kind = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
-    console.print(_group_table(by_kind, ["kind", "addr"], "by exit kind and port/address"))
-    console.print(_group_table(b.by_vcpu, ["vcpu"], "by vCPU"))
+    if not lead:
+        console.print(_group_table(by_kind, ["kind", "addr"], "by exit kind and port/address", vmexit=vmexit))
+    console.print(_group_table(b.by_vcpu, ["vcpu"], "by vCPU", vmexit=vmexit))
     if b.by_role["role"].nunique() > 1 if len(b.by_role) else False:
-        console.print(_group_table(b.by_role, ["role"], "by thread role"))
+        console.print(_group_table(b.by_role, ["role"], "by thread role", vmexit=vmexit))
     if b.guest_cycles_per_op:
         total = b.components.get("total") or 0.0
         ratio = total / b.guest_cycles_per_op if b.guest_cycles_per_op else float("nan")
@@ -131,6 +181,9 @@ def render_breakdown(b: Breakdown, console: Console | None = None) -> None:
         )
     for note in b.notes:
         console.print(f"[dim]note: {note}[/]")
+    if not b.guest_separated and not any("kvm_exit" in n for n in b.notes):
+        console.print("[dim]note: guest+vmexit: kvm_entry/kvm_exit did not fire, so the guest's own time is "
+                      "inside the vmexit part[/]")
 
 
 def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
@@ -143,13 +196,14 @@ def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
             "vmexit", "emulator", "dispatch", "device", "lock wait", "BQL", "total"]
     for c in cols:
         t.add_column(c, justify="left" if c == "config" else "right", no_wrap=True)
-    for r in summary.itertuples(index=False):
-        spread = [f"{fmt_cycles(r.guest_min)}-{fmt_cycles(r.guest_max)}"] if repeated else []
-        t.add_row(r.config, str(r.vcpus), fmt_cycles(r.guest_cycles_per_op), *spread,
-                  fmt_cycles(r.traced_guest_cycles_per_op),
-                  f"{r.observer_effect:.2f}x" if r.observer_effect == r.observer_effect else "-",
-                  fmt_cycles(r.vmexit), fmt_cycles(r.emulator), fmt_cycles(r.dispatch), fmt_cycles(r.device),
-                  fmt_cycles(r.lock_wait), fmt_cycles(r.bql_wait), fmt_cycles(r.total))
+    for r in summary.to_dict("records"):
+        spread = [f"{fmt_cycles(r['guest_min'])}-{fmt_cycles(r['guest_max'])}"] if repeated else []
+        effect = r["observer_effect"]
+        t.add_row(str(r["config"]), str(r["vcpus"]), fmt_cycles(r["guest_cycles_per_op"]), *spread,
+                  fmt_cycles(r["traced_guest_cycles_per_op"]),
+                  f"{effect:.2f}x" if effect == effect else "-",
+                  *(fmt_cycles(r[c]) for c in ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait",
+                                               "total")))
     console.print(t)
     if repeated:
         console.print(f"guest, traced guest: medians of {int(summary['runs'].max())} runs each; "
@@ -165,12 +219,12 @@ def render_comparison(table: pd.DataFrame, console: Console | None = None) -> No
         t.add_column(str(c), justify="right", no_wrap=True)
     for comp, row in table.iterrows():
         cells = []
-        for c, v in row.items():
+        for col, v in row.items():
             if v is None or pd.isna(v):
                 cells.append("-")
-            elif str(c).endswith("Δ%"):
+            elif str(col).endswith("Δ%"):
                 cells.append(f"{v:+.1f}%")
-            elif str(c).endswith("Δ"):
+            elif str(col).endswith("Δ"):
                 cells.append(f"{v:+,.0f}")
             else:
                 cells.append(fmt_cycles(v))
@@ -321,6 +375,18 @@ def render_locks(lk: Any, console: Console | None = None, limit: int = 12) -> No
                  fmt_dur(r["hold_mean_ns"]), fmt_dur(r["hold_p99_ns"])] for r in held.head(limit).to_dict("records")]
         console.print(_grid("hold times (lock_acquired -> lock_release, as the target reported them)",
                             [("lock", "k"), ("holds", "r"), ("held", "r"), ("mean", "r"), ("p99", "r")], rows))
+    who = getattr(lk, "who_held", None)
+    if who is not None and len(who.rows):
+        rows = [[str(r["activity"]), str(r["holders"] or "-"), f"{int(r['waits']):,}", fmt_dur(r["wait_ns"]),
+                 fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_pct(r["share"])]
+                for r in who.rows.head(limit).to_dict("records")]
+        more = len(who.rows) - limit
+        lost = f"; {who.excluded_lost:,} waits across lost events left out" if who.excluded_lost else ""
+        console.print(_grid(f"who held the BQL: the wait each holder activity caused ({who.waits:,} waits, "
+                            f"{fmt_dur(who.wait_ns)}{lost})",
+                            [("holder activity", "l"), ("holders", "l"), ("waits", "r"), ("caused", "r"),
+                             ("mean", "r"), ("p99", "r"), ("share", "r")], rows,
+                            f"{more} more in --format json" if more > 0 else None))
     bt = lk.by_thread
     if len(bt):
         rows = [[_word_label(r["name"], int(r["addr"])), f"{r['thread']} [{int(r['tid'])}]", str(r["role"]),
@@ -370,7 +436,6 @@ def render_offcpu(off: Any, console: Console | None = None) -> None:
         console.print(f"[dim]note: {note}[/]")
 
 
-_ROLE_LABELS = {"vcpu": "vCPU", "main": "main loop", "iothread": "IOThread", "worker": "worker", "other": "other"}
 _PHASE_LABELS = {
     "notify": "notify (kick -> pickup)",
     "bql_wait": "BQL wait",
@@ -386,7 +451,7 @@ _PHASE_LABELS = {
 
 def role_label(role: Any) -> str:
     """The name a reader knows a thread role by: main -> main loop ..."""
-    return _ROLE_LABELS.get(str(role), str(role))
+    return THREAD_ROLES.get(str(role), str(role))
 
 
 def render_requests(rq: Any, console: Console | None = None) -> None:
