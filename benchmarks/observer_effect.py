@@ -6,9 +6,11 @@ tracer, interleaved (round-robin, several rounds), and prints the
 guest-measured cycles per read as medians and as ratios to the untraced
 median of the same QEMU, plus trace-file bytes per event.  The vmtrace rows:
 default mode, ``--precise``, the ftrace backend, and BQL call sites
-(``--callsites full`` and ``sampled`` at ``--callsite-duty 0.1``).
+(``--callsites full`` and ``sampled`` at ``--callsite-duty 0.1``); then the
+tracers that aggregate in the kernel: ``vmtrace top``, ``record
+--aggregate 1`` and, as an anchor, a bpftrace one-liner.
 
-perf and trace-cmd are installed with apt-get when missing (as root); a tool
+perf, trace-cmd and bpftrace are installed with apt-get when missing (as root); a tool
 that is still missing is skipped with one line saying so.
 
     .venv/bin/python benchmarks/observer_effect.py [--rounds 3] [--iterations 20000] [--qemu 7.2,10.0]
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -37,7 +40,8 @@ TRACEPOINTS = [
 ]
 VMTRACE = [sys.executable, "-m", "vmtrace.cli"]
 #: Foreign tracers: the command each needs and the Debian package that has it.
-TOOLS = {"perf-record": ("perf", "linux-perf"), "trace-cmd": ("trace-cmd", "trace-cmd")}
+TOOLS = {"perf-record": ("perf", "linux-perf"), "trace-cmd": ("trace-cmd", "trace-cmd"),
+         "bpftrace-hist": ("bpftrace", "bpftrace")}
 
 
 def ensure_tools(tracers: list[str], install: bool) -> list[str]:
@@ -57,6 +61,8 @@ def ensure_tools(tracers: list[str], install: bool) -> list[str]:
 
 
 def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
+    if tracer in AGGREGATING:
+        return wrap_aggregating(tracer, out, cmd)
     if tracer == "untraced":
         return cmd
     if tracer == "vmtrace":
@@ -79,6 +85,43 @@ def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
     raise ValueError(tracer)
 
 
+# --- aggregation in the kernel: vmtrace top, record --aggregate, and a bpftrace
+# one-liner as the anchor (it keeps a log2 histogram of the same KVM_RUN-to-
+# KVM_RUN cycle per vCPU thread, in the kernel, and prints it at exit).
+
+AGGREGATING = ("vmtrace-top", "vmtrace-aggregate", "bpftrace-hist")
+BPFTRACE_HIST = (
+    "tracepoint:raw_syscalls:sys_enter /pid == cpid && args->id == 16 && args->args[1] == 0xAE80/ "
+    "{ if (@start[tid]) { @cycle_ns = hist(nsecs - @start[tid]); } @start[tid] = nsecs; }"
+)
+
+
+def wrap_aggregating(tracer: str, out: Path, cmd: list[str]) -> list[str]:
+    """The command line of an aggregating tracer around ``cmd``.  top takes
+    the terminal for its tables, so the guest's console goes to a file
+    (``guest_output`` reads it back)."""
+    if tracer == "vmtrace-top":
+        serial = [f"file:{out}.serial" if c == "stdio" else c for c in cmd]
+        return VMTRACE + ["top", "--batch", "100000", "-d", "1", "--", *serial]
+    if tracer == "vmtrace-aggregate":
+        return VMTRACE + ["record", "--aggregate", "1", "-o", str(out), "--", *cmd]
+    if tracer == "bpftrace-hist":
+        # bpftrace -c splits on blanks and knows no quoting: a script that
+        # execs the VMM keeps the quoting, and the pid (cpid) is the VMM's.
+        script = Path(f"{out}.sh")
+        script.write_text(f"exec {shlex.join(cmd)}\n")
+        return ["bpftrace", "-q", "-o", str(out), "-e", BPFTRACE_HIST, "-c", f"/bin/sh {script}"]
+    raise ValueError(tracer)
+
+
+def guest_output(tracer: str, out: Path, stdout: str) -> str:
+    """What the guest printed: its console file under top, else stdout."""
+    if tracer == "vmtrace-top":
+        serial = Path(f"{out}.serial")
+        return serial.read_text(errors="replace") if serial.exists() else ""
+    return stdout
+
+
 def events_in(tracer: str, out: Path) -> int:
     if tracer.startswith("vmtrace"):
         return len(read_trace(out).events)
@@ -95,7 +138,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--vcpus", default="1,2")
     ap.add_argument("--tracers", default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,vmtrace-callsites,"
-                    "vmtrace-callsites-sampled,perf-record,trace-cmd")
+                    "vmtrace-callsites-sampled,perf-record,trace-cmd,vmtrace-top,vmtrace-aggregate,bpftrace-hist")
     ap.add_argument("--qemu", default=None, help="QEMU versions or paths (default: every installed one of 7.2,10.0)")
     ap.add_argument("--no-install", action="store_true", help="skip missing perf/trace-cmd instead of installing them")
     args = ap.parse_args()
@@ -117,14 +160,14 @@ def main() -> None:
                         cmd = wrap(tracer, out, vmm_command("qemu", "inl_pmtimer", vcpus, args.iterations, image,
                                                             qemu=binary.path))
                         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                        parsed = parse_bench_output(proc.stdout)
+                        parsed = parse_bench_output(guest_output(tracer, out, proc.stdout))
                         if not parsed["summary"]:
                             why = proc.stderr.strip().splitlines()[-1:] or ["no output"]
                             print(f"# QEMU {q} {tracer} {vcpus} vCPU: no result ({why[0][:200]})", file=sys.stderr)
                             continue
                         key = (q, vcpus, tracer)
                         results.setdefault(key, []).append(float(parsed["summary"][-1]["cycles_per_op"]))
-                        if tracer != "untraced" and out.exists() and rnd == 0:
+                        if tracer != "untraced" and tracer not in AGGREGATING and out.exists() and rnd == 0:
                             n = events_in(tracer, out)
                             if n:
                                 sizes.setdefault((q, tracer), []).append(out.stat().st_size / n)

@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # 1. Debian packages, only when one is missing.
-PKGS="qemu-system-x86 bpfcc-tools python3-bpfcc python3-venv linux-headers-amd64 gcc make nasm binutils chromium"
+PKGS="qemu-system-x86 bpfcc-tools python3-bpfcc python3-venv linux-headers-amd64 gcc make nasm binutils chromium tmux"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

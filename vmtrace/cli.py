@@ -164,6 +164,7 @@ def record(
     precise: bool = typer.Option(False, "--precise", help="Keep uprobes on the BQL and memory_region_dispatch_* for the whole run: splits device time from dispatch, at a higher observer effect."),
     callsites: Optional[str] = typer.Option(None, "--callsites", help="QEMU: read the BQL's call sites (file:line) at its uprobes: full (every acquisition) or sampled (uprobes on in windows, see --callsite-duty). Shown by report --callsites."),
     callsite_duty: float = typer.Option(0.1, "--callsite-duty", help="--callsites=sampled: share of each second the call-site uprobes are on."),
+    aggregate: Optional[float] = typer.Option(None, "--aggregate", help="Record no events: one snapshot of the exit breakdown, aggregated in the kernel, every S seconds (a tiny time series; see vmtrace top)."),
 ) -> None:
     """Record a VMM: KVM exits, KVM_RUN boundaries, futex waits, scheduling.
 
@@ -193,13 +194,49 @@ def record(
     if cmd:
         check_command(cmd[0])
     result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration,
-                       callsites=callsites, callsite_duty=callsite_duty)
+                       callsites=callsites, callsite_duty=callsite_duty, aggregate=aggregate)
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
     stop = " (stopped by signal)" if result.interrupted else ""
     err_console.print(
         f"vmtrace: wrote {result.path} ({result.events:,} events, backend {result.backend}{lost}){stop}"
     )
     raise typer.Exit(result.status)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def top(
+    ctx: typer.Context,
+    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch a running VMM instead of starting one."),
+    interval: float = typer.Option(1.0, "-d", "--interval", help="Seconds between refreshes."),
+    once: bool = typer.Option(False, "-1", "--once", help="Print one snapshot as a table and exit (like kvm_stat -1)."),
+    batch: Optional[int] = typer.Option(None, "-b", "--batch", help="Print N snapshots as tables and exit."),
+    log: Optional[Path] = typer.Option(None, "-l", "--log", help="Also write one JSON line (or, for a .csv file, one CSV row) per interval."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="json or csv (default: from the --log file's suffix)."),
+) -> None:
+    """A live view of exits and lock waits, aggregated in the kernel.
+
+    Rows per vCPU and exit kind and port; mean and p99 cycles per component
+    and the share of time in each; the BQL's share of wait and the top futex
+    words.  Keys: s sort, g group, v vCPU, k kind, d drill, c clear, f freeze,
+    q quit.
+
+      vmtrace top -p "$(pgrep -f qemu-system)"
+
+      vmtrace top --batch 5 --log run.csv -- qemu-system-x86_64 -enable-kvm ...
+    """
+    from .top.cli_run import top as run_top
+
+    cmd = list(ctx.args)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if pid is not None and cmd:
+        raise VmtraceError("give either -p PID or a command after --, not both")
+    if pid is None and not cmd:
+        raise VmtraceError("nothing to watch: give a command after -- or -p PID")
+    if once and batch is not None:
+        raise VmtraceError("give --once or --batch N, not both")
+    raise typer.Exit(run_top(cmd or None, pid, interval, 1 if once else batch, log, log_format))
 
 
 class _OneLineUsageErrors(TyperCommand):
@@ -240,6 +277,7 @@ def report(
     offcpu: bool = _view_flag("offcpu"),
     requests: bool = _view_flag("requests"),
     callsites: bool = _view_flag("callsites"),
+    aggregate: bool = _view_flag("aggregate"),
     fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
     port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
     all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
@@ -265,14 +303,17 @@ def report(
     if fmt not in ("text", "json"):
         raise VmtraceError(f"unknown format {fmt!r}: use text or json")
     # Each view's flag is the parameter named after it.
-    chosen = [v for v in CLI_VIEWS if ctx.params[v.name]] or [CLI_VIEWS[0]]
+    loaded = read_trace(trace)
+    # A record --aggregate trace has snapshots, not events: its own default.
+    default = view("aggregate") if loaded.meta.get("aggregate") else CLI_VIEWS[0]
+    chosen = [v for v in CLI_VIEWS if ctx.params[v.name]] or [default]
     # An option that no chosen view reads is a mistake to point out, not to ignore.
     for option, given in (("--port", port is not None), ("--all-exits", all_exits), ("--lock", bool(lock))):
         if given and not any(option in v.reads for v in chosen):
             raise VmtraceError(f"{option} applies to {' and '.join(v.option for v in option_users(option))}")
     port_no = parse_address(port) if port is not None else None
     names = dict(_checked_lock(spec) for spec in lock)
-    tr = read_trace(trace)
+    tr = loaded
     if port_no is not None:
         from .validate import check_port_used
 

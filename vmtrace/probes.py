@@ -176,6 +176,9 @@ _futex_name_record = _lock_probe(NAME_FUTEX_CODE)
 
 def _name_futex(addr: int, name: str) -> None:
     _futex_name_record(name, addr)
+    # Names are few and read while the target runs (vmtrace top names the
+    # BQL's word from them): out now, not with the next 64 KiB.
+    flush()
 
 
 lock_begin = _noop

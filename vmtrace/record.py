@@ -82,7 +82,11 @@ def choose_backend(name: str) -> str:
     return "bcc" if ok else "ftrace"
 
 
-def _make_collector(backend: str, options: RecordOptions) -> Collector:
+def _make_collector(backend: str, options: RecordOptions, aggregate: float | None = None) -> Collector:
+    if aggregate is not None:
+        from .top.session import AggregateCollector  # imported late: it imports this module
+
+        return AggregateCollector(options, aggregate)
     if backend == "bcc":
         from vmtrace.collectors.bcc_backend import BccCollector, bcc_available
 
@@ -220,6 +224,7 @@ def record(
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
     say: Callable[[str], None] | None = _say,
+    aggregate: float | None = None,
 ) -> RecordResult:
     """Record ``cmd`` (started by vmtrace) or the running process ``pid``.
 
@@ -233,6 +238,8 @@ def record(
     never entered KVM_RUN), on stderr by default.  ``callsites`` ("full"
     or "sampled", QEMU only) reads the BQL function's file and line at a
     uprobe; sampled keeps the uprobes on for ``callsite_duty`` of each second.
+    ``aggregate`` records no events: one snapshot of top's in-kernel
+    counters every that many seconds, in the metadata's ``aggregate``.
     """
     if (cmd is None) == (pid is None):
         raise VmtraceError("give either a command after -- or -p PID")
@@ -266,6 +273,8 @@ def record(
     if removed:
         say("removed leftovers of a recorder that was killed: " + ", ".join(removed))
     chosen = choose_backend(backend)
+    if aggregate is not None and (aggregate <= 0 or chosen != "bcc" or precise or callsites):
+        raise VmtraceError("--aggregate needs a positive interval, the bcc backend, and no --precise or --callsites")
     spool_dir = spool.new_spool()
     options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary,
                             callsites=check_callsites(callsites, callsite_duty), callsite_duty=callsite_duty)
@@ -277,7 +286,7 @@ def record(
     start_ns = time.monotonic_ns()
     keep_spool = False
     try:
-        with _make_collector(chosen, options) as collector:
+        with _make_collector(chosen, options, aggregate) as collector:
             if cmd is not None:
                 env = dict(os.environ)
                 env[probes.ENV_VAR] = str(probe_spool)
@@ -325,12 +334,15 @@ def record(
                 exit_status = _terminate(child)
                 child = None
             collected = collector.stop()
+        if aggregate is not None:
+            extra_meta = {**(extra_meta() if callable(extra_meta) else extra_meta or {}),
+                          "aggregate": collected.probes.pop("aggregate"), "mode": "aggregate"}
         end_ns = time.monotonic_ns()
         events, meta, notes = _assemble(
             collected, chosen, precise, cmd, target_pid, binary, exit_status,
             stop.signum is not None, start_ns, end_ns, probe_spool, extra_meta or {},
         )
-        if pid is not None and not (events["event"] == "run_enter").any():
+        if pid is not None and aggregate is None and not (events["event"] == "run_enter").any():
             note = (f"no thread of process {pid} entered KVM_RUN while it was recorded: "
                     "it is not a KVM VMM, or its vCPUs were idle")
             notes.append(note)

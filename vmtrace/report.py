@@ -139,6 +139,12 @@ def _callsites(r: Report) -> Any:
     return callsite_table(r.trace)
 
 
+def _aggregate(r: Report) -> Any:
+    from .top.series import aggregate_view
+
+    return aggregate_view(r.trace)
+
+
 def _timeline(r: Report) -> Any:
     from .analyses.timeline import timeline
 
@@ -172,6 +178,11 @@ VIEWS: tuple[View, ...] = (
          "call, contended waits, hold time to the unlock; mean and p99 per file:line, as info sync-profile.",
          frozenset(), _to_json, _Lazy("vmtrace.render.callsites", "render_callsites"),
          _Lazy("vmtrace.render.callsites", "callsites_section")),
+    View("aggregate", _aggregate, "--aggregate",
+         "A record --aggregate trace: exits/s and mean cycles per component per interval, the recording's rows "
+         "by vCPU and exit kind with p99, the BQL's share of wait.  The default view of such a trace.",
+         frozenset(), _to_json, _Lazy("vmtrace.top.series", "render_aggregate"),
+         _Lazy("vmtrace.top.html", "aggregate_section")),
     # Every exit of the trace (not only the breakdown's summary): what the
     # timeline and the Perfetto export lay out.
     View("all_exits", _all_exits),

@@ -301,6 +301,11 @@ def report_sections(
     if isinstance(report, Trace):
         report = Report(report, port=port, timed_loop=timed_loop)
     limits = PageLimits(max_spans=max_spans, bins=bins)
+    if report.trace.meta.get("aggregate"):
+        # record --aggregate: interval snapshots, no events to analyse.
+        from vmtrace.top.html import aggregate_page
+
+        return aggregate_page(report, limits)
     sections = [s for s in (v.html(report, limits) for v in VIEWS if v.html is not None) if s is not None]
     return _header(report.trace, report["bql_breakdown"]), sections
 
