@@ -16,7 +16,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .collectors.qemu import qemu_version
 from .errors import VmtraceError
 
 __all__ = ["QemuBinary", "KNOWN_VERSIONS", "qemu10_prefix", "resolve_qemu", "available_qemus", "firmware_dir"]
@@ -93,6 +92,11 @@ def resolve_qemu(spec: str | None) -> QemuBinary:
         path = spec
         if not os.access(path, os.X_OK) or os.path.isdir(path):
             raise VmtraceError(f"--qemu {spec}: not an executable file")
+    # Imported here: the table above is read by the tests' conftest, which
+    # also loads under the free-threaded interpreter, where pyelftools (which
+    # collectors.qemu needs) is not installed.
+    from .collectors.qemu import qemu_version
+
     version = qemu_version(os.path.realpath(path))
     if version is None:
         raise VmtraceError(f"{path} did not say its version (`--version`): is it a qemu-system binary?")
