@@ -55,8 +55,9 @@ def rank_in(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(sorted_keys[i] == values, i, -1)
 
 
-def last_match(q_key: np.ndarray, q_t: np.ndarray, i_key: np.ndarray, i_t: np.ndarray,
-               strict: bool = False) -> np.ndarray:
+def last_match(
+    q_key: np.ndarray, q_t: np.ndarray, i_key: np.ndarray, i_t: np.ndarray, strict: bool = False
+) -> np.ndarray:
     """For each query, the index (into the items as given) of the last item
     with the same key at or before the query's time (before it with
     ``strict``); -1 when there is none.  Among items of equal key and time,
@@ -115,8 +116,14 @@ def overlap_sum(win_start: np.ndarray, win_end: np.ndarray, s_start: np.ndarray,
     return (total + reach).astype(np.int64)
 
 
-def overlap_by_thread(win_tid: np.ndarray, win_start: np.ndarray, win_end: np.ndarray,
-                      s_tid: np.ndarray, s_start: np.ndarray, s_end: np.ndarray) -> np.ndarray:
+def overlap_by_thread(
+    win_tid: np.ndarray,
+    win_start: np.ndarray,
+    win_end: np.ndarray,
+    s_tid: np.ndarray,
+    s_start: np.ndarray,
+    s_end: np.ndarray,
+) -> np.ndarray:
     """``overlap_sum`` for windows and spans of many threads at once: each
     window counts only the spans of its own thread.  The spans of one thread
     must be disjoint (they are: a thread is in one futex call, or off CPU
@@ -137,7 +144,7 @@ def overlap_by_thread(win_tid: np.ndarray, win_start: np.ndarray, win_end: np.nd
     if span * (int(inv.max()) + 1) >= 1 << 62:
         raise OverflowError("trace too long to shift threads apart in int64")
     shift = inv * span - lo
-    w_shift, s_shift = shift[: len(win_start)], shift[len(win_start):]
+    w_shift, s_shift = shift[: len(win_start)], shift[len(win_start) :]
     ws, we = win_start + w_shift, win_end + w_shift
     ss, se = s_start + s_shift, s_end + s_shift
     if len(ws) > 1 and not (bool((ws[1:] >= we[:-1]).all()) and bool((we >= ws).all())):
@@ -157,8 +164,9 @@ def _overlap_sorted_windows(ws: np.ndarray, we: np.ndarray, ss: np.ndarray, se: 
     one = first == last
     # bincount sums float64 weights: exact for totals below 2**53 ns (104 days).
     total = np.zeros(n, dtype=np.float64)
-    total += np.bincount(first[one], weights=np.minimum(se[one], we[first[one]]) - np.maximum(ss[one], ws[first[one]]),
-                         minlength=n)
+    total += np.bincount(
+        first[one], weights=np.minimum(se[one], we[first[one]]) - np.maximum(ss[one], ws[first[one]]), minlength=n
+    )
     many = ~one
     if many.any():
         f, l_, s0, e0 = first[many], last[many], ss[many], se[many]
@@ -213,8 +221,9 @@ class ThreadWindows:
         return overlap_sum(self.ws, self.we, ss, se)
 
 
-def inside_by_thread(p_tid: np.ndarray, points: np.ndarray,
-                     s_tid: np.ndarray, s_start: np.ndarray, s_end: np.ndarray) -> np.ndarray:
+def inside_by_thread(
+    p_tid: np.ndarray, points: np.ndarray, s_tid: np.ndarray, s_start: np.ndarray, s_end: np.ndarray
+) -> np.ndarray:
     """For each point, the index of the span of the same thread that holds it
     (start <= point < end), else -1.  Spans of one thread must be disjoint."""
     s_start = np.asarray(s_start, dtype=np.int64)

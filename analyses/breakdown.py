@@ -35,6 +35,7 @@ from vmtrace.schema import EVENT_CODE, ROLE_VCPU
 from vmtrace.trace import Trace
 
 from . import cache
+from .holders import split_summary
 from .intervals import (
     ThreadWindows,
     dense_codes,
@@ -44,7 +45,6 @@ from .intervals import (
     rank_in,
     require_events,
 )
-from .holders import split_summary
 from .jsonform import bql_json, hex_or_none, records
 from .runnable import cpu_wait_spans, intersect_by_thread
 from .runs import run_cycles, vcpu_threads
@@ -54,6 +54,7 @@ __all__ = ["COMPONENTS", "exit_breakdown", "summarize", "Breakdown", "bql_breakd
 
 #: The partition, in the order reports stack it.
 COMPONENTS: tuple[str, ...] = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "device", "runnable")
+
 
 def exit_breakdown(trace: Trace) -> pd.DataFrame:
     """One row per complete userspace exit of every vCPU thread, computed
@@ -134,8 +135,11 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     l_in_dev = inside(l_tid, lock_s, d_tid, d_s, d_e)
     free = free_bql | free_other
     w_in_dev = free & inside(w_tid, w_s, d_tid, d_s, d_e)
-    device = (over(d_tid, d_s, d_e) - over(l_tid[l_in_dev], lock_s[l_in_dev], lock_e[l_in_dev])
-              - over(w_tid[w_in_dev], w_s[w_in_dev], w_e[w_in_dev]))
+    device = (
+        over(d_tid, d_s, d_e)
+        - over(l_tid[l_in_dev], lock_s[l_in_dev], lock_e[l_in_dev])
+        - over(w_tid[w_in_dev], w_s[w_in_dev], w_e[w_in_dev])
+    )
     device = np.maximum(device, 0)
     user = t_next - t_exit
     # Spans can only overlap when events were lost; never let the remainder
@@ -160,13 +164,21 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     r_vmexit = np.clip(ThreadWindows(c_tid, t_enter, t_dec).overlap(r_tid, r_s, r_e) - r_guest, 0, vmexit)
     r_emulator = np.clip(ThreadWindows(c_tid, t_dec, t_exit).overlap(r_tid, r_s, r_e), 0, emulator)
     r_user = over(r_tid, r_s, r_e)
-    r_lock = (r_over(l_tid, lock_s, lock_e) + r_over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
-              + r_over(w_tid[free_other], w_s[free_other], w_e[free_other]))
-    r_bql = (r_over(l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
-             + r_over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
-             - r_over(w_tid[nested_other], w_s[nested_other], w_e[nested_other]))
-    r_device = (r_over(d_tid, d_s, d_e) - r_over(l_tid[l_in_dev], lock_s[l_in_dev], lock_e[l_in_dev])
-                - r_over(w_tid[w_in_dev], w_s[w_in_dev], w_e[w_in_dev]))
+    r_lock = (
+        r_over(l_tid, lock_s, lock_e)
+        + r_over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
+        + r_over(w_tid[free_other], w_s[free_other], w_e[free_other])
+    )
+    r_bql = (
+        r_over(l_tid[is_bql_lock], lock_s[is_bql_lock], lock_e[is_bql_lock])
+        + r_over(w_tid[free_bql], w_s[free_bql], w_e[free_bql])
+        - r_over(w_tid[nested_other], w_s[nested_other], w_e[nested_other])
+    )
+    r_device = (
+        r_over(d_tid, d_s, d_e)
+        - r_over(l_tid[l_in_dev], lock_s[l_in_dev], lock_e[l_in_dev])
+        - r_over(w_tid[w_in_dev], w_s[w_in_dev], w_e[w_in_dev])
+    )
     r_lock = np.clip(r_lock, 0, lock_wait)
     # bql_wait stays the BQL's part of what is left of lock_wait.
     r_bql = np.clip(r_bql, np.maximum(r_lock - (lock_wait - bql_wait), 0), np.minimum(bql_wait, r_lock))
@@ -174,7 +186,12 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     r_dispatch = np.clip(r_user - r_lock - r_device, 0, dispatch)
     runnable = r_guest + r_vmexit + r_emulator + r_lock + r_device + r_dispatch
     guest, vmexit, emulator = guest - r_guest, vmexit - r_vmexit, emulator - r_emulator
-    lock_wait, bql_wait, device, dispatch = lock_wait - r_lock, bql_wait - r_bql, device - r_device, dispatch - r_dispatch
+    lock_wait, bql_wait, device, dispatch = (
+        lock_wait - r_lock,
+        bql_wait - r_bql,
+        device - r_device,
+        dispatch - r_dispatch,
+    )
 
     # Off-CPU overlay over the whole cycle.
     o_tid = offcpu["tid"].to_numpy(dtype=np.int64)
@@ -223,8 +240,19 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
 
 
 _NS_COLS = (
-    "guest_ns", "vmexit_ns", "emulator_ns", "dispatch_ns", "lock_wait_ns", "bql_wait_ns",
-    "device_ns", "runnable_ns", "total_ns", "offcpu_lock_ns", "offcpu_other_ns", "offcpu_runnable_ns", "offcpu_woken_ns",
+    "guest_ns",
+    "vmexit_ns",
+    "emulator_ns",
+    "dispatch_ns",
+    "lock_wait_ns",
+    "bql_wait_ns",
+    "device_ns",
+    "runnable_ns",
+    "total_ns",
+    "offcpu_lock_ns",
+    "offcpu_other_ns",
+    "offcpu_runnable_ns",
+    "offcpu_woken_ns",
 )
 
 
@@ -352,8 +380,9 @@ class Breakdown:
 HIST_BINS_PER_OCTAVE = 4
 
 
-def histogram(cycles: np.ndarray, per_octave: int = HIST_BINS_PER_OCTAVE,
-              presorted: bool = False) -> dict[str, list[float]]:
+def histogram(
+    cycles: np.ndarray, per_octave: int = HIST_BINS_PER_OCTAVE, presorted: bool = False
+) -> dict[str, list[float]]:
     """Log-spaced histogram of per-exit cycles: ``edges`` (len n+1, the first
     0, then 2**(k/per_octave) from 64 cycles up past the maximum) and
     ``counts`` (len n).  Cost per exit spans orders of magnitude (a fast PIO
@@ -398,8 +427,13 @@ def summarize(exits: pd.DataFrame, tsc_hz: int) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def _grouped(exits: pd.DataFrame, keys: list[str], tsc_hz: int, order: np.ndarray | None = None,
-             components: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+def _grouped(
+    exits: pd.DataFrame,
+    keys: list[str],
+    tsc_hz: int,
+    order: np.ndarray | None = None,
+    components: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
     """``summarize`` per group of ``keys``: the ``keys``, ``exits``, mean
     cycles per component, and p50/p90/p99 of the total; most exits first.
 
@@ -465,7 +499,7 @@ def timed_loop_exits(exits: pd.DataFrame, port: int) -> pd.DataFrame:
         starts, ends = edges[::2], edges[1::2]
         longest = int(np.argmax(ends - starts))
         first = starts[longest] + (1 if ends[longest] - starts[longest] > 1 else 0)
-        parts.append(grp.iloc[first:ends[longest]])
+        parts.append(grp.iloc[first : ends[longest]])
     return pd.concat(parts, ignore_index=True) if parts else exits.iloc[0:0]
 
 
@@ -489,8 +523,10 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
         excluded = int((cyc["complete"] & cyc["lost"]).sum())
         notes.append(f"{excluded:,} exits span lost events and are left out")
     elif trace.lost_events:
-        notes.append(f"{trace.lost_events:,} events were lost and the trace does not say where: "
-                     "an exit across them may be mis-attributed")
+        notes.append(
+            f"{trace.lost_events:,} events were lost and the trace does not say where: "
+            "an exit across them may be mis-attributed"
+        )
     loop_port = bench.get("pm_port") if bench.get("bench") == "inl_pmtimer" else None
     if timed_loop and port is None and loop_port:
         exits = timed_loop_exits(exits, int(loop_port))
@@ -524,8 +560,10 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     role_of_tid = [str(roles.get(int(t), ROLE_VCPU)) for t in tids]
     role_names = sorted(set(role_of_tid))
     role_code = np.array([role_names.index(r) for r in role_of_tid], dtype=np.int64)
-    role = pd.Categorical.from_codes(role_code[rank_in(tids, exits["tid"].to_numpy())] if len(tids) else
-                                     np.zeros(0, np.int64), categories=pd.Index(role_names))
+    role = pd.Categorical.from_codes(
+        role_code[rank_in(tids, exits["tid"].to_numpy())] if len(tids) else np.zeros(0, np.int64),
+        categories=pd.Index(role_names),
+    )
     by_role = _grouped(exits.assign(role=role), ["role"], tsc, by_total, values)
     bql = dict(trace.bql())
     bql["futex_uaddr"] = int(bql["futex_uaddr"]) if bql.get("futex_uaddr") else None

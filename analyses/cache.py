@@ -97,5 +97,8 @@ def lock_spans(trace: Trace) -> pd.DataFrame:
     """The lock-acquire spans the target reported (``lock_begin`` ->
     ``lock_acquired`` per thread and lock name, ``pairing.pair_spans``
     columns), once per trace."""
-    return cached(trace, "lock_spans",
-                  lambda: pairing.pair_spans(trace.events, "lock_begin", "lock_acquired", keys=("tid", "name")))
+    return cached(
+        trace,
+        "lock_spans",
+        lambda: pairing.pair_spans(trace.events, "lock_begin", "lock_acquired", keys=("tid", "name")),
+    )

@@ -44,10 +44,22 @@ __all__ = ["CallsiteTable", "CALLSITE_COLUMNS", "callsite_acquisitions", "callsi
 
 #: Columns of CallsiteTable.sites, in order.
 CALLSITE_COLUMNS = (
-    "site", "file", "line", "acquisitions", "est_acquisitions", "share",
-    "wait_ns", "wait_mean_ns", "wait_p99_ns",
-    "contended", "contended_wait_ns", "contended_mean_ns",
-    "holds", "hold_ns", "hold_mean_ns", "hold_p99_ns",
+    "site",
+    "file",
+    "line",
+    "acquisitions",
+    "est_acquisitions",
+    "share",
+    "wait_ns",
+    "wait_mean_ns",
+    "wait_p99_ns",
+    "contended",
+    "contended_wait_ns",
+    "contended_mean_ns",
+    "holds",
+    "hold_ns",
+    "hold_mean_ns",
+    "hold_p99_ns",
 )
 
 
@@ -75,8 +87,10 @@ def callsite_acquisitions(trace: Trace, until_ns: int | None = None) -> pd.DataF
     cols = ["tid", "site", "begin_ns", "acquired_ns", "release_ns", "wait_ns", "hold_ns", "contended"]
     names = _site_names(trace)
     ev = trace.events
-    lock = ev[ev["event"].isin(["lock_begin", "lock_acquired", "lock_release"]).to_numpy()
-              & (ev["name"].astype(object) == "BQL").to_numpy()]
+    lock = ev[
+        ev["event"].isin(["lock_begin", "lock_acquired", "lock_release"]).to_numpy()
+        & (ev["name"].astype(object) == "BQL").to_numpy()
+    ]
     if not names or not len(lock):
         return pd.DataFrame({c: [] for c in cols})
     order = np.lexsort((np.arange(len(lock)), lock["ts_ns"].to_numpy(), lock["tid"].to_numpy()))
@@ -99,13 +113,15 @@ def callsite_acquisitions(trace: Trace, until_ns: int | None = None) -> pd.DataF
     site_idx = val[b].astype(np.int64)
     valid = (site_idx >= 0) & (site_idx < len(names))
     b, a, r, has_rel, site_idx = b[valid], a[valid], r[valid], has_rel[valid], site_idx[valid]
-    out = pd.DataFrame({
-        "tid": tid[b].astype(np.int32),
-        "site": np.asarray(names, dtype=object)[site_idx],
-        "begin_ns": ts[b].astype(np.int64),
-        "acquired_ns": ts[a].astype(np.int64),
-        "release_ns": pd.array(np.where(has_rel, ts[r], 0), dtype="Int64"),
-    })
+    out = pd.DataFrame(
+        {
+            "tid": tid[b].astype(np.int32),
+            "site": np.asarray(names, dtype=object)[site_idx],
+            "begin_ns": ts[b].astype(np.int64),
+            "acquired_ns": ts[a].astype(np.int64),
+            "release_ns": pd.array(np.where(has_rel, ts[r], 0), dtype="Int64"),
+        }
+    )
     out.loc[~has_rel, "release_ns"] = pd.NA
     out["wait_ns"] = out["acquired_ns"] - out["begin_ns"]
     out["hold_ns"] = out["release_ns"] - out["acquired_ns"]
@@ -154,8 +170,14 @@ class CallsiteTable:
 
     def to_json(self) -> dict[str, Any]:
         rows = self.sites.astype(object).where(self.sites.notna(), None).to_dict(orient="records")
-        return {"vmm": self.vmm, "sampled": self.sampled, "coverage": self.coverage, "duty": self.duty,
-                "notes": list(self.notes), "sites": rows}
+        return {
+            "vmm": self.vmm,
+            "sampled": self.sampled,
+            "coverage": self.coverage,
+            "duty": self.duty,
+            "notes": list(self.notes),
+            "sites": rows,
+        }
 
 
 def _p99(x: pd.Series) -> float:
@@ -177,8 +199,10 @@ def callsite_table(trace: Trace, until_ns: int | None = None) -> CallsiteTable:
         on = sum(max(0, int(e) - int(s)) for s, e in windows)
         span = int(trace.meta.get("end_ns") or 0) - int(trace.meta.get("start_ns") or 0)
         coverage = on / span if span > 0 else 0.0
-        notes.append(f"sampled: uprobes on for {coverage:.1%} of the recording; "
-                     "est_acquisitions and share are extrapolated from the windows")
+        notes.append(
+            f"sampled: uprobes on for {coverage:.1%} of the recording; "
+            "est_acquisitions and share are extrapolated from the windows"
+        )
     if not has_callsites(trace):
         notes.append("no call sites in this trace: record with --callsites or --precise (QEMU only)")
     rows = []
@@ -186,18 +210,26 @@ def callsite_table(trace: Trace, until_ns: int | None = None) -> CallsiteTable:
         held = g["hold_ns"].dropna().astype(np.int64)
         cont = g[g["contended"]]
         file, _, line = str(site).rpartition(":")
-        rows.append({
-            "site": site, "file": file, "line": int(line) if line.isdigit() else -1,
-            "acquisitions": len(g),
-            "est_acquisitions": len(g) / coverage if coverage > 0 else float("nan"),
-            "share": 0.0,
-            "wait_ns": int(g["wait_ns"].sum()), "wait_mean_ns": float(g["wait_ns"].mean()),
-            "wait_p99_ns": _p99(g["wait_ns"]),
-            "contended": len(cont), "contended_wait_ns": int(cont["wait_ns"].sum()),
-            "contended_mean_ns": float(cont["wait_ns"].mean()) if len(cont) else float("nan"),
-            "holds": len(held), "hold_ns": int(held.sum()),
-            "hold_mean_ns": float(held.mean()) if len(held) else float("nan"), "hold_p99_ns": _p99(held),
-        })
+        rows.append(
+            {
+                "site": site,
+                "file": file,
+                "line": int(line) if line.isdigit() else -1,
+                "acquisitions": len(g),
+                "est_acquisitions": len(g) / coverage if coverage > 0 else float("nan"),
+                "share": 0.0,
+                "wait_ns": int(g["wait_ns"].sum()),
+                "wait_mean_ns": float(g["wait_ns"].mean()),
+                "wait_p99_ns": _p99(g["wait_ns"]),
+                "contended": len(cont),
+                "contended_wait_ns": int(cont["wait_ns"].sum()),
+                "contended_mean_ns": float(cont["wait_ns"].mean()) if len(cont) else float("nan"),
+                "holds": len(held),
+                "hold_ns": int(held.sum()),
+                "hold_mean_ns": float(held.mean()) if len(held) else float("nan"),
+                "hold_p99_ns": _p99(held),
+            }
+        )
     sites = pd.DataFrame(rows, columns=list(CALLSITE_COLUMNS))
     if len(sites):
         sites["share"] = sites["acquisitions"] / sites["acquisitions"].sum()

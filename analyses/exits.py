@@ -37,17 +37,68 @@ from .runs import DECODE_EVENTS, event_codes, exit_reason_name, run_cycles, vcpu
 __all__ = ["VMX_EXIT_REASONS", "SVM_EXIT_CODES", "exit_events", "exit_table", "Exits", "exit_stats"]
 
 VMX_EXIT_REASONS: dict[int, str] = {
-    0: "EXCEPTION_NMI", 1: "EXTERNAL_INTERRUPT", 2: "TRIPLE_FAULT", 3: "INIT_SIGNAL", 4: "SIPI_SIGNAL",
-    7: "INTERRUPT_WINDOW", 8: "NMI_WINDOW", 9: "TASK_SWITCH", 10: "CPUID", 12: "HLT", 13: "INVD",
-    14: "INVLPG", 15: "RDPMC", 16: "RDTSC", 18: "VMCALL", 19: "VMCLEAR", 20: "VMLAUNCH", 21: "VMPTRLD",
-    22: "VMPTRST", 23: "VMREAD", 24: "VMRESUME", 25: "VMWRITE", 26: "VMOFF", 27: "VMON", 28: "CR_ACCESS",
-    29: "DR_ACCESS", 30: "IO_INSTRUCTION", 31: "MSR_READ", 32: "MSR_WRITE", 33: "INVALID_STATE",
-    34: "MSR_LOAD_FAIL", 36: "MWAIT_INSTRUCTION", 37: "MONITOR_TRAP_FLAG", 39: "MONITOR_INSTRUCTION",
-    40: "PAUSE_INSTRUCTION", 41: "MCE_DURING_VMENTRY", 43: "TPR_BELOW_THRESHOLD", 44: "APIC_ACCESS",
-    45: "EOI_INDUCED", 46: "GDTR_IDTR", 47: "LDTR_TR", 48: "EPT_VIOLATION", 49: "EPT_MISCONFIG",
-    50: "INVEPT", 51: "RDTSCP", 52: "PREEMPTION_TIMER", 53: "INVVPID", 54: "WBINVD", 55: "XSETBV",
-    56: "APIC_WRITE", 57: "RDRAND", 58: "INVPCID", 59: "VMFUNC", 60: "ENCLS", 61: "RDSEED",
-    62: "PML_FULL", 63: "XSAVES", 64: "XRSTORS", 67: "UMWAIT", 68: "TPAUSE", 74: "BUS_LOCK", 75: "NOTIFY",
+    0: "EXCEPTION_NMI",
+    1: "EXTERNAL_INTERRUPT",
+    2: "TRIPLE_FAULT",
+    3: "INIT_SIGNAL",
+    4: "SIPI_SIGNAL",
+    7: "INTERRUPT_WINDOW",
+    8: "NMI_WINDOW",
+    9: "TASK_SWITCH",
+    10: "CPUID",
+    12: "HLT",
+    13: "INVD",
+    14: "INVLPG",
+    15: "RDPMC",
+    16: "RDTSC",
+    18: "VMCALL",
+    19: "VMCLEAR",
+    20: "VMLAUNCH",
+    21: "VMPTRLD",
+    22: "VMPTRST",
+    23: "VMREAD",
+    24: "VMRESUME",
+    25: "VMWRITE",
+    26: "VMOFF",
+    27: "VMON",
+    28: "CR_ACCESS",
+    29: "DR_ACCESS",
+    30: "IO_INSTRUCTION",
+    31: "MSR_READ",
+    32: "MSR_WRITE",
+    33: "INVALID_STATE",
+    34: "MSR_LOAD_FAIL",
+    36: "MWAIT_INSTRUCTION",
+    37: "MONITOR_TRAP_FLAG",
+    39: "MONITOR_INSTRUCTION",
+    40: "PAUSE_INSTRUCTION",
+    41: "MCE_DURING_VMENTRY",
+    43: "TPR_BELOW_THRESHOLD",
+    44: "APIC_ACCESS",
+    45: "EOI_INDUCED",
+    46: "GDTR_IDTR",
+    47: "LDTR_TR",
+    48: "EPT_VIOLATION",
+    49: "EPT_MISCONFIG",
+    50: "INVEPT",
+    51: "RDTSCP",
+    52: "PREEMPTION_TIMER",
+    53: "INVVPID",
+    54: "WBINVD",
+    55: "XSETBV",
+    56: "APIC_WRITE",
+    57: "RDRAND",
+    58: "INVPCID",
+    59: "VMFUNC",
+    60: "ENCLS",
+    61: "RDSEED",
+    62: "PML_FULL",
+    63: "XSAVES",
+    64: "XRSTORS",
+    67: "UMWAIT",
+    68: "TPAUSE",
+    74: "BUS_LOCK",
+    75: "NOTIFY",
 }
 
 SVM_EXIT_CODES: dict[int, str] = {
@@ -56,15 +107,57 @@ SVM_EXIT_CODES: dict[int, str] = {
     **{0x20 + i: f"READ_DR{i}" for i in range(16)},
     **{0x30 + i: f"WRITE_DR{i}" for i in range(16)},
     **{0x40 + i: f"EXCP_{i}" for i in range(32)},
-    0x60: "INTR", 0x61: "NMI", 0x62: "SMI", 0x63: "INIT", 0x64: "VINTR", 0x65: "CR0_SEL_WRITE",
-    0x66: "IDTR_READ", 0x67: "GDTR_READ", 0x68: "LDTR_READ", 0x69: "TR_READ", 0x6A: "IDTR_WRITE",
-    0x6B: "GDTR_WRITE", 0x6C: "LDTR_WRITE", 0x6D: "TR_WRITE", 0x6E: "RDTSC", 0x6F: "RDPMC", 0x70: "PUSHF",
-    0x71: "POPF", 0x72: "CPUID", 0x73: "RSM", 0x74: "IRET", 0x75: "SWINT", 0x76: "INVD", 0x77: "PAUSE",
-    0x78: "HLT", 0x79: "INVLPG", 0x7A: "INVLPGA", 0x7B: "IOIO", 0x7C: "MSR", 0x7D: "TASK_SWITCH",
-    0x7E: "FERR_FREEZE", 0x7F: "SHUTDOWN", 0x80: "VMRUN", 0x81: "VMMCALL", 0x82: "VMLOAD", 0x83: "VMSAVE",
-    0x84: "STGI", 0x85: "CLGI", 0x86: "SKINIT", 0x87: "RDTSCP", 0x88: "ICEBP", 0x89: "WBINVD",
-    0x8A: "MONITOR", 0x8B: "MWAIT", 0x8C: "MWAIT_COND", 0x8D: "XSETBV", 0x8E: "RDPRU", 0x400: "NPF",
-    0x401: "AVIC_INCOMPLETE_IPI", 0x402: "AVIC_UNACCELERATED_ACCESS", 0x403: "VMGEXIT",
+    0x60: "INTR",
+    0x61: "NMI",
+    0x62: "SMI",
+    0x63: "INIT",
+    0x64: "VINTR",
+    0x65: "CR0_SEL_WRITE",
+    0x66: "IDTR_READ",
+    0x67: "GDTR_READ",
+    0x68: "LDTR_READ",
+    0x69: "TR_READ",
+    0x6A: "IDTR_WRITE",
+    0x6B: "GDTR_WRITE",
+    0x6C: "LDTR_WRITE",
+    0x6D: "TR_WRITE",
+    0x6E: "RDTSC",
+    0x6F: "RDPMC",
+    0x70: "PUSHF",
+    0x71: "POPF",
+    0x72: "CPUID",
+    0x73: "RSM",
+    0x74: "IRET",
+    0x75: "SWINT",
+    0x76: "INVD",
+    0x77: "PAUSE",
+    0x78: "HLT",
+    0x79: "INVLPG",
+    0x7A: "INVLPGA",
+    0x7B: "IOIO",
+    0x7C: "MSR",
+    0x7D: "TASK_SWITCH",
+    0x7E: "FERR_FREEZE",
+    0x7F: "SHUTDOWN",
+    0x80: "VMRUN",
+    0x81: "VMMCALL",
+    0x82: "VMLOAD",
+    0x83: "VMSAVE",
+    0x84: "STGI",
+    0x85: "CLGI",
+    0x86: "SKINIT",
+    0x87: "RDTSCP",
+    0x88: "ICEBP",
+    0x89: "WBINVD",
+    0x8A: "MONITOR",
+    0x8B: "MWAIT",
+    0x8C: "MWAIT_COND",
+    0x8D: "XSETBV",
+    0x8E: "RDPRU",
+    0x400: "NPF",
+    0x401: "AVIC_INCOMPLETE_IPI",
+    0x402: "AVIC_UNACCELERATED_ACCESS",
+    0x403: "VMGEXIT",
 }
 
 # What a decode says about an exit the kernel handled, when no kvm_exit
@@ -72,8 +165,16 @@ SVM_EXIT_CODES: dict[int, str] = {
 _DECODE_REASON = {"pio": "IO", "mmio": "MMIO", "msr": "MSR"}
 
 _EXIT_COLS = {
-    "tid": "int32", "vcpu": "int16", "start_ns": "int64", "end_ns": "Int64", "dur_ns": "Int64",
-    "reason": "category", "kind": "category", "addr": "UInt64", "size": "UInt8", "write": "boolean",
+    "tid": "int32",
+    "vcpu": "int16",
+    "start_ns": "int64",
+    "end_ns": "Int64",
+    "dur_ns": "Int64",
+    "reason": "category",
+    "kind": "category",
+    "addr": "UInt64",
+    "size": "UInt8",
+    "write": "boolean",
     "userspace": "bool",
 }
 
@@ -111,8 +212,9 @@ def _exit_events(trace: Trace) -> tuple[pd.DataFrame, int]:
     has_run = events_usable(ev, ["run_enter", "run_exit"])
     has_kvm = events_usable(ev, ["kvm_exit", "kvm_entry"])
     if not (has_run or has_kvm):
-        raise MissingEventsError("the exit statistics", ["run_enter and run_exit, or kvm_exit and kvm_entry"],
-                                 present_events(ev))
+        raise MissingEventsError(
+            "the exit statistics", ["run_enter and run_exit, or kvm_exit and kvm_entry"], present_events(ev)
+        )
     tids = vcpu_threads(trace)
     if not tids:
         tids = {int(t): i for i, t in enumerate(sorted(ev.loc[(ev["event"] == "kvm_exit").to_numpy(), "tid"].unique()))}
@@ -152,8 +254,10 @@ def _from_runs(trace: Trace, tids: dict[int, int]) -> tuple[pd.DataFrame, int]:
     has = ~np.isnan(reason)
     # NaN reasons get a code no KVM exit or errno has.
     unknown = np.iinfo(np.int64).min
-    names = _labels(np.where(has, np.nan_to_num(reason), unknown).astype(np.int64),
-                    lambda r: "unknown" if r == unknown else exit_reason_name(r))
+    names = _labels(
+        np.where(has, np.nan_to_num(reason), unknown).astype(np.int64),
+        lambda r: "unknown" if r == unknown else exit_reason_name(r),
+    )
     d = rc.decodes
     keep_cycle = np.append(good, False)
     d = d[(d["role"] == "kernel").to_numpy() & keep_cycle[d["cycle"].to_numpy()]]
@@ -168,8 +272,9 @@ def _from_runs(trace: Trace, tids: dict[int, int]) -> tuple[pd.DataFrame, int]:
     return pd.DataFrame(
         {
             "tid": np.concatenate((c["tid"].to_numpy(), d["tid"].to_numpy())).astype(np.int32),
-            "vcpu": np.concatenate((c["vcpu"].to_numpy(),
-                                    vcpu_of[rank_in(np.array(sorted(tids)), d["tid"].to_numpy())])).astype(np.int16),
+            "vcpu": np.concatenate(
+                (c["vcpu"].to_numpy(), vcpu_of[rank_in(np.array(sorted(tids)), d["tid"].to_numpy())])
+            ).astype(np.int16),
             "start_ns": np.concatenate((c["decode_ns"].to_numpy(), d["ts_ns"].to_numpy())).astype(np.int64),
             "end_ns": end,
             "dur_ns": dur,
@@ -234,7 +339,10 @@ def _from_kvm_exit(trace: Trace, tids: dict[int, int]) -> tuple[pd.DataFrame, in
         {
             "tid": tid[x].astype(np.int32),
             "vcpu": np.array([tids.get(int(t), -1) for t in np.unique(tid[x])], dtype=np.int16)[
-                np.searchsorted(np.unique(tid[x]), tid[x])] if len(x) else np.zeros(0, np.int16),
+                np.searchsorted(np.unique(tid[x]), tid[x])
+            ]
+            if len(x)
+            else np.zeros(0, np.int16),
             "start_ns": ts[x],
             "end_ns": ts[e],
             "dur_ns": ts[e] - ts[x],
@@ -320,8 +428,7 @@ class Exits:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        access = self.by_access.assign(
-            addr=self.by_access["addr"].map(lambda a: None if pd.isna(a) else hex(int(a))))
+        access = self.by_access.assign(addr=self.by_access["addr"].map(lambda a: None if pd.isna(a) else hex(int(a))))
         return {
             "view": "exits",
             "exits": int(len(self.exits)),
@@ -349,7 +456,9 @@ def exit_stats(trace: Trace, port: int | None = None) -> Exits:
     if port is not None:
         exits = exits[(exits["addr"] == port).fillna(False).to_numpy(dtype=bool)].reset_index(drop=True)
     source = "KVM_RUN" if missing_events(ev, ["kvm_exit", "kvm_entry"]) else "kvm_exit"
-    handled = pd.Categorical.from_codes(exits["userspace"].to_numpy().astype(np.int8), pd.Index(["kernel", "userspace"]))
+    handled = pd.Categorical.from_codes(
+        exits["userspace"].to_numpy().astype(np.int8), pd.Index(["kernel", "userspace"])
+    )
     by_reason = exit_table(exits.assign(handled=handled), ["reason", "handled"])
     acc = exits[exits["kind"].isin(DECODE_EVENTS).to_numpy()]
     write = acc["write"].to_numpy(dtype=bool, na_value=False)
@@ -368,6 +477,16 @@ def exit_stats(trace: Trace, port: int | None = None) -> Exits:
             "kvm_exit/kvm_entry did not fire: userspace exits are timed from the kernel's decode to the next "
             "KVM_RUN; exits the kernel handled itself are counted, not timed"
         )
-    return Exits(exits=exits, by_reason=by_reason, by_access=by_access, by_vcpu=by_vcpu, source=source,
-                 tsc_hz=trace.tsc_hz, lost_events=trace.lost_events, lost_markers=len(windows),
-                 excluded_lost=excluded, kvm_flavour=str(trace.meta.get("kvm_flavour", "unknown")), notes=notes)
+    return Exits(
+        exits=exits,
+        by_reason=by_reason,
+        by_access=by_access,
+        by_vcpu=by_vcpu,
+        source=source,
+        tsc_hz=trace.tsc_hz,
+        lost_events=trace.lost_events,
+        lost_markers=len(windows),
+        excluded_lost=excluded,
+        kvm_flavour=str(trace.meta.get("kvm_flavour", "unknown")),
+        notes=notes,
+    )

@@ -141,7 +141,8 @@ def _bql_releases(trace: Trace, bql_word: int | None) -> tuple[np.ndarray, np.nd
     if bql_word:
         calls = cache.futex_calls(trace)
         wake = (calls["kind"] == "wake").to_numpy() & (
-            calls["uaddr"].to_numpy(dtype=np.uint64, na_value=0) == np.uint64(bql_word))
+            calls["uaddr"].to_numpy(dtype=np.uint64, na_value=0) == np.uint64(bql_word)
+        )
         tids.append(calls["tid"].to_numpy()[wake].astype(np.int64))
         ts.append(calls["start_ns"].to_numpy()[wake].astype(np.int64))
     tid, t = np.concatenate(tids), np.concatenate(ts)
@@ -162,16 +163,16 @@ def _cpu_wait_spans(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     off = cache.offcpu_spans(trace)
     runnable = off["runnable"].to_numpy(dtype=bool)
     wake = off["wakeup_ns"].to_numpy(dtype=np.float64, na_value=np.nan)
-    start = np.where(runnable, off["start_ns"].to_numpy(dtype=np.int64),
-                     np.nan_to_num(wake, nan=0).astype(np.int64))
+    start = np.where(runnable, off["start_ns"].to_numpy(dtype=np.int64), np.nan_to_num(wake, nan=0).astype(np.int64))
     keep = runnable | ~np.isnan(wake)
     end = off["end_ns"].to_numpy(dtype=np.int64)
     keep &= start < end
     return off["tid"].to_numpy(dtype=np.int64)[keep], start[keep], end[keep]
 
 
-def _split_preempted(h_tid: np.ndarray, a: np.ndarray, b: np.ndarray,
-                     cw: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+def _split_preempted(
+    h_tid: np.ndarray, a: np.ndarray, b: np.ndarray, cw: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, ...]:
     """Cut segments [a, b) held by ``h_tid`` where the holder was runnable
     but not running.  Returns (segment index, start, end, preempted) of the
     pieces, which partition each segment."""
@@ -243,8 +244,9 @@ def _segments(trace: Trace) -> pd.DataFrame:
     blocked = np.ones(n_w, dtype=bool)
     n_lk = int(lk.sum())
     if n_lk:
-        inside_span = inside_by_thread(rule.wait_tid, rule.wait_start, rule.lock_tid[lk], rule.lock_start[lk],
-                                       rule.lock_end[lk])
+        inside_span = inside_by_thread(
+            rule.wait_tid, rule.wait_start, rule.lock_tid[lk], rule.lock_start[lk], rule.lock_end[lk]
+        )
         span_blocked = np.zeros(n_lk, dtype=bool)
         span_blocked[inside_span[inside_span >= 0]] = True
         blocked[:n_lk] = span_blocked
@@ -296,19 +298,31 @@ def _segments(trace: Trace) -> pd.DataFrame:
     # What each holder was doing at its release.
     roles = _holder_roles(trace)
     uniq_h = np.unique(seg_h)
-    role_of = {int(h): (roles.get(int(h), ROLE_OTHER) if h >= 0 else ROLE_UNKNOWN if h == -1 else ROLE_UNCONTENDED)
-               for h in uniq_h}
-    seg_role = np.array([role_of[int(h)] for h in uniq_h], dtype=object)[np.searchsorted(uniq_h, seg_h)] \
-        if len(seg_h) else np.zeros(0, dtype=object)
+    role_of = {
+        int(h): (roles.get(int(h), ROLE_OTHER) if h >= 0 else ROLE_UNKNOWN if h == -1 else ROLE_UNCONTENDED)
+        for h in uniq_h
+    }
+    seg_role = (
+        np.array([role_of[int(h)] for h in uniq_h], dtype=object)[np.searchsorted(uniq_h, seg_h)]
+        if len(seg_h)
+        else np.zeros(0, dtype=object)
+    )
     cyc = cache.cached(trace, "holders_run_cycles", lambda: run_cycles(trace, vcpu_threads(trace)).cycles)
     c_tid = cyc["tid"].to_numpy(dtype=np.int64)
-    at = inside_by_thread(seg_h, seg_rel, c_tid, cyc["exit_ns"].to_numpy(dtype=np.int64),
-                          cyc["end_ns"].to_numpy(dtype=np.int64)) if len(cyc) else np.full(len(seg_h), -1)
+    at = (
+        inside_by_thread(
+            seg_h, seg_rel, c_tid, cyc["exit_ns"].to_numpy(dtype=np.int64), cyc["end_ns"].to_numpy(dtype=np.int64)
+        )
+        if len(cyc)
+        else np.full(len(seg_h), -1)
+    )
     at = np.where(seg_role == ROLE_VCPU, at, -1)
     kinds = cyc["kind"].to_numpy(dtype=object) if len(cyc) else np.zeros(0, dtype=object)
     seg_kind = np.where(at >= 0, kinds[np.clip(at, 0, None)] if len(kinds) else None, None)
-    seg_addr = pd.array(cyc["addr"].array.take(np.clip(at, 0, None)) if len(cyc) else
-                        pd.array([pd.NA] * len(at), dtype="UInt64"), dtype="UInt64")
+    seg_addr = pd.array(
+        cyc["addr"].array.take(np.clip(at, 0, None)) if len(cyc) else pd.array([pd.NA] * len(at), dtype="UInt64"),
+        dtype="UInt64",
+    )
     seg_addr[at < 0] = pd.NA
 
     # Where a holder was waiting for a CPU inside its holding segment.
@@ -327,8 +341,11 @@ def _segments(trace: Trace) -> pd.DataFrame:
     s_tid = w_tid[s_wait]
     # Less the waits on another named lock nested in a BQL span.
     nw = rule.wait_nested
-    nested = overlap_by_thread(s_tid, start, end, rule.wait_tid[nw], rule.wait_start[nw], rule.wait_end[nw]) \
-        if nw.any() else np.zeros(len(start), dtype=np.int64)
+    nested = (
+        overlap_by_thread(s_tid, start, end, rule.wait_tid[nw], rule.wait_start[nw], rule.wait_end[nw])
+        if nw.any()
+        else np.zeros(len(start), dtype=np.int64)
+    )
     out = pd.DataFrame(
         {
             "tid": s_tid.astype(np.int32),
@@ -348,8 +365,13 @@ def _segments(trace: Trace) -> pd.DataFrame:
     )
     out = out.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
     out["activity"] = _labels(out)
-    out["lost"] = thread_spans_lost(ev, out["tid"].to_numpy(dtype=np.int64), out["wait_start_ns"].to_numpy(),
-                                    out["wait_end_ns"].to_numpy()) if len(out) else np.zeros(0, dtype=bool)
+    out["lost"] = (
+        thread_spans_lost(
+            ev, out["tid"].to_numpy(dtype=np.int64), out["wait_start_ns"].to_numpy(), out["wait_end_ns"].to_numpy()
+        )
+        if len(out)
+        else np.zeros(0, dtype=bool)
+    )
     return out
 
 
@@ -373,8 +395,9 @@ def _by_activity(trace: Trace, parts: pd.DataFrame, unit: str) -> pd.DataFrame:
     """Per activity: how many ``unit`` (waits or exits) it caused part of,
     and the time."""
     if parts.empty:
-        return pd.DataFrame(columns=["activity", *ACTIVITY_KEYS, "holders", unit, "wait_ns", "mean_ns", "p99_ns",
-                                     "share"])
+        return pd.DataFrame(
+            columns=["activity", *ACTIVITY_KEYS, "holders", unit, "wait_ns", "mean_ns", "p99_ns", "share"]
+        )
     g = parts.groupby("activity", sort=False)
     out = pd.DataFrame(
         {
@@ -418,16 +441,29 @@ def holder_summary(trace: Trace) -> HolderTable:
     waiting thread, not only vCPUs), waits across lost events left out."""
     seg = bql_holder_segments(trace)
     good = seg[~seg["lost"].to_numpy(dtype=bool)]
-    per_wait = good.groupby(["wait", "activity"], sort=False).agg(
-        role=("role", "first"), kind=("kind", "first"), addr=("addr", "first"), preempted=("preempted", "first"),
-        holder=("holder", "first"), wait_ns=("wait_ns", "sum")).reset_index()
+    per_wait = (
+        good.groupby(["wait", "activity"], sort=False)
+        .agg(
+            role=("role", "first"),
+            kind=("kind", "first"),
+            addr=("addr", "first"),
+            preempted=("preempted", "first"),
+            holder=("holder", "first"),
+            wait_ns=("wait_ns", "sum"),
+        )
+        .reset_index()
+    )
     rows = _by_activity(trace, per_wait, "waits")
     if len(rows):
         # Every releasing thread of an activity, not one per wait.
         every = good.groupby("activity", sort=False)["holder"].agg(lambda h: _holders_text(trace, h))
         rows["holders"] = rows["activity"].map(every)
-    return HolderTable(rows=rows, wait_ns=int(good["wait_ns"].sum()), waits=int(good["wait"].nunique()),
-                       excluded_lost=int(seg.loc[seg["lost"].to_numpy(dtype=bool), "wait"].nunique()))
+    return HolderTable(
+        rows=rows,
+        wait_ns=int(good["wait_ns"].sum()),
+        waits=int(good["wait"].nunique()),
+        excluded_lost=int(seg.loc[seg["lost"].to_numpy(dtype=bool), "wait"].nunique()),
+    )
 
 
 def exit_split(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:
@@ -454,8 +490,17 @@ def exit_split(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:
     # The breakdown's exits of one thread are disjoint; sort them so the
     # containment search sees them in time order.
     order = np.lexsort((t_exit, x_tid))
-    at = inside_by_thread(seg["tid"].to_numpy(dtype=np.int64), seg["start_ns"].to_numpy(dtype=np.int64),
-                          x_tid[order], t_exit[order], t_next[order]) if len(seg) else np.zeros(0, np.int64)
+    at = (
+        inside_by_thread(
+            seg["tid"].to_numpy(dtype=np.int64),
+            seg["start_ns"].to_numpy(dtype=np.int64),
+            x_tid[order],
+            t_exit[order],
+            t_next[order],
+        )
+        if len(seg)
+        else np.zeros(0, np.int64)
+    )
     inside = at >= 0
     part = seg[inside].copy()
     x = order[at[inside]]
@@ -463,9 +508,18 @@ def exit_split(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:
     e = np.minimum(part["end_ns"].to_numpy(dtype=np.int64), t_next[x])
     part["wait_ns"] = np.clip(np.minimum(part["wait_ns"].to_numpy(dtype=np.int64), e - s), 0, None)
     part["exit"] = x
-    grouped = part.groupby(["exit", "activity"], sort=False).agg(
-        role=("role", "first"), kind=("kind", "first"), addr=("addr", "first"), preempted=("preempted", "first"),
-        holder=("holder", "first"), wait_ns=("wait_ns", "sum")).reset_index()
+    grouped = (
+        part.groupby(["exit", "activity"], sort=False)
+        .agg(
+            role=("role", "first"),
+            kind=("kind", "first"),
+            addr=("addr", "first"),
+            preempted=("preempted", "first"),
+            holder=("holder", "first"),
+            wait_ns=("wait_ns", "sum"),
+        )
+        .reset_index()
+    )
     # Fit to each exit's bql_wait_ns: never more than was waited.
     g_exit = grouped["exit"].to_numpy(dtype=np.int64)
     w = grouped["wait_ns"].to_numpy(dtype=np.int64)
@@ -483,18 +537,34 @@ def exit_split(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:
     grouped["wait_ns"] = w
     missing = np.flatnonzero(target > got)
     if len(missing):
-        extra = pd.DataFrame({"exit": missing, "activity": activity_label(ROLE_UNKNOWN, None, None, False),
-                              "role": ROLE_UNKNOWN, "kind": None, "addr": pd.array([pd.NA] * len(missing),
-                                                                                   dtype="UInt64"),
-                              "preempted": False, "holder": -1, "wait_ns": (target - got)[missing]})
+        extra = pd.DataFrame(
+            {
+                "exit": missing,
+                "activity": activity_label(ROLE_UNKNOWN, None, None, False),
+                "role": ROLE_UNKNOWN,
+                "kind": None,
+                "addr": pd.array([pd.NA] * len(missing), dtype="UInt64"),
+                "preempted": False,
+                "holder": -1,
+                "wait_ns": (target - got)[missing],
+            }
+        )
         grouped = pd.concat([grouped, extra], ignore_index=True)
-        grouped = grouped.groupby(["exit", "activity"], sort=False).agg(
-            role=("role", "first"), kind=("kind", "first"), addr=("addr", "first"),
-            preempted=("preempted", "first"), holder=("holder", "first"), wait_ns=("wait_ns", "sum")).reset_index()
+        grouped = (
+            grouped.groupby(["exit", "activity"], sort=False)
+            .agg(
+                role=("role", "first"),
+                kind=("kind", "first"),
+                addr=("addr", "first"),
+                preempted=("preempted", "first"),
+                holder=("holder", "first"),
+                wait_ns=("wait_ns", "sum"),
+            )
+            .reset_index()
+        )
     grouped = grouped[grouped["wait_ns"] > 0]
     grouped["addr"] = grouped["addr"].astype("UInt64")
-    return grouped[cols].sort_values(["exit", "wait_ns"], ascending=[True, False], kind="stable") \
-        .reset_index(drop=True)
+    return grouped[cols].sort_values(["exit", "wait_ns"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
 def split_summary(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,7 @@ import pandas as pd
 from vmtrace.trace import Trace
 
 from . import cache
+from .holders import HolderTable, holder_summary
 from .intervals import (
     last_match,
     lost_windows,
@@ -41,15 +42,12 @@ from .intervals import (
     thread_lifetimes,
     thread_spans_lost,
 )
-from .holders import HolderTable, holder_summary
 from .jsonform import bql_json, hex_or_none, records
 from .offcpu import thread_info
 
 __all__ = ["word_names", "lock_waits", "lock_holds", "lock_report", "Locks", "EAGAIN"]
 
 EAGAIN = 11  # a wait whose word changed before it slept returns -EAGAIN
-
-
 
 
 def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, str]:
@@ -69,8 +67,6 @@ def word_names(trace: Trace, extra: dict[int, str] | None = None) -> dict[int, s
     names.update(trace.futex_names())
     names.update(extra or {})
     return names
-
-
 
 
 def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFrame:
@@ -95,14 +91,20 @@ def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
     end = waits["end_ns"].to_numpy(dtype=np.int64)
     word = waits["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
     off = cache.offcpu_spans(trace)
-    offcpu = overlap_by_thread(tid, start, end, off["tid"].to_numpy(dtype=np.int64),
-                               off["start_ns"].to_numpy(dtype=np.int64), off["end_ns"].to_numpy(dtype=np.int64))
+    offcpu = overlap_by_thread(
+        tid,
+        start,
+        end,
+        off["tid"].to_numpy(dtype=np.int64),
+        off["start_ns"].to_numpy(dtype=np.int64),
+        off["end_ns"].to_numpy(dtype=np.int64),
+    )
 
     # Waker by futex wake call: the last wake on the same word that started
     # before the wait returned, and not before the wait began.
     wk_word = wakes["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
     codes, inv = np.unique(np.concatenate((word, wk_word)), return_inverse=True)
-    w_key, k_key = inv[: len(word)], inv[len(word):]
+    w_key, k_key = inv[: len(word)], inv[len(word) :]
     wk_start = wakes["start_ns"].to_numpy(dtype=np.int64)
     wk_tid = wakes["tid"].to_numpy(dtype=np.int64)
     idx = last_match(w_key, end, k_key, wk_start)
@@ -140,8 +142,11 @@ def lock_waits(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
 
 def _name_column(words: np.ndarray, names: dict[int, str]) -> np.ndarray:
     uniq, inv = np.unique(words, return_inverse=True)
-    return np.array([names.get(int(a)) for a in uniq] + [None], dtype=object)[inv] if len(words) \
+    return (
+        np.array([names.get(int(a)) for a in uniq] + [None], dtype=object)[inv]
+        if len(words)
         else np.zeros(0, dtype=object)
+    )
 
 
 def lock_holds(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFrame:
@@ -168,8 +173,12 @@ def lock_holds(trace: Trace, names: dict[int, str] | None = None) -> pd.DataFram
             "start_ns": spans["start_ns"].to_numpy(dtype=np.int64),
             "end_ns": spans["end_ns"].to_numpy(dtype=np.int64),
             "dur_ns": spans["dur_ns"].to_numpy(dtype=np.int64),
-            "lost": thread_spans_lost(ev, spans["tid"].to_numpy(dtype=np.int64),
-                                      spans["start_ns"].to_numpy(dtype=np.int64), spans["end_ns"].to_numpy(dtype=np.int64)),
+            "lost": thread_spans_lost(
+                ev,
+                spans["tid"].to_numpy(dtype=np.int64),
+                spans["start_ns"].to_numpy(dtype=np.int64),
+                spans["end_ns"].to_numpy(dtype=np.int64),
+            ),
         }
     )
 
@@ -209,9 +218,12 @@ class Locks:
         who: dict[str, Any] | None = None
         if self.who_held is not None:
             rows = self.who_held.rows
-            who = {"wait_ns": self.who_held.wait_ns, "waits": self.who_held.waits,
-                   "excluded_lost": self.who_held.excluded_lost,
-                   "rows": records(rows.assign(addr=rows["addr"].map(hex_or_none)) if len(rows) else rows)}
+            who = {
+                "wait_ns": self.who_held.wait_ns,
+                "waits": self.who_held.waits,
+                "excluded_lost": self.who_held.excluded_lost,
+                "rows": records(rows.assign(addr=rows["addr"].map(hex_or_none)) if len(rows) else rows),
+            }
         words = self.words.assign(addr=self.words["addr"].map(hex))
         by_thread = self.by_thread.assign(addr=self.by_thread["addr"].map(hex))
         return {
@@ -255,8 +267,12 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     names = word_names(trace, extra_names)
     waits = lock_waits(trace, names)
     calls = cache.futex_calls(trace)
-    calls_lost = thread_spans_lost(ev, calls["tid"].to_numpy(dtype=np.int64), calls["start_ns"].to_numpy(dtype=np.int64),
-                                   calls["end_ns"].to_numpy(dtype=np.int64))
+    calls_lost = thread_spans_lost(
+        ev,
+        calls["tid"].to_numpy(dtype=np.int64),
+        calls["start_ns"].to_numpy(dtype=np.int64),
+        calls["end_ns"].to_numpy(dtype=np.int64),
+    )
     calls = calls[~calls_lost].reset_index(drop=True)
     holds = lock_holds(trace, names)
     good = waits[~waits["lost"]]
@@ -265,8 +281,9 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     label = {int(t): f"{n} [{int(t)}]" for t, n in zip(life["tid"], info["name"], strict=True)}
     target_ns = int(life["time_ns"].sum())
 
-    good = good.assign(eagain=(good["ret"] == -EAGAIN).fillna(False).to_numpy(dtype=bool),
-                       blocked=good["offcpu_ns"].to_numpy() > 0)
+    good = good.assign(
+        eagain=(good["ret"] == -EAGAIN).fillna(False).to_numpy(dtype=bool), blocked=good["offcpu_ns"].to_numpy() > 0
+    )
     g = good.groupby("uaddr", sort=False)
     dur = g["dur_ns"]
     words = pd.DataFrame(
@@ -293,8 +310,9 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     for a, t in good[["uaddr", "woken_by"]].dropna().drop_duplicates().itertuples(index=False):
         waker_sets.setdefault(int(a), set()).add(int(t))
     h = holds[~holds["lost"]].groupby("uaddr", sort=False)["dur_ns"]
-    hold = pd.DataFrame({"holds": h.size(), "hold_ns": h.sum(), "hold_mean_ns": h.mean(),
-                         "hold_p99_ns": h.quantile(0.99)})
+    hold = pd.DataFrame(
+        {"holds": h.size(), "hold_ns": h.sum(), "hold_mean_ns": h.mean(), "hold_p99_ns": h.quantile(0.99)}
+    )
     idx = words.index.union(hold.index)
     words = words.reindex(idx)
     words = words.join(hold, how="left")
@@ -308,9 +326,28 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     words.insert(0, "name", [names.get(int(a)) for a in words.index])
     words = words.rename_axis("addr").reset_index()
     words = words.sort_values(["wait_ns", "holds"], ascending=False, kind="stable").reset_index(drop=True)
-    cols = ["addr", "name", "waits", "eagain", "blocked", "wait_ns", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "max_ns",
-            "wait_share", "waiters", "waiter_names", "wake_calls", "wakers", "holds", "hold_ns", "hold_mean_ns",
-            "hold_p99_ns"]
+    cols = [
+        "addr",
+        "name",
+        "waits",
+        "eagain",
+        "blocked",
+        "wait_ns",
+        "mean_ns",
+        "p50_ns",
+        "p90_ns",
+        "p99_ns",
+        "max_ns",
+        "wait_share",
+        "waiters",
+        "waiter_names",
+        "wake_calls",
+        "wakers",
+        "holds",
+        "hold_ns",
+        "hold_mean_ns",
+        "hold_p99_ns",
+    ]
     words = words[cols]
 
     # Per word and thread: who waited how long, who called wake.
@@ -319,18 +356,22 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     by_thread = bt_w.join(bt_k.rename("wake_calls"), how="outer").fillna(0).astype(np.int64).reset_index()
     by_thread = by_thread[by_thread["uaddr"].isin(words["addr"].to_numpy())]
     tinfo = thread_info(trace, by_thread["tid"].to_numpy())
-    by_thread = pd.DataFrame(
-        {
-            "addr": by_thread["uaddr"].to_numpy(dtype=np.uint64),
-            "name": [names.get(int(a)) for a in by_thread["uaddr"]],
-            "tid": by_thread["tid"].to_numpy(dtype=np.int32),
-            "thread": tinfo["name"].to_numpy(),
-            "role": tinfo["role"].to_numpy(),
-            "waits": by_thread["waits"].to_numpy(),
-            "wait_ns": by_thread["wait_ns"].to_numpy(),
-            "wake_calls": by_thread["wake_calls"].to_numpy(),
-        }
-    ).sort_values(["wait_ns", "wake_calls"], ascending=False, kind="stable").reset_index(drop=True)
+    by_thread = (
+        pd.DataFrame(
+            {
+                "addr": by_thread["uaddr"].to_numpy(dtype=np.uint64),
+                "name": [names.get(int(a)) for a in by_thread["uaddr"]],
+                "tid": by_thread["tid"].to_numpy(dtype=np.int32),
+                "thread": tinfo["name"].to_numpy(),
+                "role": tinfo["role"].to_numpy(),
+                "waits": by_thread["waits"].to_numpy(),
+                "wait_ns": by_thread["wait_ns"].to_numpy(),
+                "wake_calls": by_thread["wake_calls"].to_numpy(),
+            }
+        )
+        .sort_values(["wait_ns", "wake_calls"], ascending=False, kind="stable")
+        .reset_index(drop=True)
+    )
 
     totals = _futex_totals(trace, calls, life, target_ns)
     bql = dict(trace.bql())
@@ -340,13 +381,24 @@ def lock_report(trace: Trace, extra_names: dict[int, str] | None = None) -> Lock
     if n_lost:
         notes.append(f"{n_lost:,} futex waits span lost events and are left out")
     if trace.lost_events and not len(lost_windows(ev)):
-        notes.append(f"{trace.lost_events:,} events were lost and the trace does not say where: "
-                     "a wait across them may be two waits counted as one")
+        notes.append(
+            f"{trace.lost_events:,} events were lost and the trace does not say where: "
+            "a wait across them may be two waits counted as one"
+        )
     if not bql.get("identified"):
         notes.append("the BQL's futex word was not identified: it is among the unnamed words")
-    return Locks(words=words, by_thread=by_thread, waits=waits, totals=totals, bql=bql,
-                 lost_events=trace.lost_events, lost_markers=len(lost_windows(ev)), tsc_hz=trace.tsc_hz,
-                 notes=notes, who_held=holder_summary(trace))
+    return Locks(
+        words=words,
+        by_thread=by_thread,
+        waits=waits,
+        totals=totals,
+        bql=bql,
+        lost_events=trace.lost_events,
+        lost_markers=len(lost_windows(ev)),
+        tsc_hz=trace.tsc_hz,
+        notes=notes,
+        who_held=holder_summary(trace),
+    )
 
 
 def _futex_totals(trace: Trace, calls: pd.DataFrame, life: pd.DataFrame, target_ns: int) -> dict[str, Any]:
@@ -362,15 +414,20 @@ def _futex_totals(trace: Trace, calls: pd.DataFrame, life: pd.DataFrame, target_
     for kind in ("wait", "wake", "other"):
         c = calls[calls["kind"] == kind]
         total = int(c["dur_ns"].sum())
-        off_in = overlap_by_thread(c["tid"].to_numpy(dtype=np.int64), c["start_ns"].to_numpy(dtype=np.int64),
-                                   c["end_ns"].to_numpy(dtype=np.int64), s_tid, s_start, s_end)
+        off_in = overlap_by_thread(
+            c["tid"].to_numpy(dtype=np.int64),
+            c["start_ns"].to_numpy(dtype=np.int64),
+            c["end_ns"].to_numpy(dtype=np.int64),
+            s_tid,
+            s_start,
+            s_end,
+        )
         on = total - int(off_in.sum())
         out[f"futex_{kind}_ns"] = total
         out[f"futex_{kind}_share"] = total / target_ns if target_ns else 0.0
         out[f"futex_{kind}_oncpu_ns"] = on if has_sched else None
         out[f"futex_{kind}_oncpu_share"] = (on / oncpu if oncpu else 0.0) if has_sched else None
         out[f"futex_{kind}_calls"] = int(len(c))
-    out["futex_oncpu_ns"] = (sum(out[f"futex_{k}_oncpu_ns"] for k in ("wait", "wake", "other"))
-                             if has_sched else None)
+    out["futex_oncpu_ns"] = sum(out[f"futex_{k}_oncpu_ns"] for k in ("wait", "wake", "other")) if has_sched else None
     out["futex_oncpu_share"] = (out["futex_oncpu_ns"] / oncpu if oncpu else 0.0) if has_sched else None
     return out

@@ -73,8 +73,9 @@ def overlaps_loss(start: np.ndarray, end: np.ndarray, windows: pd.DataFrame) -> 
     return res
 
 
-def thread_spans_lost(events: pd.DataFrame, s_tid: np.ndarray, s_start: np.ndarray, s_end: np.ndarray,
-                      windows: pd.DataFrame | None = None) -> np.ndarray:
+def thread_spans_lost(
+    events: pd.DataFrame, s_tid: np.ndarray, s_start: np.ndarray, s_end: np.ndarray, windows: pd.DataFrame | None = None
+) -> np.ndarray:
     """Whether each span of a thread may have lost events: it overlaps a
     lost-event window of a CPU the thread could have been on then.
 

@@ -40,8 +40,6 @@ __all__ = ["OFFCPU_STATES", "offcpu_by_thread", "OffCpu", "offcpu_report"]
 OFFCPU_STATES: tuple[str, ...] = ("running", "lock", "other_blocked", "runnable", "unknown")
 
 
-
-
 def thread_info(trace: Trace, tids: np.ndarray) -> pd.DataFrame:
     """``name`` str, ``role`` str, ``vcpu`` Int16 for ``tids`` (in order),
     from the trace metadata; threads it does not list are ``?``/``other``."""
@@ -83,8 +81,13 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
 
     waits = cache.futex_waits(trace)
     bql_word = trace.bql().get("futex_uaddr")
-    w_in = inside_by_thread(s_tid, s_start, waits["tid"].to_numpy(dtype=np.int64),
-                            waits["start_ns"].to_numpy(dtype=np.int64), waits["end_ns"].to_numpy(dtype=np.int64))
+    w_in = inside_by_thread(
+        s_tid,
+        s_start,
+        waits["tid"].to_numpy(dtype=np.int64),
+        waits["start_ns"].to_numpy(dtype=np.int64),
+        waits["end_ns"].to_numpy(dtype=np.int64),
+    )
     w_addr = waits["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
     in_wait = w_in >= 0
     on_bql = np.zeros(len(off), dtype=bool)
@@ -95,8 +98,13 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     spans = cache.lock_spans(trace)
     if len(spans):
         spans = spans.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
-        l_in = inside_by_thread(s_tid, s_start, spans["tid"].to_numpy(dtype=np.int64),
-                                spans["start_ns"].to_numpy(dtype=np.int64), spans["end_ns"].to_numpy(dtype=np.int64))
+        l_in = inside_by_thread(
+            s_tid,
+            s_start,
+            spans["tid"].to_numpy(dtype=np.int64),
+            spans["start_ns"].to_numpy(dtype=np.int64),
+            spans["end_ns"].to_numpy(dtype=np.int64),
+        )
         in_span = l_in >= 0
         span_bql = (spans["name"].astype(object) == BQL_NAME).to_numpy(dtype=bool)
         on_bql |= ~in_wait & in_span & span_bql[np.clip(l_in, 0, None)]
@@ -133,11 +141,27 @@ def offcpu_by_thread(trace: Trace) -> pd.DataFrame:
     out.insert(2, "role", info["role"].to_numpy())
     out.insert(3, "vcpu", info["vcpu"].array)
     out["tid"] = out["tid"].astype(np.int32)
-    cols = ["tid", "name", "role", "vcpu", "time_ns", "running_ns", "lock_ns", "other_blocked_ns", "runnable_ns",
-            "unknown_ns", "bql_ns", "preempted_ns", "woken_wait_ns", "switches"]
-    return out[cols].sort_values(["role", "tid"], key=lambda s: s.map(role_rank) if s.name == "role" else s,
-                                 kind="stable").reset_index(drop=True)
-
+    cols = [
+        "tid",
+        "name",
+        "role",
+        "vcpu",
+        "time_ns",
+        "running_ns",
+        "lock_ns",
+        "other_blocked_ns",
+        "runnable_ns",
+        "unknown_ns",
+        "bql_ns",
+        "preempted_ns",
+        "woken_wait_ns",
+        "switches",
+    ]
+    return (
+        out[cols]
+        .sort_values(["role", "tid"], key=lambda s: s.map(role_rank) if s.name == "role" else s, kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 @dataclass
@@ -179,11 +203,14 @@ def offcpu_report(trace: Trace) -> OffCpu:
         totals[label] = {c: int(rows[c].sum()) for c in ["time_ns"] + states}
     notes = []
     if not (trace.events["event"] == "wakeup").any():
-        notes.append("no sched_wakeup events: a blocked span counts as blocked until the thread ran again, "
-                     "so waiting for a CPU after a wakeup is not separated")
+        notes.append(
+            "no sched_wakeup events: a blocked span counts as blocked until the thread ran again, "
+            "so waiting for a CPU after a wakeup is not separated"
+        )
     windows = lost_windows(trace.events)
     if trace.lost_events and len(windows) == 0:
-        notes.append(f"{trace.lost_events:,} events were lost and the trace does not say where: "
-                     "spans across them are counted as if complete")
-    return OffCpu(threads=threads, totals=totals, lost_events=trace.lost_events, lost_markers=len(windows),
-                  notes=notes)
+        notes.append(
+            f"{trace.lost_events:,} events were lost and the trace does not say where: "
+            "spans across them are counted as if complete"
+        )
+    return OffCpu(threads=threads, totals=totals, lost_events=trace.lost_events, lost_markers=len(windows), notes=notes)

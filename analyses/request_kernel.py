@@ -22,8 +22,15 @@ from .intervals import i64, last_match
 from .offcpu import thread_info
 from .runs import vcpu_threads
 
-__all__ = ["notify_port", "kicks", "kernel_notifications", "kernel_disk_waits", "notification_summary",
-           "disk_wait_summary", "quantiles"]
+__all__ = [
+    "notify_port",
+    "kicks",
+    "kernel_notifications",
+    "kernel_disk_waits",
+    "notification_summary",
+    "disk_wait_summary",
+    "quantiles",
+]
 
 _TASK_UNINTERRUPTIBLE = 2
 _QUANTILES = (50, 90, 99)
@@ -62,8 +69,7 @@ def kicks(trace: Trace, port: int | None) -> tuple[np.ndarray, np.ndarray]:
     codes = ev["event"].cat.codes.to_numpy()
     rows = np.flatnonzero(codes == EVENT_CODE["pio"])
     pio = ev.iloc[rows]
-    m = (pio["addr"].to_numpy(dtype=np.int64, na_value=-1) == port) & pio["write"].to_numpy(dtype=bool,
-                                                                                               na_value=False)
+    m = (pio["addr"].to_numpy(dtype=np.int64, na_value=-1) == port) & pio["write"].to_numpy(dtype=bool, na_value=False)
     return i64(pio, "ts_ns")[m], i64(pio, "tid")[m]
 
 
@@ -133,15 +139,17 @@ def kernel_notifications(trace: Trace, port: int | None) -> pd.DataFrame:
         return a
 
     none = np.array(None, dtype=object)  # what numpy's stubs accept for a None fill
-    return pd.DataFrame({
-        "vcpu": na(np.array([vcpus.get(int(t), -1) for t in k_tid], dtype=np.int64), np.ones(n, bool), "Int16"),
-        "kick_ns": k_ts,
-        "tid": na(tid, got, "Int32"),
-        "role": np.where(got, info["role"].to_numpy(dtype=object), none),
-        "thread": np.where(got, info["name"].to_numpy(dtype=object), none),
-        "wakeup_ns": na(wake - k_ts, got, "Int64"),
-        "oncpu_ns": na(oncpu - k_ts, oncpu >= 0, "Int64"),
-    })
+    return pd.DataFrame(
+        {
+            "vcpu": na(np.array([vcpus.get(int(t), -1) for t in k_tid], dtype=np.int64), np.ones(n, bool), "Int16"),
+            "kick_ns": k_ts,
+            "tid": na(tid, got, "Int32"),
+            "role": np.where(got, info["role"].to_numpy(dtype=object), none),
+            "thread": np.where(got, info["name"].to_numpy(dtype=object), none),
+            "wakeup_ns": na(wake - k_ts, got, "Int64"),
+            "oncpu_ns": na(oncpu - k_ts, oncpu >= 0, "Int64"),
+        }
+    )
 
 
 def kernel_disk_waits(trace: Trace) -> pd.DataFrame:
@@ -158,9 +166,15 @@ def kernel_disk_waits(trace: Trace) -> pd.DataFrame:
     mine = pd.MultiIndex.from_arrays([i64(off, "tid"), i64(off, "start_ns")]).isin(key)
     off = off[mine & ~np.isin(i64(off, "tid"), vcpus)]
     info = thread_info(trace, i64(off, "tid"))
-    return pd.DataFrame({"tid": off["tid"].to_numpy(dtype=np.int32), "role": info["role"].to_numpy(),
-                         "thread": info["name"].to_numpy(), "start_ns": i64(off, "start_ns"),
-                         "dur_ns": i64(off, "dur_ns")})
+    return pd.DataFrame(
+        {
+            "tid": off["tid"].to_numpy(dtype=np.int32),
+            "role": info["role"].to_numpy(),
+            "thread": info["name"].to_numpy(),
+            "start_ns": i64(off, "start_ns"),
+            "dur_ns": i64(off, "dur_ns"),
+        }
+    )
 
 
 def notification_summary(n: pd.DataFrame) -> pd.DataFrame:
@@ -183,6 +197,12 @@ def disk_wait_summary(d: pd.DataFrame) -> pd.DataFrame:
     """Per role of the I/O threads: threads, uninterruptible sleeps and their percentiles."""
     out = []
     for role, r in d.groupby("role", sort=False):
-        out.append({"role": role, "threads": int(r["tid"].nunique()), "sleeps": len(r),
-                    **quantiles(r["dur_ns"].to_numpy(dtype=np.int64))})
+        out.append(
+            {
+                "role": role,
+                "threads": int(r["tid"].nunique()),
+                "sleeps": len(r),
+                **quantiles(r["dur_ns"].to_numpy(dtype=np.int64)),
+            }
+        )
     return pd.DataFrame(out)

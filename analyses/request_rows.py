@@ -35,8 +35,17 @@ from .request_kernel import kicks, notify_port
 from .runs import vcpu_threads
 from .waits import BQL_NAME, LockWaits, attribute_waits
 
-__all__ = ["PHASES", "BATCH_SPAN", "REQUEST_SPAN", "DISK_SPANS", "IRQ_SPAN", "request_breakdown", "dispatch_spans",
-           "servicing_waits", "lock_events"]
+__all__ = [
+    "PHASES",
+    "BATCH_SPAN",
+    "REQUEST_SPAN",
+    "DISK_SPANS",
+    "IRQ_SPAN",
+    "request_breakdown",
+    "dispatch_spans",
+    "servicing_waits",
+    "lock_events",
+]
 
 #: The partition of a request, in the order reports stack it.
 PHASES: tuple[str, ...] = ("notify", "bql_wait", "queued", "processing", "disk", "lock_wait", "tail", "irq")
@@ -56,8 +65,10 @@ def dispatch_spans(ev: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     their disk I/O overlap (popped together, completed as the disk finishes),
     each begin and end carrying the request's avail ring index."""
     codes = ev["event"].cat.codes.to_numpy()
-    rows = np.flatnonzero(((codes == EVENT_CODE["dispatch_begin"]) | (codes == EVENT_CODE["dispatch_end"]))
-                          & ev["name"].isin(names).to_numpy())
+    rows = np.flatnonzero(
+        ((codes == EVENT_CODE["dispatch_begin"]) | (codes == EVENT_CODE["dispatch_end"]))
+        & ev["name"].isin(names).to_numpy()
+    )
     sub = ev.iloc[rows]
     sub = sub.assign(addr=sub["addr"].fillna(0))
     spans = pair_spans(sub, "dispatch_begin", "dispatch_end", keys=("tid", "name", "addr"))
@@ -65,8 +76,9 @@ def dispatch_spans(ev: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     return spans.sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
 
 
-def _own_disk(disks: pd.DataFrame, r_tid: np.ndarray, r_key: np.ndarray, pop: np.ndarray,
-              push: np.ndarray) -> np.ndarray:
+def _own_disk(
+    disks: pd.DataFrame, r_tid: np.ndarray, r_key: np.ndarray, pop: np.ndarray, push: np.ndarray
+) -> np.ndarray:
     """For each disk span, the request it belongs to (-1: none): same thread
     and avail index, inside the request's pop -> push."""
     if disks.empty or len(r_tid) == 0:
@@ -82,8 +94,13 @@ def _own_disk(disks: pd.DataFrame, r_tid: np.ndarray, r_key: np.ndarray, pop: np
 def lock_events(ev: pd.DataFrame, tids: np.ndarray) -> pd.DataFrame:
     """The lock_begin, lock_acquired and lock_release events of ``tids``."""
     codes = ev["event"].cat.codes.to_numpy()
-    return ev.iloc[np.flatnonzero((codes >= EVENT_CODE["lock_begin"]) & (codes <= EVENT_CODE["lock_release"])
-                                  & np.isin(ev["tid"].to_numpy(), tids))]
+    return ev.iloc[
+        np.flatnonzero(
+            (codes >= EVENT_CODE["lock_begin"])
+            & (codes <= EVENT_CODE["lock_release"])
+            & np.isin(ev["tid"].to_numpy(), tids)
+        )
+    ]
 
 
 def servicing_waits(trace: Trace, tids: np.ndarray, locks: pd.DataFrame) -> LockWaits:
@@ -99,21 +116,45 @@ def _runnable(trace: Trace, tids: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     """Per thread, the disjoint intervals it was runnable but off CPU."""
     off = cache.offcpu_spans(trace)
     off = off[np.isin(i64(off, "tid"), tids)]
-    start = np.where(off["runnable"].to_numpy(dtype=bool), i64(off, "start_ns"),
-                     off["wakeup_ns"].to_numpy(dtype=np.float64, na_value=np.nan))
+    start = np.where(
+        off["runnable"].to_numpy(dtype=bool),
+        i64(off, "start_ns"),
+        off["wakeup_ns"].to_numpy(dtype=np.float64, na_value=np.nan),
+    )
     keep = ~np.isnan(start)
     return i64(off, "tid")[keep], start[keep].astype(np.int64), i64(off, "end_ns")[keep]
 
 
 def _empty_requests() -> pd.DataFrame:
-    cols: dict[str, str] = {"tid": "int32", "role": "object", "thread": "object", "batch": "int64",
-                            "pos": "int64", "kind": "object", "avail_idx": "Int64", "kick_vcpu": "Int16",
-                            "start_ns": "int64", "pickup_ns": "int64", "pop_ns": "int64", "push_ns": "int64",
-                            "irq_start_ns": "int64", "end_ns": "int64"}
+    cols: dict[str, str] = {
+        "tid": "int32",
+        "role": "object",
+        "thread": "object",
+        "batch": "int64",
+        "pos": "int64",
+        "kind": "object",
+        "avail_idx": "Int64",
+        "kick_vcpu": "Int16",
+        "start_ns": "int64",
+        "pickup_ns": "int64",
+        "pop_ns": "int64",
+        "push_ns": "int64",
+        "irq_start_ns": "int64",
+        "end_ns": "int64",
+    }
     cols.update({f"{p}_ns": "int64" for p in PHASES})
-    cols.update({"total_ns": "int64", "bql_held_ns": "int64", "wait_cpu_ns": "int64",
-                 "notify_wakeup_ns": "Int64", "notify_known": "bool", "irq_raised": "bool", "bql_taken": "bool",
-                 "lost": "bool"})
+    cols.update(
+        {
+            "total_ns": "int64",
+            "bql_held_ns": "int64",
+            "wait_cpu_ns": "int64",
+            "notify_wakeup_ns": "Int64",
+            "notify_known": "bool",
+            "irq_raised": "bool",
+            "bql_taken": "bool",
+            "lost": "bool",
+        }
+    )
     return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in cols.items()})
 
 
@@ -183,7 +224,7 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     if has.any():
         acq = h_s[held[has]]
         w = last_match(b_tid[has], acq, q_tid, q_e)
-        ok = (w >= 0)
+        ok = w >= 0
         ok[ok] = (q_e[w[ok]] == acq[ok]) & (q_s[w[ok]] > prev_end[has][ok])
         idx = np.flatnonzero(has)[ok]
         pickup[idx] = q_s[w[ok]]
@@ -191,7 +232,7 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     port, _ = notify_port(trace, batches)
     k_ts, k_tid = kicks(trace, port)
     i = np.searchsorted(k_ts, prev_end, side="right")
-    b_known = (i < len(k_ts))
+    b_known = i < len(k_ts)
     b_known[b_known] = k_ts[i[b_known]] <= b_s[b_known]
     b_kick = np.where(b_known, k_ts[np.clip(i, 0, max(len(k_ts) - 1, 0))] if len(k_ts) else 0, 0)
     b_kick_tid = np.where(b_known, k_tid[np.clip(i, 0, max(len(k_tid) - 1, 0))] if len(k_tid) else -1, -1)
@@ -225,8 +266,13 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     waits = servicing_waits(trace, tids, lwaits)
     # Each phase is the segment between two of the request's time points,
     # less the lock waits inside it (the disk's waits come off processing).
-    seg = {"notify": (t_start, t_pickup), "queued": (t_pickup, t_pop), "processing": (t_pop, t_push),
-           "tail": (t_push, t_irq), "irq": (t_irq, t_end)}
+    seg = {
+        "notify": (t_start, t_pickup),
+        "queued": (t_pickup, t_pop),
+        "processing": (t_pop, t_push),
+        "tail": (t_push, t_irq),
+        "irq": (t_irq, t_end),
+    }
     wq = {phase: waits.within(r_tid, s, e) for phase, (s, e) in seg.items()}
     dwb, dwo = waits.within(d_tid, d_s, d_e)
     disk_waits = np.bincount(d_req, weights=dwb + dwo, minlength=n).astype(np.int64)
@@ -260,24 +306,40 @@ def request_breakdown(trace: Trace) -> pd.DataFrame:
     info = thread_info(trace, r_tid)
     pos = pd.Series(np.arange(n)).groupby(r_batch).cumcount().to_numpy(dtype=np.int64)
     lost = _spans_lost(ev, r_tid, t_start, t_end)
-    out = pd.DataFrame({
-        "tid": r_tid.astype(np.int32),
-        "role": info["role"].to_numpy(),
-        "thread": info["name"].to_numpy(),
-        "batch": r_batch.astype(np.int64),
-        "pos": pos,
-        "kind": kind,
-        "avail_idx": reqs["addr"].astype("Int64").array,
-        "kick_vcpu": kick_vcpu,
-        "start_ns": t_start, "pickup_ns": t_pickup, "pop_ns": t_pop, "push_ns": t_push,
-        "irq_start_ns": t_irq, "end_ns": t_end,
-        "notify_ns": notify, "bql_wait_ns": bql_wait, "queued_ns": queued, "processing_ns": processing,
-        "disk_ns": disk, "lock_wait_ns": lock_wait, "tail_ns": tail, "irq_ns": irq,
-        "total_ns": t_end - t_start,
-        "bql_held_ns": bql_held, "wait_cpu_ns": wait_cpu, "notify_wakeup_ns": wake,
-        "notify_known": known, "irq_raised": irq_raised, "bql_taken": (bql_wait > 0) | (on_path > 0),
-        "lost": lost,
-    })
+    out = pd.DataFrame(
+        {
+            "tid": r_tid.astype(np.int32),
+            "role": info["role"].to_numpy(),
+            "thread": info["name"].to_numpy(),
+            "batch": r_batch.astype(np.int64),
+            "pos": pos,
+            "kind": kind,
+            "avail_idx": reqs["addr"].astype("Int64").array,
+            "kick_vcpu": kick_vcpu,
+            "start_ns": t_start,
+            "pickup_ns": t_pickup,
+            "pop_ns": t_pop,
+            "push_ns": t_push,
+            "irq_start_ns": t_irq,
+            "end_ns": t_end,
+            "notify_ns": notify,
+            "bql_wait_ns": bql_wait,
+            "queued_ns": queued,
+            "processing_ns": processing,
+            "disk_ns": disk,
+            "lock_wait_ns": lock_wait,
+            "tail_ns": tail,
+            "irq_ns": irq,
+            "total_ns": t_end - t_start,
+            "bql_held_ns": bql_held,
+            "wait_cpu_ns": wait_cpu,
+            "notify_wakeup_ns": wake,
+            "notify_known": known,
+            "irq_raised": irq_raised,
+            "bql_taken": (bql_wait > 0) | (on_path > 0),
+            "lost": lost,
+        }
+    )
     for c in [f"{p}_ns" for p in PHASES] + ["total_ns", "bql_held_ns", "wait_cpu_ns"]:
         out[c] = out[c].astype(np.int64)
     return out.sort_values("pop_ns", kind="stable").reset_index(drop=True)

@@ -113,11 +113,20 @@ def _phase_table(rows: pd.DataFrame) -> pd.DataFrame:
         total = float(r["total_ns"].mean()) if len(r) else 0.0
         for p in (*PHASES, "total"):
             v = r[f"{p}_ns"].to_numpy(dtype=np.int64)
-            out.append({"role": role, "phase": p, "requests": len(r), "mean_ns": float(v.mean()) if len(v) else 0.0,
-                        **quantiles(v), "share": (float(v.mean()) / total) if total else float("nan"),
-                        "nonzero": int((v > 0).sum())})
-    return pd.DataFrame(out, columns=["role", "phase", "requests", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "share",
-                                      "nonzero"])
+            out.append(
+                {
+                    "role": role,
+                    "phase": p,
+                    "requests": len(r),
+                    "mean_ns": float(v.mean()) if len(v) else 0.0,
+                    **quantiles(v),
+                    "share": (float(v.mean()) / total) if total else float("nan"),
+                    "nonzero": int((v > 0).sum()),
+                }
+            )
+    return pd.DataFrame(
+        out, columns=["role", "phase", "requests", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "share", "nonzero"]
+    )
 
 
 def _role_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -126,21 +135,25 @@ def _role_table(rows: pd.DataFrame) -> pd.DataFrame:
     > 0), ``irq_raised``, and mean ``bql_held_ns`` / ``wait_cpu_ns``."""
     out = []
     for role, r in rows.groupby("role", sort=False):
-        out.append({
-            "role": role,
-            "threads": ", ".join(sorted({f"{n} [{t}]" for n, t in zip(r["thread"], r["tid"], strict=True)})),
-            "requests": len(r),
-            "batches": int(r["batch"].nunique()),
-            "per_batch": len(r) / max(int(r["batch"].nunique()), 1),
-            "read": int((r["kind"] == "read").sum()), "write": int((r["kind"] == "write").sum()),
-            "flush": int((r["kind"] == "flush").sum()), "other": int((r["kind"] == "other").sum()),
-            "notify_known": int(r["notify_known"].sum()),
-            "bql_taken": int(r["bql_taken"].sum()),
-            "bql_waited": int((r["bql_wait_ns"] > 0).sum()),
-            "irq_raised": int(r["irq_raised"].sum()),
-            "bql_held_mean_ns": float(r["bql_held_ns"].mean()),
-            "wait_cpu_mean_ns": float(r["wait_cpu_ns"].mean()),
-        })
+        out.append(
+            {
+                "role": role,
+                "threads": ", ".join(sorted({f"{n} [{t}]" for n, t in zip(r["thread"], r["tid"], strict=True)})),
+                "requests": len(r),
+                "batches": int(r["batch"].nunique()),
+                "per_batch": len(r) / max(int(r["batch"].nunique()), 1),
+                "read": int((r["kind"] == "read").sum()),
+                "write": int((r["kind"] == "write").sum()),
+                "flush": int((r["kind"] == "flush").sum()),
+                "other": int((r["kind"] == "other").sum()),
+                "notify_known": int(r["notify_known"].sum()),
+                "bql_taken": int(r["bql_taken"].sum()),
+                "bql_waited": int((r["bql_wait_ns"] > 0).sum()),
+                "irq_raised": int(r["irq_raised"].sum()),
+                "bql_held_mean_ns": float(r["bql_held_ns"].mean()),
+                "wait_cpu_mean_ns": float(r["wait_cpu_ns"].mean()),
+            }
+        )
     df = pd.DataFrame(out)
     if len(df):
         df = df.sort_values("role", key=lambda s: s.map(role_rank), kind="stable")
@@ -234,16 +247,28 @@ def request_report(trace: Trace) -> Requests:
         notes += _probe_notes(trace, kept, port)
         if excluded:
             notes.append(f"{excluded:,} requests overlap lost events and are left out of the summaries")
-        return Requests(source="probes", requests=rows, by_role=_role_table(kept), phases=_phase_table(kept),
-                        notify_port=port, port_source=port_src, notifications=kernel_notifications(trace, port),
-                        disk_waits=kernel_disk_waits(trace).iloc[0:0], spans=spans,
-                        lost_events=trace.lost_events, lost_markers=len(windows), excluded_lost=excluded,
-                        tsc_hz=trace.tsc_hz, notes=notes)
+        return Requests(
+            source="probes",
+            requests=rows,
+            by_role=_role_table(kept),
+            phases=_phase_table(kept),
+            notify_port=port,
+            port_source=port_src,
+            notifications=kernel_notifications(trace, port),
+            disk_waits=kernel_disk_waits(trace).iloc[0:0],
+            spans=spans,
+            lost_events=trace.lost_events,
+            lost_markers=len(windows),
+            excluded_lost=excluded,
+            tsc_hz=trace.tsc_hz,
+            notes=notes,
+        )
     port, port_src = notify_port(trace)
     if port is None:
         raise VmtraceError(
             "no virtio-blk requests in this trace: no request probes (virtio-blk-req spans) and no queue-notify "
-            "kicks found (record a run with a virtio-blk disk, e.g. vmtrace bench --bench blk_randread --record)")
+            "kicks found (record a run with a virtio-blk disk, e.g. vmtrace bench --bench blk_randread --record)"
+        )
     notifications = kernel_notifications(trace, port)
     if notifications.empty:
         raise VmtraceError(f"no virtio-blk requests in this trace: no writes to the queue-notify port {port:#x}")
@@ -252,37 +277,59 @@ def request_report(trace: Trace) -> Requests:
         "per-request phases need the VMM's request probes (the reference VMM reports them; this trace has none, "
         "as QEMU has no such events): shown instead is what the kernel events allow -- each kick of the "
         "queue-notify port and the thread its ioeventfd woke, and the threads' uninterruptible sleeps "
-        "(disk I/O) -- which cannot be tied to individual requests")
+        "(disk I/O) -- which cannot be tied to individual requests"
+    )
     notes.append(f"queue-notify port {port:#x}, found from {port_src}")
     if "wakeup" not in present_events(ev):
         notes.append("no sched_wakeup events: the thread each kick woke is unknown")
-    return Requests(source="kernel", requests=rows, by_role=pd.DataFrame(), phases=pd.DataFrame(),
-                    notify_port=port, port_source=port_src, notifications=notifications, disk_waits=disk,
-                    spans=empty_wait_spans(), lost_events=trace.lost_events, lost_markers=len(windows),
-                    excluded_lost=0, tsc_hz=trace.tsc_hz, notes=notes)
+    return Requests(
+        source="kernel",
+        requests=rows,
+        by_role=pd.DataFrame(),
+        phases=pd.DataFrame(),
+        notify_port=port,
+        port_source=port_src,
+        notifications=notifications,
+        disk_waits=disk,
+        spans=empty_wait_spans(),
+        lost_events=trace.lost_events,
+        lost_markers=len(windows),
+        excluded_lost=0,
+        tsc_hz=trace.tsc_hz,
+        notes=notes,
+    )
 
 
 def _probe_notes(trace: Trace, rows: pd.DataFrame, port: int | None) -> list[str]:
     notes = []
     if port is None:
-        notes.append("the queue-notify port is not known, so no kick is: every request starts at its pickup "
-                     "and notify is 0")
+        notes.append(
+            "the queue-notify port is not known, so no kick is: every request starts at its pickup and notify is 0"
+        )
     elif "pio" not in present_events(trace.events):
-        notes.append("no kvm_pio events: the guest's kicks are not in the trace, so notify is 0 and every request "
-                     "starts at its pickup")
+        notes.append(
+            "no kvm_pio events: the guest's kicks are not in the trace, so notify is 0 and every request "
+            "starts at its pickup"
+        )
     unknown = int((~rows["notify_known"]).sum())
     if unknown and port is not None:
         batches = rows.loc[~rows["notify_known"], "batch"].nunique()
-        notes.append(f"{unknown:,} requests ({batches:,} batches) have no kick of their own: the kick that woke "
-                     "their batch came while the previous batch still ran, and may have been that batch's; "
-                     "they start at the pickup, with notify 0")
-    notes.append("a request's publication in the avail ring is not traced (the guest writes memory without an "
-                 "exit): its time starts at the kick that started its batch, an upper bound for requests taken "
-                 "by a running batch, which needed no kick")
+        notes.append(
+            f"{unknown:,} requests ({batches:,} batches) have no kick of their own: the kick that woke "
+            "their batch came while the previous batch still ran, and may have been that batch's; "
+            "they start at the pickup, with notify 0"
+        )
+    notes.append(
+        "a request's publication in the avail ring is not traced (the guest writes memory without an "
+        "exit): its time starts at the kick that started its batch, an upper bound for requests taken "
+        "by a running batch, which needed no kick"
+    )
     if len(rows) and not rows["irq_raised"].any():
-        notes.append("no completion interrupt was raised: the driver asked for none (VRING_AVAIL_F_NO_INTERRUPT: "
-                     "the benchmark guest polls the used ring), so a request completes at its push; tail and irq "
-                     "are 0")
+        notes.append(
+            "no completion interrupt was raised: the driver asked for none (VRING_AVAIL_F_NO_INTERRUPT: "
+            "the benchmark guest polls the used ring), so a request completes at its push; tail and irq "
+            "are 0"
+        )
     return notes
 
 
@@ -295,9 +342,15 @@ def _servicing_spans(trace: Trace, rows: pd.DataFrame) -> pd.DataFrame:
     lock_ev = lock_events(ev, tids)
     lwaits = pair_spans(lock_ev, "lock_begin", "lock_acquired", keys=("tid", "name"))
     w = servicing_waits(trace, tids, lwaits).spans()
-    d = pd.DataFrame({"tid": i64(disks, "tid"), "start_ns": i64(disks, "start_ns"),
-                      "end_ns": i64(disks, "end_ns"), "what": "disk",
-                      "key": disks["addr"].to_numpy(dtype=np.int64) & 0xFFFF})
+    d = pd.DataFrame(
+        {
+            "tid": i64(disks, "tid"),
+            "start_ns": i64(disks, "start_ns"),
+            "end_ns": i64(disks, "end_ns"),
+            "what": "disk",
+            "key": disks["addr"].to_numpy(dtype=np.int64) & 0xFFFF,
+        }
+    )
     w["key"] = -1
     return pd.concat([d, w], ignore_index=True).sort_values(["tid", "start_ns"], kind="stable").reset_index(drop=True)
 
@@ -310,38 +363,79 @@ def request_timeline(result: Requests, first: int = 0, count: int = 60) -> pd.Da
     lock-wait spans inside each request's window, which a chart draws on
     top.  Over one request, the time of each phase equals its ``_ns``
     column."""
-    rows = result.requests.iloc[first:first + count]
+    rows = result.requests.iloc[first : first + count]
     parts = []
-    seg = [("notify", "start_ns", "pickup_ns"), ("queued", "pickup_ns", "pop_ns"),
-           ("processing", "pop_ns", "push_ns")]
+    seg = [("notify", "start_ns", "pickup_ns"), ("queued", "pickup_ns", "pop_ns"), ("processing", "pop_ns", "push_ns")]
     idx = rows.index.to_numpy(dtype=np.int64)
     for phase, a, b in seg:
-        parts.append(pd.DataFrame({"req": idx, "tid": rows["tid"].to_numpy(), "phase": phase,
-                                   "start_ns": rows[a].to_numpy(dtype=np.int64),
-                                   "end_ns": rows[b].to_numpy(dtype=np.int64)}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "req": idx,
+                    "tid": rows["tid"].to_numpy(),
+                    "phase": phase,
+                    "start_ns": rows[a].to_numpy(dtype=np.int64),
+                    "end_ns": rows[b].to_numpy(dtype=np.int64),
+                }
+            )
+        )
     irq_s = rows["irq_start_ns"].to_numpy(dtype=np.int64)
-    parts.append(pd.DataFrame({"req": idx, "tid": rows["tid"].to_numpy(), "phase": "tail",
-                               "start_ns": rows["push_ns"].to_numpy(dtype=np.int64), "end_ns": irq_s}))
-    parts.append(pd.DataFrame({"req": idx, "tid": rows["tid"].to_numpy(), "phase": "irq",
-                               "start_ns": irq_s, "end_ns": rows["end_ns"].to_numpy(dtype=np.int64)}))
+    parts.append(
+        pd.DataFrame(
+            {
+                "req": idx,
+                "tid": rows["tid"].to_numpy(),
+                "phase": "tail",
+                "start_ns": rows["push_ns"].to_numpy(dtype=np.int64),
+                "end_ns": irq_s,
+            }
+        )
+    )
+    parts.append(
+        pd.DataFrame(
+            {
+                "req": idx,
+                "tid": rows["tid"].to_numpy(),
+                "phase": "irq",
+                "start_ns": irq_s,
+                "end_ns": rows["end_ns"].to_numpy(dtype=np.int64),
+            }
+        )
+    )
     sp = result.spans
     if len(sp) and len(rows):
         s_tid = sp["tid"].to_numpy(dtype=np.int64)
         s_s, s_e = sp["start_ns"].to_numpy(dtype=np.int64), sp["end_ns"].to_numpy(dtype=np.int64)
         what = sp["what"].to_numpy(dtype=object)
         key = sp["key"].to_numpy(dtype=np.int64)
-        for r_idx, t, lo, hi, avail in zip(idx, rows["tid"].to_numpy(dtype=np.int64),
-                                           rows["start_ns"].to_numpy(dtype=np.int64),
-                                           rows["end_ns"].to_numpy(dtype=np.int64),
-                                           rows["avail_idx"].to_numpy(dtype=np.int64, na_value=-2), strict=True):
+        for r_idx, t, lo, hi, avail in zip(
+            idx,
+            rows["tid"].to_numpy(dtype=np.int64),
+            rows["start_ns"].to_numpy(dtype=np.int64),
+            rows["end_ns"].to_numpy(dtype=np.int64),
+            rows["avail_idx"].to_numpy(dtype=np.int64, na_value=-2),
+            strict=True,
+        ):
             m = (s_tid == t) & (s_e > lo) & (s_s < hi)
             # Another request's disk I/O inside this one's window is that
             # request's: only this request's own disk spans are its disk phase.
             m &= (what != "disk") | (key == (avail & 0xFFFF))
             if m.any():
-                parts.append(pd.DataFrame({"req": r_idx, "tid": t, "phase": what[m],
-                                           "start_ns": np.maximum(s_s[m], lo), "end_ns": np.minimum(s_e[m], hi)}))
-    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["req", "tid", "phase", "start_ns", "end_ns"])
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "req": r_idx,
+                            "tid": t,
+                            "phase": what[m],
+                            "start_ns": np.maximum(s_s[m], lo),
+                            "end_ns": np.minimum(s_e[m], hi),
+                        }
+                    )
+                )
+    out = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["req", "tid", "phase", "start_ns", "end_ns"])
+    )
     out = out[out["end_ns"] > out["start_ns"]]
     return out.reset_index(drop=True)

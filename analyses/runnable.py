@@ -64,9 +64,14 @@ def _union(key: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, n
     return key[first], s[first], run_end[last]
 
 
-def intersect_by_thread(a_tid: np.ndarray, a_s: np.ndarray, a_e: np.ndarray,
-                        b_tid: np.ndarray, b_s: np.ndarray, b_e: np.ndarray,
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def intersect_by_thread(
+    a_tid: np.ndarray,
+    a_s: np.ndarray,
+    a_e: np.ndarray,
+    b_tid: np.ndarray,
+    b_s: np.ndarray,
+    b_e: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The intersection of two sets of per-thread spans, as (``tid``,
     ``start_ns``, ``end_ns``) int64 arrays of disjoint, non-empty spans.
     ``a`` must be disjoint within a thread (it is the small set: the waits

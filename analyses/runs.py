@@ -139,8 +139,9 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     else:
         rank = rank_in(sorted_tids, tid_all[sel])
         keep = np.flatnonzero(rank >= 0)
-        order = keep[np.argsort(rank[keep].astype(np.int16) if len(sorted_tids) < 1 << 15 else rank[keep],
-                                kind="stable")]
+        order = keep[
+            np.argsort(rank[keep].astype(np.int16) if len(sorted_tids) < 1 << 15 else rank[keep], kind="stable")
+        ]
         thr = rank[order]
         sel = sel[order]
         del rank, order
@@ -149,8 +150,10 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     n_ev = len(sel)
     # Positions of each kind, in thread-then-time order: everything below
     # touches these subsets, not the whole selection.
-    pos_of = {name: np.flatnonzero(code == EVENT_CODE[name])
-              for name in ("run_enter", "run_exit", "userspace_exit", "kvm_entry", "kvm_exit")}
+    pos_of = {
+        name: np.flatnonzero(code == EVENT_CODE[name])
+        for name in ("run_enter", "run_exit", "userspace_exit", "kvm_entry", "kvm_exit")
+    }
     dec_all = np.flatnonzero((code >= EVENT_CODE["pio"]) & (code <= EVENT_CODE["msr"]))
 
     enter_pos = pos_of["run_enter"]
@@ -208,12 +211,7 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     # (PVM here) trace it at decode time with the data still 0.  Which one
     # this trace shows is read off the data: completions name the previous
     # exit's port, and must not be taken for this exit's decode.
-    candidate = (
-        ~dec_write
-        & (dec_p == first_dec[gd])
-        & np.isin(prev_reason[gd], (2, 6))
-        & (dec_p < first_kexit[gd])
-    )
+    candidate = ~dec_write & (dec_p == first_dec[gd]) & np.isin(prev_reason[gd], (2, 6)) & (dec_p < first_kexit[gd])
     completions_traced = bool(candidate.any()) and float(np.mean(dec_value[candidate] != 0)) > 0.5
     completion = candidate if completions_traced else np.zeros(len(dec_p), dtype=bool)
 
@@ -245,8 +243,11 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
     t_enter = ts[enter_pos]
     t_next = ts[np.minimum(next_pos, max(n_ev - 1, 0))] if n_ev else t_enter
     t_exit = np.where(has_exit, ts[np.maximum(exit_pos, 0)], t_next) if n_ev else t_enter
-    t_dec = np.where(has_dec, ts[np.maximum(decode, 0)],
-                     np.where(has_reason, ts[np.maximum(uexit, 0)], t_exit)) if n_ev else t_enter
+    t_dec = (
+        np.where(has_dec, ts[np.maximum(decode, 0)], np.where(has_reason, ts[np.maximum(uexit, 0)], t_exit))
+        if n_ev
+        else t_enter
+    )
 
     # Exit kind: a decode's event name, else the reason's name.
     keep_c = np.flatnonzero(closed)
@@ -297,8 +298,9 @@ def run_cycles(trace: Trace, tids: dict[int, int] | None = None) -> RunCycles:
         },
         copy=False,
     )
-    cycles["lost"] = thread_spans_lost(ev, cycles["tid"].to_numpy(), cycles["start_ns"].to_numpy(),
-                                        cycles["end_ns"].to_numpy())
+    cycles["lost"] = thread_spans_lost(
+        ev, cycles["tid"].to_numpy(), cycles["start_ns"].to_numpy(), cycles["end_ns"].to_numpy()
+    )
 
     # Decode roles, with cycle numbers renumbered to rows of ``cycles``.
     row_of = np.full(n_all, -1, dtype=np.int64)

@@ -60,7 +60,15 @@ __all__ = ["STATES", "SCHED", "STATE_GROUP", "timeline", "display_state", "state
 
 #: Thread states, in the order reports stack and colour them.
 STATES: tuple[str, ...] = (
-    "guest", "vmexit", "emulator", "dispatch", "device", "bql_wait", "lock_wait", "running", "unattributed",
+    "guest",
+    "vmexit",
+    "emulator",
+    "dispatch",
+    "device",
+    "bql_wait",
+    "lock_wait",
+    "running",
+    "unattributed",
 )
 #: Scheduler state of a span: on a CPU, off it but runnable (waiting for a
 #: CPU: oversubscription), or off it and blocked (sleeping: a lock, I/O ...).
@@ -111,9 +119,7 @@ def _exit_labels(exits: pd.DataFrame, details: _Details) -> np.ndarray:
     if exits.empty:
         return np.zeros(0, dtype=np.int64)
     addr = exits["addr"].astype("Float64")
-    direction = exits["write"].map({True: " write", False: " read"}).astype(object).where(
-        exits["write"].notna(), ""
-    )
+    direction = exits["write"].map({True: " write", False: " read"}).astype(object).where(exits["write"].notna(), "")
     hexa = pd.Series("", index=exits.index, dtype=object)
     has = addr.notna().to_numpy()
     # Formatting runs once per distinct address, not once per exit.
@@ -197,23 +203,29 @@ def _paint(
     keep = state >= 0
     seg_s, seg_e, state, detail, sched, exit_row = (a[keep] for a in (seg_s, seg_e, state, detail, sched, exit_row))
     if len(seg_s) == 0:
-        return pd.DataFrame({"start_ns": seg_s, "end_ns": seg_e, "state": state, "detail": detail,
-                             "sched": sched, "exit": exit_row})
+        return pd.DataFrame(
+            {"start_ns": seg_s, "end_ns": seg_e, "state": state, "detail": detail, "sched": sched, "exit": exit_row}
+        )
     new = np.ones(len(seg_s), dtype=bool)
     new[1:] = (
-        (seg_s[1:] != seg_e[:-1]) | (state[1:] != state[:-1]) | (detail[1:] != detail[:-1])
-        | (sched[1:] != sched[:-1]) | (exit_row[1:] != exit_row[:-1])
+        (seg_s[1:] != seg_e[:-1])
+        | (state[1:] != state[:-1])
+        | (detail[1:] != detail[:-1])
+        | (sched[1:] != sched[:-1])
+        | (exit_row[1:] != exit_row[:-1])
     )
     first = np.flatnonzero(new)
     last = np.concatenate((first[1:] - 1, [len(seg_s) - 1]))
-    return pd.DataFrame({
-        "start_ns": seg_s[first],
-        "end_ns": seg_e[last],
-        "state": state[first],
-        "detail": detail[first],
-        "sched": sched[first],
-        "exit": exit_row[first],
-    })
+    return pd.DataFrame(
+        {
+            "start_ns": seg_s[first],
+            "end_ns": seg_e[last],
+            "state": state[first],
+            "detail": detail[first],
+            "sched": sched[first],
+            "exit": exit_row[first],
+        }
+    )
 
 
 def _wait_layers(rule: LockWaits, names: dict[int, str], details: _Details) -> list[Layer]:
@@ -226,8 +238,10 @@ def _wait_layers(rule: LockWaits, names: dict[int, str], details: _Details) -> l
     lock_detail = details.codes(lock_name)
     w_s, w_e, w_addr = rule.wait_start, rule.wait_end, rule.wait_addr
     w_text = pd.Series(w_addr).map(
-        {int(a): (f"{names[int(a)]} (futex {int(a):#x})" if int(a) in names else f"futex {int(a):#x}")
-         for a in np.unique(w_addr)}
+        {
+            int(a): (f"{names[int(a)]} (futex {int(a):#x})" if int(a) in names else f"futex {int(a):#x}")
+            for a in np.unique(w_addr)
+        }
     )
     w_detail = details.codes(w_text) if len(w_addr) else np.zeros(0, dtype=np.int64)
 
@@ -297,16 +311,23 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
     extent = own.groupby("tid", sort=True)["ts_ns"].agg(["min", "max"])
 
     seg = bql_holder_segments(trace)
-    seg_label = np.where(seg["holder"].to_numpy() >= 0,
-                         seg["activity"].astype(str) + " [" + seg["holder"].astype(str) + "]",
-                         seg["activity"].astype(str)) if len(seg) else np.zeros(0, dtype=object)
+    seg_label = (
+        np.where(
+            seg["holder"].to_numpy() >= 0,
+            seg["activity"].astype(str) + " [" + seg["holder"].astype(str) + "]",
+            seg["activity"].astype(str),
+        )
+        if len(seg)
+        else np.zeros(0, dtype=object)
+    )
     holders = _Details()
     seg_code = holders.codes(pd.Series(seg_label, dtype=object))
     seg_tid = seg["tid"].to_numpy(dtype=np.int64)
 
     frames = []
-    for tid, lo, hi in zip(extent.index.to_numpy(dtype=np.int64).tolist(), extent["min"].tolist(),
-                           extent["max"].tolist(), strict=True):
+    for tid, lo, hi in zip(
+        extent.index.to_numpy(dtype=np.int64).tolist(), extent["min"].tolist(), extent["max"].tolist(), strict=True
+    ):
         if hi <= lo:
             continue
         t_dev = devices[devices["tid"] == tid]
@@ -331,8 +352,12 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
             exit_iv = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
         frame = _paint(int(lo), int(hi), layers, off, exit_iv)
         mine_seg = seg_tid == tid
-        frame = _with_holders(frame, seg["start_ns"].to_numpy(dtype=np.int64)[mine_seg],
-                              seg["end_ns"].to_numpy(dtype=np.int64)[mine_seg], seg_code[mine_seg])
+        frame = _with_holders(
+            frame,
+            seg["start_ns"].to_numpy(dtype=np.int64)[mine_seg],
+            seg["end_ns"].to_numpy(dtype=np.int64)[mine_seg],
+            seg_code[mine_seg],
+        )
         frame.insert(0, "tid", np.int32(tid))
         frames.append(frame)
 
@@ -342,9 +367,13 @@ def timeline(trace: Trace, exits: pd.DataFrame | None = None) -> pd.DataFrame:
     else:
         out = pd.concat(frames, ignore_index=True)
     out["state"] = pd.Categorical.from_codes(out["state"].to_numpy(dtype=np.int64), categories=pd.Index(list(STATES)))
-    out["detail"] = pd.Categorical.from_codes(out["detail"].to_numpy(dtype=np.int64), categories=pd.Index(details.names))
+    out["detail"] = pd.Categorical.from_codes(
+        out["detail"].to_numpy(dtype=np.int64), categories=pd.Index(details.names)
+    )
     out["sched"] = pd.Categorical.from_codes(out["sched"].to_numpy(dtype=np.int64), categories=pd.Index(list(SCHED)))
-    out["holder"] = pd.Categorical.from_codes(out["holder"].to_numpy(dtype=np.int64), categories=pd.Index(holders.names))
+    out["holder"] = pd.Categorical.from_codes(
+        out["holder"].to_numpy(dtype=np.int64), categories=pd.Index(holders.names)
+    )
     return out[cols]
 
 
@@ -405,9 +434,12 @@ def _vcpu_layers(
     has_g = guest > 0
     layers = [
         _layer(t_exit, t_next, _S["dispatch"], label),
-        _layer(np.concatenate((t_enter, t_dec)), np.concatenate((t_dec, t_exit)),
-               np.concatenate((np.full(len(ex), _S["vmexit"]), np.full(len(ex), _S["emulator"]))),
-               np.concatenate((label, label))),
+        _layer(
+            np.concatenate((t_enter, t_dec)),
+            np.concatenate((t_dec, t_exit)),
+            np.concatenate((np.full(len(ex), _S["vmexit"]), np.full(len(ex), _S["emulator"]))),
+            np.concatenate((label, label)),
+        ),
         _layer(g_start[has_g], g_end[has_g], _S["guest"], label[has_g]),
     ]
     return layers, (t_enter, t_next, rows.astype(np.int64))

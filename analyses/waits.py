@@ -91,9 +91,18 @@ class LockWaits:
         lk = self.lock_tid == tid
         wt = self.wait_tid == tid
         return LockWaits(
-            self.lock_tid[lk], self.lock_start[lk], self.lock_end[lk], self.lock_name[lk], self.lock_bql[lk],
-            self.wait_tid[wt], self.wait_start[wt], self.wait_end[wt], self.wait_addr[wt],
-            self.wait_in_lock[wt], self.wait_on_bql[wt], self.wait_nested[wt],
+            self.lock_tid[lk],
+            self.lock_start[lk],
+            self.lock_end[lk],
+            self.lock_name[lk],
+            self.lock_bql[lk],
+            self.wait_tid[wt],
+            self.wait_start[wt],
+            self.wait_end[wt],
+            self.wait_addr[wt],
+            self.wait_in_lock[wt],
+            self.wait_on_bql[wt],
+            self.wait_nested[wt],
         )
 
     def signed(self) -> tuple[list[SignedSpans], list[SignedSpans]]:
@@ -133,20 +142,26 @@ class LockWaits:
 
 def empty_wait_spans() -> pd.DataFrame:
     """``LockWaits.spans`` with no rows."""
-    return pd.DataFrame({"tid": pd.Series([], dtype="int64"), "start_ns": pd.Series([], dtype="int64"),
-                         "end_ns": pd.Series([], dtype="int64"), "what": pd.Series([], dtype=object)})
+    return pd.DataFrame(
+        {
+            "tid": pd.Series([], dtype="int64"),
+            "start_ns": pd.Series([], dtype="int64"),
+            "end_ns": pd.Series([], dtype="int64"),
+            "what": pd.Series([], dtype=object),
+        }
+    )
 
 
-def attribute_waits(locks: pd.DataFrame, waits: pd.DataFrame, bql_word: int | None,
-                    futex_names: dict[int, str]) -> LockWaits:
+def attribute_waits(
+    locks: pd.DataFrame, waits: pd.DataFrame, bql_word: int | None, futex_names: dict[int, str]
+) -> LockWaits:
     """Apply the rule to ``locks`` (``pair_spans`` of lock_begin ->
     lock_acquired per ``tid`` and ``name``) and ``waits`` (``futex_waits``),
     given the BQL's futex word (None when unknown) and the target's named
     words (``Trace.futex_names``)."""
     l_tid, l_s, l_e = i64(locks, "tid"), i64(locks, "start_ns"), i64(locks, "end_ns")
     # Compared as a category, not as strings: one test per distinct name.
-    l_bql = (locks["name"] == BQL_NAME).to_numpy(dtype=bool, na_value=False) if len(locks) \
-        else np.zeros(0, dtype=bool)
+    l_bql = (locks["name"] == BQL_NAME).to_numpy(dtype=bool, na_value=False) if len(locks) else np.zeros(0, dtype=bool)
     l_name = locks["name"].to_numpy(dtype=object) if len(locks) else np.zeros(0, dtype=object)
     w_tid, w_s, w_e = i64(waits, "tid"), i64(waits, "start_ns"), i64(waits, "end_ns")
     w_addr = waits["uaddr"].to_numpy(dtype=np.uint64, na_value=0)
@@ -160,5 +175,10 @@ def attribute_waits(locks: pd.DataFrame, waits: pd.DataFrame, bql_word: int | No
 
 def trace_lock_waits(trace: Trace) -> LockWaits:
     """``attribute_waits`` over every thread of ``trace``, once per trace."""
-    return cache.cached(trace, "lock_waits", lambda: attribute_waits(
-        cache.lock_spans(trace), cache.futex_waits(trace), trace.bql().get("futex_uaddr"), trace.futex_names()))
+    return cache.cached(
+        trace,
+        "lock_waits",
+        lambda: attribute_waits(
+            cache.lock_spans(trace), cache.futex_waits(trace), trace.bql().get("futex_uaddr"), trace.futex_names()
+        ),
+    )

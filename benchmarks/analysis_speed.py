@@ -47,29 +47,36 @@ def _child(analysis: str, path: str, tuned: bool) -> None:
         from vmtrace.alloc import tune_for_large_arrays
 
         tune_for_large_arrays()
-    from vmtrace.analyses.breakdown import bql_breakdown
+    from vmtrace.analyses.breakdown import bql_breakdown, exit_breakdown
     from vmtrace.analyses.exits import exit_stats
     from vmtrace.analyses.locks import lock_report
     from vmtrace.analyses.offcpu import offcpu_report
     from vmtrace.trace import read_trace
 
-    from vmtrace.analyses.breakdown import exit_breakdown
-
-    run = {"partition": exit_breakdown, "breakdown": lambda t: bql_breakdown(t, timed_loop=False),
-           "exits": exit_stats, "locks": lock_report, "offcpu": offcpu_report}[analysis]
+    run = {
+        "partition": exit_breakdown,
+        "breakdown": lambda t: bql_breakdown(t, timed_loop=False),
+        "exits": exit_stats,
+        "locks": lock_report,
+        "offcpu": offcpu_report,
+    }[analysis]
     t0 = time.perf_counter()
     trace = read_trace(path)
     t1 = time.perf_counter()
     c1 = time.process_time()
     run(trace)
     t2 = time.perf_counter()
-    print(json.dumps({
-        "events": len(trace.events),
-        "read_s": t1 - t0,
-        "analysis_s": t2 - t1,
-        "cpu_s": time.process_time() - c1,
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }))
+    print(
+        json.dumps(
+            {
+                "events": len(trace.events),
+                "read_s": t1 - t0,
+                "analysis_s": t2 - t1,
+                "cpu_s": time.process_time() - c1,
+                "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def _make_trace(n_events: int, path: Path) -> None:
@@ -103,8 +110,13 @@ def _rows_of(x: object, synthetic: type) -> list:
 
 
 def _run_child(analysis: str, path: Path, tuned: bool) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", analysis, str(path), "tuned" if tuned else "defaults"],
-                         capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", analysis, str(path), "tuned" if tuned else "defaults"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,8 +132,29 @@ def _perf_data(n_events: int, workdir: Path) -> tuple[Path, int] | None:
     loops = max(n_events // 2, 1000)
     count = 0
     for _ in range(4):
-        subprocess.run(["perf", "record", "-q", "-m", "64M", "-e", "sched:sched_switch", "-a", "-o", str(path),
-                        "--", "perf", "bench", "sched", "pipe", "-l", str(loops)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "perf",
+                "record",
+                "-q",
+                "-m",
+                "64M",
+                "-e",
+                "sched:sched_switch",
+                "-a",
+                "-o",
+                str(path),
+                "--",
+                "perf",
+                "bench",
+                "sched",
+                "pipe",
+                "-l",
+                str(loops),
+            ],
+            check=True,
+            capture_output=True,
+        )
         out = subprocess.run(["perf", "script", "-i", str(path), "-F", "event"], check=True, capture_output=True)
         count = out.stdout.count(b"\n")
         if count >= 0.9 * n_events:
@@ -135,8 +168,9 @@ def _time_perf_script(path: Path, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        subprocess.run(["perf", "script", "-i", str(path)], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["perf", "script", "-i", str(path)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -150,8 +184,9 @@ def main() -> None:
     ap.add_argument("--analyses", default=",".join(ANALYSES), help="comma-separated, or none (perf only)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/vmtrace-analysis-speed"))
     ap.add_argument("--no-perf", action="store_true", help="skip the perf script comparison")
-    ap.add_argument("--defaults", action="store_true",
-                    help="also run each analysis with the process's default allocator settings")
+    ap.add_argument(
+        "--defaults", action="store_true", help="also run each analysis with the process's default allocator settings"
+    )
     args = ap.parse_args()
     if args.child:
         _child(args.child[0], args.child[1], args.child[2] == "tuned")
@@ -162,8 +197,10 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     perf_ok = not args.no_perf and shutil.which("perf") is not None and os.geteuid() == 0
-    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; fastest of {args.repeat} cold runs, "
-          "each in a fresh process")
+    print(
+        f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; fastest of {args.repeat} cold runs, "
+        "each in a fresh process"
+    )
     print(f"{'what':<26}{'events':>12}{'read s':>9}{'analysis s':>12}{'cpu s':>8}{'M events/s':>12}{'peak MB':>10}")
     for n in sizes:
         path = args.workdir / f"synthetic-{n}.vmtrace"
@@ -176,13 +213,17 @@ def main() -> None:
                 best = min(runs, key=lambda r: r["analysis_s"])
                 peak = max(r["maxrss_mb"] for r in runs)
                 label = analysis + ("" if tuned else " (defaults)")
-                print(f"{label:<26}{best['events']:>12,}{best['read_s']:>9.2f}{best['analysis_s']:>12.2f}"
-                      f"{best['cpu_s']:>8.2f}{best['events'] / best['analysis_s'] / 1e6:>12.2f}{peak:>10,.0f}")
+                print(
+                    f"{label:<26}{best['events']:>12,}{best['read_s']:>9.2f}{best['analysis_s']:>12.2f}"
+                    f"{best['cpu_s']:>8.2f}{best['events'] / best['analysis_s'] / 1e6:>12.2f}{peak:>10,.0f}"
+                )
         if perf_ok:
             data, count = _perf_data(n, args.workdir)
             secs = _time_perf_script(data, args.repeat)
-            print(f"{'perf script (sched_switch)':<26}{count:>12,}{'':>9}{secs:>12.2f}{'':>8}{count / secs / 1e6:>12.2f}"
-                  f"{'':>10}")
+            print(
+                f"{'perf script (sched_switch)':<26}{count:>12,}{'':>9}{secs:>12.2f}{'':>8}{count / secs / 1e6:>12.2f}"
+                f"{'':>10}"
+            )
     if not perf_ok and not args.no_perf:
         print("perf script skipped: needs perf (apt-get install linux-perf) and root")
 

@@ -39,7 +39,7 @@ from vmtrace.errors import VmtraceError
 from vmtrace.interpreter import resolve_python
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_args import positive_ints  # noqa: E402  (a sibling script)
+from cli_args import positive_ints
 
 CONFIGS = {
     ("qemu", "bql"): "QEMU main loop (BQL)",
@@ -60,8 +60,11 @@ def main() -> None:
     ap.add_argument("--vcpus", default="1,2,4")
     ap.add_argument("--qd", default="1,16", help="queue depths (requests in flight per vCPU)")
     ap.add_argument("--vmm", default="qemu,reference")
-    ap.add_argument("--bench", default="blk_randread,blk_mixed",
-                    help="comma-separated: blk_randread or blk_randwrite (at --vcpus), blk_mixed (at --mixed-vcpus)")
+    ap.add_argument(
+        "--bench",
+        default="blk_randread,blk_mixed",
+        help="comma-separated: blk_randread or blk_randwrite (at --vcpus), blk_mixed (at --mixed-vcpus)",
+    )
     ap.add_argument("--mixed-vcpus", default="4", help="vCPU counts of the blk_mixed rows (half read, half hammer)")
     ap.add_argument("--python", default=None, help="the reference VMM's interpreter: ft (default), gil or a path")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
@@ -70,7 +73,9 @@ def main() -> None:
         sys.exit("blk_dataplane: error: --rounds and --iterations must be at least 1")
     benches = [b.strip() for b in args.bench.split(",") if b.strip()]
     if not benches or set(benches) - {"blk_randread", "blk_randwrite", "blk_mixed"}:
-        sys.exit(f"blk_dataplane: error: --bench takes blk_randread, blk_randwrite and/or blk_mixed, not {args.bench!r}")
+        sys.exit(
+            f"blk_dataplane: error: --bench takes blk_randread, blk_randwrite and/or blk_mixed, not {args.bench!r}"
+        )
     vcpu_counts, depths = _ints(args.vcpus, "--vcpus"), _ints(args.qd, "--qd")
     mixed_counts = _ints(args.mixed_vcpus, "--mixed-vcpus")
     if "blk_mixed" in benches and min(mixed_counts) < 2:
@@ -102,34 +107,51 @@ def main() -> None:
                         continue
                     key = (bench, vmm, mode, vcpus, qd)
                     try:
-                        res = run_bench(vmm, bench, vcpus, args.iterations, queue_depth=qd, blk=mode, disk=disk,
-                                        timeout_s=args.timeout, python=interp.path if vmm == "reference" and interp
-                                        else None)
+                        res = run_bench(
+                            vmm,
+                            bench,
+                            vcpus,
+                            args.iterations,
+                            queue_depth=qd,
+                            blk=mode,
+                            disk=disk,
+                            timeout_s=args.timeout,
+                            python=interp.path if vmm == "reference" and interp else None,
+                        )
                     except VmtraceError as err:
                         failed[(vmm, mode)] = f"{vmm} {mode} {bench} {vcpus} vCPU qd {qd}: {err}"
-                        print(f"# round {rnd} {CONFIGS[(vmm, mode)]}, {bench} {vcpus} vCPU, qd {qd}: not available",
-                              file=sys.stderr)
+                        print(
+                            f"# round {rnd} {CONFIGS[(vmm, mode)]}, {bench} {vcpus} vCPU, qd {qd}: not available",
+                            file=sys.stderr,
+                        )
                         continue
                     iops.setdefault(key, []).append(res.iops or 0.0)
                     cpr.setdefault(key, []).append(res.cycles_per_request or 0.0)
                     if res.hammer_cycles_per_op:
                         hammer.setdefault(key, []).append(res.hammer_cycles_per_op)
-                    print(f"# round {rnd} {CONFIGS[(vmm, mode)]}, {bench} {vcpus} vCPU, qd {qd}: "
-                          f"{res.iops:,.0f} IOPS, {res.cycles_per_request:,.0f} cycles/request"
-                          + (f", hammers {res.hammer_cycles_per_op:,.0f} cycles/read" if res.hammer_cycles_per_op
-                             else "")
-                          + (f", {res.errors} errors" if res.errors else ""), file=sys.stderr)
+                    print(
+                        f"# round {rnd} {CONFIGS[(vmm, mode)]}, {bench} {vcpus} vCPU, qd {qd}: "
+                        f"{res.iops:,.0f} IOPS, {res.cycles_per_request:,.0f} cycles/request"
+                        + (f", hammers {res.hammer_cycles_per_op:,.0f} cycles/read" if res.hammer_cycles_per_op else "")
+                        + (f", {res.errors} errors" if res.errors else ""),
+                        file=sys.stderr,
+                    )
 
     width = 34
     # The issue's question: how much more does the IOThread get through than the BQL path?
     ratios = [v for v in dict.fromkeys(vmm for vmm, _ in configs) if {(v, "bql"), (v, "dataplane")} <= set(configs)]
-    print(f"{args.iterations} requests per vCPU (per reader in blk_mixed), 4 KiB, 64 MiB image, median of "
-          f"{args.rounds} round(s); each cell: IOPS (all readers) / TSC cycles per request (mean over readers)"
-          " [/ blk_mixed: the hammers' cycles per PM-timer read]; dataplane/bql: the ratio of the median IOPS")
+    print(
+        f"{args.iterations} requests per vCPU (per reader in blk_mixed), 4 KiB, 64 MiB image, median of "
+        f"{args.rounds} round(s); each cell: IOPS (all readers) / TSC cycles per request (mean over readers)"
+        " [/ blk_mixed: the hammers' cycles per PM-timer read]; dataplane/bql: the ratio of the median IOPS"
+    )
     if interp is not None:
         print(f"reference VMM on {interp.label} ({interp.path})")
-    print(f"{'bench':<13} {'vCPUs':>5} {'qd':>4}  " + "".join(f"{CONFIGS[c]:>{width}}" for c in configs)
-          + "".join(f"{v + ' dataplane/bql':>{width}}" for v in ratios))
+    print(
+        f"{'bench':<13} {'vCPUs':>5} {'qd':>4}  "
+        + "".join(f"{CONFIGS[c]:>{width}}" for c in configs)
+        + "".join(f"{v + ' dataplane/bql':>{width}}" for v in ratios)
+    )
     for bench, vcpus, qd in rows:
         cells = []
         for vmm, mode in configs:
@@ -143,8 +165,11 @@ def main() -> None:
             cells.append(f"{cell:>{width}}")
         for v in ratios:
             bql, dp = iops.get((bench, v, "bql", vcpus, qd)), iops.get((bench, v, "dataplane", vcpus, qd))
-            cell = f"{statistics.median(dp) / statistics.median(bql):.2f}x" if bql and dp and \
-                statistics.median(bql) else "n/a"
+            cell = (
+                f"{statistics.median(dp) / statistics.median(bql):.2f}x"
+                if bql and dp and statistics.median(bql)
+                else "n/a"
+            )
             cells.append(f"{cell:>{width}}")
         print(f"{bench:<13} {vcpus:>5} {qd:>4}  " + "".join(cells))
     for reason in failed.values():

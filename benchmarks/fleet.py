@@ -80,14 +80,27 @@ def _make_trace(index: int, events: int, path: Path) -> int:
     rng = np.random.default_rng(index)
     weights = np.array([4, 1, 1 + index % 4, 1 + index % 3, 1, 1], dtype=float)
     vcpus = 4
-    seqs = {100 + i: rng.choice(len(templates), int(events / per_exit / vcpus), p=weights / weights.sum())
-            for i in range(vcpus)}
+    seqs = {
+        100 + i: rng.choice(len(templates), int(events / per_exit / vcpus), p=weights / weights.sum())
+        for i in range(vcpus)
+    }
     t = replicate(templates, seqs).trace()
     version = ("7.2.22", "8.2.2", "10.0.2")[index % 3]
-    meta = dict(t.meta, host={"hostname": f"host-{index % 50:02d}", "kernel": "6.1.0", "cpus": 64},
-                target={"command": ["qemu-system-x86_64", "-append", "bench=inl_pmtimer"], "pid": 1000 + index,
-                        "vmm": "qemu", "vmm_version": version},
-                backend="bcc", mode="default", kvm_flavour="vmx", start_ns=0, end_ns=10**10)
+    meta = dict(
+        t.meta,
+        host={"hostname": f"host-{index % 50:02d}", "kernel": "6.1.0", "cpus": 64},
+        target={
+            "command": ["qemu-system-x86_64", "-append", "bench=inl_pmtimer"],
+            "pid": 1000 + index,
+            "vmm": "qemu",
+            "vmm_version": version,
+        },
+        backend="bcc",
+        mode="default",
+        kvm_flavour="vmx",
+        start_ns=0,
+        end_ns=10**10,
+    )
     write_trace(path, t.events, meta)
     return len(t.events)
 
@@ -112,8 +125,9 @@ def ensure_traces(workdir: Path, count: int, events: int, distinct: int) -> list
                 if procs[0].returncode:
                     raise SystemExit(f"generating a trace failed (status {procs[0].returncode})")
                 procs.pop(0)
-            procs.append(subprocess.Popen([sys.executable, __file__, "--make", str(i), str(events), str(paths[i])],
-                                          cwd=REPO))
+            procs.append(
+                subprocess.Popen([sys.executable, __file__, "--make", str(i), str(events), str(paths[i])], cwd=REPO)
+            )
         for p in procs:
             if p.wait():
                 raise SystemExit(f"generating a trace failed (status {p.returncode})")
@@ -151,8 +165,12 @@ def _baseline(path: str) -> dict[str, Any]:
         events = len(trace.events)
         bd.append(t1 - t0)
         summ.append(t2 - t0)
-    return {"events": events, "breakdown_s": statistics.median(bd[1:]), "summary_s": statistics.median(summ[1:]),
-            "peak_mb": _peak_mb()}
+    return {
+        "events": events,
+        "breakdown_s": statistics.median(bd[1:]),
+        "summary_s": statistics.median(summ[1:]),
+        "peak_mb": _peak_mb(),
+    }
 
 
 def _run_engine(engine: str, sources: list[str], workers: int) -> dict[str, Any]:
@@ -163,8 +181,9 @@ def _run_engine(engine: str, sources: list[str], workers: int) -> dict[str, Any]
         from distributed import LocalCluster
 
         t0 = time.perf_counter()
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        )
         info["startup_s"] = time.perf_counter() - t0
         try:
             t0 = time.perf_counter()
@@ -174,15 +193,21 @@ def _run_engine(engine: str, sources: list[str], workers: int) -> dict[str, Any]
             cluster.close()
     else:
         t0 = time.perf_counter()
-        rows = run_fleet(sources, scheduler="synchronous" if engine == "serial" else None, workers=workers,
-                         task=measured_task)
+        rows = run_fleet(
+            sources, scheduler="synchronous" if engine == "serial" else None, workers=workers, task=measured_task
+        )
         wall = time.perf_counter() - t0
     peaks: dict[int, float] = {}
     for r in rows:
         peaks[r["_pid"]] = max(peaks.get(r["_pid"], 0.0), r["_peak_mb"])
-    info.update(wall_s=wall, events=int(sum(r["events"] or 0 for r in rows)), traces=len(rows),
-                failed=sum(1 for r in rows if r["error"]), processes=len(peaks),
-                peak_mb=sorted(peaks.values(), reverse=True))
+    info.update(
+        wall_s=wall,
+        events=int(sum(r["events"] or 0 for r in rows)),
+        traces=len(rows),
+        failed=sum(1 for r in rows if r["error"]),
+        processes=len(peaks),
+        peak_mb=sorted(peaks.values(), reverse=True),
+    )
     return info
 
 
@@ -195,8 +220,9 @@ def _child(kind: str, arg: str, workers: int) -> None:
 
 
 def _in_child(kind: str, arg: str, workers: int) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, arg, str(workers)], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, arg, str(workers)], capture_output=True, text=True, cwd=REPO
+    )
     if proc.returncode:
         raise SystemExit(f"{kind} run failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -212,13 +238,20 @@ def main() -> None:
     ap.add_argument("--make", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--traces", type=int, default=200, help="traces in the fleet (default 200)")
     ap.add_argument("--events", type=float, default=1e6, help="events per trace (default 1e6)")
-    ap.add_argument("--distinct", type=int, default=20,
-                    help="traces generated; the rest of --traces are copies of them (default 20)")
+    ap.add_argument(
+        "--distinct",
+        type=int,
+        default=20,
+        help="traces generated; the rest of --traces are copies of them (default 20)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the pool and the cluster (default 2)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: serial, local, cluster")
     ap.add_argument("--generate-only", action="store_true", help="make the traces and stop")
-    ap.add_argument("--workdir", type=Path,
-                    default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmtrace" / "fleet-bench")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmtrace" / "fleet-bench",
+    )
     args = ap.parse_args()
     if args.child:
         _child(args.child[0], args.child[1], int(args.child[2]))
@@ -234,17 +267,21 @@ def main() -> None:
         return
     listing = args.workdir / f"sources-{args.traces}-{int(args.events)}.json"
     listing.write_text(json.dumps([str(p) for p in paths]))
-    print(f"host: {os.cpu_count()} CPUs; {args.traces} traces of ~{int(args.events):,} events "
-          f"({min(args.distinct, args.traces)} distinct, the rest copies); "
-          f"{args.workers} workers; load average (1/5/15 min) at start {_load()}")
+    print(
+        f"host: {os.cpu_count()} CPUs; {args.traces} traces of ~{int(args.events):,} events "
+        f"({min(args.distinct, args.traces)} distinct, the rest copies); "
+        f"{args.workers} workers; load average (1/5/15 min) at start {_load()}"
+    )
     base = _in_child("baseline", str(paths[0]), 1)
     bd_rate = base["events"] / base["breakdown_s"]
     summary_rate = base["events"] / base["summary_s"]
     print(f"{'baseline, one trace':<28}{'s':>8}{'M events/s':>12}")
     print(f"{'  read + breakdown':<28}{base['breakdown_s']:>8.2f}{bd_rate / 1e6:>12.2f}")
     print(f"{'  read + 3 analyses':<28}{base['summary_s']:>8.2f}{summary_rate / 1e6:>12.2f}")
-    print(f"{'engine':<10}{'workers':>8}{'wall s':>9}{'traces/s':>10}{'M ev/s':>9}{'M ev/s/wkr':>12}{'speedup':>9}"
-          f"{'vs bd':>7}{'vs 3an':>8}  {'peak MB per worker':<22}{'load before -> after'}")
+    print(
+        f"{'engine':<10}{'workers':>8}{'wall s':>9}{'traces/s':>10}{'M ev/s':>9}{'M ev/s/wkr':>12}{'speedup':>9}"
+        f"{'vs bd':>7}{'vs 3an':>8}  {'peak MB per worker':<22}{'load before -> after'}"
+    )
     serial_rate = None
     for engine in engines:
         before = _load()
@@ -257,13 +294,18 @@ def main() -> None:
         peaks = ",".join(f"{p:,.0f}" for p in r["peak_mb"])
         extra = f" (cluster start {r['startup_s']:.1f} s, not in wall)" if "startup_s" in r else ""
         failed = f" {r['failed']} FAILED" if r["failed"] else ""
-        print(f"{engine:<10}{n_workers:>8}{r['wall_s']:>9.1f}{r['traces'] / r['wall_s']:>10.2f}{rate / 1e6:>9.2f}"
-              f"{rate / n_workers / 1e6:>12.2f}{speedup:>9}{rate / n_workers / bd_rate:>6.2f}x"
-              f"{rate / n_workers / summary_rate:>7.2f}x  {peaks:<22}"
-              f"{before} -> {_load()}{extra}{failed}", flush=True)
-    print("vs bd: events/s per worker over the single-trace breakdown's (target >= 1); vs 3an: over the "
-          "single-trace read + 3 analyses a row needs (the engine's own overhead); speedup over serial "
-          "(target >= 1.8x at 2 workers)")
+        print(
+            f"{engine:<10}{n_workers:>8}{r['wall_s']:>9.1f}{r['traces'] / r['wall_s']:>10.2f}{rate / 1e6:>9.2f}"
+            f"{rate / n_workers / 1e6:>12.2f}{speedup:>9}{rate / n_workers / bd_rate:>6.2f}x"
+            f"{rate / n_workers / summary_rate:>7.2f}x  {peaks:<22}"
+            f"{before} -> {_load()}{extra}{failed}",
+            flush=True,
+        )
+    print(
+        "vs bd: events/s per worker over the single-trace breakdown's (target >= 1); vs 3an: over the "
+        "single-trace read + 3 analyses a row needs (the engine's own overhead); speedup over serial "
+        "(target >= 1.8x at 2 workers)"
+    )
 
 
 if __name__ == "__main__":

@@ -123,8 +123,12 @@ def build_c(workdir: Path) -> Path:
 
 
 def c_ns_per_exit(exe: Path, exits: int) -> float:
-    out = subprocess.run([str(exe), str(exits), hex(PORT), hex(MEM), str(exe.parent / "guest.bin")],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(exe), str(exits), hex(PORT), hex(MEM), str(exe.parent / "guest.bin")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode != 0:
         raise FloorError(f"C loop failed: {out.stderr.strip()}")
     return float(out.stdout)
@@ -227,8 +231,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exits", type=int, default=200_000, help="timed exits per run")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are shown")
-    ap.add_argument("--vmm", action="store_true",
-                    help="also the reference VMM's own exit path: Python floor and VMM loop on thread CPU time")
+    ap.add_argument(
+        "--vmm",
+        action="store_true",
+        help="also the reference VMM's own exit path: Python floor and VMM loop on thread CPU time",
+    )
     args = ap.parse_args()
     tsc_hz, _ = host.tsc_hz()
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,16 +252,20 @@ def main() -> None:
             sys.exit(f"kvm_floor: error: {err}")
     rows = [("C KVM_RUN loop", statistics.median(c)), ("Python KVM_RUN loop", statistics.median(py))]
     if args.vmm:
-        rows += [("Python loop, CPU time", statistics.median(py_cpu)),
-                 ("reference VMM, CPU time", statistics.median(vmm_cpu))]
+        rows += [
+            ("Python loop, CPU time", statistics.median(py_cpu)),
+            ("reference VMM, CPU time", statistics.median(vmm_cpu)),
+        ]
     for name, ns in rows:
         print(f"{name:24} {ns:8,.0f} ns {ns * tsc_hz / 1e9:10,.0f} cycles per exit")
     if args.vmm:
         # Per round, so that both loops of a pair met the same host; CPU time
         # of the vCPU thread leaves out the time it waited for a CPU.
         above = [(v - p) * tsc_hz / 1e9 for v, p in zip(vmm_cpu, py_cpu, strict=False)]
-        print(f"reference VMM's own work per exit above the Python floor: {statistics.median(above):,.0f} cycles "
-              f"(rounds {min(above):,.0f}-{max(above):,.0f}; target <= 3,000)")
+        print(
+            f"reference VMM's own work per exit above the Python floor: {statistics.median(above):,.0f} cycles "
+            f"(rounds {min(above):,.0f}-{max(above):,.0f}; target <= 3,000)"
+        )
 
 
 if __name__ == "__main__":

@@ -34,14 +34,24 @@ from vmtrace.qemu_versions import available_qemus, resolve_qemu
 from vmtrace.trace import read_trace
 
 TRACEPOINTS = [
-    "syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl", "kvm:kvm_pio", "kvm:kvm_mmio", "kvm:kvm_msr",
-    "kvm:kvm_userspace_exit", "syscalls:sys_enter_futex", "syscalls:sys_exit_futex",
-    "sched:sched_switch", "sched:sched_wakeup",
+    "syscalls:sys_enter_ioctl",
+    "syscalls:sys_exit_ioctl",
+    "kvm:kvm_pio",
+    "kvm:kvm_mmio",
+    "kvm:kvm_msr",
+    "kvm:kvm_userspace_exit",
+    "syscalls:sys_enter_futex",
+    "syscalls:sys_exit_futex",
+    "sched:sched_switch",
+    "sched:sched_wakeup",
 ]
 VMTRACE = [sys.executable, "-m", "vmtrace.cli"]
 #: Foreign tracers: the command each needs and the Debian package that has it.
-TOOLS = {"perf-record": ("perf", "linux-perf"), "trace-cmd": ("trace-cmd", "trace-cmd"),
-         "bpftrace-hist": ("bpftrace", "bpftrace")}
+TOOLS = {
+    "perf-record": ("perf", "linux-perf"),
+    "trace-cmd": ("trace-cmd", "trace-cmd"),
+    "bpftrace-hist": ("bpftrace", "bpftrace"),
+}
 
 
 def ensure_tools(tracers: list[str], install: bool) -> list[str]:
@@ -74,8 +84,19 @@ def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
     if tracer == "vmtrace-callsites":
         return VMTRACE + ["record", "-o", str(out), "--backend", "bcc", "--callsites", "full", "--", *cmd]
     if tracer == "vmtrace-callsites-sampled":
-        return VMTRACE + ["record", "-o", str(out), "--backend", "bcc", "--callsites", "sampled",
-                          "--callsite-duty", "0.1", "--", *cmd]
+        return VMTRACE + [
+            "record",
+            "-o",
+            str(out),
+            "--backend",
+            "bcc",
+            "--callsites",
+            "sampled",
+            "--callsite-duty",
+            "0.1",
+            "--",
+            *cmd,
+        ]
     if tracer == "perf-record":
         ev = [a for tp in TRACEPOINTS for a in ("-e", tp)]
         return ["perf", "record", "-q", "-o", str(out), *ev, "--", *cmd]
@@ -137,8 +158,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--vcpus", default="1,2")
-    ap.add_argument("--tracers", default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,vmtrace-callsites,"
-                    "vmtrace-callsites-sampled,perf-record,trace-cmd,vmtrace-top,vmtrace-aggregate,bpftrace-hist")
+    ap.add_argument(
+        "--tracers",
+        default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,vmtrace-callsites,"
+        "vmtrace-callsites-sampled,perf-record,trace-cmd,vmtrace-top,vmtrace-aggregate,bpftrace-hist",
+    )
     ap.add_argument("--qemu", default=None, help="QEMU versions or paths (default: every installed one of 7.2,10.0)")
     ap.add_argument("--no-install", action="store_true", help="skip missing perf/trace-cmd instead of installing them")
     args = ap.parse_args()
@@ -157,8 +181,11 @@ def main() -> None:
                 for vcpus in map(int, args.vcpus.split(",")):
                     for tracer in tracers:
                         out = Path(tmp) / f"{tracer}-{q.replace('/', '_')}-{vcpus}-{rnd}.data"
-                        cmd = wrap(tracer, out, vmm_command("qemu", "inl_pmtimer", vcpus, args.iterations, image,
-                                                            qemu=binary.path))
+                        cmd = wrap(
+                            tracer,
+                            out,
+                            vmm_command("qemu", "inl_pmtimer", vcpus, args.iterations, image, qemu=binary.path),
+                        )
                         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                         parsed = parse_bench_output(guest_output(tracer, out, proc.stdout))
                         if not parsed["summary"]:
@@ -173,8 +200,11 @@ def main() -> None:
                                 sizes.setdefault((q, tracer), []).append(out.stat().st_size / n)
                         print(f"# round {rnd} QEMU {q} {vcpus} vCPU {tracer}: {results[key][-1]:.0f}", file=sys.stderr)
     print(f"guest-measured cycles per PM-timer read (median of {args.rounds} interleaved rounds)")
-    print(f"{'QEMU':<8}{'tracer':<27}" + "".join(f"{v + ' vCPU':>22}" for v in args.vcpus.split(","))
-          + f"{'bytes/event':>14}")
+    print(
+        f"{'QEMU':<8}{'tracer':<27}"
+        + "".join(f"{v + ' vCPU':>22}" for v in args.vcpus.split(","))
+        + f"{'bytes/event':>14}"
+    )
     for q, binary in binaries.items():
         for tracer in tracers:
             cells = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from vmtrace import probes
 from vmtrace.reference_vmm.bql import BigLock
@@ -96,13 +96,19 @@ def main() -> None:
     empty = cost["empty_call"]
     print(f"{'what':28} {'probes off ns':>14} {'probes on ns':>13} {'on / off':>9}")
     print(f"{'empty call (yardstick)':28} {empty:14.0f}")
-    for key, label in (("probe", "probe called"), ("guarded_probe", "probe behind `if enabled`"),
-                       ("bql_cycle", "BQL lock+unlock (2 sites)"), ("pm_dispatch", "PM-timer read, BQL (3 sites)")):
+    for key, label in (
+        ("probe", "probe called"),
+        ("guarded_probe", "probe behind `if enabled`"),
+        ("bql_cycle", "BQL lock+unlock (2 sites)"),
+        ("pm_dispatch", "PM-timer read, BQL (3 sites)"),
+    ):
         off, on = cost[f"{key}_disabled"], cost[f"{key}_enabled"]
         print(f"{label:28} {off:14.0f} {on:13.0f} {on / off:8.1f}x")
     site = max(cost["guarded_probe_disabled"] - empty, 0.0)
-    print(f"a disabled probe site costs about {site:.0f} ns over an empty call; a PM-timer exit in bql mode "
-          f"passes 3 sites (5 probes when recording): about {3 * site:.0f} ns")
+    print(
+        f"a disabled probe site costs about {site:.0f} ns over an empty call; a PM-timer exit in bql mode "
+        f"passes 3 sites (5 probes when recording): about {3 * site:.0f} ns"
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from rich import box
 from rich.console import Console
@@ -53,13 +52,13 @@ from vmtrace.errors import VmtraceError
 from vmtrace.interpreter import PYTHON_CHOICES, resolve_python
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kvm_floor  # noqa: E402  (sibling scripts)
-from cli_args import positive_ints  # noqa: E402
+import kvm_floor
+from cli_args import positive_ints
 
 BENCHES = ("inl_vmm", "inl_pmtimer")
 REFERENCE_MODES = ("bql", "unlocked")
 QEMU = ("qemu", None, None)
-Config = tuple[str, Optional[str], Optional[str]]  # (vmm, locking, python)
+Config = tuple[str, str | None, str | None]  # (vmm, locking, python)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -96,8 +95,10 @@ def pythons_to_run(text: str) -> list[str]:
     names = _names(text, PYTHON_CHOICES, "--python")
     notes: list[str] = []
     if "ft" in names and resolve_python("ft", notes.append).kind != "free-threaded":
-        print(f"vmm_roundtrip: note: {notes[0] if notes else 'no free-threaded CPython'}; "
-              "its columns are left out", file=sys.stderr)
+        print(
+            f"vmm_roundtrip: note: {notes[0] if notes else 'no free-threaded CPython'}; its columns are left out",
+            file=sys.stderr,
+        )
         names = [n for n in names if n != "ft"] or ["gil"]
     return names
 
@@ -123,7 +124,7 @@ def main() -> None:
     configs: list[Config] = [QEMU] + [("reference", m, p) for p in pythons for m in modes]
 
     # cycles[(bench, vcpus, config)] = one value per round, None where a run failed
-    cycles: dict[tuple, list[Optional[float]]] = {}
+    cycles: dict[tuple, list[float | None]] = {}
     failures: list[str] = []
     load_before = os.getloadavg()[1]  # the 5-minute average: other work on the host skews every number
     floor: dict[str, list[float]] = {"c": [], "python": []}
@@ -141,8 +142,10 @@ def main() -> None:
                 floor["python"].append(kvm_floor.python_ns_per_exit(args.iterations * 10))
             except (kvm_floor.FloorError, OSError) as err:
                 failures.append(f"round {rnd} floor: {err}")
-            print(f"# round {rnd} floor: " + ", ".join(f"{k} {v[-1]:,.0f} ns/exit" for k, v in floor.items() if v),
-                  file=sys.stderr)
+            print(
+                f"# round {rnd} floor: " + ", ".join(f"{k} {v[-1]:,.0f} ns/exit" for k, v in floor.items() if v),
+                file=sys.stderr,
+            )
         for bench in benches:
             for vcpus in vcpu_counts:
                 # Rotate who goes first: a run right after QEMU's (or after a
@@ -152,8 +155,9 @@ def main() -> None:
                     vmm, mode, python = config
                     key = (bench, vcpus, config)
                     try:
-                        res = run_bench(vmm, bench, vcpus, args.iterations, locking=mode, timeout_s=args.timeout,
-                                        python=python)
+                        res = run_bench(
+                            vmm, bench, vcpus, args.iterations, locking=mode, timeout_s=args.timeout, python=python
+                        )
                         value = res.cycles_per_op
                     except VmtraceError as err:
                         failures.append(f"round {rnd} {bench} {vcpus} vCPU {label(config)}: {err}")
@@ -165,8 +169,10 @@ def main() -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    console.print(f"guest-measured TSC cycles per inl, untraced: median of {args.rounds} interleaved round(s), "
-                  f"{args.iterations} reads per vCPU")
+    console.print(
+        f"guest-measured TSC cycles per inl, untraced: median of {args.rounds} interleaved round(s), "
+        f"{args.iterations} reads per vCPU"
+    )
     console.print("ratio = reference median / QEMU median (range of the per-round ratios); target <= 1.00x")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("bench")
@@ -210,23 +216,33 @@ def main() -> None:
             note = f" ({cyc / statistics.median(q1):.2f}x QEMU's inl_vmm at 1 vCPU)" if q1 else ""
             console.print(f"floor, bare KVM_RUN loop in {name}, host-timed: {cyc:,.0f} cycles per exit{note}")
     floor_dir.cleanup()
-    console.print(f"host load average (5 min): {load_before:.2f} before, {os.getloadavg()[1]:.2f} after, "
-                  f"on {os.cpu_count()} CPUs")
+    console.print(
+        f"host load average (5 min): {load_before:.2f} before, {os.getloadavg()[1]:.2f} after, on {os.cpu_count()} CPUs"
+    )
     for failure in failures:
         console.print(f"failed: {failure}")
     if args.json:
-        data = [{"bench": b, "vcpus": v, "vmm": c[0], "locking": c[1], "python": c[2], "cycles_per_op": vals}
-                for (b, v, c), vals in cycles.items()]
+        data = [
+            {"bench": b, "vcpus": v, "vmm": c[0], "locking": c[1], "python": c[2], "cycles_per_op": vals}
+            for (b, v, c), vals in cycles.items()
+        ]
         with open(args.json, "w") as f:
             json.dump({"rounds": args.rounds, "iterations": args.iterations, "runs": data}, f, indent=1)
 
 
-def print_scaling(console: Console, cycles: dict[tuple, list[Optional[float]]], configs: list[Config],
-                  benches: list[str], vcpu_counts: list[int]) -> None:
+def print_scaling(
+    console: Console,
+    cycles: dict[tuple, list[float | None]],
+    configs: list[Config],
+    benches: list[str],
+    vcpu_counts: list[int],
+) -> None:
     """Each configuration's median at n vCPUs over its median at 1 vCPU, with
     the range of the per-round ratios (a round's runs met the same load)."""
-    console.print("cost at n vCPUs / cost at 1 vCPU, same configuration (range of the per-round ratios); "
-                  "target for reference unlocked on the free-threaded interpreter at 2 vCPUs: <= 1.10x")
+    console.print(
+        "cost at n vCPUs / cost at 1 vCPU, same configuration (range of the per-round ratios); "
+        "target for reference unlocked on the free-threaded interpreter at 2 vCPUs: <= 1.10x"
+    )
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("bench")
     table.add_column("vCPUs", justify="right")

@@ -98,8 +98,9 @@ def bcc_available() -> tuple[bool, str]:
     return True, "ok"
 
 
-def _cflags(precise: bool, sched: bool, have: dict[str, bool], ringbuf_pages: int,
-            callsites: bool = False) -> list[str]:
+def _cflags(
+    precise: bool, sched: bool, have: dict[str, bool], ringbuf_pages: int, callsites: bool = False
+) -> list[str]:
     flags = [f"-DEV_{name.upper()}={code}" for code, name in enumerate(EVENT_TYPES)]
     flags += [f"-DEV_COMM={EV_COMM}", f"-DRINGBUF_PAGES={ringbuf_pages}"]
     if have.get("kvm:kvm_entry"):
@@ -155,13 +156,23 @@ def decode_chunks(
     sized = np.isin(kinds, ("pio", "mmio", "dispatch_begin"))
     with_addr = np.isin(
         kinds,
-        ("kvm_exit", "pio", "mmio", "msr", "futex_enter", "lock_begin", "lock_acquired",
-         "lock_release", "dispatch_begin"),
+        (
+            "kvm_exit",
+            "pio",
+            "mmio",
+            "msr",
+            "futex_enter",
+            "lock_begin",
+            "lock_acquired",
+            "lock_release",
+            "dispatch_begin",
+        ),
     )
     # lock_begin keeps its value: the caller's line when call sites were
     # read (collectors.callsites.assign_sites turns it into a site index).
-    with_value = ~np.isin(kinds, ("run_enter", "kvm_entry", "sched_in", "wakeup",
-                                   "lock_acquired", "lock_release", "dispatch_end"))
+    with_value = ~np.isin(
+        kinds, ("run_enter", "kvm_entry", "sched_in", "wakeup", "lock_acquired", "lock_release", "dispatch_end")
+    )
     with_peer = np.isin(kinds, ("sched_out", "sched_in", "wakeup"))
     df = pd.DataFrame(
         {
@@ -225,8 +236,11 @@ class BccCollector(Collector):
         self._uprobes: list[PerfUprobe] = []
         self._roles: list[str] = []  # role of each of _uprobes (qemu.uprobe_plan)
         self._plan: list[UprobeSpec] = []
-        self._sampling = (SamplingWindows(options.callsite_duty, options.callsite_period_s)
-                          if options.callsites == "sampled" else None)
+        self._sampling = (
+            SamplingWindows(options.callsite_duty, options.callsite_period_s)
+            if options.callsites == "sampled"
+            else None
+        )
         self._uprobes_since = 0
         self._uprobes_detached_ns: int | None = None
         self._bql_addr: int | None = None
@@ -254,8 +268,13 @@ class BccCollector(Collector):
             )
         self._pid = pid
         ring_pages = 1 << max(6, (self.options.buffer_pages * 16).bit_length() - 1)
-        flags = _cflags(self.options.precise, self.options.sched, self._have, ring_pages,
-                        callsites=self.options.callsites is not None)
+        flags = _cflags(
+            self.options.precise,
+            self.options.sched,
+            self._have,
+            ring_pages,
+            callsites=self.options.callsites is not None,
+        )
         try:
             self._bpf = BPF(src_file=str(_SOURCE).encode(), cflags=flags)
         except Exception as err:  # bcc raises bare Exception on compile/load errors
@@ -288,9 +307,7 @@ class BccCollector(Collector):
             # the BQL) wait for the first window.
             plan = [p for p in plan if p.identify]
         if not plan:
-            self._notes.append(
-                f"{binary} lacks {', '.join(syms.missing)}: the BQL cannot be identified by uprobes"
-            )
+            self._notes.append(f"{binary} lacks {', '.join(syms.missing)}: the BQL cannot be identified by uprobes")
             return
         self._attach_specs(plan)
         self._uprobes_since = time.monotonic_ns()
@@ -434,8 +451,10 @@ class BccCollector(Collector):
             if self._sampling is not None:
                 self._sampling.closed()
                 meta["callsite_sampling"].update(
-                    duty=self._sampling.duty, period_ns=self._sampling.period_ns,
-                    windows=[w for w in self._sampling.windows if w[1] >= 0])
+                    duty=self._sampling.duty,
+                    period_ns=self._sampling.period_ns,
+                    windows=[w for w in self._sampling.windows if w[1] >= 0],
+                )
         bql = self._bql_addr
         if "addr" in events:
             locked = events["event"].isin(["lock_begin", "lock_acquired", "lock_release"])
@@ -531,7 +550,4 @@ _TP_EVENTS = {
 
 
 def _tracepoint_report(have: dict[str, bool], fired: dict[str, int]) -> dict[str, dict[str, Any]]:
-    return {
-        tp: {"available": bool(have.get(tp)), "fired": int(fired.get(ev, 0))}
-        for tp, ev in _TP_EVENTS.items()
-    }
+    return {tp: {"available": bool(have.get(tp)), "fired": int(fired.get(ev, 0))} for tp, ev in _TP_EVENTS.items()}

@@ -39,7 +39,7 @@ def check_callsites(mode: str | None, duty: float) -> str | None:
 
 
 def site_label(file: str, line: int) -> str:
-    """"softmmu/physmem.c:2748" from QEMU's ``__FILE__`` ("../softmmu/physmem.c"
+    """ "softmmu/physmem.c:2748" from QEMU's ``__FILE__`` ("../softmmu/physmem.c"
     in a meson build, which compiles from a build directory beside the
     source) and line: the spelling ``info sync-profile`` prints."""
     while file.startswith("../") or file.startswith("./"):

@@ -139,8 +139,10 @@ class FtraceCollector(Collector):
         """
         host.require_root("recording with ftrace")
         if self.options.callsites == "sampled":
-            raise HostError("sampled call sites need the bcc backend (--backend bcc); "
-                            "the ftrace backend records them in full (--callsites full)")
+            raise HostError(
+                "sampled call sites need the bcc backend (--backend bcc); "
+                "the ftrace backend records them in full (--callsites full)"
+            )
         if not Path(f"/proc/{pid}").exists():
             raise TargetError(f"process {pid} does not exist (did the target exit before recording started?)")
         self._pid = pid
@@ -304,7 +306,9 @@ class FtraceCollector(Collector):
         if not sel.any():
             return
         formats = {i: self._formats[i] for i in self._identify_ids}
-        dec = decode_records(buf, rec.ts[sel], rec.offset[sel], np.zeros(int(sel.sum()), np.int16), formats, uprobe_rows=False)
+        dec = decode_records(
+            buf, rec.ts[sel], rec.offset[sel], np.zeros(int(sel.sum()), np.int16), formats, uprobe_rows=False
+        )
         if dec.lock_hits is not None:
             self._identify_hits.append(dec.lock_hits)
 
@@ -442,9 +446,16 @@ class FtraceCollector(Collector):
                     gaps[cpu][1].append(rec.gap_count)
                     buf = np.frombuffer(blob, dtype=np.uint8)
                     cpus = np.full(len(rec.ts), cpu, dtype=np.int16)
-                    dec = decode_records(buf, rec.ts, rec.offset, cpus, self._formats, self._bql_addr,
-                                         self.options.precise or self.options.callsites is not None,
-                                         site_files=site_files)
+                    dec = decode_records(
+                        buf,
+                        rec.ts,
+                        rec.offset,
+                        cpus,
+                        self._formats,
+                        self._bql_addr,
+                        self.options.precise or self.options.callsites is not None,
+                        site_files=site_files,
+                    )
                     decoded.append(dec)
                     for k, v in dec.fired.items():
                         fired[k] = fired.get(k, 0) + v
@@ -487,7 +498,9 @@ class FtraceCollector(Collector):
         locks: list[LockIdentity] = []
         if self._bql_fn is not None:
             if self._bql_addr is not None:
-                locks.append(LockIdentity("BQL", self._bql_addr, f"uprobe:qemu_mutex_lock_impl inside {self._bql_fn}", True))
+                locks.append(
+                    LockIdentity("BQL", self._bql_addr, f"uprobe:qemu_mutex_lock_impl inside {self._bql_fn}", True)
+                )
             else:
                 locks.append(LockIdentity("BQL", None, f"uprobe:qemu_mutex_lock_impl inside {self._bql_fn}", False))
         elif any("BQL not identified" in n for n in self._notes):

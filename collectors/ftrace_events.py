@@ -186,14 +186,26 @@ def decode_records(
         elif key == "syscalls:sys_exit_ioctl":
             frames.append(_frame(t, p, c, _RUN_EXIT_CANDIDATE, value=f("ret")))
         elif key == "kvm:kvm_pio":
-            frames.append(_frame(t, p, c, EVENT_CODE["pio"], addr=f("port"), size=f("size"), write=f("rw") != 0, value=f("val")))
+            frames.append(
+                _frame(t, p, c, EVENT_CODE["pio"], addr=f("port"), size=f("size"), write=f("rw") != 0, value=f("val"))
+            )
         elif key == "kvm:kvm_mmio":
             frames.append(
-                _frame(t, p, c, EVENT_CODE["mmio"], addr=f("gpa"), size=f("len"),
-                       write=f("type") == _KVM_TRACE_MMIO_WRITE, value=_as_i64(f("val")))
+                _frame(
+                    t,
+                    p,
+                    c,
+                    EVENT_CODE["mmio"],
+                    addr=f("gpa"),
+                    size=f("len"),
+                    write=f("type") == _KVM_TRACE_MMIO_WRITE,
+                    value=_as_i64(f("val")),
+                )
             )
         elif key == "kvm:kvm_msr":
-            frames.append(_frame(t, p, c, EVENT_CODE["msr"], addr=f("ecx"), write=f("write") != 0, value=_as_i64(f("data"))))
+            frames.append(
+                _frame(t, p, c, EVENT_CODE["msr"], addr=f("ecx"), write=f("write") != 0, value=_as_i64(f("data")))
+            )
         elif key == "kvm:kvm_userspace_exit":
             err = f("errno")
             frames.append(_frame(t, p, c, EVENT_CODE["userspace_exit"], value=np.where(err < 0, err, f("reason"))))
@@ -235,7 +247,9 @@ def decode_records(
                 ids = _site_file_ids(buf, o, fmt.fields["file"].offset, out.site_files)
                 frames.append(_frame(t, p, c, EVENT_CODE[event], addr=ids, value=f("line"), name="BQL"))
             elif event.startswith("lock_"):
-                frames.append(_frame(t, p, c, EVENT_CODE[event], addr=np.full(len(t), bql_addr or 0, dtype=np.uint64), name="BQL"))
+                frames.append(
+                    _frame(t, p, c, EVENT_CODE[event], addr=np.full(len(t), bql_addr or 0, dtype=np.uint64), name="BQL")
+                )
             else:
                 is_write = role.startswith("dispatch_write")
                 write = np.full(len(t), is_write)
@@ -244,8 +258,12 @@ def decode_records(
                 else:
                     size = np.left_shift(1, f("op") & 3)
                     value = _as_i64(f("data")) if is_write else None
-                    frames.append(_frame(t, p, c, EVENT_CODE[event], addr=f("addr"), size=size, write=write, value=value))
-    out.rows = pd.concat(frames, ignore_index=True) if frames else _frame(*(np.zeros(0, dtype=np.int64),) * 3, 0).iloc[:0]
+                    frames.append(
+                        _frame(t, p, c, EVENT_CODE[event], addr=f("addr"), size=size, write=write, value=value)
+                    )
+    out.rows = (
+        pd.concat(frames, ignore_index=True) if frames else _frame(*(np.zeros(0, dtype=np.int64),) * 3, 0).iloc[:0]
+    )
     if hits:
         out.lock_hits = pd.concat(hits, ignore_index=True)
     return out

@@ -100,7 +100,7 @@ def tracepoint_available(tracefs: Path, tracepoint: str) -> bool:
 def available_tracepoints(tracefs: Path | None = None) -> dict[str, bool]:
     tracefs = tracefs or tracefs_path()
     if tracefs is None:
-        return {tp: False for tp in KERNEL_TRACEPOINTS}
+        return dict.fromkeys(KERNEL_TRACEPOINTS, False)
     return {tp: tracepoint_available(tracefs, tp) for tp in KERNEL_TRACEPOINTS}
 
 

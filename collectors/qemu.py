@@ -168,8 +168,7 @@ def uprobe_plan(syms: QemuSymbols, precise: bool, callsites: bool = False) -> li
         return []
     sites = precise or callsites
     plan = [
-        UprobeSpec("bql_lock", syms.bql_lock, identify=True,
-                   fetch="file=+0(%di):string line=%si:s32" if sites else ""),
+        UprobeSpec("bql_lock", syms.bql_lock, identify=True, fetch="file=+0(%di):string line=%si:s32" if sites else ""),
         UprobeSpec("mutex_lock", syms.mutex_lock, fetch="mutex=%di:x64", identify=True),
     ]
     if sites:

@@ -79,9 +79,16 @@ def parse_sync_profile(text: str) -> pd.DataFrame:
         if not m:
             continue
         kind, obj, site, wait_s, count, avg_us = m.groups()
-        rows.append({"type": kind, "object": int(obj, 16), "site": site,
-                     "wait_ns": int(round(float(wait_s) * 1e9)), "count": int(count),
-                     "mean_ns": float(avg_us) * 1e3})
+        rows.append(
+            {
+                "type": kind,
+                "object": int(obj, 16),
+                "site": site,
+                "wait_ns": int(round(float(wait_s) * 1e9)),
+                "count": int(count),
+                "mean_ns": float(avg_us) * 1e3,
+            }
+        )
     return pd.DataFrame(rows, columns=["type", "object", "site", "wait_ns", "count", "mean_ns"])
 
 

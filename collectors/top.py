@@ -188,15 +188,16 @@ class TopProgram:
             tid[i], kind[i], addr[i] = k.tid, k.kind, k.addr
             raw = np.frombuffer(bytes(v), dtype=np.uint8)
             count[i] = raw[:8].view(np.uint64)[0]
-            sums[i] = raw[8:8 + 8 * c].view(np.uint64)
-            hist[i] = raw[8 + 8 * c:8 + 8 * c + 4 * c * b].view(np.uint32).reshape(c, b)
+            sums[i] = raw[8 : 8 + 8 * c].view(np.uint64)
+            hist[i] = raw[8 + 8 * c : 8 + 8 * c + 4 * c * b].view(np.uint32).reshape(c, b)
         words = list(bpf[b"words"].items())
         word = np.array([int(k.value) for k, _v in words], dtype=np.uint64)
         waits = np.array([int(v.waits) for _k, v in words], dtype=np.int64)
         wait_ns = np.array([int(v.ns) for _k, v in words], dtype=np.int64)
         dropped = int(bpf[b"dropped"][ctypes.c_int(0)].value)
-        return KernelCounters(tid, kind, addr, count, sums, hist, word, waits, wait_ns, dropped, now,
-                              self._bql, list(self.notes))
+        return KernelCounters(
+            tid, kind, addr, count, sums, hist, word, waits, wait_ns, dropped, now, self._bql, list(self.notes)
+        )
 
     def detach(self) -> None:
         """Remove every program and probe; idempotent."""

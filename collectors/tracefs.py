@@ -80,7 +80,7 @@ class EventFormat:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "EventFormat":
+    def from_json(cls, obj: dict) -> EventFormat:
         fields = {n: Field(n, v[0], int(v[1]), int(v[2]), bool(v[3])) for n, v in obj["fields"].items()}
         return cls(obj["system"], obj["name"], int(obj["id"]), fields)
 
@@ -313,7 +313,9 @@ def cleanup_stale(tracefs: Path | None = None) -> list[str]:
         if tracefs is None:
             return []
     removed: list[str] = []
-    groups = sorted({g for g, _ in uprobe_names(tracefs) if (m := _GROUP_RE.match(g)) and not _pid_alive(int(m.group(1)))})
+    groups = sorted(
+        {g for g, _ in uprobe_names(tracefs) if (m := _GROUP_RE.match(g)) and not _pid_alive(int(m.group(1)))}
+    )
     for group in groups:
         remove_uprobe_group(tracefs, group)
         removed.append(f"uprobe group {group}")

@@ -130,8 +130,9 @@ class PerfUprobe:
             self.fd = -1
 
 
-def attach_uprobe(prog_fd: int, binary: str, offset: int, symbol: str, is_return: bool = False,
-                  ref_ctr_offset: int = 0) -> PerfUprobe:
+def attach_uprobe(
+    prog_fd: int, binary: str, offset: int, symbol: str, is_return: bool = False, ref_ctr_offset: int = 0
+) -> PerfUprobe:
     """Attach BPF program ``prog_fd`` (type kprobe) to file ``offset`` of
     ``binary`` (every process that maps it).  vmtrace always leaves
     ``ref_ctr_offset`` 0; the tests set it to stand for the probe a bcc 0.26
@@ -160,7 +161,10 @@ def attach_uprobe(prog_fd: int, binary: str, offset: int, symbol: str, is_return
             raise HostError(uprobe_einval_hint(binary, symbol))
         raise HostError(f"perf_event_open of a uprobe on {symbol} in {binary} failed: {os.strerror(err)}")
     probe = PerfUprobe(int(fd), binary, symbol, is_return)
-    for request, arg, what in ((_IOC_SET_BPF, prog_fd, "PERF_EVENT_IOC_SET_BPF"), (_IOC_ENABLE, 0, "PERF_EVENT_IOC_ENABLE")):
+    for request, arg, what in (
+        (_IOC_SET_BPF, prog_fd, "PERF_EVENT_IOC_SET_BPF"),
+        (_IOC_ENABLE, 0, "PERF_EVENT_IOC_ENABLE"),
+    ):
         if _libc.ioctl(probe.fd, request, ctypes.c_int(arg)) != 0:
             err = ctypes.get_errno()
             probe.close()

@@ -26,7 +26,7 @@ import ctypes
 import errno
 import os
 import stat
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .linux_aio import IOCB_CMD_PREADV, IOCB_CMD_PWRITEV, LinuxAio
 
@@ -74,7 +74,7 @@ class BlockBackend:
         self.writethrough = False  # set when the driver did not negotiate a flush command
         self.buffered_requests = 0  # requests that could not use O_DIRECT
         self.aio_requests = 0  # requests that went through Linux AIO
-        self._aio: Optional[LinuxAio[_AioTag]] = None
+        self._aio: LinuxAio[_AioTag] | None = None
         self._aio_broken = False
         self._sync: list[tuple[object, bool, int, list[memoryview]]] = []
 
@@ -134,15 +134,20 @@ class BlockBackend:
         if aio is None:
             self._sync.append((tag, is_write, offset, todo))
             return
-        aio.queue(self._direct_fd, IOCB_CMD_PWRITEV if is_write else IOCB_CMD_PREADV, offset, todo,
-                  (tag, is_write, offset, todo, sum(len(b) for b in todo)))
+        aio.queue(
+            self._direct_fd,
+            IOCB_CMD_PWRITEV if is_write else IOCB_CMD_PREADV,
+            offset,
+            todo,
+            (tag, is_write, offset, todo, sum(len(b) for b in todo)),
+        )
 
     def submit(self) -> None:
         """Start what is queued for AIO now, without waiting for it."""
         if self._aio is not None:
             self._aio.submit()
 
-    def completions(self) -> Iterator[tuple[object, Optional[OSError]]]:
+    def completions(self) -> Iterator[tuple[object, OSError | None]]:
         """Run everything queued, yielding ``(tag, None or the OSError)`` per
         request as it completes.  In write-through mode nothing is yielded
         before the ``fdatasync`` that makes the batch's writes stable."""
@@ -157,7 +162,7 @@ class BlockBackend:
         else:
             yield from ((tag, err) for tag, err, _ in self._completions())
 
-    def _completions(self) -> Iterator[tuple[object, Optional[OSError], bool]]:
+    def _completions(self) -> Iterator[tuple[object, OSError | None, bool]]:
         aio = self._aio
         retry = []
         while aio is not None and aio.in_flight:
@@ -177,7 +182,7 @@ class BlockBackend:
             except OSError as e:
                 yield tag, e, is_write
 
-    def _aio_for(self, offset: int, bufs: list[memoryview]) -> Optional[LinuxAio[_AioTag]]:
+    def _aio_for(self, offset: int, bufs: list[memoryview]) -> LinuxAio[_AioTag] | None:
         if not self.direct or self._aio_broken or not bufs or offset % _ALIGN:
             return None
         try:

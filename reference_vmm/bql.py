@@ -101,7 +101,7 @@ class BigLock:
         """True when the *calling* thread holds the lock."""
         return self._owner == _get_ident()
 
-    def __enter__(self) -> "BigLock":
+    def __enter__(self) -> BigLock:
         self.lock()
         return self
 

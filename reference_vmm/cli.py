@@ -20,7 +20,8 @@ import os
 import platform
 import sys
 import sysconfig
-from typing import Any, NoReturn, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .errors import GuestError, VmmError
 from .vcpu import LOCKING_MODES
@@ -51,14 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mem", type=int, default=128, metavar="MB", help="guest RAM in MiB (default 128)")
     run.add_argument("--append", default="", help='guest command line, e.g. "bench=inl_pmtimer iterations=20000"')
     run.add_argument("--iothreads", type=int, default=0, help="IOThreads to start (default 0)")
-    run.add_argument("--timeout", type=float, default=None, metavar="S", help="stop a guest still running after S seconds")
+    run.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="stop a guest still running after S seconds"
+    )
     run.add_argument("--kvm", default="/dev/kvm", metavar="PATH", help="KVM device (default /dev/kvm)")
     run.add_argument("--stats", action="store_true", help="print exit and unclaimed-access counts to stderr at the end")
     run.add_argument("--disk", metavar="PATH", help="raw disk image for a legacy virtio-blk-pci device at 00:02.0")
-    run.add_argument("--blk", choices=("bql", "dataplane"), default=None,
-                     help="who services the virtio-blk queue: the main loop under the BQL (default) "
-                          "or an IOThread without it (dataplane)")
-    run.add_argument("--disk-serial", default="", metavar="S", help="what virtio-blk GET_ID answers (default empty, as QEMU)")
+    run.add_argument(
+        "--blk",
+        choices=("bql", "dataplane"),
+        default=None,
+        help="who services the virtio-blk queue: the main loop under the BQL (default) "
+        "or an IOThread without it (dataplane)",
+    )
+    run.add_argument(
+        "--disk-serial", default="", metavar="S", help="what virtio-blk GET_ID answers (default empty, as QEMU)"
+    )
     run.add_argument("guest_args", nargs="*", help="after --: more guest command-line words")
     return parser
 
@@ -85,11 +94,10 @@ def _report_interpreter() -> None:
             json.dump(interpreter_info(), f)
         os.replace(tmp, path)
     except OSError as err:
-        print(f"reference-vmm: warning: cannot write the interpreter report to {path}: {err.strerror}",
-              file=sys.stderr)
+        print(f"reference-vmm: warning: cannot write the interpreter report to {path}: {err.strerror}", file=sys.stderr)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the machine, return the process exit status."""
     args = build_parser().parse_args(argv)
     _report_interpreter()

@@ -16,15 +16,15 @@ hot path pays a flag check instead of two no-op calls.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from vmtrace import probes
 
 from .bql import BigLock
 from .memory.address_space import AddressSpace
 from .memory.flatview import FlatView
-from .memory.region import MemoryRegion
 from .memory.rcu import READER_FENCE, rcu_gp, rcu_read_lock, rcu_read_unlock, rcu_register_thread
+from .memory.region import MemoryRegion
 
 __all__ = ["Bus", "AddressSpaceBus", "VcpuBus"]
 
@@ -46,7 +46,7 @@ class Bus:
     def mmio_write(self, addr: int, value: int, size: int) -> None:
         raise NotImplementedError
 
-    def for_thread(self) -> "Bus":
+    def for_thread(self) -> Bus:
         """The bus as the calling thread uses it from now on (a vCPU calls this
         once, in its own thread).  A bus with per-thread state returns a view
         that holds it; the default is the bus itself."""
@@ -125,7 +125,7 @@ class AddressSpaceBus(Bus):
     def mmio_write(self, addr: int, value: int, size: int) -> None:
         self._write(self.memory, addr, value, size)
 
-    def for_thread(self) -> "VcpuBus":
+    def for_thread(self) -> VcpuBus:
         return VcpuBus(self)
 
 
@@ -149,10 +149,10 @@ class _SpaceState:
 
     def __init__(self, space: AddressSpace) -> None:
         self.space = space
-        self.view: Optional[FlatView] = None
-        self.hits: dict[int, tuple[Optional[MemoryRegion], int]] = {}
+        self.view: FlatView | None = None
+        self.hits: dict[int, tuple[MemoryRegion | None, int]] = {}
 
-    def lookup(self, view: FlatView, addr: int) -> tuple[Optional[MemoryRegion], int]:
+    def lookup(self, view: FlatView, addr: int) -> tuple[MemoryRegion | None, int]:
         if view is not self.view:
             self.view, self.hits = view, {}
         fr = view.lookup(addr)

@@ -17,7 +17,7 @@ import selectors
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .bql import BigLock
 from .memory.rcu import rcu_unregister_thread
@@ -29,7 +29,7 @@ __all__ = ["AioContext", "IOThread", "MainLoop"]
 class AioContext:
     """File-descriptor handlers, bottom halves and timers, polled by one thread."""
 
-    def __init__(self, lock: Optional[BigLock] = None) -> None:
+    def __init__(self, lock: BigLock | None = None) -> None:
         self._sel = selectors.DefaultSelector()
         self._notify_r, self._notify_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._notify_r, selectors.EVENT_READ, None)
@@ -43,7 +43,7 @@ class AioContext:
         self._seq = itertools.count()
         self.lock = lock  # the main context dispatches under the BQL; IOThreads do not
 
-    def set_fd_handler(self, fd: int, on_read: Optional[Callable[[], None]]) -> None:
+    def set_fd_handler(self, fd: int, on_read: Callable[[], None] | None) -> None:
         """``aio_set_fd_handler``: call ``on_read`` when ``fd`` is readable (None removes).
 
         Any thread may call it while the context's thread polls (QEMU takes
@@ -86,7 +86,7 @@ class AioContext:
         except Exception as e:
             print(f"reference-vmm: event loop callback {func!r} failed: {e!r}", file=sys.stderr)
 
-    def poll(self, max_wait_s: Optional[float]) -> None:
+    def poll(self, max_wait_s: float | None) -> None:
         """``aio_poll``: wait for events (at most ``max_wait_s``) and dispatch them."""
         wait = max_wait_s
         if self._timers:
@@ -164,7 +164,7 @@ class MainLoop:
 
         self.ctx.timer_after(period_s, tick)
 
-    def run(self, timeout_s: Optional[float] = None) -> bool:
+    def run(self, timeout_s: float | None = None) -> bool:
         """Poll until :meth:`quit`; False when ``timeout_s`` expired first."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._quit.is_set():

@@ -8,8 +8,6 @@ ones get one, so the guest reaches RAM without exits and everything else
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .kvm.system import VmFd
 from .memory.flatview import FlatView
 
@@ -29,12 +27,10 @@ class KvmMemoryListener:
     @staticmethod
     def _ram_ranges(view: FlatView) -> set[_Slot]:
         return {
-            (r.start, r.end - r.start, r.mr.host_addr + r.offset_in_region)
-            for r in view.ranges
-            if r.mr.kind == "ram"
+            (r.start, r.end - r.start, r.mr.host_addr + r.offset_in_region) for r in view.ranges if r.mr.kind == "ram"
         }
 
-    def __call__(self, old: Optional[FlatView], new: FlatView) -> None:
+    def __call__(self, old: FlatView | None, new: FlatView) -> None:
         want = self._ram_ranges(new)
         for key in [k for k in self.slots if k not in want]:  # delete first: slots may not overlap
             slot = self.slots.pop(key)

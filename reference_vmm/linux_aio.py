@@ -17,7 +17,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Generic, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 __all__ = ["LinuxAio", "IOCB_CMD_PREADV", "IOCB_CMD_PWRITEV"]
 
@@ -52,8 +53,7 @@ class _IoCb(ctypes.Structure):
 
 
 class _IoEvent(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_uint64), ("obj", ctypes.c_uint64), ("res", ctypes.c_int64),
-                ("res2", ctypes.c_int64)]
+    _fields_ = [("data", ctypes.c_uint64), ("obj", ctypes.c_uint64), ("res", ctypes.c_int64), ("res2", ctypes.c_int64)]
 
 
 class _IoVec(ctypes.Structure):
@@ -96,8 +96,14 @@ class LinuxAio(Generic[TagT]):
         """Queue one read or write of ``bufs`` at ``offset`` on ``fd``; it goes
         to the kernel at the next :meth:`submit` (QEMU's plugged queue)."""
         iov = (_IoVec * len(bufs))(*[_IoVec(_address(b), len(b)) for b in bufs])
-        cb = _IoCb(aio_data=self._next, aio_lio_opcode=opcode, aio_fildes=fd, aio_buf=ctypes.addressof(iov),
-                   aio_nbytes=len(bufs), aio_offset=offset)
+        cb = _IoCb(
+            aio_data=self._next,
+            aio_lio_opcode=opcode,
+            aio_fildes=fd,
+            aio_buf=ctypes.addressof(iov),
+            aio_nbytes=len(bufs),
+            aio_offset=offset,
+        )
         # The kernel reads the iocb and iovec at io_submit and writes the
         # buffers until completion: keep all three alive until then.
         self._queued.append((self._next, cb, iov, tag))
@@ -137,8 +143,14 @@ class LinuxAio(Generic[TagT]):
         return done
 
     def _reap(self, min_nr: int, timeout: int | None) -> None:
-        got = _syscall(_SYS_IO_GETEVENTS, self._ctx, ctypes.c_long(min_nr), ctypes.c_long(self.depth), self._events,
-                       ctypes.byref(self._zero) if timeout == 0 else None)
+        got = _syscall(
+            _SYS_IO_GETEVENTS,
+            self._ctx,
+            ctypes.c_long(min_nr),
+            ctypes.c_long(self.depth),
+            self._events,
+            ctypes.byref(self._zero) if timeout == 0 else None,
+        )
         if got < 0:
             e = ctypes.get_errno()
             if e == errno.EINTR:
@@ -152,4 +164,3 @@ class LinuxAio(Generic[TagT]):
         if self._ctx.value:
             _syscall(_SYS_IO_DESTROY, self._ctx)
             self._ctx = ctypes.c_ulong(0)
-

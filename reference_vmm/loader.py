@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from .errors import ImageError
 
@@ -73,7 +74,9 @@ def _load_elf32(image: bytes, path: str, write: WriteFn, ram_size: int) -> tuple
     end = 0
     loaded = 0
     for i in range(e_phnum):
-        p_type, p_offset, _, p_paddr, p_filesz, p_memsz, _, _ = struct.unpack_from("<IIIIIIII", image, e_phoff + i * e_phentsize)
+        p_type, p_offset, _, p_paddr, p_filesz, p_memsz, _, _ = struct.unpack_from(
+            "<IIIIIIII", image, e_phoff + i * e_phentsize
+        )
         if p_type != 1 or p_memsz == 0:  # PT_LOAD only
             continue
         if p_paddr + p_memsz > ram_size or p_offset + p_filesz > len(image):

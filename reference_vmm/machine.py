@@ -32,8 +32,8 @@ import signal
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from vmtrace import probes
 
@@ -92,12 +92,12 @@ class MachineConfig:
     mem_mb: int = 128
     append: str = ""
     iothreads: int = 0
-    timeout_s: Optional[float] = None
-    serial_out: Optional[Callable[[bytes], None]] = None
+    timeout_s: float | None = None
+    serial_out: Callable[[bytes], None] | None = None
     kvm_path: str = "/dev/kvm"
     stats: bool = False
-    disk: Optional[str] = None
-    blk: Optional[str] = None
+    disk: str | None = None
+    blk: str | None = None
     disk_serial: str = ""
 
 
@@ -163,7 +163,7 @@ class Machine:
         self.ram_size = config.mem_mb << 20
         self._serial_out = config.serial_out or _write_stdout
         self._serial_buf = bytearray()
-        self._stop: Optional[Stop] = None
+        self._stop: Stop | None = None
         self._stop_index = -1
         self._stop_lock = threading.Lock()
         self._halted = 0
@@ -173,8 +173,8 @@ class Machine:
         self.threads: list[VcpuThread] = []
         self.iothreads: list[IOThread] = []
         self._iothreads_started = False
-        self.blk_backend: Optional[BlockBackend] = None
-        self.virtio_blk: Optional[VirtIOPCIProxy] = None
+        self.blk_backend: BlockBackend | None = None
+        self.virtio_blk: VirtIOPCIProxy | None = None
         self.kvm = Kvm(config.kvm_path)
         try:
             self._build()
@@ -435,7 +435,9 @@ class Machine:
         lines += [f"    {kind} {addr:#x}: {n}" for (kind, addr), n in unassigned.most_common(10)]
         rebuilds = self.address_space_memory.rebuilds + self.address_space_io.rebuilds
         rcu = rcu_stats()
-        lines.append(f"  FlatView rebuilds: {rebuilds}; RCU grace periods: {rcu['grace_periods']}, callbacks: {rcu['callbacks']}")
+        lines.append(
+            f"  FlatView rebuilds: {rebuilds}; RCU grace periods: {rcu['grace_periods']}, callbacks: {rcu['callbacks']}"
+        )
         if self.virtio_blk is not None:
             lines += self.virtio_blk.stats_lines()
         return "\n".join(lines)

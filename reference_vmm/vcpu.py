@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Callable, NamedTuple, Optional, Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 from .bql import BigLock
 from .dispatch import Bus
@@ -85,7 +86,7 @@ _IoIn, _IoOut, _MmioRead, _MmioWrite, _Intr = x.IoIn, x.IoOut, x.MmioRead, x.Mmi
 _MASK = {n: (1 << (8 * n)) - 1 for n in range(1, 9)}  # a device may return more bits than asked
 
 
-def handle_exit(ex: x.VcpuExit, vcpu: VcpuLike, bus: Bus) -> Optional[Stop]:
+def handle_exit(ex: x.VcpuExit, vcpu: VcpuLike, bus: Bus) -> Stop | None:
     """Handle one exit; None means "run the vCPU again".
 
     The common exits are dispatched on ``type(ex)``, fetched once, instead of
@@ -99,7 +100,9 @@ def handle_exit(ex: x.VcpuExit, vcpu: VcpuLike, bus: Bus) -> Optional[Stop]:
             vcpu.complete_io_in((bus.pio_read(port, size) & _MASK[size]).to_bytes(size, "little"))
         else:  # string I/O (rep insb ...): one access per item
             mask = _MASK[size]
-            vcpu.complete_io_in(b"".join((bus.pio_read(port, size) & mask).to_bytes(size, "little") for _ in range(count)))
+            vcpu.complete_io_in(
+                b"".join((bus.pio_read(port, size) & mask).to_bytes(size, "little") for _ in range(count))
+            )
         return None
     if t is _IoOut:
         port, size, data, count = ex  # type: ignore[misc]  # an IoOut: see the docstring
@@ -158,7 +161,9 @@ def dump_registers(vcpu: RunnableVcpu, index: int) -> str:
     ]
     for name in ("es", "cs", "ss", "ds", "fs", "gs", "ldt", "tr"):
         seg = getattr(s, name)
-        lines.append(f"{name.upper():3}={seg.selector:04x} {seg.base:08x} {seg.limit:08x} type={seg.type:x} p={seg.present} db={seg.db}")
+        lines.append(
+            f"{name.upper():3}={seg.selector:04x} {seg.base:08x} {seg.limit:08x} type={seg.type:x} p={seg.present} db={seg.db}"
+        )
     lines.append(f"GDT=     {s.gdt.base:08x} {s.gdt.limit:08x}")
     lines.append(f"IDT=     {s.idt.base:08x} {s.idt.limit:08x}")
     lines.append(f"CR0={s.cr0:08x} CR2={s.cr2:08x} CR3={s.cr3:08x} CR4={s.cr4:08x} EFER={s.efer:016x}")
@@ -173,7 +178,9 @@ class VcpuThread(threading.Thread):
     loop without calling it.
     """
 
-    def __init__(self, vcpu: RunnableVcpu, index: int, bus: Bus, bql: BigLock, mode: str, on_stop: Callable[[int, Stop], None]) -> None:
+    def __init__(
+        self, vcpu: RunnableVcpu, index: int, bus: Bus, bql: BigLock, mode: str, on_stop: Callable[[int, Stop], None]
+    ) -> None:
         if mode not in LOCKING_MODES:
             raise ValueError(f"locking mode must be one of {', '.join(LOCKING_MODES)}")
         super().__init__(name=f"CPU {index}/KVM", daemon=True)
@@ -185,7 +192,7 @@ class VcpuThread(threading.Thread):
         self.on_stop = on_stop
         self.stopping = False
         self.exits = 0
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     def kick(self) -> None:
         """Ask the loop to end: KVM_RUN returns EINTR now or on its next entry."""
@@ -194,7 +201,7 @@ class VcpuThread(threading.Thread):
 
     def run(self) -> None:
         set_thread_name(self.name)
-        stop: Optional[Stop] = None
+        stop: Stop | None = None
         try:
             stop = self._loop_2013() if self.mode == "2013" else self._loop()
         except BaseException as e:  # a host error: report it, do not hang the machine
@@ -205,7 +212,7 @@ class VcpuThread(threading.Thread):
         if stop is not None:
             self.on_stop(self.index, stop)
 
-    def _loop(self) -> Optional[Stop]:
+    def _loop(self) -> Stop | None:
         # The bus with this thread's own state (RCU reader, lookup memo): made here, in the thread.
         vcpu, bus = self.vcpu, self.bus.for_thread()
         run = vcpu.run
@@ -221,7 +228,7 @@ class VcpuThread(threading.Thread):
         finally:
             self.exits += n
 
-    def _loop_2013(self) -> Optional[Stop]:
+    def _loop_2013(self) -> Stop | None:
         # QEMU 1.0 (kvm_cpu_exec): hold the BQL except around the ioctl itself.
         vcpu, bus, bql = self.vcpu, self.bus.for_thread(), self.bql
         run = vcpu.run

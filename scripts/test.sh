@@ -5,13 +5,13 @@
 # test that cannot run fails.  Arguments go to pytest:
 #   bash scripts/test.sh -m "not live"   # the quick tier: no root needed, under a minute
 #   bash scripts/test.sh -m live         # only what needs the host
-# VMTRACE_LINT=1 runs `ruff check`, `ruff format --check` and `mypy` first and
-# stops at the first that fails.  It is off by default until the tree has been
-# formatted once (see CONTRIBUTING.md).
+# First `ruff check`, `ruff format --check` and `mypy` (the same checks as the
+# pre-commit hooks); the first that fails stops the run.  VMTRACE_LINT=0 skips
+# them, e.g. for a quick pytest run while editing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [ "${VMTRACE_LINT:-0}" = 1 ]; then
+if [ "${VMTRACE_LINT:-1}" = 1 ]; then
   echo "test: ruff check" >&2
   .venv/bin/ruff check .
   echo "test: ruff format --check" >&2

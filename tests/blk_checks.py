@@ -26,9 +26,17 @@ def verify_write_and_read(vmm: str, disk: Path, mode: str) -> Any:
     checksums equal to the image's.  Returns the bench result."""
     before = disk.read_bytes()
     seed, wsec, wblocks, rsec, rblocks = 0xC0FFEE, 1000, 10, 20003, 6  # odd sectors: not block-aligned
-    res = run_bench(vmm, "blk_verify", 2, 1, queue_depth=3, blk=mode, disk=disk, timeout_s=90,
-                    guest_args=f"seed={seed} write_sector={wsec} write_blocks={wblocks} "
-                               f"read_sector={rsec} read_blocks={rblocks}")
+    res = run_bench(
+        vmm,
+        "blk_verify",
+        2,
+        1,
+        queue_depth=3,
+        blk=mode,
+        disk=disk,
+        timeout_s=90,
+        guest_args=f"seed={seed} write_sector={wsec} write_blocks={wblocks} read_sector={rsec} read_blocks={rblocks}",
+    )
     assert res.exit_status == 1 and res.errors == 0
     assert res.checks["blk_readback_ok"] == 1 and res.checks["blk_flush_ok"] == 1
     after = disk.read_bytes()

@@ -23,7 +23,6 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import websocket
@@ -83,7 +82,9 @@ class Chromium:
         self.profile = tempfile.mkdtemp(prefix="vmtrace-chromium-")
         self.proc = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         )
         self.timeout = timeout
@@ -148,7 +149,7 @@ class Chromium:
                 pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -215,8 +216,7 @@ class Chromium:
             " e.scrollIntoView(); const r = e.getBoundingClientRect();"
             " return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}; })()"
         )
-        res = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                        clip={**rect, "scale": 1})
+        res = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip={**rect, "scale": 1})
         return base64.b64decode(res["data"])
 
 

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from .synthetic import ExitScript
 
 
-def exit_scripts(post_min_ns: int = 2, preemptions_ns: tuple[int, ...] = (0, 0, 1),
-                 kernel_preemptions_ns: tuple[int, ...] = (0,)) -> st.SearchStrategy[ExitScript]:
+def exit_scripts(
+    post_min_ns: int = 2, preemptions_ns: tuple[int, ...] = (0, 0, 1), kernel_preemptions_ns: tuple[int, ...] = (0,)
+) -> st.SearchStrategy[ExitScript]:
     """Exits with every component drawn, lock waits on the BQL and another
     word included.  ``post_min_ns`` must leave room for the longest of
     ``preemptions_ns`` after the lock; ``kernel_preemptions_ns`` are drawn

@@ -7,8 +7,9 @@ exactly those durations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,8 +51,9 @@ class ExitScript:
     def __post_init__(self) -> None:
         if (self.guest_ns or self.kernel_exits) and self.kernel_ns < self.guest_ns + 3 * len(self.kernel_exits) + 2:
             raise ValueError("kernel_ns must hold the guest time and the kernel-handled exits")
-        if self.kernel_preempted_ns and self.kernel_ns < (self.kernel_preempted_ns + 3 + self.guest_ns
-                                                          + 3 * len(self.kernel_exits)):
+        if self.kernel_preempted_ns and self.kernel_ns < (
+            self.kernel_preempted_ns + 3 + self.guest_ns + 3 * len(self.kernel_exits)
+        ):
             raise ValueError("kernel_ns must hold the preemption inside KVM_RUN")
         if self.waker is not None and self.bql_futex_ns < self.wake_latency_ns + 4:
             raise ValueError("a woken BQL wait needs bql_futex_ns >= wake_latency_ns + 4")
@@ -99,8 +101,17 @@ class SyntheticTrace:
         """A collector's marker: ``count`` events of ``cpu`` lost before ``ts``."""
         self.add(ts, -1, "lost", cpu=cpu, value=count)
 
-    def futex(self, ts: int, tid: int, word: int, dur_ns: int, op: int = FUTEX_WAIT_PRIVATE, ret: int = 0,
-              blocked: bool = False, waker: int | None = None) -> int:
+    def futex(
+        self,
+        ts: int,
+        tid: int,
+        word: int,
+        dur_ns: int,
+        op: int = FUTEX_WAIT_PRIVATE,
+        ret: int = 0,
+        blocked: bool = False,
+        waker: int | None = None,
+    ) -> int:
         """One futex call of ``tid``; a ``blocked`` wait goes off CPU inside
         it and, with a ``waker``, is ended by that thread's wake call on the
         same word.  Returns the time the call returns."""
@@ -228,8 +239,14 @@ class SyntheticTrace:
             "schema_version": SCHEMA_VERSION,
             "tsc_hz": TSC_HZ,
             "threads": self.threads,
-            "locks": [{"name": "BQL", "futex_uaddr": BQL_WORD if bql_identified else None,
-                       "method": "synthetic", "identified": bql_identified}],
+            "locks": [
+                {
+                    "name": "BQL",
+                    "futex_uaddr": BQL_WORD if bql_identified else None,
+                    "method": "synthetic",
+                    "identified": bql_identified,
+                }
+            ],
             "lost_events": {"total": 0, "per_cpu": {}},
             "kvm_flavour": "unknown",
             "notes": [],
@@ -242,8 +259,12 @@ def expected_total(x: ExitScript) -> int:
     return x.kernel_ns + x.emulator_ns + x.pre_lock_ns + x.bql_futex_ns + x.other_futex_ns + x.device_ns + x.post_ns
 
 
-def replicate(templates: Sequence[ExitScript], sequences: dict[int, np.ndarray], start_ns: int = 1_000_000,
-              waker_offset: int = 10_000) -> SyntheticTrace:
+def replicate(
+    templates: Sequence[ExitScript],
+    sequences: dict[int, np.ndarray],
+    start_ns: int = 1_000_000,
+    waker_offset: int = 10_000,
+) -> SyntheticTrace:
     """A large trace, vectorised: vCPU ``tid`` runs exits ``templates[i]`` for
     ``i`` in ``sequences[tid]``, exactly as ``SyntheticTrace.vcpu`` would emit
     them (each template is emitted once and its rows are shifted in time).
@@ -262,13 +283,19 @@ def replicate(templates: Sequence[ExitScript], sequences: dict[int, np.ndarray],
     counts = np.array([len(r) for r in tmpl_rows])
     offsets = np.concatenate(([0], np.cumsum(counts)))
     lengths = np.asarray(tmpl_len, dtype=np.int64)
-    cols = {c: proto[c].to_numpy() if c in proto else np.full(len(proto), None, dtype=object)
-            for c in EVENT_COLUMNS if c not in ("ts_ns", "tid", "cpu")}
+    cols = {
+        c: proto[c].to_numpy() if c in proto else np.full(len(proto), None, dtype=object)
+        for c in EVENT_COLUMNS
+        if c not in ("ts_ns", "tid", "cpu")
+    }
     p_ts = proto["ts_ns"].to_numpy(dtype=np.int64)
     p_self = proto["tid"].to_numpy() == placeholder_self
     p_lost = proto["tid"].to_numpy() < 0
-    p_woken = (proto["peer_tid"] == placeholder_waker).fillna(False).to_numpy(dtype=bool) if "peer_tid" in proto \
+    p_woken = (
+        (proto["peer_tid"] == placeholder_waker).fillna(False).to_numpy(dtype=bool)
+        if "peer_tid" in proto
         else np.zeros(len(proto), dtype=bool)
+    )
     parts = []
     threads = []
     for index, (tid, seq) in enumerate(sequences.items()):
@@ -382,22 +409,28 @@ def blk_batch(s: SyntheticTrace, tid: int, pickup: int, b: BlkBatch) -> tuple[in
         s.add(t, tid, "dispatch_begin", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
         t += r.pre_ns
         if r.kind in DISK_NAMES:
-            s.add(t, tid, "dispatch_begin", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
-                  cpu=-1)
+            s.add(t, tid, "dispatch_begin", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind], cpu=-1)
             if r.gil_ns:
                 g = t + r.disk_ns - r.gil_ns
                 s.add(g, tid, "futex_enter", addr=GIL_WORD, value=FUTEX_WAIT_PRIVATE, cpu=cpu)
                 s.add(g + r.gil_ns, tid, "futex_exit", value=0, cpu=cpu)
             t += r.disk_ns
-            s.add(t, tid, "dispatch_end", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind],
-                  cpu=-1)
+            s.add(t, tid, "dispatch_end", addr=i, size=0, write=r.kind != "read", name=DISK_NAMES[r.kind], cpu=-1)
         t += r.post_ns
         s.add(t, tid, "dispatch_end", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
         push = t
         gil_mine = r.gil_ns if r.kind in DISK_NAMES else 0
-        rows.append({"pop": pop, "push": push, "kind": r.kind if r.kind in DISK_NAMES else "other",
-                     "processing_ns": r.pre_ns + r.post_ns, "disk_ns": (r.disk_ns - r.gil_ns) if r.kind in DISK_NAMES
-                     else 0, "gil_before": gil_so_far, "gil_mine": gil_mine})
+        rows.append(
+            {
+                "pop": pop,
+                "push": push,
+                "kind": r.kind if r.kind in DISK_NAMES else "other",
+                "processing_ns": r.pre_ns + r.post_ns,
+                "disk_ns": (r.disk_ns - r.gil_ns) if r.kind in DISK_NAMES else 0,
+                "gil_before": gil_so_far,
+                "gil_mine": gil_mine,
+            }
+        )
         gil_so_far += gil_mine
         gap = r.gap_ns
         if i == 0 and b.preempt_ns:
@@ -427,24 +460,27 @@ def blk_batch(s: SyntheticTrace, tid: int, pickup: int, b: BlkBatch) -> tuple[in
         # GIL waits of later requests fall inside this one's window only
         # when it ends at the batch's interrupt.
         later = (gil_so_far - row["gil_before"] - row["gil_mine"]) if irq_s is not None else 0
-        expected.append({
-            "kind": row["kind"], "pos": i,
-            "notify_ns": pickup - start,
-            "bql_wait_ns": b.bql_wait_ns,
-            "queued_ns": row["pop"] - pickup - b.bql_wait_ns - row["gil_before"],
-            "processing_ns": row["processing_ns"],
-            "disk_ns": row["disk_ns"],
-            "lock_wait_ns": row["gil_before"] + row["gil_mine"] + later,
-            "tail_ns": irq_s - row["push"] - later if irq_s is not None else 0,
-            "irq_ns": b.irq_ns,
-            "total_ns": (irq_e if irq_e is not None else row["push"]) - start,
-            "bql_held_ns": row["push"] - row["pop"] if b.bql else 0,
-            "wait_cpu_ns": b.preempt_ns if b.preempt_ns and (i >= 1 or irq_s is not None) else 0,
-            "notify_wakeup_ns": b.wake_ns if known else None,
-            "notify_known": known,
-            "irq_raised": irq_s is not None,
-            "bql_taken": b.bql,
-        })
+        expected.append(
+            {
+                "kind": row["kind"],
+                "pos": i,
+                "notify_ns": pickup - start,
+                "bql_wait_ns": b.bql_wait_ns,
+                "queued_ns": row["pop"] - pickup - b.bql_wait_ns - row["gil_before"],
+                "processing_ns": row["processing_ns"],
+                "disk_ns": row["disk_ns"],
+                "lock_wait_ns": row["gil_before"] + row["gil_mine"] + later,
+                "tail_ns": irq_s - row["push"] - later if irq_s is not None else 0,
+                "irq_ns": b.irq_ns,
+                "total_ns": (irq_e if irq_e is not None else row["push"]) - start,
+                "bql_held_ns": row["push"] - row["pop"] if b.bql else 0,
+                "wait_cpu_ns": b.preempt_ns if b.preempt_ns and (i >= 1 or irq_s is not None) else 0,
+                "notify_wakeup_ns": b.wake_ns if known else None,
+                "notify_known": known,
+                "irq_raised": irq_s is not None,
+                "bql_taken": b.bql,
+            }
+        )
     return t, expected
 
 
@@ -472,15 +508,28 @@ def _blk_aio(s: SyntheticTrace, tid: int, t: int, b: BlkBatch, rows: list[dict[s
         t += r.post_ns
         s.add(t, tid, "dispatch_end", addr=i, size=0, write=False, name="virtio-blk-req", cpu=-1)
         disk = done - queued[i] if r.kind in DISK_NAMES else 0
-        out[i] = {"pop": pops[i], "push": t, "kind": r.kind if r.kind in DISK_NAMES else "other",
-                  "processing_ns": t - pops[i] - disk, "disk_ns": disk, "gil_before": 0, "gil_mine": 0}
+        out[i] = {
+            "pop": pops[i],
+            "push": t,
+            "kind": r.kind if r.kind in DISK_NAMES else "other",
+            "processing_ns": t - pops[i] - disk,
+            "disk_ns": disk,
+            "gil_before": 0,
+            "gil_mine": 0,
+        }
         t += 5
     rows += [out[i] for i in range(len(b.requests))]
     return t
 
 
-def blk_trace(batches: Sequence[BlkBatch], tid: int = 21, role: str = "iothread", name: str = "IO iothread0",
-              spacing_ns: int = 20_000, vcpus: Sequence[int] = (11, 12)) -> tuple[SyntheticTrace, list[dict[str, Any]]]:
+def blk_trace(
+    batches: Sequence[BlkBatch],
+    tid: int = 21,
+    role: str = "iothread",
+    name: str = "IO iothread0",
+    spacing_ns: int = 20_000,
+    vcpus: Sequence[int] = (11, 12),
+) -> tuple[SyntheticTrace, list[dict[str, Any]]]:
     """A trace of ``batches`` on one servicing thread, each pickup
     ``spacing_ns`` after the previous batch ended; the expected rows, in
     order, with ``batch`` numbered from 0."""

@@ -38,13 +38,33 @@ TRACEFS = Path("/sys/kernel/tracing")
 FULL_META = {
     "host": {"kernel": "6.1.0", "hostname": "h", "cpus": 2, "machine": "x86_64"},
     "tracepoints": {"kvm:kvm_pio": {"available": True, "fired": 10}},
-    "backend": "bcc", "mode": "default", "clock": "CLOCK_MONOTONIC", "tsc_hz_source": "test",
-    "target": {"command": ["qemu-system-x86_64", "-enable-kvm"], "pid": 100, "exit_status": 0, "vmm": "qemu",
-               "binary": "/usr/bin/qemu-system-x86_64", "vmm_version": "7.2.0"},
+    "backend": "bcc",
+    "mode": "default",
+    "clock": "CLOCK_MONOTONIC",
+    "tsc_hz_source": "test",
+    "target": {
+        "command": ["qemu-system-x86_64", "-enable-kvm"],
+        "pid": 100,
+        "exit_status": 0,
+        "vmm": "qemu",
+        "binary": "/usr/bin/qemu-system-x86_64",
+        "vmm_version": "7.2.0",
+    },
     "probes": {"attached": [], "attached_ns": None, "detached_ns": None},
-    "start_ns": 1_000_000, "end_ns": 9_000_000, "interrupted": False,
-    "bench": {"vmm": "qemu", "bench": "inl_pmtimer", "vcpus": 1, "iterations": 6, "tsc_hz": 2_000_000_000,
-              "cycles_per_op": 4000.0, "per_vcpu": [4000.0], "pm_port": 0x608, "exit_status": 0},
+    "start_ns": 1_000_000,
+    "end_ns": 9_000_000,
+    "interrupted": False,
+    "bench": {
+        "vmm": "qemu",
+        "bench": "inl_pmtimer",
+        "vcpus": 1,
+        "iterations": 6,
+        "tsc_hz": 2_000_000_000,
+        "cycles_per_op": 4000.0,
+        "per_vcpu": [4000.0],
+        "pm_port": 0x608,
+        "exit_status": 0,
+    },
     "futex_names": {"0x555500002000": "GIL"},
 }
 
@@ -100,8 +120,11 @@ def tree(root: Path) -> dict[str, tuple[int, int, int]]:
         for name in dirnames + filenames:
             p = Path(dirpath, name)
             st = p.lstat()
-            out[str(p.relative_to(root))] = (st.st_mode, st.st_size if stat.S_ISREG(st.st_mode) else 0,
-                                             st.st_mtime_ns if stat.S_ISREG(st.st_mode) else 0)
+            out[str(p.relative_to(root))] = (
+                st.st_mode,
+                st.st_size if stat.S_ISREG(st.st_mode) else 0,
+                st.st_mtime_ns if stat.S_ISREG(st.st_mode) else 0,
+            )
     return out
 
 
@@ -170,8 +193,15 @@ def run_case(place: Place, argv: list[str], timeout: float = 90) -> tuple[subpro
     spool.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(spool), "COLUMNS": "160"}
     files, tracing, spooled = tree(place.root), tracing_state(), tree(spool)
-    proc = subprocess.Popen(VMTRACE + argv, cwd=place.root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        VMTRACE + argv,
+        cwd=place.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -185,8 +215,10 @@ def run_case(place: Place, argv: list[str], timeout: float = 90) -> tuple[subpro
             proc.communicate()
         raise
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    left = [f"changed {k}" for k in set(files) ^ set(tree(place.root)) | {
-        k for k, v in tree(place.root).items() if files.get(k, v) != v}]
+    left = [
+        f"changed {k}"
+        for k in set(files) ^ set(tree(place.root)) | {k for k, v in tree(place.root).items() if files.get(k, v) != v}
+    ]
     left += [f"spool {k}" for k in set(tree(spool)) - set(spooled)]
     left += [f"tracefs {x}" for x in tracing_left_by(tracing, tracing_state(), proc.pid)]
     return done, left
@@ -214,19 +246,24 @@ def case(name: str, argv: Argv, expect: str) -> None:
 
 # Class 1: outputs that are not regular files.
 for cmd, opt in (("report", "--html"), ("export", "--perfetto"), ("compare", "--html")):
+
     def argv_for(target: str, cmd: str = cmd, opt: str = opt) -> Argv:
         def argv(p: Place) -> list[str]:
             inputs = [str(p.trace), str(p.trace2)] if cmd == "compare" else [str(p.trace)]
             return [cmd, *inputs, opt, str(p / target)]
+
         return argv
+
     case(f"{cmd}-{opt}-socket", argv_for("sock"), "it is a socket")
     case(f"{cmd}-{opt}-directory", argv_for("dir"), "it is a directory")
     case(f"{cmd}-{opt}-fifo-without-reader", argv_for("fifo"), "no reader")
     case(f"{cmd}-{opt}-missing-directory", argv_for("no/such/dir/out"), "does not exist")
     case(f"{cmd}-{opt}-dangling-link-to-missing-dir", argv_for("dangling"), "does not exist")
 for out in ("sock", "file.txt", "fifo", "no/such/parent/dir"):
+
     def sweep_argv(p: Place, out: str = out) -> list[str]:
         return ["sweep", "-o", str(p / out), "--vcpus", "1"]
+
     case(f"sweep-o-{out}", sweep_argv, "does not exist" if "/" in out else "not a directory")
 
 # Class 5: metadata of the wrong types, the sixteen variants of the issue.
@@ -249,16 +286,21 @@ META_VARIANTS: list[tuple[str, Callable[[dict], object], str]] = [
     ("bench-pm_port-string", lambda m: _set(m, "bench.pm_port", "0x608"), "bench.pm_port"),
 ]
 for name, change, field in META_VARIANTS:
+
     def meta_argv(p: Place, change: Callable[[dict], object] = change, name: str = name) -> list[str]:
         return ["report", str(edit_meta(p.trace, p / f"m-{name}.vmtrace", change))]
+
     case(f"report-meta-{name}", meta_argv, field)
 for name, change, field in META_VARIANTS[3:8]:
+
     def export_argv(p: Place, change: Callable[[dict], object] = change, name: str = name) -> list[str]:
         return ["export", str(edit_meta(p.trace, p / f"e-{name}.vmtrace", change)), "--perfetto", "x.json"]
+
     case(f"export-meta-{name}", export_argv, field)
 
     def compare_argv(p: Place, change: Callable[[dict], object] = change, name: str = name) -> list[str]:
         return ["compare", str(p.trace), str(edit_meta(p.trace, p / f"c-{name}.vmtrace", change))]
+
     case(f"compare-meta-{name}", compare_argv, field)
 
 # Class 6: rows and versions that no vmtrace writer produces.
@@ -269,13 +311,22 @@ ROW_VARIANTS: list[tuple[str, Callable[[pa.Table], pa.Table], str]] = [
     ("cpu-minus-five", lambda t: _column(t, "cpu", [-5] * t.num_rows), "cpu -5"),
 ]
 for name, rows, expect in ROW_VARIANTS:
+
     def rows_argv(p: Place, rows: Callable[[pa.Table], pa.Table] = rows, name: str = name) -> list[str]:
         return ["report", str(edit_rows(p.trace, p / f"r-{name}.vmtrace", rows))]
+
     case(f"report-rows-{name}", rows_argv, expect)
-for value, expect in ((True, "must be an integer"), (-1, "must be from 1"), (0, "must be from 1"),
-                      ("2", "must be an integer"), (None, "is required")):
+for value, expect in (
+    (True, "must be an integer"),
+    (-1, "must be from 1"),
+    (0, "must be from 1"),
+    ("2", "must be an integer"),
+    (None, "is required"),
+):
+
     def schema_argv(p: Place, value: object = value) -> list[str]:
         return ["report", str(edit_meta(p.trace, p / "sv.vmtrace", lambda m: _set(m, "schema_version", value)))]
+
     case(f"report-schema_version-{value}", schema_argv, f"schema_version {expect}")
 
 # Class 11: messages and range checks.
@@ -304,17 +355,24 @@ case("export-unknown-option", lambda p: ["export", str(p.trace), "--chrome", "x"
 case("report-unknown-option", lambda p: ["report", str(p.trace), "--cycles"], "no such option")
 case("unknown-command", lambda p: ["profile"], "no such command")
 case("vmm-unknown-command", lambda p: ["vmm", "boot"], "no such command")
-case("record-unknown-option-before-dashes", lambda p: ["record", "--no-such-flag", "-o", "t.vmtrace", "--", "true"],
-     "no such option: --no-such-flag")
+case(
+    "record-unknown-option-before-dashes",
+    lambda p: ["record", "--no-such-flag", "-o", "t.vmtrace", "--", "true"],
+    "no such option: --no-such-flag",
+)
 case("record-not-executable", lambda p: ["record", "-o", "t2.vmtrace", "--", "./notexec"], "not executable")
 case("record-directory-command", lambda p: ["record", "-o", "t2.vmtrace", "--", "./dir"], "is a directory")
 case("record-command-not-found", lambda p: ["record", "-o", "t2.vmtrace", "--", "no-such-vmm-x"], "command not found")
-case("record-duration-negative", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "-3", "--", "true"],
-     "--duration")
+case(
+    "record-duration-negative", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "-3", "--", "true"], "--duration"
+)
 case("record-duration-nan", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "nan", "--", "true"], "--duration")
 # A PID above any pid_max: a regression that accepted inf would still trace nothing.
-case("record-duration-inf", lambda p: ["record", "-o", "t2.vmtrace", "--duration", "inf", "-p", str(1 << 23)],
-     "--duration")
+case(
+    "record-duration-inf",
+    lambda p: ["record", "-o", "t2.vmtrace", "--duration", "inf", "-p", str(1 << 23)],
+    "--duration",
+)
 case("record-pid-negative", lambda p: ["record", "-o", "t2.vmtrace", "-p", "-1"], "process ID")
 case("record-pid-and-command", lambda p: ["record", "-o", "t2.vmtrace", "-p", "1", "--", "true"], "not both")
 case("record-nothing", lambda p: ["record", "-o", "t2.vmtrace"], "nothing to record")
@@ -331,8 +389,9 @@ case("sweep-qemu-locking", lambda p: ["sweep", "-o", "sw", "--vmm", "qemu", "--l
 case("sweep-iterations-2**40", lambda p: ["sweep", "-o", "sw", "--iterations", str(1 << 40)], "--iterations")
 case("vmm-run-no-image", lambda p: ["vmm", "run"], "missing option '--image'")
 case("vmm-run-vcpus-zero", lambda p: ["vmm", "run", "--image", str(p / "file.txt"), "--vcpus", "0"], "--vcpus")
-case("vmm-run-locking-bogus", lambda p: ["vmm", "run", "--image", str(p / "file.txt"), "--locking", "none"],
-     "--locking")
+case(
+    "vmm-run-locking-bogus", lambda p: ["vmm", "run", "--image", str(p / "file.txt"), "--locking", "none"], "--locking"
+)
 case("doctor-unknown-option", lambda p: ["doctor", "--fast"], "no such option")
 
 
@@ -355,11 +414,17 @@ def test_bad_input_is_one_line(place: Place, name: str, argv: Argv, expect: str)
 ROOT_CASES: list[tuple[str, Argv, str]] = [
     ("report-html-char-device", lambda p: ["report", str(p.trace), "--html", str(p / "zero")], "character device"),
     ("report-html-block-device", lambda p: ["report", str(p.trace), "--html", str(p / "blk")], "block device"),
-    ("export-perfetto-char-device", lambda p: ["export", str(p.trace), "--perfetto", str(p / "zero")],
-     "character device"),
+    (
+        "export-perfetto-char-device",
+        lambda p: ["export", str(p.trace), "--perfetto", str(p / "zero")],
+        "character device",
+    ),
     ("export-perfetto-block-device", lambda p: ["export", str(p.trace), "--perfetto", str(p / "blk")], "block device"),
-    ("compare-html-char-device", lambda p: ["compare", str(p.trace), str(p.trace2), "--html", str(p / "zero")],
-     "character device"),
+    (
+        "compare-html-char-device",
+        lambda p: ["compare", str(p.trace), str(p.trace2), "--html", str(p / "zero")],
+        "character device",
+    ),
     ("sweep-o-char-device", lambda p: ["sweep", "-o", str(p / "zero"), "--vcpus", "1"], "not a directory"),
     ("report-char-device-input", lambda p: ["report", str(p / "zero")], "character device"),
 ]
@@ -443,18 +508,25 @@ LIVE_CASES: list[tuple[str, Argv, str]] = [
     ("record-o-block-device", lambda p: ["record", "-o", str(p / "blk"), "--", "true"], "block device"),
     ("record-o-socket", lambda p: ["record", "-o", str(p / "sock"), "--", "true"], "it is a socket"),
     ("record-o-directory", lambda p: ["record", "-o", str(p / "dir"), "--", "true"], "it is a directory"),
-    ("record-o-dangling-link-to-missing-dir", lambda p: ["record", "-o", str(p / "dangling"), "--", "true"],
-     "does not exist"),
-    ("bench-record-char-device", lambda p: ["bench", "--iterations", "10", "--record", str(p / "zero")],
-     "character device"),
+    (
+        "record-o-dangling-link-to-missing-dir",
+        lambda p: ["record", "-o", str(p / "dangling"), "--", "true"],
+        "does not exist",
+    ),
+    (
+        "bench-record-char-device",
+        lambda p: ["bench", "--iterations", "10", "--record", str(p / "zero")],
+        "character device",
+    ),
     ("bench-record-socket", lambda p: ["bench", "--iterations", "10", "--record", str(p / "sock")], "socket"),
 ]
 
 
 @pytest.mark.live
 @pytest.mark.parametrize("name, argv, expect", LIVE_CASES, ids=[c[0] for c in LIVE_CASES])
-def test_live_outputs_are_refused_before_recording(root: None, kvm: None, place: Place, name: str, argv: Argv,
-                                                   expect: str) -> None:
+def test_live_outputs_are_refused_before_recording(
+    root: None, kvm: None, place: Place, name: str, argv: Argv, expect: str
+) -> None:
     proc, left = run_case(place, argv(place))
     assert_one_line(proc, 2, expect)
     assert left == [], left

@@ -92,10 +92,12 @@ def test_mixed_records_give_the_readers_iops_and_the_hammers_cost() -> None:
 
 
 def test_old_records_still_parse_without_blk_fields() -> None:
-    text = ("VMTRACE-BENCH begin vcpus=1 tsc_hz=2596030669 pm_port=0x608 cmdline=\"bench=cpuid\"\n"
-            "VMTRACE-BENCH result bench=cpuid vcpu=0 apic_id=0 iterations=10 cycles=45570 cycles_per_op=4557\n"
-            "VMTRACE-BENCH summary bench=cpuid vcpus=1 iterations=10 cycles_per_op=4557\n"
-            "VMTRACE-BENCH end status=0\n")
+    text = (
+        'VMTRACE-BENCH begin vcpus=1 tsc_hz=2596030669 pm_port=0x608 cmdline="bench=cpuid"\n'
+        "VMTRACE-BENCH result bench=cpuid vcpu=0 apic_id=0 iterations=10 cycles=45570 cycles_per_op=4557\n"
+        "VMTRACE-BENCH summary bench=cpuid vcpus=1 iterations=10 cycles_per_op=4557\n"
+        "VMTRACE-BENCH end status=0\n"
+    )
     r = _result("qemu", "cpuid", parse_bench_output(text), 1, 1.0, [], None, text)
     assert r.cycles_per_op == 4557 and r.iops is None and r.cycles_per_request is None
 
@@ -103,7 +105,9 @@ def test_old_records_still_parse_without_blk_fields() -> None:
 def test_verify_checksums_and_checks() -> None:
     r = result_of(VERIFY, "blk_verify")
     assert [(c["region"], c["sector"], c["blocks"], c["fnv"]) for c in r.checksums] == [
-        ("written", "100", "9", "0x2a3b55f8"), ("read", "5000", "5", "0xf3281690")]
+        ("written", "100", "9", "0x2a3b55f8"),
+        ("read", "5000", "5", "0xf3281690"),
+    ]
     assert r.checks == {"blk_readback_ok": 1, "blk_flush_ok": 1}
 
 
@@ -121,8 +125,18 @@ def test_stalled_device_is_an_error() -> None:
 
 def test_no_records_names_the_vmm_complaint() -> None:
     with pytest.raises(TargetError, match="Could not open"):
-        _result("qemu", "blk_randread", parse_bench_output(""), 1, 0.1, [], None, "",
-                "qemu-system-x86_64: -drive file=/x: Could not open '/x': No such file or directory\n", INFO)
+        _result(
+            "qemu",
+            "blk_randread",
+            parse_bench_output(""),
+            1,
+            0.1,
+            [],
+            None,
+            "",
+            "qemu-system-x86_64: -drive file=/x: Could not open '/x': No such file or directory\n",
+            INFO,
+        )
 
 
 def test_pattern_and_checksum_match_the_guest() -> None:
@@ -130,8 +144,10 @@ def test_pattern_and_checksum_match_the_guest() -> None:
     # 100 with seed 7 (VERIFY above); the region holds nothing but the pattern.
     assert region_checksum(pattern(7, 100, 72), 0, 9) == 0x2A3B55F8
     p = pattern(7, 100, 1)
-    assert struct.unpack_from("<2I", p) == (7 ^ (100 * 0x9E3779B1) & 0xFFFFFFFF,
-                                           (7 ^ (100 * 0x9E3779B1) ^ 0x85EBCA77) & 0xFFFFFFFF)
+    assert struct.unpack_from("<2I", p) == (
+        7 ^ (100 * 0x9E3779B1) & 0xFFFFFFFF,
+        (7 ^ (100 * 0x9E3779B1) ^ 0x85EBCA77) & 0xFFFFFFFF,
+    )
     assert fnv_words(b"") == 0x811C9DC5
     with pytest.raises(VmtraceError, match="past the end"):
         region_checksum(bytes(BLOCK), 0, 2)
@@ -166,12 +182,14 @@ def test_qemu_command_bql_and_dataplane(tmp_path: Path) -> None:
     assert bql[bql.index("-append") + 1] == "bench=blk_randread iterations=100 qd=4"
     drive = bql[bql.index("-drive") + 1]
     assert drive.startswith(f"file={disk},if=none,id=vmtrace-disk,format=raw,cache=")
-    assert bql[bql.index("-device", bql.index("-drive")) + 1] == \
-        "virtio-blk-pci,disable-modern=on,drive=vmtrace-disk,num-queues=1"
+    assert (
+        bql[bql.index("-device", bql.index("-drive")) + 1]
+        == "virtio-blk-pci,disable-modern=on,drive=vmtrace-disk,num-queues=1"
+    )
     assert "iothread" not in " ".join(bql)
     assert dp[dp.index("-object") + 1] == "iothread,id=iothread0"
     assert dp[-1].endswith(",iothread=iothread0")
-    assert "vmtrace-bench,debug-threads=on" in dp       # names the IOThread "IO iothread0"
+    assert "vmtrace-bench,debug-threads=on" in dp  # names the IOThread "IO iothread0"
 
 
 def test_reference_command_passes_disk_and_mode(tmp_path: Path) -> None:
@@ -181,15 +199,18 @@ def test_reference_command_passes_disk_and_mode(tmp_path: Path) -> None:
     assert "--disk" not in vmm_command("reference", "cpuid", 1, 100, Path("g.elf"))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"bench": "blk_randread", "blk": "iothread"}, "unknown --blk mode"),
-    ({"bench": "blk_randread", "queue_depth": 0}, "--queue-depth must be between 1 and 64"),
-    ({"bench": "blk_randread", "queue_depth": 65}, "--queue-depth must be between 1 and 64"),
-    ({"bench": "inl_pmtimer", "queue_depth": 4}, "apply to the blk_randread"),
-    ({"bench": "cpuid", "blk": "bql"}, "apply to the blk_randread"),
-    ({"bench": "blk_verify", "disk": Path("/nonexistent/disk.img")}, "No such file"),
-    ({"bench": "blk_mixed", "python": "ft"}, "--python applies to --vmm reference"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bench": "blk_randread", "blk": "iothread"}, "unknown --blk mode"),
+        ({"bench": "blk_randread", "queue_depth": 0}, "--queue-depth must be between 1 and 64"),
+        ({"bench": "blk_randread", "queue_depth": 65}, "--queue-depth must be between 1 and 64"),
+        ({"bench": "inl_pmtimer", "queue_depth": 4}, "apply to the blk_randread"),
+        ({"bench": "cpuid", "blk": "bql"}, "apply to the blk_randread"),
+        ({"bench": "blk_verify", "disk": Path("/nonexistent/disk.img")}, "No such file"),
+        ({"bench": "blk_mixed", "python": "ft"}, "--python applies to --vmm reference"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_runs(kwargs: dict, message: str) -> None:
     bench = kwargs.pop("bench")
     with pytest.raises(VmtraceError, match=message):
@@ -197,7 +218,13 @@ def test_bad_arguments_are_refused_before_anything_runs(kwargs: dict, message: s
 
 
 def test_cli_bad_blk_mode_is_one_line_and_status_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "vmtrace.cli", "bench", "--vmm", "qemu", "--bench", "blk_randread",
-                           "--blk", "bogus"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "bench", "--vmm", "qemu", "--bench", "blk_randread", "--blk", "bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["vmtrace: error: unknown --blk mode 'bogus': choose one of bql, dataplane"]
+    assert proc.stderr.strip().splitlines() == [
+        "vmtrace: error: unknown --blk mode 'bogus': choose one of bql, dataplane"
+    ]

@@ -18,7 +18,7 @@ from .synthetic import ExitScript, SyntheticTrace, expected_total
 PARTS = [f"{c}_ns" for c in COMPONENTS]
 
 
-def _one(x: ExitScript, **kw) -> "object":
+def _one(x: ExitScript, **kw) -> object:
     s = SyntheticTrace()
     s.vcpu(101, 0, [x])
     return exit_breakdown(s.trace(**kw)).iloc[0]
@@ -96,8 +96,17 @@ def test_woken_lock_wait_then_waiting_for_a_cpu_is_runnable_not_bql() -> None:
 
 
 def test_every_kind_of_runnable_in_one_exit() -> None:
-    x = ExitScript(kernel_ns=9000, kernel_preempted_ns=4000, bql_futex_ns=6000, waker=1, wake_latency_ns=1000,
-                   other_futex_ns=500, device_ns=700, preempted_ns=200, post_ns=1500)
+    x = ExitScript(
+        kernel_ns=9000,
+        kernel_preempted_ns=4000,
+        bql_futex_ns=6000,
+        waker=1,
+        wake_latency_ns=1000,
+        other_futex_ns=500,
+        device_ns=700,
+        preempted_ns=200,
+        post_ns=1500,
+    )
     row = _one(x)
     assert row["runnable_ns"] == 4000 + 1000 + 200
     assert row["vmexit_ns"] == 5000
@@ -182,12 +191,10 @@ def test_partition_with_runnable_property(a: list[ExitScript], b: list[ExitScrip
     for tid, scripts in ((201, a), (202, b)):
         got = ex[ex["tid"] == tid].sort_values("start_ns")
         assert list(got["total_ns"]) == [expected_total(x) for x in scripts]
-        assert list(got["runnable_ns"]) == [x.kernel_preempted_ns + x.preempted_ns + x.wake_latency_ns
-                                            for x in scripts]
+        assert list(got["runnable_ns"]) == [x.kernel_preempted_ns + x.preempted_ns + x.wake_latency_ns for x in scripts]
         assert list(got["vmexit_ns"]) == [x.kernel_ns - x.kernel_preempted_ns for x in scripts]
         assert list(got["bql_wait_ns"]) == [x.bql_futex_ns - x.wake_latency_ns for x in scripts]
-        assert list(got["lock_wait_ns"]) == [x.bql_futex_ns - x.wake_latency_ns + x.other_futex_ns
-                                             for x in scripts]
+        assert list(got["lock_wait_ns"]) == [x.bql_futex_ns - x.wake_latency_ns + x.other_futex_ns for x in scripts]
         assert list(got["device_ns"]) == [x.device_ns for x in scripts]
         assert list(got["dispatch_ns"]) == [x.pre_lock_ns + x.post_ns - x.preempted_ns for x in scripts]
         # The same time the off-CPU overlay counts, found another way.
@@ -197,7 +204,7 @@ def test_partition_with_runnable_property(a: list[ExitScript], b: list[ExitScrip
 GIL_WORD = 0x7777_0000_0040
 
 
-def _bql_span_with_gil_reacquire(name_gil: bool) -> "object":
+def _bql_span_with_gil_reacquire(name_gil: bool) -> object:
     # The reference VMM's BQL acquire: futex wait on the BQL word, then the
     # interpreter blocks again to re-take the GIL before lock_acquired.
     s = SyntheticTrace()

@@ -40,8 +40,14 @@ def exit_with_loss(draw: st.DrawFn) -> ExitScript:
 
 def _emitted(x: ExitScript) -> bool:
     # A loss only matters when the script emits that event at all.
-    return any({"futex_exit": x.bql_futex_ns or x.other_futex_ns, "lock_acquired": x.lock_span,
-                "dispatch_end": x.device_ns}.get(e, True) for e in x.lose)
+    return any(
+        {
+            "futex_exit": x.bql_futex_ns or x.other_futex_ns,
+            "lock_acquired": x.lock_span,
+            "dispatch_end": x.device_ns,
+        }.get(e, True)
+        for e in x.lose
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -140,15 +146,20 @@ def test_histograms_and_percentiles() -> None:
 
 
 def test_bulk_generator_emits_what_the_row_generator_does() -> None:
-    templates = [ExitScript(), ExitScript(bql_futex_ns=5000, waker=1, wake_latency_ns=300),
-                 ExitScript(lock_span=True, bql_futex_ns=2000, device_ns=700, other_futex_ns=100),
-                 ExitScript(preempted_ns=100, post_ns=500), ExitScript(sleep_ns=1000, post_ns=2000, port=0x3F8),
-                 ExitScript(kernel_exits=(0x70,))]
+    templates = [
+        ExitScript(),
+        ExitScript(bql_futex_ns=5000, waker=1, wake_latency_ns=300),
+        ExitScript(lock_span=True, bql_futex_ns=2000, device_ns=700, other_futex_ns=100),
+        ExitScript(preempted_ns=100, post_ns=500),
+        ExitScript(sleep_ns=1000, post_ns=2000, port=0x3F8),
+        ExitScript(kernel_exits=(0x70,)),
+    ]
     rng = np.random.default_rng(5)
     seqs = {101: rng.integers(0, len(templates), 30), 102: rng.integers(0, len(templates), 25)}
     bulk = replicate(templates, seqs, waker_offset=10_000).trace().events
     rows = SyntheticTrace()
     for i, (tid, seq) in enumerate(seqs.items()):
-        rows.vcpu(tid, i, [replace(templates[k], waker=tid + 10_000) if templates[k].waker else templates[k]
-                           for k in seq])
+        rows.vcpu(
+            tid, i, [replace(templates[k], waker=tid + 10_000) if templates[k].waker else templates[k] for k in seq]
+        )
     pd.testing.assert_frame_equal(bulk, rows.trace().events, check_categorical=False)

@@ -28,8 +28,13 @@ SITES = ["softmmu/physmem.c:2748", "util/main-loop.c:318"]
 def _trace(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> Trace:
     df = pd.DataFrame(rows)
     df["event"] = pd.Categorical(df["event"], categories=list(EVENT_TYPES))
-    base = {"callsites": SITES, "locks": [{"name": "BQL", "futex_uaddr": BQL_WORD, "identified": True}],
-            "target": {"vmm": "qemu", "vmm_version": "10.0.2"}, "start_ns": 0, "end_ns": 10_000}
+    base = {
+        "callsites": SITES,
+        "locks": [{"name": "BQL", "futex_uaddr": BQL_WORD, "identified": True}],
+        "target": {"vmm": "qemu", "vmm_version": "10.0.2"},
+        "start_ns": 0,
+        "end_ns": 10_000,
+    }
     return Trace(events=normalize_events(df), meta={**base, **(meta or {})})
 
 
@@ -39,8 +44,9 @@ def _acq(tid: int, t: int, site: int, wait: int, hold: int, blocked: bool = Fals
         rows.append({"ts_ns": t + 1, "tid": tid, "cpu": 0, "event": "futex_enter", "addr": BQL_WORD, "value": 128})
         rows.append({"ts_ns": t + wait - 1, "tid": tid, "cpu": 0, "event": "futex_exit", "value": 0})
     rows.append({"ts_ns": t + wait, "tid": tid, "cpu": 0, "event": "lock_acquired", "addr": BQL_WORD, "name": "BQL"})
-    rows.append({"ts_ns": t + wait + hold, "tid": tid, "cpu": 0, "event": "lock_release", "addr": BQL_WORD,
-                 "name": "BQL"})
+    rows.append(
+        {"ts_ns": t + wait + hold, "tid": tid, "cpu": 0, "event": "lock_release", "addr": BQL_WORD, "name": "BQL"}
+    )
     return rows
 
 
@@ -62,7 +68,9 @@ def test_known_waits_holds_and_contention() -> None:
 def test_window_and_unpaired_begins() -> None:
     # A begin with no acquired (the window closed) counts nothing; until_ns cuts.
     rows = _acq(11, 100, 0, 10, 20) + _acq(11, 5000, 0, 10, 20)
-    rows.append({"ts_ns": 9000, "tid": 12, "cpu": 0, "event": "lock_begin", "addr": BQL_WORD, "value": 1, "name": "BQL"})
+    rows.append(
+        {"ts_ns": 9000, "tid": 12, "cpu": 0, "event": "lock_begin", "addr": BQL_WORD, "value": 1, "name": "BQL"}
+    )
     t = _trace(rows)
     assert len(callsite_acquisitions(t)) == 2
     assert len(callsite_acquisitions(t, until_ns=1000)) == 1
@@ -88,13 +96,20 @@ def test_trace_without_callsites_says_how() -> None:
 
 
 def test_assign_sites_indexes_file_and_line() -> None:
-    df = normalize_events(pd.DataFrame({
-        "ts_ns": [1, 2, 3, 4], "tid": [1, 1, 2, 2], "cpu": [0, 0, 0, 0],
-        "event": pd.Categorical(["lock_begin", "lock_acquired", "lock_begin", "lock_begin"],
-                                categories=list(EVENT_TYPES)),
-        "addr": pd.array([0x1000, 0, 0x2000, 0x3000], dtype="UInt64"),
-        "value": pd.array([2748, pd.NA, 318, 5], dtype="Int64"),
-    }))
+    df = normalize_events(
+        pd.DataFrame(
+            {
+                "ts_ns": [1, 2, 3, 4],
+                "tid": [1, 1, 2, 2],
+                "cpu": [0, 0, 0, 0],
+                "event": pd.Categorical(
+                    ["lock_begin", "lock_acquired", "lock_begin", "lock_begin"], categories=list(EVENT_TYPES)
+                ),
+                "addr": pd.array([0x1000, 0, 0x2000, 0x3000], dtype="UInt64"),
+                "value": pd.array([2748, pd.NA, 318, 5], dtype="Int64"),
+            }
+        )
+    )
     files = {0x1000: "../softmmu/physmem.c", 0x2000: "../util/main-loop.c"}
     out, sites = assign_sites(df, files.get)
     assert sites == ["softmmu/physmem.c:2748", "util/main-loop.c:318"]

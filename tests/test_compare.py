@@ -29,13 +29,18 @@ def test_columns_and_deltas_come_from_each_trace() -> None:
         assert table.at[comp, lb] == pytest.approx(b.components[comp])
         assert table.at[comp, f"{lb} Δ"] == pytest.approx(b.components[comp] - a.components[comp])
     assert table.at["total", f"{lb} Δ%"] == pytest.approx(
-        100 * (b.components["total"] - a.components["total"]) / a.components["total"])
+        100 * (b.components["total"] - a.components["total"]) / a.components["total"]
+    )
     assert table.at["exits", la] == len(a.exits)
 
 
 def test_cli_json_matches_the_api(tmp_path: Path) -> None:
-    out = subprocess.run([*CLI, "compare", str(ONE), str(TWO), "--format", "json", "--html", str(tmp_path / "c.html")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*CLI, "compare", str(ONE), str(TWO), "--format", "json", "--html", str(tmp_path / "c.html")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     doc = json.loads(out.stdout)
     table, bds = compare_traces([ONE, TWO])
     rows = {r["component"]: r for r in doc["rows"]}

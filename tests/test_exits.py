@@ -21,8 +21,11 @@ def _userspace_time(x: ExitScript) -> int:
 
 def test_userspace_and_kernel_exits_without_kvm_exit() -> None:
     s = SyntheticTrace()
-    xs = [ExitScript(port=0x608, kernel_exits=(0x70,)), ExitScript(port=0x3F8, write=True, post_ns=900),
-          ExitScript(port=0x608, bql_futex_ns=4000, kernel_exits=(0x70, 0x71))]
+    xs = [
+        ExitScript(port=0x608, kernel_exits=(0x70,)),
+        ExitScript(port=0x3F8, write=True, post_ns=900),
+        ExitScript(port=0x608, bql_futex_ns=4000, kernel_exits=(0x70, 0x71)),
+    ]
     s.vcpu(101, 0, xs)
     x = exit_stats(s.trace())
     assert x.source == "KVM_RUN"
@@ -56,8 +59,11 @@ def test_userspace_and_kernel_exits_without_kvm_exit() -> None:
 
 def test_kvm_exit_pairs_with_the_next_kvm_entry() -> None:
     s = SyntheticTrace()
-    xs = [ExitScript(guest_ns=300, kernel_exits=(0x70,)), ExitScript(guest_ns=100, post_ns=700),
-          ExitScript(guest_ns=50)]
+    xs = [
+        ExitScript(guest_ns=300, kernel_exits=(0x70,)),
+        ExitScript(guest_ns=100, post_ns=700),
+        ExitScript(guest_ns=50),
+    ]
     end = s.vcpu(101, 0, xs)
     s.add(end + 1, 101, "kvm_entry")  # the final run_enter re-enters the guest
     x = exit_stats(s.trace(kvm_flavour="vmx"))
@@ -112,8 +118,9 @@ def test_no_kvm_run_events_is_an_error_naming_what_is_there() -> None:
 
 
 def test_exit_table_of_nothing_has_the_columns() -> None:
-    t = exit_table(pd.DataFrame({"reason": [], "dur_ns": pd.array([], dtype="Int64"),
-                                 "userspace": np.zeros(0, bool)}), ["reason"])
+    t = exit_table(
+        pd.DataFrame({"reason": [], "dur_ns": pd.array([], dtype="Int64"), "userspace": np.zeros(0, bool)}), ["reason"]
+    )
     assert {"count", "share", "time_share", "min_ns", "max_ns"} <= set(t.columns)
 
 

@@ -50,12 +50,29 @@ TEMPLATES = [
 #: (file name, vCPUs, exits per vCPU, provenance): sizes from tens of
 #: events to a few hundred thousand, and several VMMs, versions, modes.
 SYNTHETIC: list[tuple[str, int, int, dict[str, Any]]] = [
-    ("tiny-ref-bql.vmtrace", 1, 20, {"vmm": "reference", "locking": "bql", "host": "host-a",
-                                     "interpreter": {"version": "3.13.5", "free_threaded": True,
-                                                     "gil_enabled": False, "path": "/opt/py/bin/python3.13t"}}),
+    (
+        "tiny-ref-bql.vmtrace",
+        1,
+        20,
+        {
+            "vmm": "reference",
+            "locking": "bql",
+            "host": "host-a",
+            "interpreter": {
+                "version": "3.13.5",
+                "free_threaded": True,
+                "gil_enabled": False,
+                "path": "/opt/py/bin/python3.13t",
+            },
+        },
+    ),
     ("small-qemu72.vmtrace", 2, 1_500, {"vmm": "qemu", "version": "7.2.22", "host": "host-b"}),
-    ("medium-ref-unlocked.vmtrace", 2, 6_000, {"vmm": "reference", "locking": "unlocked", "host": "host-c",
-                                               "interpreter": "3.11.2"}),
+    (
+        "medium-ref-unlocked.vmtrace",
+        2,
+        6_000,
+        {"vmm": "reference", "locking": "unlocked", "host": "host-c", "interpreter": "3.11.2"},
+    ),
     ("large-qemu10.vmtrace", 4, 10_000, {"vmm": "qemu", "version": "10.0.2", "host": "host-d"}),
 ]
 
@@ -68,15 +85,35 @@ def synthetic_trace(path: Path, vcpus: int, per_vcpu: int, seed: int, prov: dict
     weights = np.array([4, 1, 1 + seed, 1 + seed, 1, 1], dtype=float)
     seqs = {100 + i: rng.choice(len(TEMPLATES), per_vcpu, p=weights / weights.sum()) for i in range(vcpus)}
     t = replicate(TEMPLATES, seqs).trace()
-    cmd = (["python3", "-m", "vmtrace.reference_vmm", "--vcpus", str(vcpus), "--locking", prov["locking"],
-            "--", "bench=inl_pmtimer"] if prov["vmm"] == "reference" else
-           ["qemu-system-x86_64", "-smp", str(vcpus), "-append", "bench=inl_pmtimer iterations=100"])
+    cmd = (
+        [
+            "python3",
+            "-m",
+            "vmtrace.reference_vmm",
+            "--vcpus",
+            str(vcpus),
+            "--locking",
+            prov["locking"],
+            "--",
+            "bench=inl_pmtimer",
+        ]
+        if prov["vmm"] == "reference"
+        else ["qemu-system-x86_64", "-smp", str(vcpus), "-append", "bench=inl_pmtimer iterations=100"]
+    )
     target: dict[str, Any] = {"command": cmd, "pid": 4242, "vmm": prov["vmm"], "vmm_version": prov.get("version")}
     if "interpreter" in prov:
         target["interpreter"] = prov["interpreter"]
-    meta = dict(t.meta, host={"hostname": prov["host"], "kernel": "6.1.0-test", "cpus": 2},
-                target=target, backend="bcc", mode="default", kvm_flavour="vmx",
-                created="2026-12-01T10:00:00+00:00", start_ns=0, end_ns=2_000_000_000)
+    meta = dict(
+        t.meta,
+        host={"hostname": prov["host"], "kernel": "6.1.0-test", "cpus": 2},
+        target=target,
+        backend="bcc",
+        mode="default",
+        kvm_flavour="vmx",
+        created="2026-12-01T10:00:00+00:00",
+        start_ns=0,
+        end_ns=2_000_000_000,
+    )
     return write_trace(path, t.events, meta)
 
 
@@ -127,9 +164,18 @@ def serial_rows(fleet_dir: Path) -> list[dict[str, Any]]:
 
 def test_bucket_edges_are_the_documented_ones() -> None:
     assert hist.N_BUCKETS == 162
-    assert hist.bucket_of(np.array([0.0, 0.99, 1.0, 2 ** 0.25, 64.0, 63.999, 2.0 ** 40, 1e300, -5.0])).tolist() == \
-        [0, 0, 1, 2, 25, 24, 161, 161, 0]
-    assert hist.bucket_bounds(25) == (64.0, 64 * 2 ** 0.25)
+    assert hist.bucket_of(np.array([0.0, 0.99, 1.0, 2**0.25, 64.0, 63.999, 2.0**40, 1e300, -5.0])).tolist() == [
+        0,
+        0,
+        1,
+        2,
+        25,
+        24,
+        161,
+        161,
+        0,
+    ]
+    assert hist.bucket_bounds(25) == (64.0, 64 * 2**0.25)
     # The single-trace report's edges (64 * 2**(k/4)) are a subset of these.
     assert np.isin(64.0 * 2.0 ** (np.arange(20) / 4), hist.EDGES).all()
 
@@ -146,8 +192,10 @@ def test_merging_is_exact_addition(chunks: list[list[float]]) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(0, 1e9, allow_nan=False), min_size=1, max_size=300),
-       st.sampled_from([0.0, 0.01, 0.5, 0.9, 0.99, 1.0]))
+@given(
+    st.lists(st.floats(0, 1e9, allow_nan=False), min_size=1, max_size=300),
+    st.sampled_from([0.0, 0.01, 0.5, 0.9, 0.99, 1.0]),
+)
 def test_quantile_bucket_holds_the_true_quantile(values: list[float], q: float) -> None:
     v = np.sort(np.array(values))
     found = hist.quantile(hist.histogram(v), q)
@@ -156,7 +204,7 @@ def test_quantile_bucket_holds_the_true_quantile(values: list[float], q: float) 
     assert found.low <= nearest < found.high
     # So the point estimate is off by less than one bucket's ratio.
     if nearest >= 1:
-        assert 2 ** -0.25 <= found.estimate / nearest <= 2 ** 0.25
+        assert 2**-0.25 <= found.estimate / nearest <= 2**0.25
 
 
 def test_quantile_of_empty_histogram_is_none() -> None:
@@ -185,8 +233,13 @@ def test_row_carries_the_analyses_results(fleet_dir: Path) -> None:
     words = lock_report(trace).words
     assert row["top_locks"][0]["addr"] == hex(int(words["addr"].iloc[0]))
     assert row["top_lock"] == "BQL"
-    assert (row["host"], row["vmm"], row["vmm_version"], row["vcpus"], row["workload"]) == \
-        ("host-d", "qemu", "10.0.2", 4, "inl_pmtimer")
+    assert (row["host"], row["vmm"], row["vmm_version"], row["vcpus"], row["workload"]) == (
+        "host-d",
+        "qemu",
+        "10.0.2",
+        4,
+        "inl_pmtimer",
+    )
     assert row["locking"] is None and row["kvm_flavour"] == "vmx"
     assert row["recorded"] == pd.Timestamp("2026-12-01T10:00:00Z")
     assert row["events"] == len(trace.events) and row["duration_s"] == 2.0
@@ -194,8 +247,13 @@ def test_row_carries_the_analyses_results(fleet_dir: Path) -> None:
 
 def test_reference_vmm_locking_and_interpreter(fleet_dir: Path) -> None:
     tiny = summarize_trace(str(fleet_dir / "tiny-ref-bql.vmtrace"))
-    assert (tiny["vmm"], tiny["locking"], tiny["interpreter"], tiny["free_threaded"], tiny["gil_enabled"]) == \
-        ("reference", "bql", "3.13.5t", True, False)
+    assert (tiny["vmm"], tiny["locking"], tiny["interpreter"], tiny["free_threaded"], tiny["gil_enabled"]) == (
+        "reference",
+        "bql",
+        "3.13.5t",
+        True,
+        False,
+    )
     medium = summarize_trace(str(fleet_dir / "medium-ref-unlocked.vmtrace"))
     assert (medium["locking"], medium["interpreter"], medium["free_threaded"]) == ("unlocked", "3.11.2", None)
 
@@ -247,12 +305,19 @@ def test_sources_directories_globs_and_refusals(fleet_dir: Path, monkeypatch: py
     assert len(every) == len(SYNTHETIC) + 3
     # Relative names leave the client absolute (a worker has another cwd), once each.
     monkeypatch.chdir(fleet_dir)
-    assert expand_sources(["small-qemu72.vmtrace", "./small-qemu72.vmtrace", "tiny-*"]) == \
-        [str(fleet_dir / "small-qemu72.vmtrace"), str(fleet_dir / "tiny-ref-bql.vmtrace")]
-    assert expand_sources([str(fleet_dir / "*-qemu*.vmtrace"), str(fleet_dir / "large-qemu10.vmtrace")]) == \
-        [str(fleet_dir / "large-qemu10.vmtrace"), str(fleet_dir / "small-qemu72.vmtrace")]
-    for bad, said in [("/no/such/dir", "no such trace file"), (str(fleet_dir / "*.nothing"), "no trace files match"),
-                      ("nosuchscheme://x/y", "unknown URL scheme")]:
+    assert expand_sources(["small-qemu72.vmtrace", "./small-qemu72.vmtrace", "tiny-*"]) == [
+        str(fleet_dir / "small-qemu72.vmtrace"),
+        str(fleet_dir / "tiny-ref-bql.vmtrace"),
+    ]
+    assert expand_sources([str(fleet_dir / "*-qemu*.vmtrace"), str(fleet_dir / "large-qemu10.vmtrace")]) == [
+        str(fleet_dir / "large-qemu10.vmtrace"),
+        str(fleet_dir / "small-qemu72.vmtrace"),
+    ]
+    for bad, said in [
+        ("/no/such/dir", "no such trace file"),
+        (str(fleet_dir / "*.nothing"), "no trace files match"),
+        ("nosuchscheme://x/y", "unknown URL scheme"),
+    ]:
         with pytest.raises(VmtraceError, match=said):
             expand_sources([bad])
     with pytest.raises(VmtraceError, match="does not exist"):
@@ -276,8 +341,9 @@ def test_table_round_trip_keeps_types(serial_rows: list[dict[str, Any]], tmp_pat
 # The fleet view
 
 
-def test_report_weighted_means_equal_the_mean_over_every_exit(serial_rows: list[dict[str, Any]],
-                                                              fleet_dir: Path) -> None:
+def test_report_weighted_means_equal_the_mean_over_every_exit(
+    serial_rows: list[dict[str, Any]], fleet_dir: Path
+) -> None:
     r = fleet_report(pd.DataFrame(serial_rows), by=["vmm", "vcpus"], top_n=3)
     assert r.traces == len(serial_rows) and len(r.failed) == 3
     exits = []
@@ -303,8 +369,9 @@ def test_report_weighted_means_equal_the_mean_over_every_exit(serial_rows: list[
 
 def test_cli_summarize_and_report(fleet_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "fleet.parquet"
-    res = RUN.invoke(app, ["fleet", "summarize", str(fleet_dir), str(SAMPLES[0]), "-o", str(out),
-                           "--scheduler", "synchronous"])
+    res = RUN.invoke(
+        app, ["fleet", "summarize", str(fleet_dir), str(SAMPLES[0]), "-o", str(out), "--scheduler", "synchronous"]
+    )
     assert res.exit_code == 0, res.output
     assert f"{len(SYNTHETIC) + 4} traces, 3 failed" in res.stderr
     assert res.stderr.count("vmtrace: failed:") == 3
@@ -321,14 +388,17 @@ def test_cli_summarize_and_report(fleet_dir: Path, tmp_path: Path) -> None:
     assert "Top traces by BQL wait" in text and "Across traces" in text
 
 
-@pytest.mark.parametrize("args, said", [
-    (["fleet", "summarize", "/no/such/trace", "-o", "x.parquet"], "no such trace file"),
-    (["fleet", "summarize", str(SAMPLES[0]), "-o", "/no/dir/x.parquet"], "does not exist"),
-    (["fleet", "summarize", str(SAMPLES[0]), "-o", "x.parquet", "--workers", "0"], "at least 1"),
-    (["fleet", "summarize", str(SAMPLES[0]), "-o", "x.parquet", "--scheduler", "localhost:8786"], "tcp://"),
-    (["fleet", "report", str(SAMPLES[0])], "not a fleet table"),
-    (["fleet", "report", "/no/such.parquet"], "no such fleet table"),
-])
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["fleet", "summarize", "/no/such/trace", "-o", "x.parquet"], "no such trace file"),
+        (["fleet", "summarize", str(SAMPLES[0]), "-o", "/no/dir/x.parquet"], "does not exist"),
+        (["fleet", "summarize", str(SAMPLES[0]), "-o", "x.parquet", "--workers", "0"], "at least 1"),
+        (["fleet", "summarize", str(SAMPLES[0]), "-o", "x.parquet", "--scheduler", "localhost:8786"], "tcp://"),
+        (["fleet", "report", str(SAMPLES[0])], "not a fleet table"),
+        (["fleet", "report", "/no/such.parquet"], "no such fleet table"),
+    ],
+)
 def test_cli_bad_input_is_one_line(args: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     res = RUN.invoke(app, args)

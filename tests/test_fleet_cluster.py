@@ -50,8 +50,7 @@ def _children() -> set[int]:
     return out
 
 
-def test_local_cluster_gives_the_serial_rows(sources: list[str], serial: list[dict[str, Any]],
-                                             tmp_path: Path) -> None:
+def test_local_cluster_gives_the_serial_rows(sources: list[str], serial: list[dict[str, Any]], tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
 
     before = _children()
@@ -61,8 +60,9 @@ def test_local_cluster_gives_the_serial_rows(sources: list[str], serial: list[di
             worker_pids = set(client.run(lambda: __import__("os").getpid()).values())
         assert len(worker_pids) == 2 and not worker_pids & {psutil.Process().pid}
         out = tmp_path / "fleet.parquet"
-        path, rows = summarize_fleet(sources, str(out), scheduler=cluster.scheduler_address,
-                                     progress=lambda done, total: seen.append(done))
+        path, rows = summarize_fleet(
+            sources, str(out), scheduler=cluster.scheduler_address, progress=lambda done, total: seen.append(done)
+        )
     assert canonical(rows) == canonical(serial)
     assert [r["path"] for r in rows] == sources
     assert seen[0] == 0 and seen[-1] == len(sources) and sorted(seen) == seen
@@ -118,8 +118,12 @@ def test_command_on_the_local_pool(sources: list[str], serial: list[dict[str, An
 
     out = tmp_path / "fleet.parquet"
     vmtrace = Path(sys.executable).with_name("vmtrace")
-    proc = subprocess.run([str(vmtrace), "fleet", "summarize", *sources, "-o", str(out), "--workers", "2"],
-                          capture_output=True, text=True, timeout=500)
+    proc = subprocess.run(
+        [str(vmtrace), "fleet", "summarize", *sources, "-o", str(out), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"{len(sources)} traces, 3 failed" in proc.stderr
     import pyarrow.parquet as pq
@@ -142,8 +146,9 @@ def test_a_dead_worker_costs_its_trace_not_the_fleet() -> None:
     # No retries: the task is lost with its first worker.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            rows = run_fleet(["a.vmtrace", "doomed.vmtrace", "c.vmtrace"], scheduler=cluster.scheduler_address,
-                             task=_die_on_doomed)
+            rows = run_fleet(
+                ["a.vmtrace", "doomed.vmtrace", "c.vmtrace"], scheduler=cluster.scheduler_address, task=_die_on_doomed
+            )
     assert [r["path"] for r in rows] == ["a.vmtrace", "doomed.vmtrace", "c.vmtrace"]
     assert rows[0]["error"] is None and rows[2]["error"] is None
     assert rows[1]["error"].startswith("the Dask worker running it failed: KilledWorker")

@@ -60,6 +60,7 @@ def test_bql_share_query_agrees_with_the_fleet_report(table: Path) -> None:
     r = fleet_report(pd.read_parquet(table), by=["vmm", "vmm_version", "vcpus"])
     assert len(got) == len(r.groups) >= 3
     assert list(got["bql_share"]) == sorted(got["bql_share"], reverse=True)
+
     def key(vmm: Any, version: Any, vcpus: Any) -> tuple[str, str, int]:  # cells
         return ("-" if pd.isna(vmm) else str(vmm), "-" if pd.isna(version) else str(version), int(vcpus))
 

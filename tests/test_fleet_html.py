@@ -16,8 +16,10 @@ from .browser import Chromium, chromium_binary, png_stats
 from .conftest import need
 from .test_fleet import build_fleet
 
-RENDERED = ("(() => { const d = [...document.querySelectorAll('.plotly-graph-div')];"
-            " return d.length > 0 && d.every(g => g._fullLayout && g.querySelector('.main-svg')); })()")
+RENDERED = (
+    "(() => { const d = [...document.querySelectorAll('.plotly-graph-div')];"
+    " return d.length > 0 && d.every(g => g._fullLayout && g.querySelector('.main-svg')); })()"
+)
 
 
 @pytest.fixture(scope="module")

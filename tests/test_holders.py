@@ -162,10 +162,12 @@ wakers = st.sampled_from([None, MAIN, "other-vcpu"])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(exit_scripts(post_min_ns=4, preemptions_ns=(0, 0, 1, 2)), wakers), min_size=1,
-                max_size=6),
-       st.lists(st.tuples(exit_scripts(post_min_ns=4), wakers), min_size=1, max_size=6),
-       st.integers(0, 60_000), st.booleans())
+@given(
+    st.lists(st.tuples(exit_scripts(post_min_ns=4, preemptions_ns=(0, 0, 1, 2)), wakers), min_size=1, max_size=6),
+    st.lists(st.tuples(exit_scripts(post_min_ns=4), wakers), min_size=1, max_size=6),
+    st.integers(0, 60_000),
+    st.booleans(),
+)
 def test_property_partitions_bql_wait(first, second, offset, main_preempted):
     sy = SyntheticTrace()
     sy.thread(MAIN, "qemu-system-x86", "main")
@@ -199,8 +201,9 @@ def test_property_partitions_bql_wait(first, second, offset, main_preempted):
     exits = exit_breakdown(t)
     parts = exit_split(t, exits)
     assert (parts["wait_ns"] > 0).all()
-    per_exit = np.bincount(parts["exit"].to_numpy(dtype=np.int64), weights=parts["wait_ns"].to_numpy(),
-                           minlength=len(exits)).astype(np.int64)
+    per_exit = np.bincount(
+        parts["exit"].to_numpy(dtype=np.int64), weights=parts["wait_ns"].to_numpy(), minlength=len(exits)
+    ).astype(np.int64)
     # Never more than was waited, and all of it: exactly bql_wait per exit.
     assert (per_exit == exits["bql_wait_ns"].to_numpy()).all()
     b = bql_breakdown(t, timed_loop=False)
@@ -242,8 +245,10 @@ def test_timeline_cuts_bql_waits_where_the_holder_changes():
     spans = timeline(t)
     w = spans[(spans["tid"] == 101) & (spans["state"] == "bql_wait")]
     dur = (w["end_ns"] - w["start_ns"]).groupby(w["holder"].astype(str)).sum()
-    assert dur.to_dict() == {f"main loop [{MAIN}]": _by_activity(t)["main loop"] - a.bql_futex_ns,
-                             "vCPU pio 0x608 [100]": _by_activity(t)["vCPU pio 0x608"]}
+    assert dur.to_dict() == {
+        f"main loop [{MAIN}]": _by_activity(t)["main loop"] - a.bql_futex_ns,
+        "vCPU pio 0x608 [100]": _by_activity(t)["vCPU pio 0x608"],
+    }
     assert (spans.loc[spans["state"] != "bql_wait", "holder"].astype(str) == "").all()
 
 

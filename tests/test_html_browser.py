@@ -16,8 +16,10 @@ from .conftest import REPO
 
 SAMPLE = REPO / "sample_traces" / "qemu-pmtimer-2vcpu-precise.vmtrace"
 # Every plotly div drawn: plotly sets _fullLayout once a plot is laid out.
-RENDERED = ("(() => { const d = [...document.querySelectorAll('.plotly-graph-div')];"
-            " return d.length > 0 && d.every(g => g._fullLayout && g.querySelector('.main-svg')); })()")
+RENDERED = (
+    "(() => { const d = [...document.querySelectorAll('.plotly-graph-div')];"
+    " return d.length > 0 && d.every(g => g._fullLayout && g.querySelector('.main-svg')); })()"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,10 @@ def test_report_opens_offline_and_every_chart_draws(browser: Chromium, report_pa
     assert page.requests and all(u.startswith("file:") for u in page.requests)
     n = browser.evaluate("document.querySelectorAll('.plotly-graph-div').length")
     assert n >= 6  # breakdown, histogram, locks, off-CPU, timeline overview and detail
-    traces = browser.evaluate("[...document.querySelectorAll('.plotly-graph-div')].map(g => g.querySelectorAll("
-                              "'.trace, .scatterlayer .trace').length)")
+    traces = browser.evaluate(
+        "[...document.querySelectorAll('.plotly-graph-div')].map(g => g.querySelectorAll("
+        "'.trace, .scatterlayer .trace').length)"
+    )
     assert all(t > 0 for t in traces), traces
     for i in range(n):
         size, not_background, colourful = png_stats(browser.screenshot(".plotly-graph-div", i))
@@ -58,8 +62,10 @@ def test_the_harness_sees_requests_and_errors(browser: Chromium, tmp_path: Path)
     # The checks above only mean something if this harness would catch a
     # page that fetches or fails: show it on a page that does both.
     bad = tmp_path / "bad.html"
-    bad.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
-                   '<script>console.error("boom"); undefined_function();</script></body></html>')
+    bad.write_text(
+        '<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+        '<script>console.error("boom"); undefined_function();</script></body></html>'
+    )
     page = browser.load(bad.as_uri(), settle=1.0)
     assert any(u.startswith("http://127.0.0.1:9/") for u in page.network)
     assert any("boom" in e for e in page.console_errors)

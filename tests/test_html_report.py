@@ -69,10 +69,21 @@ def _summary() -> pd.DataFrame:
     rows = []
     for cfg, lock in (("qemu bql", 1.0), ("reference unlocked", 0.0)):
         for n in (1, 2, 4):
-            rows.append({"config": cfg, "vcpus": n, "guest": 0.0, "vmexit": 10_000.0, "emulator": 1_000.0,
-                         "dispatch": 3_000.0, "device": 500.0, "lock_wait": lock * 5_000.0 * n,
-                         "bql_wait": lock * 4_000.0 * n, "guest_cycles_per_op": 15_000.0 + lock * 5_000 * n,
-                         "observer_effect": 1.1 if n != 4 else np.nan})
+            rows.append(
+                {
+                    "config": cfg,
+                    "vcpus": n,
+                    "guest": 0.0,
+                    "vmexit": 10_000.0,
+                    "emulator": 1_000.0,
+                    "dispatch": 3_000.0,
+                    "device": 500.0,
+                    "lock_wait": lock * 5_000.0 * n,
+                    "bql_wait": lock * 4_000.0 * n,
+                    "guest_cycles_per_op": 15_000.0 + lock * 5_000 * n,
+                    "observer_effect": 1.1 if n != 4 else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -81,15 +92,18 @@ def test_sweep_figure_stacks_groups_marks_and_annotates() -> None:
     bars = [t for t in fig.data if t.type == "bar"]
     assert fig.layout.barmode == "stack"
     names = [b.name for b in bars]
-    assert names == [COMPONENT_LABELS[c] for c in ("vmexit", "emulator", "dispatch", "device", "bql_wait",
-                                                   "other_lock_wait")]
+    assert names == [
+        COMPONENT_LABELS[c] for c in ("vmexit", "emulator", "dispatch", "device", "bql_wait", "other_lock_wait")
+    ]
     # Two-level x: vCPU count outside, configuration inside, side by side.
     outer, inner = (list(a) for a in bars[0].x)
     assert outer == ["1 vCPU", "1 vCPU", "2 vCPUs", "2 vCPUs", "4 vCPUs", "4 vCPUs"]
     assert inner == ["qemu bql", "reference unlocked"] * 3
     bql = dict(zip(zip(outer, inner, strict=True), bars[names.index("BQL wait")].y, strict=True))
     assert bql[("4 vCPUs", "qemu bql")] == 16_000 and bql[("4 vCPUs", "reference unlocked")] == 0
-    other = dict(zip(zip(outer, inner, strict=True), bars[names.index(COMPONENT_LABELS["other_lock_wait"])].y, strict=True))
+    other = dict(
+        zip(zip(outer, inner, strict=True), bars[names.index(COMPONENT_LABELS["other_lock_wait"])].y, strict=True)
+    )
     assert other[("2 vCPUs", "qemu bql")] == 2_000
     marks = next(t for t in fig.data if t.name == "guest-measured cycles/op")
     assert dict(zip(zip(*marks.x, strict=True), marks.y, strict=True))[("2 vCPUs", "qemu bql")] == 25_000
@@ -114,26 +128,43 @@ def test_sweep_figure_draws_the_range_of_repeated_runs() -> None:
 def test_sweep_figure_without_optional_columns() -> None:
     df = _summary().drop(columns=["bql_wait", "guest_cycles_per_op", "observer_effect"])
     fig = sweep_figure(df)
-    assert [t.name for t in fig.data] == [COMPONENT_LABELS[c] for c in ("vmexit", "emulator", "dispatch", "device",
-                                                                       "lock_wait")]
+    assert [t.name for t in fig.data] == [
+        COMPONENT_LABELS[c] for c in ("vmexit", "emulator", "dispatch", "device", "lock_wait")
+    ]
     with pytest.raises(ValueError, match="vcpus"):
         sweep_figure(df.drop(columns=["vcpus"]))
 
 
 def test_compare_figure_and_write_html_forms(tmp_path) -> None:
-    rows = ["guest", "vmexit", "emulator", "dispatch", "lock_wait", "device", "bql_wait", "total",
-            "guest_cycles_per_op", "exits"]
-    table = pd.DataFrame({"a": [0, 10, 1, 3, 6, 1, 5, 21, 20, 100], "b": [0, 10, 1, 3, 0, 1, 0, 15, None, 90]},
-                         index=pd.Index(rows, name="component"), dtype="float64")
+    rows = [
+        "guest",
+        "vmexit",
+        "emulator",
+        "dispatch",
+        "lock_wait",
+        "device",
+        "bql_wait",
+        "total",
+        "guest_cycles_per_op",
+        "exits",
+    ]
+    table = pd.DataFrame(
+        {"a": [0, 10, 1, 3, 6, 1, 5, 21, 20, 100], "b": [0, 10, 1, 3, 0, 1, 0, 15, None, 90]},
+        index=pd.Index(rows, name="component"),
+        dtype="float64",
+    )
     table["b Δ"] = table["b"] - table["a"]
     table["b Δ%"] = 100 * table["b Δ"] / table["a"]
     fig = compare_figure(table)
     bars = [t for t in fig.data if t.type == "bar"]
     assert all(list(b.x) == ["a", "b"] for b in bars)
     assert next(t for t in fig.data if t.type == "scatter" and t.mode == "text").text == ("-29%",)
-    path = write_html([("Compare", fig), Section("Notes", ["plain <text>", Html("<b>bold</b>")], intro="why"),
-                       go.Figure()], tmp_path / "p.html", title="t & t",
-                      tables=[("Table", table.reset_index())])
+    path = write_html(
+        [("Compare", fig), Section("Notes", ["plain <text>", Html("<b>bold</b>")], intro="why"), go.Figure()],
+        tmp_path / "p.html",
+        title="t & t",
+        tables=[("Table", table.reset_index())],
+    )
     rest = _without_plotly(path.read_text(encoding="utf-8"))
     assert "<title>t &amp; t</title>" in rest and "plain &lt;text&gt;" in rest and "<b>bold</b>" in rest
     assert ">Table</h2>" in rest and "<td>guest_cycles_per_op</td>" in rest

@@ -54,11 +54,14 @@ def test_this_interpreter_is_described_as_it_is() -> None:
     assert me.label.startswith(f"CPython {me.version} ")
 
 
-@pytest.mark.parametrize("path, message", [
-    ("/nonexistent/python3", "no such interpreter"),
-    ("/bin/true", "not a Python 3 interpreter"),
-    (str(REPO / "README.md"), "not executable"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/nonexistent/python3", "no such interpreter"),
+        ("/bin/true", "not a Python 3 interpreter"),
+        (str(REPO / "README.md"), "not executable"),
+    ],
+)
 def test_a_bad_python_is_one_clear_error(path: str, message: str) -> None:
     with pytest.raises(VmtraceError, match=message) as err:
         inspect_interpreter(path)
@@ -66,7 +69,8 @@ def test_a_bad_python_is_one_clear_error(path: str, message: str) -> None:
 
 
 def test_without_the_free_threaded_build_the_default_is_this_interpreter_with_a_note(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VMTRACE_PYTHON_FT_PREFIX", str(tmp_path / "nowhere"))
     notes: list[str] = []
     for _ in range(2):
@@ -107,8 +111,13 @@ def _run_launched(python: str, tmp_path: Path, *args: str) -> tuple[subprocess.C
     report = tmp_path / "interp.json"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHON_GIL")}
     env[REPORT_ENV] = str(report)
-    proc = subprocess.run([*reference_vmm_command(inspect_interpreter(python)), *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [*reference_vmm_command(inspect_interpreter(python)), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     return proc, read_report(report)
 
 
@@ -130,14 +139,26 @@ def test_the_vmm_imports_no_vmtrace_module_but_the_probe_api(cache: Path, tmp_pa
     """What makes the VMM runnable without vmtrace's dependencies: after a
     run, the only vmtrace modules loaded are the package, the probe API and
     the VMM's own (the reference VMM's machine module included)."""
-    code = ("import sys, runpy, json; sys.argv = ['x', 'run', '--image', sys.argv[1]]\n"
-            "try:\n    runpy.run_module('vmtrace.reference_vmm', run_name='__main__')\n"
-            "except SystemExit:\n    pass\n"
-            "import vmtrace.reference_vmm.machine\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('vmtrace'))))")
+    code = (
+        "import sys, runpy, json; sys.argv = ['x', 'run', '--image', sys.argv[1]]\n"
+        "try:\n    runpy.run_module('vmtrace.reference_vmm', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "import vmtrace.reference_vmm.machine\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('vmtrace'))))"
+    )
     launcher = Path(reference_vmm_command(inspect_interpreter(OTHER_PYTHON))[2])
-    proc = subprocess.run([OTHER_PYTHON, "-s", "-c", f"import sys; sys.path.insert(0, {str(launcher.parent)!r})\n{code}",
-                           str(tmp_path / "missing.elf")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            OTHER_PYTHON,
+            "-s",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(launcher.parent)!r})\n{code}",
+            str(tmp_path / "missing.elf"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     mods = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "vmtrace.probes" in mods and "vmtrace.reference_vmm.machine" in mods
     assert [m for m in mods if not m.startswith("vmtrace.reference_vmm")] == ["vmtrace", "vmtrace.probes"]

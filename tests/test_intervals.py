@@ -38,9 +38,14 @@ def windows_and_spans(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
     return tuple(np.array(v, dtype=np.int64) for v in w + s)
 
 
-def _brute(wt, ws, we, st_, ss, se) -> np.ndarray:  # noqa: ANN001 - test oracle
-    return np.array([sum(max(0, min(e, b) - max(s, a)) for t2, s, e in zip(st_, ss, se, strict=True) if t2 == t)
-                     for t, a, b in zip(wt, ws, we, strict=True)], dtype=np.int64)
+def _brute(wt, ws, we, st_, ss, se) -> np.ndarray:
+    return np.array(
+        [
+            sum(max(0, min(e, b) - max(s, a)) for t2, s, e in zip(st_, ss, se, strict=True) if t2 == t)
+            for t, a, b in zip(wt, ws, we, strict=True)
+        ],
+        dtype=np.int64,
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -56,10 +61,14 @@ def test_overlap_by_thread_is_the_sum_of_clipped_spans(data: tuple[np.ndarray, .
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)), max_size=40),
-       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)), max_size=40), st.booleans())
-def test_last_match_is_the_last_item_of_the_key_not_after(items: list[tuple[int, int]],
-                                                         queries: list[tuple[int, int]], strict: bool) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)), max_size=40),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)), max_size=40),
+    st.booleans(),
+)
+def test_last_match_is_the_last_item_of_the_key_not_after(
+    items: list[tuple[int, int]], queries: list[tuple[int, int]], strict: bool
+) -> None:
     ik = np.array([k for k, _ in items], dtype=np.int64)
     it = np.array([t for _, t in items], dtype=np.int64)
     qk = np.array([k for k, _ in queries], dtype=np.int64)
@@ -74,9 +83,14 @@ def test_last_match_is_the_last_item_of_the_key_not_after(items: list[tuple[int,
 
 def test_pair_spans_pairs_within_each_key_and_drops_orphans() -> None:
     rows = [
-        (10, 1, "lock_begin", "A"), (11, 2, "lock_begin", "A"), (12, 1, "lock_acquired", "A"),
-        (13, 1, "lock_begin", "B"), (14, 1, "lock_begin", "A"), (15, 1, "lock_acquired", "B"),
-        (16, 2, "lock_acquired", "A"), (17, 1, "lock_acquired", "C"),  # C: an end with no begin
+        (10, 1, "lock_begin", "A"),
+        (11, 2, "lock_begin", "A"),
+        (12, 1, "lock_acquired", "A"),
+        (13, 1, "lock_begin", "B"),
+        (14, 1, "lock_begin", "A"),
+        (15, 1, "lock_acquired", "B"),
+        (16, 2, "lock_acquired", "A"),
+        (17, 1, "lock_acquired", "C"),  # C: an end with no begin
         (18, 1, "lock_acquired", "A"),
     ]
     ev = normalize_events(pd.DataFrame(rows, columns=["ts_ns", "tid", "event", "name"]).assign(cpu=0))
@@ -86,8 +100,14 @@ def test_pair_spans_pairs_within_each_key_and_drops_orphans() -> None:
 
 
 def test_lost_window_runs_from_the_previous_event_of_that_cpu() -> None:
-    rows = [(100, 5, 0, "run_enter", None), (150, 6, 1, "run_enter", None), (180, 5, 0, "pio", None),
-            (300, -1, 0, "lost", 4), (310, -1, 1, "lost", 2), (320, 5, 0, "run_exit", None)]
+    rows = [
+        (100, 5, 0, "run_enter", None),
+        (150, 6, 1, "run_enter", None),
+        (180, 5, 0, "pio", None),
+        (300, -1, 0, "lost", 4),
+        (310, -1, 1, "lost", 2),
+        (320, 5, 0, "run_exit", None),
+    ]
     ev = normalize_events(pd.DataFrame(rows, columns=["ts_ns", "tid", "cpu", "event", "value"]))
     w = lost_windows(ev).sort_values("cpu")
     assert list(w["start_ns"]) == [180, 150] and list(w["end_ns"]) == [300, 310] and list(w["count"]) == [4, 2]

@@ -17,9 +17,11 @@ MAIN = 50
 
 
 def _scripted() -> tuple[SyntheticTrace, list[ExitScript], list[ExitScript]]:
-    a = [ExitScript(bql_futex_ns=5000, waker=MAIN, wake_latency_ns=300, lock_span=True, device_ns=400),
-         ExitScript(),
-         ExitScript(bql_futex_ns=3000, waker=MAIN, other_futex_ns=700, lock_span=True)]
+    a = [
+        ExitScript(bql_futex_ns=5000, waker=MAIN, wake_latency_ns=300, lock_span=True, device_ns=400),
+        ExitScript(),
+        ExitScript(bql_futex_ns=3000, waker=MAIN, other_futex_ns=700, lock_span=True),
+    ]
     b = [ExitScript(bql_futex_ns=2000, waker=MAIN), ExitScript(other_futex_ns=50)]
     s = SyntheticTrace()
     s.vcpu(101, 0, a, start_ns=1_000_000)
@@ -125,8 +127,15 @@ def test_time_inside_futex_calls_on_and_off_cpu() -> None:
 
 def test_a_wait_across_lost_events_is_left_out() -> None:
     s = SyntheticTrace()
-    s.vcpu(101, 0, [ExitScript(bql_futex_ns=5000), ExitScript(bql_futex_ns=3000, lose=("sched_in",)),
-                    ExitScript(bql_futex_ns=1000)])
+    s.vcpu(
+        101,
+        0,
+        [
+            ExitScript(bql_futex_ns=5000),
+            ExitScript(bql_futex_ns=3000, lose=("sched_in",)),
+            ExitScript(bql_futex_ns=1000),
+        ],
+    )
     lk = lock_report(s.trace())
     w = lk.words.set_index("name")
     assert w.loc["BQL", "waits"] == 2 and w.loc["BQL", "wait_ns"] == 6000
@@ -149,15 +158,16 @@ vcpu_scripts = st.builds(
     device_ns=st.integers(0, 5_000),
     post_ns=st.integers(2, 5_000),
 )
-main_waits = st.lists(st.tuples(st.sampled_from([BQL_WORD, OTHER_WORD, 0x7000]), st.integers(1, 50_000),
-                                st.booleans()), max_size=12)
+main_waits = st.lists(
+    st.tuples(st.sampled_from([BQL_WORD, OTHER_WORD, 0x7000]), st.integers(1, 50_000), st.booleans()), max_size=12
+)
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(vcpu_scripts, min_size=1, max_size=20), st.lists(vcpu_scripts, min_size=1, max_size=20),
-       main_waits)
-def test_lock_wait_accounting_property(a: list[ExitScript], b: list[ExitScript],
-                                       main: list[tuple[int, int, bool]]) -> None:
+@given(st.lists(vcpu_scripts, min_size=1, max_size=20), st.lists(vcpu_scripts, min_size=1, max_size=20), main_waits)
+def test_lock_wait_accounting_property(
+    a: list[ExitScript], b: list[ExitScript], main: list[tuple[int, int, bool]]
+) -> None:
     s = SyntheticTrace()
     s.vcpu(201, 0, a, start_ns=10_000)
     s.vcpu(202, 1, b, start_ns=10_003)
@@ -169,8 +179,11 @@ def test_lock_wait_accounting_property(a: list[ExitScript], b: list[ExitScript],
     s.shuffle_by_cpu(seed=len(a) + 7 * len(main))
     lk = lock_report(s.trace())
     words = lk.words.set_index("addr")
-    scripted = {BQL_WORD: [x.bql_futex_ns for x in a + b if x.bql_futex_ns],
-                OTHER_WORD: [x.other_futex_ns for x in a + b if x.other_futex_ns], 0x7000: []}
+    scripted = {
+        BQL_WORD: [x.bql_futex_ns for x in a + b if x.bql_futex_ns],
+        OTHER_WORD: [x.other_futex_ns for x in a + b if x.other_futex_ns],
+        0x7000: [],
+    }
     for word, dur, _ in main:
         scripted[word].append(dur + 2)
     for word, durs in scripted.items():
@@ -184,8 +197,7 @@ def test_lock_wait_accounting_property(a: list[ExitScript], b: list[ExitScript],
     bt = lk.by_thread
     for tid in set(bt["tid"].astype(int).tolist()):
         assert bt.loc[bt["tid"] == tid, "wait_ns"].sum() <= life[tid]
-    assert bt.groupby("addr")["wait_ns"].sum().to_dict() == {a_: int(v) for a_, v in
-                                                            words["wait_ns"].items() if v}
+    assert bt.groupby("addr")["wait_ns"].sum().to_dict() == {a_: int(v) for a_, v in words["wait_ns"].items() if v}
     assert lk.totals["futex_wait_ns"] == sum(sum(v) for v in scripted.values())
 
 

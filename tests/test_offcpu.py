@@ -20,15 +20,26 @@ def _expect(xs: list[ExitScript]) -> dict[str, int]:
     woken = sum(x.wake_latency_ns for x in xs if x.waker is not None and x.bql_futex_ns)
     time = sum(expected_total(x) for x in xs)
     off = sum(x.bql_offcpu_ns + x.preempted_ns + x.sleep_ns for x in xs)
-    return {"time_ns": time, "running_ns": time - off, "lock_ns": lock, "bql_ns": lock,
-            "other_blocked_ns": sum(x.sleep_ns for x in xs), "preempted_ns": sum(x.preempted_ns for x in xs),
-            "woken_wait_ns": woken, "runnable_ns": woken + sum(x.preempted_ns for x in xs), "unknown_ns": 0}
+    return {
+        "time_ns": time,
+        "running_ns": time - off,
+        "lock_ns": lock,
+        "bql_ns": lock,
+        "other_blocked_ns": sum(x.sleep_ns for x in xs),
+        "preempted_ns": sum(x.preempted_ns for x in xs),
+        "woken_wait_ns": woken,
+        "runnable_ns": woken + sum(x.preempted_ns for x in xs),
+        "unknown_ns": 0,
+    }
 
 
 def test_known_partition_of_a_vcpu() -> None:
-    xs = [ExitScript(bql_futex_ns=5000, waker=MAIN, wake_latency_ns=300),
-          ExitScript(preempted_ns=400, post_ns=1000), ExitScript(sleep_ns=200, post_ns=1000),
-          ExitScript(bql_futex_ns=900)]
+    xs = [
+        ExitScript(bql_futex_ns=5000, waker=MAIN, wake_latency_ns=300),
+        ExitScript(preempted_ns=400, post_ns=1000),
+        ExitScript(sleep_ns=200, post_ns=1000),
+        ExitScript(bql_futex_ns=900),
+    ]
     s = SyntheticTrace()
     s.vcpu(101, 0, xs)
     rows = offcpu_by_thread(s.trace()).set_index("tid")
@@ -47,8 +58,12 @@ def test_woken_but_no_cpu_is_runnable_not_lock() -> None:
     # lock contention.
     s = SyntheticTrace()
     for i in range(4):
-        s.vcpu(101 + i, i, [ExitScript(bql_futex_ns=5000, waker=MAIN, wake_latency_ns=4000)] * 3,
-               start_ns=1_000_000 + 10 * i)
+        s.vcpu(
+            101 + i,
+            i,
+            [ExitScript(bql_futex_ns=5000, waker=MAIN, wake_latency_ns=4000)] * 3,
+            start_ns=1_000_000 + 10 * i,
+        )
     rep = offcpu_report(s.trace())
     v = rep.totals["vcpu"]
     assert v["woken_wait_ns"] == 12 * 4000
@@ -57,8 +72,11 @@ def test_woken_but_no_cpu_is_runnable_not_lock() -> None:
 
 
 def test_partition_adds_up_and_unknown_takes_lost_spans() -> None:
-    xs = [ExitScript(bql_futex_ns=3000), ExitScript(preempted_ns=50, post_ns=400, lose=("run_exit",)),
-          ExitScript(sleep_ns=70, post_ns=400)]
+    xs = [
+        ExitScript(bql_futex_ns=3000),
+        ExitScript(preempted_ns=50, post_ns=400, lose=("run_exit",)),
+        ExitScript(sleep_ns=70, post_ns=400),
+    ]
     s = SyntheticTrace()
     s.vcpu(101, 0, xs)
     r = offcpu_by_thread(s.trace()).set_index("tid").loc[101]

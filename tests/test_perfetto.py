@@ -99,8 +99,11 @@ def _children_ns(per_thread: dict, trace: Trace) -> dict[tuple[int, int], dict[s
 
 def test_synthetic_export_matches_the_breakdown() -> None:
     s = SyntheticTrace()
-    xs = [ExitScript(bql_futex_ns=3000, lock_span=True), ExitScript(device_ns=700, preempted_ns=100, post_ns=900),
-          ExitScript(other_futex_ns=500)]
+    xs = [
+        ExitScript(bql_futex_ns=3000, lock_span=True),
+        ExitScript(device_ns=700, preempted_ns=100, post_ns=900),
+        ExitScript(other_futex_ns=500),
+    ]
     s.vcpu(101, 0, xs, start_ns=10_000)
     s.vcpu(102, 1, xs[::-1], start_ns=10_003)
     tr = s.trace(target={"pid": 100, "vmm": "qemu", "vmm_version": "7.2"})
@@ -160,14 +163,21 @@ def test_gzip_output(tmp_path: Path) -> None:
 
 def test_cli_export(tmp_path: Path) -> None:
     out = tmp_path / "t.json"
-    proc = subprocess.run([sys.executable, "-m", "vmtrace.cli", "export", str(SAMPLES[0]), "--perfetto", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "export", str(SAMPLES[0]), "--perfetto", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     validate(json.loads(out.read_text()))
     assert str(out) in proc.stderr + proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "vmtrace.cli", "export", str(tmp_path / "nope.vmtrace"), "--perfetto",
-                          str(out)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "export", str(tmp_path / "nope.vmtrace"), "--perfetto", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such trace file" in bad.stderr
-    none = subprocess.run([sys.executable, "-m", "vmtrace.cli", "export", str(SAMPLES[0])],
-                          capture_output=True, text=True)
+    none = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "export", str(SAMPLES[0])], capture_output=True, text=True
+    )
     assert none.returncode == 2 and "--perfetto" in none.stderr

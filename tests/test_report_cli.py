@@ -32,11 +32,19 @@ def _write(tmp_path: Path, s: SyntheticTrace, name: str = "t.vmtrace", **meta: A
 @pytest.fixture
 def full(tmp_path: Path) -> Path:
     s = SyntheticTrace()
-    s.vcpu(101, 0, [ExitScript(bql_futex_ns=5000, waker=50, wake_latency_ns=100, lock_span=True),
-                    ExitScript(preempted_ns=300, post_ns=900, kernel_exits=(0x70,)),
-                    ExitScript(other_futex_ns=800, port=0x3F8, write=True)] * 3)
-    s.vcpu(102, 1, [ExitScript(bql_futex_ns=2000, waker=50), ExitScript(sleep_ns=400, post_ns=900)] * 2,
-           start_ns=1_000_050)
+    s.vcpu(
+        101,
+        0,
+        [
+            ExitScript(bql_futex_ns=5000, waker=50, wake_latency_ns=100, lock_span=True),
+            ExitScript(preempted_ns=300, post_ns=900, kernel_exits=(0x70,)),
+            ExitScript(other_futex_ns=800, port=0x3F8, write=True),
+        ]
+        * 3,
+    )
+    s.vcpu(
+        102, 1, [ExitScript(bql_futex_ns=2000, waker=50), ExitScript(sleep_ns=400, post_ns=900)] * 2, start_ns=1_000_050
+    )
     return _write(tmp_path, s, futex_names={hex(OTHER_WORD): "GIL"})
 
 
@@ -82,12 +90,22 @@ def test_lock_names_a_word(full: Path) -> None:
 
 
 def test_text_views_print_their_tables_with_whole_numbers(full: Path) -> None:
-    res = RUN.invoke(app, ["report", str(full), "--exits", "--locks", "--offcpu", "--bql-breakdown"],
-                     env={"COLUMNS": "100"})
+    res = RUN.invoke(
+        app, ["report", str(full), "--exits", "--locks", "--offcpu", "--bql-breakdown"], env={"COLUMNS": "100"}
+    )
     assert res.exit_code == 0, res.stderr
     out = res.stdout
-    for title in ("vmtrace BQL breakdown", "vmtrace exits", "by exit reason", "by port (PIO)", "vmtrace locks",
-                  "futex words", "waiting and waking threads", "vmtrace off-CPU", "share of each thread's time"):
+    for title in (
+        "vmtrace BQL breakdown",
+        "vmtrace exits",
+        "by exit reason",
+        "by port (PIO)",
+        "vmtrace locks",
+        "futex words",
+        "waiting and waking threads",
+        "vmtrace off-CPU",
+        "share of each thread's time",
+    ):
         assert title in out
     assert "…" not in out
     assert "0x3f8" in out and "GIL" in out and "CPU 1/KVM [102]" in out
@@ -123,8 +141,7 @@ def _only_kvm(tmp_path: Path) -> Path:
         (_only_kvm, ["--offcpu"], "the off-CPU analysis needs events sched_out, sched_in"),
     ],
 )
-def test_bad_options_and_inapplicable_views_are_one_line(tmp_path: Path, make, args: list[str],  # noqa: ANN001
-                                                         expect: str) -> None:
+def test_bad_options_and_inapplicable_views_are_one_line(tmp_path: Path, make, args: list[str], expect: str) -> None:
     res = RUN.invoke(app, ["report", str(make(tmp_path)), *args])
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
@@ -133,7 +150,10 @@ def test_bad_options_and_inapplicable_views_are_one_line(tmp_path: Path, make, a
 
 
 def test_a_real_process_prints_one_line_for_an_unknown_option(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "vmtrace.cli", "report", str(_only_kvm(tmp_path)), "--exitz"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "report", str(_only_kvm(tmp_path)), "--exitz"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "No such option: --exitz" in proc.stderr

@@ -88,15 +88,37 @@ def _summary() -> pd.DataFrame:
     rows = []
     for cfg, interp in (("reference unlocked", FT), ("reference unlocked (GIL)", GIL)):
         for n in (1, 4):
-            rows.append({"config": cfg, "vmm": "reference", "locking": "unlocked", "bench": "inl_pmtimer",
-                         "vcpus": n, "iterations": 100, "guest_cycles_per_op": 40_000.0,
-                         "traced_guest_cycles_per_op": 44_000.0, "observer_effect": 1.1, "runs": 1,
-                         "guest_min": 40_000.0, "guest_max": 40_000.0, "guest": 0.0, "vmexit": 20_000.0,
-                         "emulator": 1_000.0, "dispatch": 9_000.0, "lock_wait": 100.0, "device": 500.0,
-                         "runnable": 3_000.0 * (n - 1), "bql_wait": 0.0, "total": 0.0, "exits": 100,
-                         "lost_events": 0, "python_version": interp["version"],
-                         "free_threaded": interp["free_threaded"], "gil_enabled": interp["gil_enabled"],
-                         "trace": "x"})
+            rows.append(
+                {
+                    "config": cfg,
+                    "vmm": "reference",
+                    "locking": "unlocked",
+                    "bench": "inl_pmtimer",
+                    "vcpus": n,
+                    "iterations": 100,
+                    "guest_cycles_per_op": 40_000.0,
+                    "traced_guest_cycles_per_op": 44_000.0,
+                    "observer_effect": 1.1,
+                    "runs": 1,
+                    "guest_min": 40_000.0,
+                    "guest_max": 40_000.0,
+                    "guest": 0.0,
+                    "vmexit": 20_000.0,
+                    "emulator": 1_000.0,
+                    "dispatch": 9_000.0,
+                    "lock_wait": 100.0,
+                    "device": 500.0,
+                    "runnable": 3_000.0 * (n - 1),
+                    "bql_wait": 0.0,
+                    "total": 0.0,
+                    "exits": 100,
+                    "lost_events": 0,
+                    "python_version": interp["version"],
+                    "free_threaded": interp["free_threaded"],
+                    "gil_enabled": interp["gil_enabled"],
+                    "trace": "x",
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -18,8 +18,11 @@ def test_cli_output_matches_the_golden_file(name: str) -> None:
     got = cli_cases.run(CASES[name])
     if got != expected:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), got.splitlines(True), "golden", "now", n=2))
-        pytest.fail(f"{name}: output changed (regenerate with python -m tests.golden.cli_cases only for a "
-                    f"deliberate change):\n{diff[:4000]}", pytrace=False)
+        pytest.fail(
+            f"{name}: output changed (regenerate with python -m tests.golden.cli_cases only for a "
+            f"deliberate change):\n{diff[:4000]}",
+            pytrace=False,
+        )
 
 
 def test_every_golden_file_has_a_case() -> None:
@@ -47,18 +50,24 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 
 def test_report_html_computes_each_view_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import importlib
+
     from typer.testing import CliRunner
 
     from vmtrace.cli import app
 
-    import importlib
-
     calls = _counting(monkeypatch)
     # The analyses themselves too, wherever they are called from (a renderer
     # that ran one on its own would count here).
-    analyses = {"bql_breakdown": "breakdown", "exit_stats": "exits", "lock_report": "locks",
-                "offcpu_report": "offcpu", "request_report": "requests", "timeline": "timeline"}
-    ran = {fn: 0 for fn in analyses}
+    analyses = {
+        "bql_breakdown": "breakdown",
+        "exit_stats": "exits",
+        "lock_report": "locks",
+        "offcpu_report": "offcpu",
+        "request_report": "requests",
+        "timeline": "timeline",
+    }
+    ran = dict.fromkeys(analyses, 0)
     for fn, module in analyses.items():
         mod = importlib.import_module(f"vmtrace.analyses.{module}")
 
@@ -68,18 +77,30 @@ def test_report_html_computes_each_view_once(monkeypatch: pytest.MonkeyPatch, tm
 
         monkeypatch.setattr(mod, fn, counted)
     trace = cli_cases.BLK[-1]  # the reference VMM's: every view has something to show
-    res = CliRunner().invoke(app, ["report", str(trace), "--bql-breakdown", "--exits", "--locks", "--offcpu",
-                                   "--requests", "--html", str(tmp_path / "r.html")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "report",
+            str(trace),
+            "--bql-breakdown",
+            "--exits",
+            "--locks",
+            "--offcpu",
+            "--requests",
+            "--html",
+            str(tmp_path / "r.html"),
+        ],
+    )
     assert res.exit_code == 0, res.stderr
     assert "vmtrace requests" in res.stdout and (tmp_path / "r.html").stat().st_size > 0
     # The page and the five text views read one session: nothing twice.
-    assert calls == {name: 1 for name in calls}
-    assert ran == {fn: 1 for fn in ran}
+    assert calls == dict.fromkeys(calls, 1)
+    assert ran == dict.fromkeys(ran, 1)
 
 
 def test_a_view_that_fails_is_tried_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    from vmtrace.report import Report
     from vmtrace.render.html import write_report_html
+    from vmtrace.report import Report
     from vmtrace.trace import read_trace
 
     calls = _counting(monkeypatch)
@@ -140,7 +161,7 @@ def test_the_command_offers_each_view_of_the_table() -> None:
 def _printed(render: object, *args: object) -> str:
     from rich.console import Console
 
-    console = Console(width=120, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))
     render(*args, console)
     return console.export_text()
 
@@ -162,8 +183,14 @@ def test_doctor_table_says_each_status() -> None:
     from vmtrace.doctor import Check
     from vmtrace.render.commands import render_doctor
 
-    out = _printed(render_doctor, [Check("root", True, "uid 0"), Check("tracefs", False, "not mounted", "mount it"),
-                                   Check("headers", None, "linked")])
+    out = _printed(
+        render_doctor,
+        [
+            Check("root", True, "uid 0"),
+            Check("tracefs", False, "not mounted", "mount it"),
+            Check("headers", None, "linked"),
+        ],
+    )
     lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
     assert "ok" in lines["root"] and "FAIL" in lines["tracefs"] and "mount it" in lines["tracefs"]
     assert "warn" in lines["headers"]
@@ -174,8 +201,12 @@ def test_bench_and_doctor_print_their_tables(kvm: None) -> None:
     import sys
 
     cli = [sys.executable, "-m", "vmtrace.cli"]
-    proc = subprocess.run([*cli, "bench", "--vmm", "reference", "--bench", "inl_pmtimer", "--vcpus", "2",
-                           "--iterations", "300"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*cli, "bench", "--vmm", "reference", "--bench", "inl_pmtimer", "--vcpus", "2", "--iterations", "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     # The title wraps at the table's width.
     assert "inl_pmtimer on reference" in " ".join(proc.stdout.split()) and "cycles/op" in proc.stdout

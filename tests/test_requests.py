@@ -31,8 +31,17 @@ from .synthetic import (
 
 RUN = CliRunner()
 PHASE_COLS = [f"{p}_ns" for p in PHASES]
-CHECKED = PHASE_COLS + ["total_ns", "bql_held_ns", "wait_cpu_ns", "kind", "pos", "batch", "notify_known",
-                        "irq_raised", "bql_taken"]
+CHECKED = PHASE_COLS + [
+    "total_ns",
+    "bql_held_ns",
+    "wait_cpu_ns",
+    "kind",
+    "pos",
+    "batch",
+    "notify_known",
+    "irq_raised",
+    "bql_taken",
+]
 
 
 def _trace(s: SyntheticTrace) -> Trace:
@@ -54,8 +63,16 @@ def test_dataplane_batches_every_phase() -> None:
     batches = [
         BlkBatch(requests=[BlkRequest("read"), BlkRequest("write", disk_ns=7000), BlkRequest("flush", disk_ns=900)]),
         # Interrupt coalescing, GIL waits inside the disk calls, a preemption.
-        BlkBatch(requests=[BlkRequest("read", gil_ns=400), BlkRequest("read", gil_ns=250, gap_ns=10),
-                           BlkRequest("other", disk_ns=0)], irq_ns=1500, preempt_ns=700, kick=12),
+        BlkBatch(
+            requests=[
+                BlkRequest("read", gil_ns=400),
+                BlkRequest("read", gil_ns=250, gap_ns=10),
+                BlkRequest("other", disk_ns=0),
+            ],
+            irq_ns=1500,
+            preempt_ns=700,
+            kick=12,
+        ),
         BlkBatch(requests=[BlkRequest("write", gil_ns=100)], notify_ns=9000, wake_ns=8000),
     ]
     s, expected = blk_trace(batches)
@@ -69,11 +86,25 @@ def test_dataplane_batches_every_phase() -> None:
 def test_batched_io_requests_overlap_and_complete_out_of_order() -> None:
     # The device pops every request and queues its I/O, then completes each as
     # the disk does: request spans and disk spans of one thread overlap.
-    batches = [BlkBatch(aio=True, aio_order=(2, 0, 3, 1),
-                        requests=[BlkRequest("read", disk_ns=9000), BlkRequest("write", disk_ns=4000),
-                                  BlkRequest("read", disk_ns=6000), BlkRequest("flush", disk_ns=100)]),
-               BlkBatch(aio=True, bql=True, bql_wait_ns=700, irq_ns=300,
-                        requests=[BlkRequest("read"), BlkRequest("other"), BlkRequest("read")])]
+    batches = [
+        BlkBatch(
+            aio=True,
+            aio_order=(2, 0, 3, 1),
+            requests=[
+                BlkRequest("read", disk_ns=9000),
+                BlkRequest("write", disk_ns=4000),
+                BlkRequest("read", disk_ns=6000),
+                BlkRequest("flush", disk_ns=100),
+            ],
+        ),
+        BlkBatch(
+            aio=True,
+            bql=True,
+            bql_wait_ns=700,
+            irq_ns=300,
+            requests=[BlkRequest("read"), BlkRequest("other"), BlkRequest("read")],
+        ),
+    ]
     s, expected = blk_trace(batches)
     rows = request_breakdown(_trace(s))
     _check(rows, expected)
@@ -83,8 +114,10 @@ def test_batched_io_requests_overlap_and_complete_out_of_order() -> None:
 
 
 def test_bql_main_loop_waits_for_the_bql_before_each_batch() -> None:
-    batches = [BlkBatch(bql=True, bql_wait_ns=3000, requests=[BlkRequest(), BlkRequest("write")]),
-               BlkBatch(bql=True, bql_wait_ns=1, requests=[BlkRequest(gil_ns=300)], irq_ns=800)]
+    batches = [
+        BlkBatch(bql=True, bql_wait_ns=3000, requests=[BlkRequest(), BlkRequest("write")]),
+        BlkBatch(bql=True, bql_wait_ns=1, requests=[BlkRequest(gil_ns=300)], irq_ns=800),
+    ]
     s, expected = blk_trace(batches, tid=20, role="main", name="python")
     rows = request_breakdown(_trace(s))
     _check(rows, expected)
@@ -94,10 +127,12 @@ def test_bql_main_loop_waits_for_the_bql_before_each_batch() -> None:
 
 
 def test_a_kick_while_the_previous_batch_ran_is_not_claimed() -> None:
-    batches = [BlkBatch(requests=[BlkRequest(disk_ns=20_000)]),
-               BlkBatch(kick_at=-15_000),  # inside the previous batch: whose was it?
-               BlkBatch(kick=None),
-               BlkBatch()]
+    batches = [
+        BlkBatch(requests=[BlkRequest(disk_ns=20_000)]),
+        BlkBatch(kick_at=-15_000),  # inside the previous batch: whose was it?
+        BlkBatch(kick=None),
+        BlkBatch(),
+    ]
     s, expected = blk_trace(batches, spacing_ns=5_000)
     rows = request_breakdown(_trace(s))
     _check(rows, expected)
@@ -108,22 +143,58 @@ def test_a_kick_while_the_previous_batch_ran_is_not_claimed() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(
-    st.lists(st.tuples(st.sampled_from(["read", "write", "flush", "other"]), st.integers(1, 3000),
-                       st.integers(0, 20_000), st.integers(0, 1), st.integers(1, 2000), st.integers(1, 500)),
-             min_size=1, max_size=5),
-    st.booleans(), st.integers(0, 5000), st.integers(0, 3000), st.integers(0, 1), st.integers(0, 2000),
-    st.sampled_from([None, 11, 12]), st.integers(0, 4000), st.booleans(), st.randoms()), min_size=1, max_size=5))
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["read", "write", "flush", "other"]),
+                    st.integers(1, 3000),
+                    st.integers(0, 20_000),
+                    st.integers(0, 1),
+                    st.integers(1, 2000),
+                    st.integers(1, 500),
+                ),
+                min_size=1,
+                max_size=5,
+            ),
+            st.booleans(),
+            st.integers(0, 5000),
+            st.integers(0, 3000),
+            st.integers(0, 1),
+            st.integers(0, 2000),
+            st.sampled_from([None, 11, 12]),
+            st.integers(0, 4000),
+            st.booleans(),
+            st.randoms(),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_phases_partition_every_request(spec: list) -> None:
     batches = []
     for reqs, bql, bql_wait, irq, preempt_on, preempt, kick, notify, aio, rnd in spec:
-        rs = [BlkRequest(kind, pre, disk + 10, 0 if aio else (disk // 3) * gil, post, gap)
-              for kind, pre, disk, gil, post, gap in reqs]
+        rs = [
+            BlkRequest(kind, pre, disk + 10, 0 if aio else (disk // 3) * gil, post, gap)
+            for kind, pre, disk, gil, post, gap in reqs
+        ]
         order = list(range(len(rs)))
         rnd.shuffle(order)
-        batches.append(BlkBatch(requests=rs, bql=bql, bql_wait_ns=bql_wait if bql else 0, irq_ns=irq,
-                                preempt_ns=preempt if preempt_on and len(rs) > 1 and not aio else 0, kick=kick,
-                                notify_ns=notify, wake_ns=notify // 2, aio=aio, aio_order=tuple(order)))
+        batches.append(
+            BlkBatch(
+                requests=rs,
+                bql=bql,
+                bql_wait_ns=bql_wait if bql else 0,
+                irq_ns=irq,
+                preempt_ns=preempt if preempt_on and len(rs) > 1 and not aio else 0,
+                kick=kick,
+                notify_ns=notify,
+                wake_ns=notify // 2,
+                aio=aio,
+                aio_order=tuple(order),
+            )
+        )
     s, expected = blk_trace(batches)
     _check(request_breakdown(_trace(s)), expected)
 
@@ -162,9 +233,19 @@ def test_a_request_across_lost_events_is_flagged_and_left_out() -> None:
 
 
 def test_timeline_paints_each_phase_where_it_happened() -> None:
-    s, _ = blk_trace([BlkBatch(bql=True, bql_wait_ns=2000, irq_ns=900,
-                               requests=[BlkRequest(gil_ns=300), BlkRequest("write", gil_ns=100)])],
-                     tid=20, role="main", name="python")
+    s, _ = blk_trace(
+        [
+            BlkBatch(
+                bql=True,
+                bql_wait_ns=2000,
+                irq_ns=900,
+                requests=[BlkRequest(gil_ns=300), BlkRequest("write", gil_ns=100)],
+            )
+        ],
+        tid=20,
+        role="main",
+        name="python",
+    )
     rq = request_report(_trace(s))
     spans = request_timeline(rq)
     dur = (spans["end_ns"] - spans["start_ns"]).groupby([spans["req"], spans["phase"]]).sum()
@@ -218,8 +299,12 @@ def test_a_trace_without_virtio_blk_is_an_error_that_says_so() -> None:
 
 @pytest.fixture
 def blk_file(tmp_path: Path) -> Path:
-    s, _ = blk_trace([BlkBatch(bql=True, bql_wait_ns=2500, requests=[BlkRequest(), BlkRequest("write")])] * 3,
-                     tid=20, role="main", name="python")
+    s, _ = blk_trace(
+        [BlkBatch(bql=True, bql_wait_ns=2500, requests=[BlkRequest(), BlkRequest("write")])] * 3,
+        tid=20,
+        role="main",
+        name="python",
+    )
     s.vcpu(11, 0, [ExitScript()] * 2, start_ns=100)
     t = _trace(s)
     return write_trace(tmp_path / "blk.vmtrace", t.events, t.meta)
@@ -277,8 +362,9 @@ def test_vmm_run_passes_the_disk_through(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(procs, "run_child", fake_run_child)
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(8192))
-    res = RUN.invoke(app, ["vmm", "run", "--image", "g.elf", "--disk", str(disk), "--blk", "dataplane", "--",
-                           "bench=blk_randread"])
+    res = RUN.invoke(
+        app, ["vmm", "run", "--image", "g.elf", "--disk", str(disk), "--blk", "dataplane", "--", "bench=blk_randread"]
+    )
     assert res.exit_code == 0, res.stderr
     cmd = seen[0]
     assert cmd[cmd.index("--disk") + 1] == str(disk) and cmd[cmd.index("--blk") + 1] == "dataplane"

@@ -33,8 +33,9 @@ def test_partition_holds(path: Path) -> None:
     assert (parts.sum(axis=1) == ex["total_ns"]).all()
 
 
-@pytest.mark.parametrize("path", [p for p in SAMPLES if "precise" not in p.name and "pmtimer" in p.name],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in SAMPLES if "precise" not in p.name and "pmtimer" in p.name], ids=lambda p: p.name
+)
 def test_default_traces_match_the_guest(path: Path) -> None:
     b = bql_breakdown(read_trace(path))
     assert b.bql["identified"]
@@ -52,16 +53,18 @@ def test_precise_traces_split_device_and_bql(path: Path) -> None:
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
 def test_cli_json_equals_api(path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "vmtrace.cli", "report", str(path), "-f", "json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "report", str(path), "-f", "json"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     api = bql_breakdown(read_trace(path))
     assert got["exits"] == len(api.exits)
     for k, v in api.components.items():
         assert got["components"][k] == pytest.approx(v)
-    text = subprocess.run([sys.executable, "-m", "vmtrace.cli", "report", str(path)],
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "report", str(path)], capture_output=True, text=True
+    ).stdout
     assert f"{len(api.exits):,}" in text and "lost events" in text
 
 
@@ -102,7 +105,8 @@ def test_every_view_through_the_cli_equals_the_api(path: Path) -> None:
     bql = lk.words[lk.words["name"] == "BQL"]
     assert len(bql) == 1 and int(bql["addr"].iloc[0]) == t.bql()["futex_uaddr"]
     assert lk.by_thread.groupby("addr")["wait_ns"].sum().to_dict() == {
-        int(a): int(w) for a, w in zip(lk.words["addr"], lk.words["wait_ns"], strict=True) if w}
+        int(a): int(w) for a, w in zip(lk.words["addr"], lk.words["wait_ns"], strict=True) if w
+    }
     th = off.threads
     parts = th[[f"{s}_ns" for s in OFFCPU_STATES]].sum(axis=1)
     assert (parts == th["time_ns"]).all()
@@ -114,8 +118,11 @@ def test_every_view_through_the_cli_equals_the_api(path: Path) -> None:
 
 def test_every_view_through_a_real_process() -> None:
     path = next(p for p in SAMPLES if p.name == "qemu-pmtimer-1vcpu.vmtrace")
-    proc = subprocess.run([sys.executable, "-m", "vmtrace.cli", "report", str(path), *ALL_VIEWS, "-f", "json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "report", str(path), *ALL_VIEWS, "-f", "json"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     from vmtrace.analyses.exits import exit_stats
@@ -135,59 +142,194 @@ def test_every_view_through_a_real_process() -> None:
 #: trace -> timed_loop -> (exits, component means in cycles).
 GOLDEN_BREAKDOWN: dict[str, dict[bool, tuple[int, dict[str, float]]]] = {
     "qemu-pmtimer-1vcpu-precise.vmtrace": {
-        True: (6000, {"guest": 0.0, "vmexit": 21811.25533574881, "emulator": 1176.9336127140893,
-                      "dispatch": 31783.874595711757, "device": 2217.9641182434084, "lock_wait": 26964.535785857643,
-                      "bql_wait": 26964.535785857643, "runnable": 8.865940376185668, "total": 83963.4293886519}),
-        False: (9246, {"guest": 0.0, "vmexit": 671867.7260329251, "emulator": 107126.05612989614,
-                       "dispatch": 32321.294835766756, "device": 4747.9360610423455, "lock_wait": 27270.964085524032,
-                       "bql_wait": 27270.964085524032, "runnable": 39083.87963257142, "total": 882417.8567777259}),
+        True: (
+            6000,
+            {
+                "guest": 0.0,
+                "vmexit": 21811.25533574881,
+                "emulator": 1176.9336127140893,
+                "dispatch": 31783.874595711757,
+                "device": 2217.9641182434084,
+                "lock_wait": 26964.535785857643,
+                "bql_wait": 26964.535785857643,
+                "runnable": 8.865940376185668,
+                "total": 83963.4293886519,
+            },
+        ),
+        False: (
+            9246,
+            {
+                "guest": 0.0,
+                "vmexit": 671867.7260329251,
+                "emulator": 107126.05612989614,
+                "dispatch": 32321.294835766756,
+                "device": 4747.9360610423455,
+                "lock_wait": 27270.964085524032,
+                "bql_wait": 27270.964085524032,
+                "runnable": 39083.87963257142,
+                "total": 882417.8567777259,
+            },
+        ),
     },
     "qemu-pmtimer-1vcpu.vmtrace": {
-        True: (21000, {"guest": 0.0, "vmexit": 19827.184229846163, "emulator": 1186.9629919496017,
-                       "dispatch": 2309.5747616164517, "device": 0.0, "lock_wait": 0.0, "bql_wait": 0.0,
-                       "runnable": 0.0, "total": 23323.72198341222}),
-        False: (26306, {"guest": 0.0, "vmexit": 255647.30070472232, "emulator": 38931.96875095663,
-                        "dispatch": 5348.490845845034, "device": 0.0, "lock_wait": 0.5225728597245495,
-                        "bql_wait": 0.5225728597245495, "runnable": 70.6633210252686, "total": 299998.94619540893}),
+        True: (
+            21000,
+            {
+                "guest": 0.0,
+                "vmexit": 19827.184229846163,
+                "emulator": 1186.9629919496017,
+                "dispatch": 2309.5747616164517,
+                "device": 0.0,
+                "lock_wait": 0.0,
+                "bql_wait": 0.0,
+                "runnable": 0.0,
+                "total": 23323.72198341222,
+            },
+        ),
+        False: (
+            26306,
+            {
+                "guest": 0.0,
+                "vmexit": 255647.30070472232,
+                "emulator": 38931.96875095663,
+                "dispatch": 5348.490845845034,
+                "device": 0.0,
+                "lock_wait": 0.5225728597245495,
+                "bql_wait": 0.5225728597245495,
+                "runnable": 70.6633210252686,
+                "total": 299998.94619540893,
+            },
+        ),
     },
     "qemu-pmtimer-2vcpu-precise.vmtrace": {
-        True: (11999, {"guest": 0.0, "vmexit": 21978.278987457317, "emulator": 1218.119036247156,
-                       "dispatch": 35627.61866804717, "device": 2320.6893245691713, "lock_wait": 34783.50110532162,
-                       "bql_wait": 34783.50110532162, "runnable": 2250.404947539962, "total": 98178.6120691824}),
-        False: (15524, {"guest": 0.0, "vmexit": 894871.885278712, "emulator": 64805.77407858204,
-                        "dispatch": 35043.7418066218, "device": 3740.909612117249, "lock_wait": 33184.56601536731,
-                        "bql_wait": 33168.165017398445, "runnable": 2023.990836471733, "total": 1033670.8676278723}),
+        True: (
+            11999,
+            {
+                "guest": 0.0,
+                "vmexit": 21978.278987457317,
+                "emulator": 1218.119036247156,
+                "dispatch": 35627.61866804717,
+                "device": 2320.6893245691713,
+                "lock_wait": 34783.50110532162,
+                "bql_wait": 34783.50110532162,
+                "runnable": 2250.404947539962,
+                "total": 98178.6120691824,
+            },
+        ),
+        False: (
+            15524,
+            {
+                "guest": 0.0,
+                "vmexit": 894871.885278712,
+                "emulator": 64805.77407858204,
+                "dispatch": 35043.7418066218,
+                "device": 3740.909612117249,
+                "lock_wait": 33184.56601536731,
+                "bql_wait": 33168.165017398445,
+                "runnable": 2023.990836471733,
+                "total": 1033670.8676278723,
+            },
+        ),
     },
     "qemu-pmtimer-2vcpu.vmtrace": {
-        True: (41999, {"guest": 0.0, "vmexit": 20055.612726785566, "emulator": 1158.322400318568,
-                       "dispatch": 2463.221895830844, "device": 0.0, "lock_wait": 11.699942011511038,
-                       "bql_wait": 11.699942011511038, "runnable": 668.0073455289845, "total": 24356.864310475474}),
-        False: (47538, {"guest": 0.0, "vmexit": 311441.91276161146, "emulator": 21819.67192902809,
-                        "dispatch": 3506.944433531709, "device": 0.0, "lock_wait": 15.707540756685725,
-                        "bql_wait": 10.336696212323867, "runnable": 927.1451540663279, "total": 337711.38181899424}),
+        True: (
+            41999,
+            {
+                "guest": 0.0,
+                "vmexit": 20055.612726785566,
+                "emulator": 1158.322400318568,
+                "dispatch": 2463.221895830844,
+                "device": 0.0,
+                "lock_wait": 11.699942011511038,
+                "bql_wait": 11.699942011511038,
+                "runnable": 668.0073455289845,
+                "total": 24356.864310475474,
+            },
+        ),
+        False: (
+            47538,
+            {
+                "guest": 0.0,
+                "vmexit": 311441.91276161146,
+                "emulator": 21819.67192902809,
+                "dispatch": 3506.944433531709,
+                "device": 0.0,
+                "lock_wait": 15.707540756685725,
+                "bql_wait": 10.336696212323867,
+                "runnable": 927.1451540663279,
+                "total": 337711.38181899424,
+            },
+        ),
     },
     "qemu10-fwcfg-2vcpu-callsites.vmtrace": {
-        True: (5188, {"guest": 0.0, "vmexit": 5883499.766596145, "emulator": 130483.98324194184,
-                      "dispatch": 112799.24826761843, "device": 0.0, "lock_wait": 107952.99612359561,
-                      "bql_wait": 106477.95452095177, "runnable": 4298702.016992, "total": 10533438.011221299}),
-        False: (5188, {"guest": 0.0, "vmexit": 5883499.766596145, "emulator": 130483.98324194184,
-                       "dispatch": 112799.24826761843, "device": 0.0, "lock_wait": 107952.99612359561,
-                       "bql_wait": 106477.95452095177, "runnable": 4298702.016992, "total": 10533438.011221299}),
+        True: (
+            5188,
+            {
+                "guest": 0.0,
+                "vmexit": 5883499.766596145,
+                "emulator": 130483.98324194184,
+                "dispatch": 112799.24826761843,
+                "device": 0.0,
+                "lock_wait": 107952.99612359561,
+                "bql_wait": 106477.95452095177,
+                "runnable": 4298702.016992,
+                "total": 10533438.011221299,
+            },
+        ),
+        False: (
+            5188,
+            {
+                "guest": 0.0,
+                "vmexit": 5883499.766596145,
+                "emulator": 130483.98324194184,
+                "dispatch": 112799.24826761843,
+                "device": 0.0,
+                "lock_wait": 107952.99612359561,
+                "bql_wait": 106477.95452095177,
+                "runnable": 4298702.016992,
+                "total": 10533438.011221299,
+            },
+        ),
     },
     "qemu10-pmtimer-2vcpu.vmtrace": {
-        True: (11999, {"guest": 0.0, "vmexit": 29859.214429607262, "emulator": 779.6539967165564,
-                       "dispatch": 2683.3622469848715, "device": 0.0, "lock_wait": 1.0223660233429452,
-                       "bql_wait": 1.0223660233429452, "runnable": 226084.86657587392, "total": 259408.11961520597}),
-        False: (14813, {"guest": 0.0, "vmexit": 2454407.873977606, "emulator": 39884.35285566776,
-                        "dispatch": 5976.371123762973, "device": 0.0, "lock_wait": 2545.5711740373144,
-                        "bql_wait": 695.8588264869345, "runnable": 2007435.6474263268, "total": 4510249.816557401}),
+        True: (
+            11999,
+            {
+                "guest": 0.0,
+                "vmexit": 29859.214429607262,
+                "emulator": 779.6539967165564,
+                "dispatch": 2683.3622469848715,
+                "device": 0.0,
+                "lock_wait": 1.0223660233429452,
+                "bql_wait": 1.0223660233429452,
+                "runnable": 226084.86657587392,
+                "total": 259408.11961520597,
+            },
+        ),
+        False: (
+            14813,
+            {
+                "guest": 0.0,
+                "vmexit": 2454407.873977606,
+                "emulator": 39884.35285566776,
+                "dispatch": 5976.371123762973,
+                "device": 0.0,
+                "lock_wait": 2545.5711740373144,
+                "bql_wait": 695.8588264869345,
+                "runnable": 2007435.6474263268,
+                "total": 4510249.816557401,
+            },
+        ),
     },
 }
 
 #: trace -> (BQL waits, BQL wait ns, BQL holds) of the lock view, and the
 #: off-CPU view's totals over all threads: time, running, lock, runnable ns.
 GOLDEN_LOCKS_OFFCPU: dict[str, tuple[tuple[int, int, int], tuple[int, int, int, int]]] = {
-    "qemu10-fwcfg-2vcpu-callsites.vmtrace": ((79, 281161444, 5212), (60648193274, 3185437723, 12135886992, 10023491770)),
+    "qemu10-fwcfg-2vcpu-callsites.vmtrace": (
+        (79, 281161444, 5212),
+        (60648193274, 3185437723, 12135886992, 10023491770),
+    ),
     "qemu10-pmtimer-2vcpu.vmtrace": ((23, 106627991, 0), (74498428887, 2803790851, 14799673169, 13662178814)),
     "qemu-pmtimer-1vcpu-precise.vmtrace": ((15, 1338790, 9261), (12705918172, 3041589825, 2905657606, 168898629)),
     "qemu-pmtimer-1vcpu.vmtrace": ((4, 1179022, 0), (12261234474, 3043446710, 2837975312, 1502598)),
@@ -222,8 +364,12 @@ def test_lock_and_offcpu_totals_are_pinned(path: Path) -> None:
     bql = words[words["name"] == "BQL"].iloc[0]
     assert (int(bql["waits"]), int(bql["wait_ns"]), int(bql["holds"])) == (waits, wait_ns, holds)
     all_threads = offcpu_report(t).totals["all"]
-    assert (all_threads["time_ns"], all_threads["running_ns"], all_threads["lock_ns"],
-            all_threads["runnable_ns"]) == (time_ns, running_ns, lock_ns, runnable_ns)
+    assert (all_threads["time_ns"], all_threads["running_ns"], all_threads["lock_ns"], all_threads["runnable_ns"]) == (
+        time_ns,
+        running_ns,
+        lock_ns,
+        runnable_ns,
+    )
 
 
 def test_qemu10_samples_say_their_version() -> None:
@@ -246,4 +392,5 @@ def test_callsite_sample_names_the_contended_pio_path() -> None:
     assert top["contended"] > 0 and top["contended_mean_ns"] > 10 * top["hold_mean_ns"]
     assert top["holds"] >= 0.99 * top["acquisitions"]
     assert table.sites["acquisitions"].sum() == len(t.events[t.events["event"] == "lock_acquired"]) - int(
-        t.events.loc[t.events["event"] == "lock_begin", "value"].isna().sum())
+        t.events.loc[t.events["event"] == "lock_begin", "value"].isna().sum()
+    )

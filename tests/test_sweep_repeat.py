@@ -12,10 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from tests.synthetic import ExitScript, SyntheticTrace
 from rich.console import Console
 
+from tests.synthetic import ExitScript, SyntheticTrace
 from vmtrace import bench, sweep
 from vmtrace.errors import VmtraceError
 from vmtrace.render.text import render_sweep
@@ -28,8 +27,7 @@ def _fake_runs(monkeypatch: pytest.MonkeyPatch, untraced: list[float], traced: l
     be recognised."""
     plain, rec, written = iter(untraced), iter(enumerate(traced)), []
 
-    def run_bench(vmm, name, vcpus, iterations, locking=None, record_to=None, backend="auto", python=None,  # noqa: ANN001
-                  qemu=None):
+    def run_bench(vmm, name, vcpus, iterations, locking=None, record_to=None, backend="auto", python=None, qemu=None):
         if record_to is None:
             return SimpleNamespace(cycles_per_op=next(plain))
         k, cycles = next(rec)
@@ -69,7 +67,8 @@ def test_an_even_count_keeps_a_run_that_happened(monkeypatch: pytest.MonkeyPatch
 
 
 def test_one_run_is_the_default_and_the_table_shows_ranges_only_when_repeated(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     _fake_runs(monkeypatch, untraced=[100.0], traced=[150.0])
     once = sweep.run_sweep([sweep.SweepConfig("qemu")], [1], tmp_path / "a")
     assert once.iloc[0]["runs"] == 1 and once.iloc[0]["guest_min"] == once.iloc[0]["guest_max"] == 100.0
@@ -114,12 +113,18 @@ def test_each_interpreter_is_a_configuration_of_its_own(monkeypatch: pytest.Monk
     monkeypatch.setattr(interpreter, "resolve_python", lambda spec, note=None: {"ft": ft, "gil": gil}[spec])
     configs = sweep.configs_for(["reference"], ["bql", "unlocked"], pythons=["gil", "ft"])
     assert [c.label for c in configs] == [
-        "reference bql", "reference unlocked", "reference bql (GIL)", "reference unlocked (GIL)"]
+        "reference bql",
+        "reference unlocked",
+        "reference bql (GIL)",
+        "reference unlocked (GIL)",
+    ]
     assert [c.slug for c in configs][2:] == ["reference-bql-gil", "reference-unlocked-gil"]
     assert [c.python for c in configs] == [ft.path, ft.path, gil.path, gil.path]
     # Without a free-threaded build "ft" falls back to the same GIL interpreter: one configuration.
     monkeypatch.setattr(interpreter, "resolve_python", lambda spec, note=None: gil)
-    assert [c.label for c in sweep.configs_for(["reference"], ["bql"], pythons=["ft", "gil"])] == ["reference bql (GIL)"]
+    assert [c.label for c in sweep.configs_for(["reference"], ["bql"], pythons=["ft", "gil"])] == [
+        "reference bql (GIL)"
+    ]
     other = interpreter.Interpreter("/usr/bin/python3.12", "3.12.1", False, True)
     monkeypatch.setattr(interpreter, "resolve_python", lambda spec, note=None: {"gil": gil, "x": other}[spec])
     with pytest.raises(VmtraceError, match="two GIL interpreters"):
@@ -130,7 +135,7 @@ def test_the_summary_records_each_runs_interpreter(monkeypatch: pytest.MonkeyPat
     _fake_runs(monkeypatch, untraced=[100.0], traced=[110.0])
     real = bench.run_bench
 
-    def with_interpreter(*args, **kw):  # noqa: ANN002, ANN003
+    def with_interpreter(*args, **kw):
         res = real(*args, **kw)
         res.interpreter = {"version": "3.13.5", "free_threaded": True, "gil_enabled": False, "path": "/x"}
         return res

@@ -34,13 +34,19 @@ def _rows(sp: pd.DataFrame, tid: int) -> list[tuple]:
 
 def expected_from_breakdown(ex: pd.DataFrame) -> pd.DataFrame:
     """The breakdown's columns renamed to the timeline's states."""
-    return pd.DataFrame({
-        "guest": ex["guest_ns"], "vmexit": ex["vmexit_ns"], "emulator": ex["emulator_ns"],
-        "dispatch": ex["dispatch_ns"], "device": ex["device_ns"], "bql_wait": ex["bql_wait_ns"],
-        "lock_wait": ex["lock_wait_ns"] - ex["bql_wait_ns"],
-        "sched_runnable": ex["offcpu_runnable_ns"],
-        "sched_blocked": ex["offcpu_lock_ns"] + ex["offcpu_other_ns"],
-    }).astype("int64")
+    return pd.DataFrame(
+        {
+            "guest": ex["guest_ns"],
+            "vmexit": ex["vmexit_ns"],
+            "emulator": ex["emulator_ns"],
+            "dispatch": ex["dispatch_ns"],
+            "device": ex["device_ns"],
+            "bql_wait": ex["bql_wait_ns"],
+            "lock_wait": ex["lock_wait_ns"] - ex["bql_wait_ns"],
+            "sched_runnable": ex["offcpu_runnable_ns"],
+            "sched_blocked": ex["offcpu_lock_ns"] + ex["offcpu_other_ns"],
+        }
+    ).astype("int64")
 
 
 def assert_agrees(trace: Trace) -> None:
@@ -136,8 +142,11 @@ def test_guest_span_where_kvm_entry_and_exit_fire() -> None:
     s.add(10_600, 101, "kvm_exit", value=30)
     tr = s.trace()
     assert _rows(timeline(tr), 101) == [
-        ("vmexit", "on", 100), ("guest", "on", 500), ("vmexit", "on", 400),
-        ("emulator", "on", 200), ("dispatch", "on", 400),
+        ("vmexit", "on", 100),
+        ("guest", "on", 500),
+        ("vmexit", "on", 400),
+        ("emulator", "on", 200),
+        ("dispatch", "on", 400),
     ]
     assert_agrees(tr)
 
@@ -172,8 +181,14 @@ def test_main_loop_thread_states() -> None:
     s.add(5_400, 7, "futex_exit", value=0)
     sp = _spans(s)
     assert _rows(sp, 7) == [
-        ("running", "on", 1000), ("bql_wait", "on", 100), ("bql_wait", "blocked", 800), ("bql_wait", "on", 100),
-        ("running", "on", 1000), ("running", "runnable", 500), ("running", "on", 500), ("lock_wait", "on", 400),
+        ("running", "on", 1000),
+        ("bql_wait", "on", 100),
+        ("bql_wait", "blocked", 800),
+        ("bql_wait", "on", 100),
+        ("running", "on", 1000),
+        ("running", "runnable", 500),
+        ("running", "on", 500),
+        ("lock_wait", "on", 400),
     ]
     assert (sp.loc[sp["tid"] == 7, "exit"] == -1).all()
     assert list(display_state(sp[sp["tid"] == 7]))[2] == "off-CPU blocked"
@@ -190,7 +205,10 @@ def test_wait_inside_a_device_callback_is_lock_wait() -> None:
     s.add(11_500, 101, "dispatch_end", addr=0x608, size=4, write=False)
     sp = _spans(s)
     assert _rows(sp, 101)[2:] == [
-        ("dispatch", "on", 100), ("device", "on", 50), ("lock_wait", "on", 100), ("device", "on", 50),
+        ("dispatch", "on", 100),
+        ("device", "on", 50),
+        ("lock_wait", "on", 100),
+        ("device", "on", 50),
         ("dispatch", "on", 100),
     ]
     assert set(sp.loc[sp["state"] == "device", "detail"]) == {"acpi-pm-tmr"}
@@ -238,10 +256,10 @@ exit_scripts = exit_scripts_of(post_min_ns=402, preemptions_ns=(0, 0, 1, 400))  
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(exit_scripts, min_size=1, max_size=25), st.lists(exit_scripts, min_size=1, max_size=25),
-       st.booleans())
-def test_time_in_each_state_equals_the_exit_components(a: list[ExitScript], b: list[ExitScript],
-                                                       identified: bool) -> None:
+@given(st.lists(exit_scripts, min_size=1, max_size=25), st.lists(exit_scripts, min_size=1, max_size=25), st.booleans())
+def test_time_in_each_state_equals_the_exit_components(
+    a: list[ExitScript], b: list[ExitScript], identified: bool
+) -> None:
     s = SyntheticTrace()
     s.vcpu(201, 0, a, start_ns=10_000)
     s.vcpu(202, 1, b, start_ns=10_001)

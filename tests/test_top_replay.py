@@ -31,9 +31,11 @@ _C = {n: i for i, n in enumerate(boundaries.COMPONENTS)}
 def analysis_by_key(trace: Trace) -> pd.DataFrame:
     """exit_breakdown grouped as top groups: (tid, kind, port)."""
     ex = exit_breakdown(trace)
-    ex = ex.assign(addr0=ex["addr"].astype("Float64").fillna(0).astype("uint64"),
-                   kind=ex["kind"].astype(str),
-                   dispatch_dev_ns=ex["dispatch_ns"] + ex["device_ns"])
+    ex = ex.assign(
+        addr0=ex["addr"].astype("Float64").fillna(0).astype("uint64"),
+        kind=ex["kind"].astype(str),
+        dispatch_dev_ns=ex["dispatch_ns"] + ex["device_ns"],
+    )
     return ex
 
 
@@ -42,9 +44,15 @@ def assert_agrees(trace: Trace) -> None:
     ex = analysis_by_key(trace)
     assert int(counters.count.sum()) == len(ex)
     # top folds device into dispatch (it places no uprobes on callbacks).
-    cols = {"guest": "guest_ns", "vmexit": "vmexit_ns", "emulator": "emulator_ns",
-            "dispatch": "dispatch_dev_ns", "lock_wait": "lock_wait_ns", "bql_wait": "bql_wait_ns",
-            "total": "total_ns"}
+    cols = {
+        "guest": "guest_ns",
+        "vmexit": "vmexit_ns",
+        "emulator": "emulator_ns",
+        "dispatch": "dispatch_dev_ns",
+        "lock_wait": "lock_wait_ns",
+        "bql_wait": "bql_wait_ns",
+        "total": "total_ns",
+    }
     groups = ex.groupby(["tid", "kind", "addr0"]).indices
     assert len(groups) == len(counters.count)
     for i in range(len(counters.count)):
@@ -76,8 +84,11 @@ unlocked_scripts = exit_scripts().map(lambda x: x.__class__(**{**vars(x), "lock_
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(unlocked_scripts, min_size=1, max_size=20), st.lists(unlocked_scripts, min_size=1, max_size=20),
-       st.booleans())
+@given(
+    st.lists(unlocked_scripts, min_size=1, max_size=20),
+    st.lists(unlocked_scripts, min_size=1, max_size=20),
+    st.booleans(),
+)
 def test_replay_equals_analysis_on_synthetic_streams(a: list, b: list, shuffled: bool) -> None:
     s = SyntheticTrace()
     s.vcpu(11, 0, a)

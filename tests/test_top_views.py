@@ -35,8 +35,10 @@ def snaps() -> list[Snapshot]:
     vcpus = t.vcpu_tids()
     header = {"tsc_hz": t.tsc_hz, "vmm": "qemu", "vmm_version": "7.2", "kvm_flavour": "pvm", "pid": 1}
     start = int(ev["ts_ns"].iloc[0])
-    return [Snapshot(start, mid, delta(empty_counters(), a), vcpus, {}, {}, header),
-            Snapshot(mid, int(ev["ts_ns"].iloc[-1]), delta(a, b), vcpus, {}, {}, header)]
+    return [
+        Snapshot(start, mid, delta(empty_counters(), a), vcpus, {}, {}, header),
+        Snapshot(mid, int(ev["ts_ns"].iloc[-1]), delta(a, b), vcpus, {}, {}, header),
+    ]
 
 
 def parse_table(lines: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -54,8 +56,20 @@ def test_table_has_the_columns_and_rows_add_up(snaps: list[Snapshot]) -> None:
     lines = table_lines(snaps[1])
     assert "VMM qemu 7.2" in lines[0] and "KVM pvm" in lines[0] and "lost 0" in lines[0]
     titles, rows = parse_table(lines)
-    for col in ("VCPU", "KIND", "ADDR", "EXITS/S", "VMEXIT", "VMEXITp99", "EMUL", "DISPATCH", "LOCKWAIT", "BQL",
-                "BQL%", "TOTAL"):
+    for col in (
+        "VCPU",
+        "KIND",
+        "ADDR",
+        "EXITS/S",
+        "VMEXIT",
+        "VMEXITp99",
+        "EMUL",
+        "DISPATCH",
+        "LOCKWAIT",
+        "BQL",
+        "BQL%",
+        "TOTAL",
+    ):
         assert col in titles
     assert all(len(r) == len(titles) for r in rows)
     exits = sum(float(r[titles.index("EXITS/S")]) for r in rows) * snaps[1].seconds
@@ -123,8 +137,11 @@ def test_report_reads_an_aggregate_trace(snaps: list[Snapshot], tmp_path: Path) 
     out = subprocess.run(VMTRACE + ["report", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Aggregate recording: 2 intervals" in out.stdout and "0x608" in out.stdout
-    out = subprocess.run(VMTRACE + ["report", str(path), "-f", "json", "--html", str(tmp_path / "a.html")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        VMTRACE + ["report", str(path), "-f", "json", "--html", str(tmp_path / "a.html")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["intervals"] == 2 and doc["rows"]
@@ -135,8 +152,12 @@ def test_report_reads_an_aggregate_trace(snaps: list[Snapshot], tmp_path: Path) 
 
 
 def test_top_bad_input_is_one_line() -> None:
-    for args in (["top"], ["top", "-p", "1", "--", "true"], ["top", "--once", "--batch", "2", "-p", "1"],
-                 ["top", "--interval", "0", "-p", "1"]):
+    for args in (
+        ["top"],
+        ["top", "-p", "1", "--", "true"],
+        ["top", "--once", "--batch", "2", "-p", "1"],
+        ["top", "--interval", "0", "-p", "1"],
+    ):
         out = subprocess.run(VMTRACE + args, capture_output=True, text=True)
         assert out.returncode == 2, args
         assert out.stderr.count("\n") == 1 and out.stderr.startswith("vmtrace: error:"), (args, out.stderr)

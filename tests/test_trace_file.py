@@ -84,8 +84,10 @@ def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
     "make, expect",
     [
         (lambda p: p / "missing.vmtrace", "no such trace file"),
-        (lambda p: (p / "garbage.vmtrace").write_bytes(b"not parquet at all") and p / "garbage.vmtrace",
-         "truncated or corrupt"),
+        (
+            lambda p: (p / "garbage.vmtrace").write_bytes(b"not parquet at all") and p / "garbage.vmtrace",
+            "truncated or corrupt",
+        ),
         (lambda p: p, "is a directory"),
     ],
 )
@@ -168,21 +170,25 @@ def test_schema_1_metadata_migrates_and_keeps_its_version() -> None:
     from vmtrace.meta import MIGRATIONS, parse_meta, validate_meta
 
     assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION))
-    meta = validate_meta({"schema_version": 1, "tsc_hz": 2_000_000_000, "threads": [{"tid": 5, "role": "vcpu",
-                                                                                     "vcpu": 0}]})
+    meta = validate_meta(
+        {"schema_version": 1, "tsc_hz": 2_000_000_000, "threads": [{"tid": 5, "role": "vcpu", "vcpu": 0}]}
+    )
     assert meta["schema_version"] == 1
     typed = parse_meta(meta)
     assert typed.threads is not None and typed.threads[0].tid == 5 and typed.tsc_hz == 2_000_000_000
 
 
-@pytest.mark.parametrize("meta, field", [
-    ({"schema_version": 2, "threads": [{"tid": 0}]}, "threads[0].tid"),
-    ({"schema_version": 2, "tsc_hz": float("nan")}, "tsc_hz"),
-    ({"schema_version": 2, "locks": [{"futex_uaddr": 1 << 64}]}, "locks[0].futex_uaddr"),
-    ({"schema_version": 2, "futex_names": {"GIL": "GIL"}}, "futex_names"),
-    ({"schema_version": 2, "lost_events": {"total": None}}, "lost_events.total"),
-    ({"schema_version": 2, "bench": {"per_vcpu": ["fast"]}}, "bench.per_vcpu[0]"),
-])
+@pytest.mark.parametrize(
+    "meta, field",
+    [
+        ({"schema_version": 2, "threads": [{"tid": 0}]}, "threads[0].tid"),
+        ({"schema_version": 2, "tsc_hz": float("nan")}, "tsc_hz"),
+        ({"schema_version": 2, "locks": [{"futex_uaddr": 1 << 64}]}, "locks[0].futex_uaddr"),
+        ({"schema_version": 2, "futex_names": {"GIL": "GIL"}}, "futex_names"),
+        ({"schema_version": 2, "lost_events": {"total": None}}, "lost_events.total"),
+        ({"schema_version": 2, "bench": {"per_vcpu": ["fast"]}}, "bench.per_vcpu[0]"),
+    ],
+)
 def test_metadata_errors_name_the_field(meta: dict, field: str) -> None:
     from vmtrace.errors import MetadataError
     from vmtrace.meta import validate_meta

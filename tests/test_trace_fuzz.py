@@ -34,8 +34,11 @@ from .test_bad_input import sample_trace
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(1 << 70), max_value=1 << 70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 70), max_value=1 << 70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
@@ -76,11 +79,14 @@ def _use(t: Trace) -> None:
     refuse it (a VmtraceError, one line), never raise anything else."""
     from rich.console import Console
 
-    console = Console(file=open("/dev/null", "w"), width=160)  # noqa: SIM115 - closed below
+    console = Console(file=open("/dev/null", "w"), width=160)
     try:
         views: tuple[tuple[Callable[..., Any], Callable[..., None]], ...] = (
-            (bql_breakdown, render_breakdown), (exit_stats, render_exits),
-            (lock_report, render_locks), (offcpu_report, render_offcpu))
+            (bql_breakdown, render_breakdown),
+            (exit_stats, render_exits),
+            (lock_report, render_locks),
+            (offcpu_report, render_offcpu),
+        )
         for compute, render in views:
             try:
                 result = compute(t)
@@ -161,10 +167,14 @@ def _edit_rows(df: pd.DataFrame, edit: str, rows: list[int], value: int) -> pd.D
 
 
 @SETTINGS
-@given(edit=st.sampled_from(ROW_EDITS), rows=st.lists(st.integers(0, 10_000), min_size=1, max_size=6),
-       value=st.integers(-(1 << 40), 1 << 40))
-def test_mutated_rows_are_accepted_correct_or_refused(sample: Path, tmp_path: Path, edit: str, rows: list[int],
-                                                      value: int) -> None:
+@given(
+    edit=st.sampled_from(ROW_EDITS),
+    rows=st.lists(st.integers(0, 10_000), min_size=1, max_size=6),
+    value=st.integers(-(1 << 40), 1 << 40),
+)
+def test_mutated_rows_are_accepted_correct_or_refused(
+    sample: Path, tmp_path: Path, edit: str, rows: list[int], value: int
+) -> None:
     table = pq.read_table(sample)
     original = read_trace(sample).events
     df = _edit_rows(table.to_pandas(), edit, rows, value)

@@ -17,27 +17,40 @@ NAMES = {BQL: "BQL", GIL: "GIL"}
 
 
 def _locks(rows: list[tuple[int, int, int, str]]) -> pd.DataFrame:
-    return pd.DataFrame({"tid": [r[0] for r in rows], "start_ns": [r[1] for r in rows],
-                         "end_ns": [r[2] for r in rows],
-                         "name": pd.Categorical([r[3] for r in rows], categories=["BQL", "mutex"])})
+    return pd.DataFrame(
+        {
+            "tid": [r[0] for r in rows],
+            "start_ns": [r[1] for r in rows],
+            "end_ns": [r[2] for r in rows],
+            "name": pd.Categorical([r[3] for r in rows], categories=["BQL", "mutex"]),
+        }
+    )
 
 
 def _waits(rows: list[tuple[int, int, int, int]]) -> pd.DataFrame:
-    return pd.DataFrame({"tid": [r[0] for r in rows], "start_ns": [r[1] for r in rows],
-                         "end_ns": [r[2] for r in rows], "uaddr": pd.array([r[3] for r in rows], dtype="UInt64")})
+    return pd.DataFrame(
+        {
+            "tid": [r[0] for r in rows],
+            "start_ns": [r[1] for r in rows],
+            "end_ns": [r[2] for r in rows],
+            "uaddr": pd.array([r[3] for r in rows], dtype="UInt64"),
+        }
+    )
 
 
 def test_each_wait_goes_to_one_lock() -> None:
     locks = _locks([(1, 100, 200, "BQL"), (1, 300, 400, "mutex"), (2, 100, 200, "BQL")])
-    waits = _waits([
-        (1, 110, 150, BQL),    # inside the BQL span: already the BQL's
-        (1, 160, 190, GIL),    # the GIL re-taken inside the BQL acquire: the GIL's
-        (1, 310, 350, OTHER),  # inside the mutex span: the mutex's
-        (1, 500, 600, BQL),    # free, on the BQL's word
-        (1, 700, 750, OTHER),  # free, on another word
-        (2, 120, 130, GIL),    # thread 2's BQL span holds it, not thread 1's
-        (3, 150, 160, GIL),    # a thread with no lock span: free, another lock
-    ])
+    waits = _waits(
+        [
+            (1, 110, 150, BQL),  # inside the BQL span: already the BQL's
+            (1, 160, 190, GIL),  # the GIL re-taken inside the BQL acquire: the GIL's
+            (1, 310, 350, OTHER),  # inside the mutex span: the mutex's
+            (1, 500, 600, BQL),  # free, on the BQL's word
+            (1, 700, 750, OTHER),  # free, on another word
+            (2, 120, 130, GIL),  # thread 2's BQL span holds it, not thread 1's
+            (3, 150, 160, GIL),  # a thread with no lock span: free, another lock
+        ]
+    )
     rule = attribute_waits(locks, waits, BQL, NAMES)
     assert rule.lock_bql.tolist() == [True, False, True]
     assert rule.wait_in_lock.tolist() == [True, True, True, False, False, True, False]
@@ -71,5 +84,4 @@ def test_event_codes_are_the_trace_files_category_codes() -> None:
 def test_thread_roles_have_an_order_and_labels() -> None:
     assert list(THREAD_ROLES)[:3] == ["vcpu", "main", "iothread"]
     assert THREAD_ROLES["iothread"] == "IOThread"
-    assert sorted(["other", "whatever", "vcpu", "iothread"], key=role_rank) == ["vcpu", "iothread", "other",
-                                                                                "whatever"]
+    assert sorted(["other", "whatever", "vcpu", "iothread"], key=role_rank) == ["vcpu", "iothread", "other", "whatever"]

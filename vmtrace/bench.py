@@ -17,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__
 from .blk import BLK_BENCHES, BLK_MODES, DEFAULT_DISK_BYTES, check_disk, make_disk, supports_o_direct
@@ -175,14 +176,33 @@ def vmm_command(
     append = f"bench={bench} iterations={iterations} {extra}".strip()
     if vmm == "qemu":
         cmd = [
-            qemu, *QemuBinary(qemu, "", firmware_dir(qemu)).args(), "-enable-kvm", "-cpu", "max,-arch-capabilities", "-M", "pc",
-            "-smp", str(vcpus), "-m", "64", "-display", "none", "-nodefaults",
-            "-no-reboot", "-serial", "stdio",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+            qemu,
+            *QemuBinary(qemu, "", firmware_dir(qemu)).args(),
+            "-enable-kvm",
+            "-cpu",
+            "max,-arch-capabilities",
+            "-M",
+            "pc",
+            "-smp",
+            str(vcpus),
+            "-m",
+            "64",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
             # debug-threads names the vCPU threads "CPU n/KVM" and the
             # IOThread "IO iothread0", as vmtrace expects.
-            "-name", "vmtrace-bench,debug-threads=on",
-            "-kernel", str(image), "-append", append,
+            "-name",
+            "vmtrace-bench,debug-threads=on",
+            "-kernel",
+            str(image),
+            "-append",
+            append,
         ]
         if disk is not None:
             cmd += _qemu_blk_args(disk, blk or "bql")
@@ -190,8 +210,16 @@ def vmm_command(
     if vmm == "reference":
         start = reference_vmm_command(python) if python else [sys.executable, "-m", "vmtrace.reference_vmm"]
         cmd = [
-            *start, "run", "--image", str(image),
-            "--vcpus", str(vcpus), "--locking", locking or "bql", "--append", append,
+            *start,
+            "run",
+            "--image",
+            str(image),
+            "--vcpus",
+            str(vcpus),
+            "--locking",
+            locking or "bql",
+            "--append",
+            append,
         ]
         if disk is not None:
             cmd += ["--disk", str(disk), "--blk", blk or "bql"]
@@ -219,8 +247,18 @@ def parse_bench_output(text: str) -> dict[str, Any]:
     lists for ``result``, ``summary``, ``error``, ``checksum`` and
     ``malformed``; ``check`` merged into one dict of ints; the last record
     for any other kind (``begin``, ``end``, ``blkdev``, ...)."""
-    out: dict[str, Any] = {"begin": {}, "result": [], "summary": [], "check": {}, "error": [], "end": {},
-                           "checksum": [], "malformed": [], "blkdev": {}, "hammer": []}
+    out: dict[str, Any] = {
+        "begin": {},
+        "result": [],
+        "summary": [],
+        "check": {},
+        "error": [],
+        "end": {},
+        "checksum": [],
+        "malformed": [],
+        "blkdev": {},
+        "hammer": [],
+    }
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if not m:
@@ -236,9 +274,18 @@ def parse_bench_output(text: str) -> dict[str, Any]:
     return out
 
 
-def _result(vmm: str, bench: str, parsed: dict[str, Any], status: int, wall: float,
-            cmd: list[str], locking: str | None, output: str, stderr: str = "",
-            blk: dict[str, Any] | None = None) -> BenchResult:
+def _result(
+    vmm: str,
+    bench: str,
+    parsed: dict[str, Any],
+    status: int,
+    wall: float,
+    cmd: list[str],
+    locking: str | None,
+    output: str,
+    stderr: str = "",
+    blk: dict[str, Any] | None = None,
+) -> BenchResult:
     if parsed["error"]:
         raise TargetError(f"the guest reported an error: {parsed['error'][0].get('msg', parsed['error'][0])}")
     summaries = [s for s in parsed["summary"] if s.get("bench") == bench]
@@ -352,7 +399,9 @@ def run_bench(
     qpath = qbin.path if qbin else "qemu-system-x86_64"
     is_blk = bench in BLK_BENCHES
     if not is_blk and (queue_depth is not None or blk is not None or disk is not None):
-        raise VmtraceError(f"--queue-depth, --blk and --disk apply to the {', '.join(BLK_BENCHES)} benches, not {bench}")
+        raise VmtraceError(
+            f"--queue-depth, --blk and --disk apply to the {', '.join(BLK_BENCHES)} benches, not {bench}"
+        )
     if is_blk:
         queue_depth = 1 if queue_depth is None else queue_depth
         if not 1 <= queue_depth <= 64:
@@ -367,8 +416,7 @@ def run_bench(
     image = guest_image()
     interp = resolve_python(python, note_on_stderr if note is None else note) if vmm == "reference" else None
     if not is_blk:
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args, qemu=qpath,
-                          python=interp)
+        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=guest_args, qemu=qpath, python=interp)
         res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, None, callsites)
         res.qemu_version = qbin.version if qbin else None
         return res
@@ -381,8 +429,9 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="vmtrace-disk-") as tmp:
         if disk is None:
             disk = make_disk(Path(tmp) / "disk.img", DEFAULT_DISK_BYTES)
-        cmd = vmm_command(vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk,
-                          qemu=qpath, python=interp)
+        cmd = vmm_command(
+            vmm, bench, vcpus, iterations, image, locking, extra=extra, disk=disk, blk=blk, qemu=qpath, python=interp
+        )
         info = {"queue_depth": queue_depth, "blk": blk, "disk": None if Path(tmp) in disk.parents else str(disk)}
         res = _execute(vmm, bench, cmd, locking, record_to, backend, precise, timeout_s, echo, info, callsites)
         res.qemu_version = qbin.version if qbin else None
@@ -393,9 +442,19 @@ def note_on_stderr(message: str) -> None:
     print(f"vmtrace: note: {message}", file=sys.stderr)
 
 
-def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_to: Path | None,
-             backend: str, precise: bool, timeout_s: float, echo: bool,
-             blk: dict[str, Any] | None, callsites: str | None = None) -> BenchResult:
+def _execute(
+    vmm: str,
+    bench: str,
+    cmd: list[str],
+    locking: str | None,
+    record_to: Path | None,
+    backend: str,
+    precise: bool,
+    timeout_s: float,
+    echo: bool,
+    blk: dict[str, Any] | None,
+    callsites: str | None = None,
+) -> BenchResult:
     stderr = ""
     interpreter: dict[str, Any] | None = None
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryDirectory(prefix="vmtrace-bench-") as tmp:
@@ -404,8 +463,14 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
             report = Path(tmp) / "interpreter.json"
             try:
                 # run_child: the VMM dies with vmtrace, even a SIGKILLed one.
-                proc = run_child(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout_s,
-                                 env={**os.environ, REPORT_ENV: str(report)})
+                proc = run_child(
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    timeout=timeout_s,
+                    env={**os.environ, REPORT_ENV: str(report)},
+                )
             except FileNotFoundError:
                 raise TargetError(f"command not found: {cmd[0]} (install qemu-system-x86)") from None
             except subprocess.TimeoutExpired:
@@ -424,14 +489,23 @@ def _execute(vmm: str, bench: str, cmd: list[str], locking: str | None, record_t
                 text = out.read()
                 holder["text"] = text
                 try:
-                    res = _result(vmm, bench, parse_bench_output(text), -1, time.monotonic() - t0, cmd, locking,
-                                  text, blk=blk)
+                    res = _result(
+                        vmm, bench, parse_bench_output(text), -1, time.monotonic() - t0, cmd, locking, text, blk=blk
+                    )
                     return {"bench": res.to_json()}
                 except VmtraceError:
                     return {"bench": None}
 
-            rec = record(record_to, cmd=cmd, backend=backend, precise=precise, stdout=out,
-                         extra_meta=bench_meta, duration=timeout_s, callsites=callsites)
+            rec = record(
+                record_to,
+                cmd=cmd,
+                backend=backend,
+                precise=precise,
+                stdout=out,
+                extra_meta=bench_meta,
+                duration=timeout_s,
+                callsites=callsites,
+            )
             if rec.signum is not None:
                 # The guest's results are incomplete, the trace is not lost.
                 raise Interrupted(rec.signum, f"the trace recorded so far was written to {record_to}")

@@ -128,7 +128,9 @@ def check_disk(path: Path) -> int:
     if not path.is_file():
         raise VmtraceError(f"--disk {path} is not a regular file (a raw image is expected)")
     if st.st_size < BLOCK or st.st_size % SECTOR:
-        raise VmtraceError(f"--disk {path} is {st.st_size} bytes: a raw image of whole 512-byte sectors, at least 4 KiB, is expected")
+        raise VmtraceError(
+            f"--disk {path} is {st.st_size} bytes: a raw image of whole 512-byte sectors, at least 4 KiB, is expected"
+        )
     if not os.access(path, os.R_OK | os.W_OK):
         raise VmtraceError(f"--disk {path} is not readable and writable by this user")
     return st.st_size

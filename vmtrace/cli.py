@@ -10,8 +10,9 @@ import functools
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -30,7 +31,7 @@ def _usage_line(err: Any) -> str | None:
     if getattr(err, "exit_code", None) != 2 or not hasattr(err, "format_message"):
         return None
     ctx = getattr(err, "ctx", None)
-    words = (ctx.command_path.split()[1:] if ctx is not None else [])
+    words = ctx.command_path.split()[1:] if ctx is not None else []
     message = " ".join(str(err.format_message()).split())
     return f"vmtrace: error: {message} (see {' '.join(['vmtrace', *words, '--help'])})"
 
@@ -83,9 +84,11 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-PYTHON_HELP = ("Reference VMM only: the Python it runs on: ft (the free-threaded CPython 3.13 that "
-               "scripts/setup.sh builds, the default when it is there), gil (the one vmtrace runs on) "
-               "or a path.")
+PYTHON_HELP = (
+    "Reference VMM only: the Python it runs on: ft (the free-threaded CPython 3.13 that "
+    "scripts/setup.sh builds, the default when it is there), gil (the one vmtrace runs on) "
+    "or a path."
+)
 
 
 def wide_console() -> Console:
@@ -148,7 +151,7 @@ class _RecordCommand(TyperCommand):
         ctx.ignore_unknown_options = False
         ctx.allow_extra_args = False
         super().parse_args(ctx, args[:cut])
-        rest: list[str] = args[cut + 1:]
+        rest: list[str] = args[cut + 1 :]
         ctx.args = rest
         return rest
 
@@ -158,13 +161,31 @@ class _RecordCommand(TyperCommand):
 def record(
     ctx: typer.Context,
     output: Path = typer.Option(..., "-o", "--output", help="Trace file to write (Parquet)."),
-    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Attach to a running VMM instead of starting one."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Stop after S seconds (default: until the target exits or Ctrl-C)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (bcc where it works), bcc (eBPF) or ftrace (tracefs only)."),
-    precise: bool = typer.Option(False, "--precise", help="Keep uprobes on the BQL and memory_region_dispatch_* for the whole run: splits device time from dispatch, at a higher observer effect."),
-    callsites: Optional[str] = typer.Option(None, "--callsites", help="QEMU: read the BQL's call sites (file:line) at its uprobes: full (every acquisition) or sampled (uprobes on in windows, see --callsite-duty). Shown by report --callsites."),
-    callsite_duty: float = typer.Option(0.1, "--callsite-duty", help="--callsites=sampled: share of each second the call-site uprobes are on."),
-    aggregate: Optional[float] = typer.Option(None, "--aggregate", help="Record no events: one snapshot of the exit breakdown, aggregated in the kernel, every S seconds (a tiny time series; see vmtrace top)."),
+    pid: int | None = typer.Option(None, "-p", "--pid", help="Attach to a running VMM instead of starting one."),
+    duration: float | None = typer.Option(
+        None, "--duration", help="Stop after S seconds (default: until the target exits or Ctrl-C)."
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto (bcc where it works), bcc (eBPF) or ftrace (tracefs only)."
+    ),
+    precise: bool = typer.Option(
+        False,
+        "--precise",
+        help="Keep uprobes on the BQL and memory_region_dispatch_* for the whole run: splits device time from dispatch, at a higher observer effect.",
+    ),
+    callsites: str | None = typer.Option(
+        None,
+        "--callsites",
+        help="QEMU: read the BQL's call sites (file:line) at its uprobes: full (every acquisition) or sampled (uprobes on in windows, see --callsite-duty). Shown by report --callsites.",
+    ),
+    callsite_duty: float = typer.Option(
+        0.1, "--callsite-duty", help="--callsites=sampled: share of each second the call-site uprobes are on."
+    ),
+    aggregate: float | None = typer.Option(
+        None,
+        "--aggregate",
+        help="Record no events: one snapshot of the exit breakdown, aggregated in the kernel, every S seconds (a tiny time series; see vmtrace top).",
+    ),
 ) -> None:
     """Record a VMM: KVM exits, KVM_RUN boundaries, futex waits, scheduling.
 
@@ -193,13 +214,20 @@ def record(
     check_duration(duration)
     if cmd:
         check_command(cmd[0])
-    result = do_record(output, cmd=cmd or None, pid=pid, backend=backend, precise=precise, duration=duration,
-                       callsites=callsites, callsite_duty=callsite_duty, aggregate=aggregate)
+    result = do_record(
+        output,
+        cmd=cmd or None,
+        pid=pid,
+        backend=backend,
+        precise=precise,
+        duration=duration,
+        callsites=callsites,
+        callsite_duty=callsite_duty,
+        aggregate=aggregate,
+    )
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
     stop = " (stopped by signal)" if result.interrupted else ""
-    err_console.print(
-        f"vmtrace: wrote {result.path} ({result.events:,} events, backend {result.backend}{lost}){stop}"
-    )
+    err_console.print(f"vmtrace: wrote {result.path} ({result.events:,} events, backend {result.backend}{lost}){stop}")
     raise typer.Exit(result.status)
 
 
@@ -207,12 +235,16 @@ def record(
 @friendly
 def top(
     ctx: typer.Context,
-    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch a running VMM instead of starting one."),
+    pid: int | None = typer.Option(None, "-p", "--pid", help="Watch a running VMM instead of starting one."),
     interval: float = typer.Option(1.0, "-d", "--interval", help="Seconds between refreshes."),
     once: bool = typer.Option(False, "-1", "--once", help="Print one snapshot as a table and exit (like kvm_stat -1)."),
-    batch: Optional[int] = typer.Option(None, "-b", "--batch", help="Print N snapshots as tables and exit."),
-    log: Optional[Path] = typer.Option(None, "-l", "--log", help="Also write one JSON line (or, for a .csv file, one CSV row) per interval."),
-    log_format: Optional[str] = typer.Option(None, "--log-format", help="json or csv (default: from the --log file's suffix)."),
+    batch: int | None = typer.Option(None, "-b", "--batch", help="Print N snapshots as tables and exit."),
+    log: Path | None = typer.Option(
+        None, "-l", "--log", help="Also write one JSON line (or, for a .csv file, one CSV row) per interval."
+    ),
+    log_format: str | None = typer.Option(
+        None, "--log-format", help="json or csv (default: from the --log file's suffix)."
+    ),
 ) -> None:
     """A live view of exits and lock waits, aggregated in the kernel.
 
@@ -278,11 +310,25 @@ def report(
     requests: bool = _view_flag("requests"),
     callsites: bool = _view_flag("callsites"),
     aggregate: bool = _view_flag("aggregate"),
-    fmt: str = typer.Option("text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."),
-    port: Optional[str] = typer.Option(None, "--port", help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits."),
-    all_exits: bool = typer.Option(False, "--all-exits", help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown."),
+    fmt: str = typer.Option(
+        "text", "--format", "-f", help="text (tables) or json (one object; with several views, one key per view)."
+    ),
+    port: str | None = typer.Option(
+        None,
+        "--port",
+        help="Only exits on this port or address, e.g. 0x608 (the PM timer); with --bql-breakdown or --exits.",
+    ),
+    all_exits: bool = typer.Option(
+        False,
+        "--all-exits",
+        help="For bench traces: every exit, not just the guest's timed loop; with --bql-breakdown.",
+    ),
     lock: list[str] = typer.Option([], "--lock", help="Name a futex word, NAME=0xADDR (repeatable); with --locks."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report (breakdown, exits, locks, off-CPU, timeline) to this file."),
+    html: Path | None = typer.Option(
+        None,
+        "--html",
+        help="Also write a self-contained HTML report (breakdown, exits, locks, off-CPU, timeline) to this file.",
+    ),
 ) -> None:
     """Show where each userspace exit's cycles go, and the BQL's share.
 
@@ -344,21 +390,45 @@ def _parse_lock(spec: str) -> tuple[int, str]:
 @friendly
 def bench(
     vmm: str = typer.Option("reference", "--vmm", help="qemu or reference (the bundled Python VMM)."),
-    bench_name: str = typer.Option("inl_pmtimer", "--bench", help="inl_pmtimer (ACPI PM timer read), inl_vmm (a port nobody claims), inl_kernel (a port KVM answers), cpuid; on a virtio-blk disk: blk_randread, blk_randwrite (random 4 KiB requests), blk_verify (pattern written, read back, checksummed), blk_malformed (what the device answers to bad requests)."),
+    bench_name: str = typer.Option(
+        "inl_pmtimer",
+        "--bench",
+        help="inl_pmtimer (ACPI PM timer read), inl_vmm (a port nobody claims), inl_kernel (a port KVM answers), cpuid; on a virtio-blk disk: blk_randread, blk_randwrite (random 4 KiB requests), blk_verify (pattern written, read back, checksummed), blk_malformed (what the device answers to bad requests).",
+    ),
     vcpus: int = typer.Option(1, "--vcpus", help="Number of vCPUs; every vCPU runs the loop at once."),
     iterations: int = typer.Option(20000, "--iterations", help="Operations per vCPU."),
-    locking: Optional[str] = typer.Option(None, "--locking", help="Reference VMM only: 2013, bql or unlocked."),
-    record_to: Optional[Path] = typer.Option(None, "--record", help="Record the run to this trace file."),
+    locking: str | None = typer.Option(None, "--locking", help="Reference VMM only: 2013, bql or unlocked."),
+    record_to: Path | None = typer.Option(None, "--record", help="Record the run to this trace file."),
     backend: str = typer.Option("auto", "--backend", help="Recording backend with --record."),
     precise: bool = typer.Option(False, "--precise", help="Precise recording (see vmtrace record --help)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    queue_depth: Optional[int] = typer.Option(None, "--queue-depth", help="blk_* benches: requests in flight per vCPU (default 1)."),
-    blk_mode: Optional[str] = typer.Option(None, "--blk", help="blk_* benches: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL)."),
-    disk: Optional[Path] = typer.Option(None, "--disk", help="blk_* benches: raw disk image (default: a 64 MiB one in a temporary directory). blk_randwrite and blk_verify overwrite data on it."),
-    python: Optional[str] = typer.Option(None, "--python", help=PYTHON_HELP),
-    guest_args: str = typer.Option("", "--guest-args", help="More words for the guest's command line, e.g. \"readers=1 hammer=serial\" for blk_mixed (see reference_vmm/guest/README.md)."),
-    qemu: Optional[str] = typer.Option(None, "--qemu", help="--vmm qemu: 7.2 (Debian's), 10.0 (scripts/install_qemu10.sh's private prefix, run with -L) or a path (default: qemu-system-x86_64 on PATH)."),
-    callsites: Optional[str] = typer.Option(None, "--callsites", help="With --record: full or sampled BQL call sites (see vmtrace record --help)."),
+    queue_depth: int | None = typer.Option(
+        None, "--queue-depth", help="blk_* benches: requests in flight per vCPU (default 1)."
+    ),
+    blk_mode: str | None = typer.Option(
+        None,
+        "--blk",
+        help="blk_* benches: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL).",
+    ),
+    disk: Path | None = typer.Option(
+        None,
+        "--disk",
+        help="blk_* benches: raw disk image (default: a 64 MiB one in a temporary directory). blk_randwrite and blk_verify overwrite data on it.",
+    ),
+    python: str | None = typer.Option(None, "--python", help=PYTHON_HELP),
+    guest_args: str = typer.Option(
+        "",
+        "--guest-args",
+        help='More words for the guest\'s command line, e.g. "readers=1 hammer=serial" for blk_mixed (see reference_vmm/guest/README.md).',
+    ),
+    qemu: str | None = typer.Option(
+        None,
+        "--qemu",
+        help="--vmm qemu: 7.2 (Debian's), 10.0 (scripts/install_qemu10.sh's private prefix, run with -L) or a path (default: qemu-system-x86_64 on PATH).",
+    ),
+    callsites: str | None = typer.Option(
+        None, "--callsites", help="With --record: full or sampled BQL call sites (see vmtrace record --help)."
+    ),
 ) -> None:
     """Run the benchmark guest and print the guest-measured cycles per operation.
 
@@ -376,9 +446,23 @@ def bench(
     _checked_int(str(vcpus), "--vcpus", 1, 64, example="2")
     check_locking([vmm], locking)
     with interrupt_on_signals():
-        result = run_bench(vmm, bench_name, vcpus, iterations, locking, record_to, backend, precise,
-                           queue_depth=queue_depth, blk=blk_mode, disk=disk, python=python, guest_args=guest_args,
-                           qemu=qemu, callsites=callsites)
+        result = run_bench(
+            vmm,
+            bench_name,
+            vcpus,
+            iterations,
+            locking,
+            record_to,
+            backend,
+            precise,
+            queue_depth=queue_depth,
+            blk=blk_mode,
+            disk=disk,
+            python=python,
+            guest_args=guest_args,
+            qemu=qemu,
+            callsites=callsites,
+        )
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
@@ -393,8 +477,10 @@ def _print_bench_extras(result: Any, console: Console) -> None:
     """What render_bench does not show yet: blk_mixed's hammers, and the
     interpreter the reference VMM ran on."""
     for h in result.hammers:
-        console.print(f"vCPU {h.get('vcpu')} hammered the {h.get('target')} ({h.get('port')}): "
-                      f"{int(h.get('ops', 0)):,} accesses, {int(h.get('cycles_per_op', 0)):,} cycles each")
+        console.print(
+            f"vCPU {h.get('vcpu')} hammered the {h.get('target')} ({h.get('port')}): "
+            f"{int(h.get('ops', 0)):,} accesses, {int(h.get('cycles_per_op', 0)):,} cycles each"
+        )
     i = result.interpreter
     if i:
         gil = "GIL enabled" if i.get("gil_enabled") else "GIL disabled"
@@ -432,24 +518,30 @@ def vmm_run(
     ctx: typer.Context,
     image: Path = typer.Option(..., "--image", help="A multiboot guest image (e.g. the benchmark guest)."),
     vcpus: int = typer.Option(1, "--vcpus"),
-    locking: str = typer.Option("bql", "--locking", help="2013 (BQL held outside KVM_RUN), bql (per dispatch) or unlocked."),
+    locking: str = typer.Option(
+        "bql", "--locking", help="2013 (BQL held outside KVM_RUN), bql (per dispatch) or unlocked."
+    ),
     mem: int = typer.Option(64, "--mem", help="Guest memory in MiB."),
-    disk: Optional[Path] = typer.Option(None, "--disk", help="A raw disk image for a legacy virtio-blk-pci device at 00:02.0."),
-    blk_mode: Optional[str] = typer.Option(None, "--blk", help="With --disk: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL)."),
-    python: Optional[str] = typer.Option(None, "--python", help=PYTHON_HELP.removeprefix("Reference VMM only: ")),
+    disk: Path | None = typer.Option(
+        None, "--disk", help="A raw disk image for a legacy virtio-blk-pci device at 00:02.0."
+    ),
+    blk_mode: str | None = typer.Option(
+        None,
+        "--blk",
+        help="With --disk: bql (the main loop services the queue under the BQL, the default) or dataplane (an IOThread, no BQL).",
+    ),
+    python: str | None = typer.Option(None, "--python", help=PYTHON_HELP.removeprefix("Reference VMM only: ")),
 ) -> None:
     """Boot IMAGE on the reference VMM; arguments after -- go to the guest.
 
-      vmtrace vmm run --image reference_vmm/guest/build/vmtrace-guest.elf --vcpus 2 -- bench=inl_pmtimer
+    vmtrace vmm run --image reference_vmm/guest/build/vmtrace-guest.elf --vcpus 2 -- bench=inl_pmtimer
 
-      vmtrace vmm run --image ... --vcpus 2 --disk disk.img --blk dataplane -- bench=blk_randread qd=16
+    vmtrace vmm run --image ... --vcpus 2 --disk disk.img --blk dataplane -- bench=blk_randread qd=16
     """
-    from .bench import note_on_stderr
+    from .bench import LOCKING_MODES, note_on_stderr
     from .blk import BLK_MODES, check_disk
     from .interpreter import reference_vmm_command, resolve_python
     from .procs import interrupt_on_signals, run_child
-
-    from .bench import LOCKING_MODES
 
     _checked_int(str(vcpus), "--vcpus", 1, 64, example="2")
     _checked_int(str(mem), "--mem", 1, 1 << 20, example="64")
@@ -461,8 +553,20 @@ def vmm_run(
         raise VmtraceError("--blk needs --disk")
     guest_args = [a for a in ctx.args if a != "--"]
     start = reference_vmm_command(resolve_python(python, note_on_stderr))
-    cmd = [*start, "run", "--image", str(image), "--vcpus", str(vcpus),
-           "--locking", locking, "--mem", str(mem), "--append", " ".join(guest_args)]
+    cmd = [
+        *start,
+        "run",
+        "--image",
+        str(image),
+        "--vcpus",
+        str(vcpus),
+        "--locking",
+        locking,
+        "--mem",
+        str(mem),
+        "--append",
+        " ".join(guest_args),
+    ]
     if disk is not None:
         check_disk(disk)
         cmd += ["--disk", str(disk), "--blk", blk_mode or "bql"]
@@ -474,16 +578,34 @@ def vmm_run(
 @app.command()
 @friendly
 def sweep(
-    outdir: Path = typer.Option(..., "-o", "--output", help="Directory for the traces, summary.csv/json and report.html."),
+    outdir: Path = typer.Option(
+        ..., "-o", "--output", help="Directory for the traces, summary.csv/json and report.html."
+    ),
     vmm: str = typer.Option("reference", "--vmm", help="qemu, reference, or both: qemu,reference."),
-    bench_name: str = typer.Option("inl_pmtimer", "--bench", help="Benchmark the guest runs (see vmtrace bench --help)."),
+    bench_name: str = typer.Option(
+        "inl_pmtimer", "--bench", help="Benchmark the guest runs (see vmtrace bench --help)."
+    ),
     vcpus: str = typer.Option("1,2,4,8", "--vcpus", help="Comma-separated vCPU counts."),
-    locking: Optional[str] = typer.Option(None, "--locking", help="Reference VMM locking modes, comma-separated (default: bql,unlocked)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="Operations per vCPU (default: 20000 on QEMU, 3000 on the reference VMM)."),
+    locking: str | None = typer.Option(
+        None, "--locking", help="Reference VMM locking modes, comma-separated (default: bql,unlocked)."
+    ),
+    iterations: int | None = typer.Option(
+        None, "--iterations", help="Operations per vCPU (default: 20000 on QEMU, 3000 on the reference VMM)."
+    ),
     backend: str = typer.Option("auto", "--backend", help="Recording backend: auto, bcc or ftrace."),
-    repeat: int = typer.Option(1, "--repeat", help="Runs per configuration, untraced and recorded alternating; medians are shown, with the untraced range."),
-    python: str = typer.Option("ft", "--python", help="Reference VMM: the Pythons it runs on, comma-separated, each a configuration of its own: ft (the free-threaded build, the default; the GIL interpreter with a note when it is missing), gil (the one vmtrace runs on: 'reference bql (GIL)' beside the free-threaded curves), or a path."),
-    qemu: Optional[str] = typer.Option(None, "--qemu", help="--vmm qemu: QEMU versions or paths, comma-separated, one configuration each (7.2,10.0)."),
+    repeat: int = typer.Option(
+        1,
+        "--repeat",
+        help="Runs per configuration, untraced and recorded alternating; medians are shown, with the untraced range.",
+    ),
+    python: str = typer.Option(
+        "ft",
+        "--python",
+        help="Reference VMM: the Pythons it runs on, comma-separated, each a configuration of its own: ft (the free-threaded build, the default; the GIL interpreter with a note when it is missing), gil (the one vmtrace runs on: 'reference bql (GIL)' beside the free-threaded curves), or a path.",
+    ),
+    qemu: str | None = typer.Option(
+        None, "--qemu", help="--vmm qemu: QEMU versions or paths, comma-separated, one configuration each (7.2,10.0)."
+    ),
 ) -> None:
     """Reproduce the seed's figure: cost per exit by component across vCPU counts.
 
@@ -513,9 +635,12 @@ def sweep(
     if iterations is not None:
         _checked_int(str(iterations), "--iterations", 1, U32_MAX, example="20000")
     check_locking(vmm.split(","), locking)
-    configs = configs_for([v.strip() for v in vmm.split(",")], locking.split(",") if locking else None,
-                          pythons=[p.strip() for p in python.split(",") if p.strip()],
-                          qemus=[q.strip() for q in qemu.split(",") if q.strip()] if qemu else None)
+    configs = configs_for(
+        [v.strip() for v in vmm.split(",")],
+        locking.split(",") if locking else None,
+        pythons=[p.strip() for p in python.split(",") if p.strip()],
+        qemus=[q.strip() for q in qemu.split(",") if q.strip()] if qemu else None,
+    )
     from .outputs import check_output_dir
     from .procs import interrupt_on_signals
     from .sweep import check_outdir
@@ -523,8 +648,14 @@ def sweep(
     check_output_dir(outdir, "sweep output directory")
     check_outdir(outdir)
     console = wide_console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("sweep", total=2 * repeat * len(configs) * len(counts))
         started = [False]
 
@@ -535,8 +666,16 @@ def sweep(
             bar.update(task, description=what)
 
         with interrupt_on_signals():
-            summary = run_sweep(configs, counts, outdir, bench=bench_name, iterations=iterations,
-                                backend=backend, progress=step, repeat=repeat)
+            summary = run_sweep(
+                configs,
+                counts,
+                outdir,
+                bench=bench_name,
+                iterations=iterations,
+                backend=backend,
+                progress=step,
+                repeat=repeat,
+            )
         bar.advance(task)
     files = write_summary(summary, outdir)
     files.append(write_sweep_html(summary, outdir / "report.html"))
@@ -548,11 +687,13 @@ def sweep(
 @friendly
 def recover(
     spool: Path = typer.Argument(..., help="The spool directory a failed `vmtrace record` kept (it names it)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Trace file to write (default: the one record was given)."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Trace file to write (default: the one record was given)."
+    ),
 ) -> None:
     """Finish writing a trace that `record` could not write (a full disk).
 
-      vmtrace recover /tmp/vmtrace-spool-1234-abcd -o run.vmtrace
+    vmtrace recover /tmp/vmtrace-spool-1234-abcd -o run.vmtrace
     """
     from .spool import recover as do_recover
 
@@ -564,13 +705,15 @@ def recover(
 def compare(
     traces: list[Path] = typer.Argument(..., help="Two or more traces; the first is the baseline."),
     fmt: str = typer.Option("table", "--format", help="table or json."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page here."),
-    port: Optional[str] = typer.Option(None, "--port", help="Compare exits on this port only (default: each trace's bench port)."),
+    html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page here."),
+    port: str | None = typer.Option(
+        None, "--port", help="Compare exits on this port only (default: each trace's bench port)."
+    ),
 ) -> None:
     """Components of several traces side by side, with deltas from the first.
 
-      vmtrace compare bql-4vcpu.vmtrace unlocked-4vcpu.vmtrace
-      vmtrace compare a.vmtrace b.vmtrace c.vmtrace --format json
+    vmtrace compare bql-4vcpu.vmtrace unlocked-4vcpu.vmtrace
+    vmtrace compare a.vmtrace b.vmtrace c.vmtrace --format json
     """
     from .compare import compare_traces, comparison_json
     from .render.text import render_comparison
@@ -600,7 +743,11 @@ def compare(
 @friendly
 def export(
     trace: Path = typer.Argument(..., help="A trace written by vmtrace record or vmtrace bench --record."),
-    perfetto: Optional[Path] = typer.Option(None, "--perfetto", help="Write the timeline as Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing (a name ending in .gz compresses it)."),
+    perfetto: Path | None = typer.Option(
+        None,
+        "--perfetto",
+        help="Write the timeline as Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing (a name ending in .gz compresses it).",
+    ),
 ) -> None:
     """Export a trace's per-thread timeline to another tool.
 

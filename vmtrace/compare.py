@@ -70,10 +70,17 @@ def comparison_json(table: pd.DataFrame, breakdowns: dict[str, Breakdown]) -> di
     and one object per row."""
     return {
         "baseline": next(iter(breakdowns)),
-        "traces": {label: {k: v for k, v in b.to_json().items() if k in ("vmm", "backend", "mode", "bql", "lost_events",
-                                                                           "interpreter")}
-                   for label, b in breakdowns.items()},
+        "traces": {
+            label: {
+                k: v
+                for k, v in b.to_json().items()
+                if k in ("vmm", "backend", "mode", "bql", "lost_events", "interpreter")
+            }
+            for label, b in breakdowns.items()
+        },
         "unit": "cycles per exit",
-        "rows": [{"component": idx, **{k: (None if pd.isna(v) else float(v)) for k, v in row.items()}}
-                 for idx, row in table.iterrows()],
+        "rows": [
+            {"component": idx, **{k: (None if pd.isna(v) else float(v)) for k, v in row.items()}}
+            for idx, row in table.iterrows()
+        ],
     }

@@ -38,8 +38,12 @@ def _leftovers_check() -> Check:
     removed = cleanup_leftovers()
     if not removed:
         return Check("leftovers of killed recorders", True, "none")
-    return Check("leftovers of killed recorders", None, "removed " + ", ".join(removed),
-                 "a recorder was SIGKILLed; nothing more to do")
+    return Check(
+        "leftovers of killed recorders",
+        None,
+        "removed " + ", ".join(removed),
+        "a recorder was SIGKILLed; nothing more to do",
+    )
 
 
 def _bpf_check() -> Check:
@@ -53,8 +57,12 @@ def _bpf_check() -> Check:
 
         BPF(text="int probe(void *ctx) { return 0; }").cleanup()
     except Exception as err:  # bcc raises plain Exception on load errors
-        return Check("BPF (bcc)", False, f"bcc cannot load a program: {str(err).splitlines()[0]}",
-                     "check CAP_BPF/root and that the kernel headers match (see README)")
+        return Check(
+            "BPF (bcc)",
+            False,
+            f"bcc cannot load a program: {str(err).splitlines()[0]}",
+            "check CAP_BPF/root and that the kernel headers match (see README)",
+        )
     return Check("BPF (bcc)", True, "bcc compiles and loads BPF programs")
 
 
@@ -107,11 +115,23 @@ def tracepoints_that_fire(seconds: float = 1.0) -> dict[str, int] | None:
 def run_checks(fire_test: bool = True) -> list[Check]:
     checks: list[Check] = []
     root = os.geteuid() == 0
-    checks.append(Check("root", root, "running as root" if root else "not root",
-                        "" if root else "run vmtrace record/doctor with sudo"))
+    checks.append(
+        Check(
+            "root",
+            root,
+            "running as root" if root else "not root",
+            "" if root else "run vmtrace record/doctor with sudo",
+        )
+    )
     kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
-    checks.append(Check("/dev/kvm", kvm, "usable" if kvm else "missing or not accessible",
-                        "" if kvm else "load kvm_intel/kvm_amd and run as root"))
+    checks.append(
+        Check(
+            "/dev/kvm",
+            kvm,
+            "usable" if kvm else "missing or not accessible",
+            "" if kvm else "load kvm_intel/kvm_amd and run as root",
+        )
+    )
     checks.append(Check("KVM flavour", None if host.kvm_flavour() == "unknown" else True, host.kvm_flavour()))
     if root:
         checks.append(_leftovers_check())
@@ -125,9 +145,14 @@ def run_checks(fire_test: bool = True) -> list[Check]:
             checks.append(Check("tracefs", True, f"mounted at {path}"))
             have = host.available_tracepoints(path)
             missing = [tp for tp, ok in have.items() if not ok]
-            checks.append(Check("tracepoints", not missing or None,
-                                "all present" if not missing else f"missing: {', '.join(missing)}",
-                                "" if not missing else "load the kvm module; syscalls need CONFIG_FTRACE_SYSCALLS"))
+            checks.append(
+                Check(
+                    "tracepoints",
+                    not missing or None,
+                    "all present" if not missing else f"missing: {', '.join(missing)}",
+                    "" if not missing else "load the kvm module; syscalls need CONFIG_FTRACE_SYSCALLS",
+                )
+            )
     else:
         # tracefs is root-only (mode 0700): these are not failures of the
         # host, just checks this user cannot make.
@@ -135,17 +160,28 @@ def run_checks(fire_test: bool = True) -> list[Check]:
             checks.append(Check(name, None, "not checked: needs root", "run `sudo vmtrace doctor`"))
     release = os.uname().release
     headers = Path(f"/lib/modules/{release}/build")
-    checks.append(Check("kernel headers", headers.exists(), str(headers) if headers.exists() else "absent",
-                        "" if headers.exists() else "run the README's setup command (links linux-headers-amd64)"))
+    checks.append(
+        Check(
+            "kernel headers",
+            headers.exists(),
+            str(headers) if headers.exists() else "absent",
+            "" if headers.exists() else "run the README's setup command (links linux-headers-amd64)",
+        )
+    )
     if root:
         checks.append(_bpf_check())
     qemu = resolve_binary("qemu-system-x86_64")
     if qemu:
         syms = qemu_symbols(qemu)
         checks.append(Check("QEMU", True, f"{qemu} {qemu_version(qemu) or '?'}"))
-        checks.append(Check("QEMU BQL symbols", not syms.missing or None,
-                            "all present" if not syms.missing else f"missing: {', '.join(syms.missing)}",
-                            "" if not syms.missing else "the BQL cannot be named by uprobes; use --lock NAME=0xADDR"))
+        checks.append(
+            Check(
+                "QEMU BQL symbols",
+                not syms.missing or None,
+                "all present" if not syms.missing else f"missing: {', '.join(syms.missing)}",
+                "" if not syms.missing else "the BQL cannot be named by uprobes; use --lock NAME=0xADDR",
+            )
+        )
     else:
         checks.append(Check("QEMU", None, "qemu-system-x86_64 not found", "apt-get install qemu-system-x86"))
     if fire_test and not root:
@@ -157,9 +193,14 @@ def run_checks(fire_test: bool = True) -> list[Check]:
         else:
             silent = [ev for ev in ("kvm_entry", "kvm_exit") if counts.get(ev, 0) == 0]
             detail = ", ".join(f"{k}={v}" for k, v in counts.items())
-            checks.append(Check(
-                "kvm tracepoints fire", None if silent else True, detail,
-                "kvm_entry/kvm_exit never fire here (paravirtual KVM?): guest time is folded into vmexit"
-                if silent else "",
-            ))
+            checks.append(
+                Check(
+                    "kvm tracepoints fire",
+                    None if silent else True,
+                    detail,
+                    "kvm_entry/kvm_exit never fire here (paravirtual KVM?): guest time is folded into vmexit"
+                    if silent
+                    else "",
+                )
+            )
     return checks

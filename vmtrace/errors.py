@@ -58,8 +58,7 @@ class MissingEventsError(VmtraceError):
         self.missing = missing
         self.present = present
         super().__init__(
-            f"{analysis} needs events {', '.join(missing)}; this trace has "
-            f"{', '.join(present) or 'no events'}"
+            f"{analysis} needs events {', '.join(missing)}; this trace has {', '.join(present) or 'no events'}"
         )
 
 

@@ -35,9 +35,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import VmtraceError
 
@@ -100,7 +101,7 @@ class Interpreter:
 
     @property
     def kind(self) -> str:
-        """"free-threaded" or "GIL": what a report writes beside the locking mode."""
+        """ "free-threaded" or "GIL": what a report writes beside the locking mode."""
         return "free-threaded" if self.free_threaded and not self.gil_enabled else "GIL"
 
     @property
@@ -128,14 +129,19 @@ def free_threaded_path() -> Path:
     return Path(prefix) / "bin" / "python3.13t"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def inspect_interpreter(path: str) -> Interpreter:
     """Ask the interpreter at ``path`` what it is; raises VmtraceError when it
     does not run, or is not CPython 3.11 or later."""
     what = f"--python {path}"
     try:
-        proc = subprocess.run([path, "-s", "-c", _INSPECT], capture_output=True, text=True, timeout=60,
-                              env={k: v for k, v in os.environ.items() if k != "PYTHON_GIL"})
+        proc = subprocess.run(
+            [path, "-s", "-c", _INSPECT],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "PYTHON_GIL"},
+        )
     except FileNotFoundError:
         raise VmtraceError(f"{what}: no such interpreter") from None
     except PermissionError:
@@ -150,8 +156,9 @@ def inspect_interpreter(path: str) -> Interpreter:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise VmtraceError(f"{what}: not a Python 3 interpreter ({tail})") from None
     if info["implementation"] != "cpython" or tuple(info["major_minor"]) < (3, 11):
-        raise VmtraceError(f"{what}: the reference VMM needs CPython 3.11 or later, this is "
-                           f"{info['implementation']} {info['version']}")
+        raise VmtraceError(
+            f"{what}: the reference VMM needs CPython 3.11 or later, this is {info['implementation']} {info['version']}"
+        )
     return Interpreter(path, info["version"], info["free_threaded"], info["gil_enabled"])
 
 

@@ -16,14 +16,25 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from .errors import MetadataError
 from .schema import SCHEMA_VERSION
 
-__all__ = ["TraceMeta", "Host", "Target", "ThreadInfo", "LockInfo", "LostEvents", "BenchInfo", "MIGRATIONS",
-           "validate_meta", "parse_meta"]
+__all__ = [
+    "TraceMeta",
+    "Host",
+    "Target",
+    "ThreadInfo",
+    "LockInfo",
+    "LostEvents",
+    "BenchInfo",
+    "MIGRATIONS",
+    "validate_meta",
+    "parse_meta",
+]
 
 #: Constraint keys a field's metadata may carry: ``min`` (inclusive lower
 #: bound of a number), ``hex_keys`` (a dict whose keys are integers written
@@ -199,8 +210,9 @@ def _check(value: Any, hint: Any, where: str, meta: typing.Mapping[str, Any]) ->
                 try:
                     int(key, 0)
                 except ValueError:
-                    raise MetadataError(f"{where}[{_show(key)}]", "must be keyed by an address such as "
-                                        "'0x5555a000'") from None
+                    raise MetadataError(
+                        f"{where}[{_show(key)}]", "must be keyed by an address such as '0x5555a000'"
+                    ) from None
         return {k: _check(v, item, f"{where}[{_show(k)}]", meta) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return _object(value, typing.cast(type, hint), where)

@@ -23,7 +23,8 @@ import os
 import struct
 import threading
 import time
-from typing import Callable, Final
+from collections.abc import Callable
+from typing import Final
 
 __all__ = [
     "ENV_VAR",
@@ -67,7 +68,7 @@ _fd: int = -1
 _names_fd: int = -1
 _names: dict[str, int] = {}
 _names_lock = threading.Lock()
-_buffers: list["_ThreadBuffer"] = []
+_buffers: list[_ThreadBuffer] = []
 _local = threading.local()
 
 
@@ -150,8 +151,15 @@ def _dispatch_probe(code: int) -> Callable[..., None]:
             mine = _local.mine
         except AttributeError:
             mine = _new_buffer()
-        record = _pack(_monotonic_ns(), mine.tid, code, (size & 0x7F) | (0x80 if write else 0),
-                       _names.get(region) or _name_id(region), addr & _U64, 0)
+        record = _pack(
+            _monotonic_ns(),
+            mine.tid,
+            code,
+            (size & 0x7F) | (0x80 if write else 0),
+            _names.get(region) or _name_id(region),
+            addr & _U64,
+            0,
+        )
         with mine.lock:
             buf = mine.buf
             buf += record

@@ -18,7 +18,8 @@ import ctypes
 import os
 import signal
 import subprocess
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 __all__ = [
     "STOP_SIGNALS",
@@ -96,6 +97,7 @@ def interrupt_on_signals() -> Iterator[None]:
 
     Only the main thread can install handlers; elsewhere this does nothing.
     """
+
     def handler(signum: int, _frame: Any) -> None:
         raise Interrupted(signum)
 

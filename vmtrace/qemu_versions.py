@@ -82,11 +82,16 @@ def resolve_qemu(spec: str | None) -> QemuBinary:
         path = found
     elif _VERSION.match(spec):
         if spec not in KNOWN_VERSIONS:
-            raise VmtraceError(f"--qemu {spec}: vmtrace knows QEMU {', '.join(KNOWN_VERSIONS)}; give a path for another")
+            raise VmtraceError(
+                f"--qemu {spec}: vmtrace knows QEMU {', '.join(KNOWN_VERSIONS)}; give a path for another"
+            )
         path = str(_known_path(spec))
         if not os.access(path, os.X_OK):
-            how = ("install Debian's qemu-system-x86" if spec == "7.2"
-                   else "run scripts/install_qemu10.sh (scripts/setup.sh does)")
+            how = (
+                "install Debian's qemu-system-x86"
+                if spec == "7.2"
+                else "run scripts/install_qemu10.sh (scripts/setup.sh does)"
+            )
             raise VmtraceError(f"QEMU {spec} is not installed at {path}: {how}")
     else:
         path = spec

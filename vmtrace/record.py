@@ -20,9 +20,10 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import pandas as pd
 
@@ -102,9 +103,7 @@ def _make_collector(backend: str, options: RecordOptions, aggregate: float | Non
 _VCPU_NAME = re.compile(r"^CPU (\d+)/")
 
 
-def thread_roles(
-    names: dict[int, str], tgids: dict[int, int], pid: int, run_tids: set[int]
-) -> list[dict[str, Any]]:
+def thread_roles(names: dict[int, str], tgids: dict[int, int], pid: int, run_tids: set[int]) -> list[dict[str, Any]]:
     """Name each thread's role the way QEMU names its threads.
 
     ``CPU n/KVM`` is vCPU n; the first thread of the VMM process (the process
@@ -114,9 +113,7 @@ def thread_roles(
     """
     vmm_pids = {tgids.get(t, pid) for t in run_tids} or {pid}
     rows = []
-    next_index = 1 + max(
-        (int(m.group(1)) for n in names.values() if (m := _VCPU_NAME.match(n))), default=-1
-    )
+    next_index = 1 + max((int(m.group(1)) for n in names.values() if (m := _VCPU_NAME.match(n))), default=-1)
     for tid in sorted(set(names) | run_tids):
         name = names.get(tid, "")
         m = _VCPU_NAME.match(name)
@@ -276,8 +273,13 @@ def record(
     if aggregate is not None and (aggregate <= 0 or chosen != "bcc" or precise or callsites):
         raise VmtraceError("--aggregate needs a positive interval, the bcc backend, and no --precise or --callsites")
     spool_dir = spool.new_spool()
-    options = RecordOptions(spool_dir=spool_dir, precise=precise, vmm_binary=binary,
-                            callsites=check_callsites(callsites, callsite_duty), callsite_duty=callsite_duty)
+    options = RecordOptions(
+        spool_dir=spool_dir,
+        precise=precise,
+        vmm_binary=binary,
+        callsites=check_callsites(callsites, callsite_duty),
+        callsite_duty=callsite_duty,
+    )
     probe_spool = spool_dir / "probes.bin"
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in procs.STOP_SIGNALS}
@@ -335,27 +337,52 @@ def record(
                 child = None
             collected = collector.stop()
         if aggregate is not None:
-            extra_meta = {**(extra_meta() if callable(extra_meta) else extra_meta or {}),
-                          "aggregate": collected.probes.pop("aggregate"), "mode": "aggregate"}
+            extra_meta = {
+                **(extra_meta() if callable(extra_meta) else extra_meta or {}),
+                "aggregate": collected.probes.pop("aggregate"),
+                "mode": "aggregate",
+            }
         end_ns = time.monotonic_ns()
         events, meta, notes = _assemble(
-            collected, chosen, precise, cmd, target_pid, binary, exit_status,
-            stop.signum is not None, start_ns, end_ns, probe_spool, extra_meta or {},
+            collected,
+            chosen,
+            precise,
+            cmd,
+            target_pid,
+            binary,
+            exit_status,
+            stop.signum is not None,
+            start_ns,
+            end_ns,
+            probe_spool,
+            extra_meta or {},
         )
         if pid is not None and aggregate is None and not (events["event"] == "run_enter").any():
-            note = (f"no thread of process {pid} entered KVM_RUN while it was recorded: "
-                    "it is not a KVM VMM, or its vCPUs were idle")
+            note = (
+                f"no thread of process {pid} entered KVM_RUN while it was recorded: "
+                "it is not a KVM VMM, or its vCPUs were idle"
+            )
             notes.append(note)
             say(f"warning: {note}")
         try:
             write_trace(output, events, meta)
         except TraceFileError as err:
             keep_spool = _keep_for_recovery(spool_dir, output, events, meta)
-            raise TraceFileError(_write_failure(str(err), spool_dir if keep_spool else None, output,
-                                                exit_status, stop.signum)) from None
+            raise TraceFileError(
+                _write_failure(str(err), spool_dir if keep_spool else None, output, exit_status, stop.signum)
+            ) from None
         lost = int(meta["lost_events"]["total"])
-        return RecordResult(output, exit_status, len(events), lost, stop.signum is not None, chosen, notes,
-                            stop.signum, meta["target"]["interpreter"])
+        return RecordResult(
+            output,
+            exit_status,
+            len(events),
+            lost,
+            stop.signum is not None,
+            chosen,
+            notes,
+            stop.signum,
+            meta["target"]["interpreter"],
+        )
     finally:
         if child is not None:
             _terminate(child)
@@ -425,17 +452,27 @@ def _assemble(
     user_spool = read_probe_spool(probe_spool)
     user = user_spool.events
     frames = [f for f in (collected.events, user) if len(f)]
-    events = normalize_events(pd.concat(frames, ignore_index=True)) if frames else normalize_events(
-        pd.DataFrame({"ts_ns": [], "tid": [], "cpu": [], "event": []})
+    events = (
+        normalize_events(pd.concat(frames, ignore_index=True))
+        if frames
+        else normalize_events(pd.DataFrame({"ts_ns": [], "tid": [], "cpu": [], "event": []}))
     )
     run_tids = set(events.loc[events["event"] == "run_enter", "tid"].astype(int))
     names = dict(collected.thread_names)
     threads = thread_roles(names, collected.thread_tgids, pid, run_tids)
     locks = [lock.to_json() for lock in collected.locks]
     named_bql = [a for a, n in user_spool.futex_names.items() if n == "BQL"]
-    if not any(lock.get("name") == "BQL" for lock in locks) and (named_bql or (len(user) and (user["name"] == "BQL").any())):
-        locks.append({"name": "BQL", "futex_uaddr": named_bql[0] if named_bql else None,
-                      "method": "probe API (the VMM reports its own lock)", "identified": True})
+    if not any(lock.get("name") == "BQL" for lock in locks) and (
+        named_bql or (len(user) and (user["name"] == "BQL").any())
+    ):
+        locks.append(
+            {
+                "name": "BQL",
+                "futex_uaddr": named_bql[0] if named_bql else None,
+                "method": "probe API (the VMM reports its own lock)",
+                "identified": True,
+            }
+        )
     tsc, tsc_source = host.tsc_hz()
     vmm = "qemu" if is_qemu(binary) else ("reference" if len(user) or _is_reference(cmd) else "other")
     notes = list(collected.notes)
@@ -497,4 +534,3 @@ def _vmm_binary(cmd: list[str]) -> str | None:
 
 def _is_reference(cmd: list[str] | None) -> bool:
     return cmd is not None and any("reference_vmm" in part for part in cmd)
-

@@ -22,8 +22,9 @@ In a notebook::
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import VmtraceError
 from .jsonsafe import json_safe
@@ -154,35 +155,82 @@ def _timeline(r: Report) -> Any:
 #: Every view, in the order the command prints them, keys its JSON and lays
 #: out the HTML page.
 VIEWS: tuple[View, ...] = (
-    View("bql_breakdown", _breakdown, "--bql-breakdown",
-         "Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart); "
-         "with distributions, per exit kind/port, per vCPU.  The default view.",
-         frozenset({"--port", "--all-exits"}), _to_json, _text("render_breakdown"), _html("breakdown_section")),
-    View("exits", _exits, "--exits",
-         "What perf kvm stat gives, on any host: count, share, time share, min/mean/max per exit reason, per PIO "
-         "port and MMIO address, per vCPU.",
-         frozenset({"--port"}), _to_json, _text("render_exits"), _html("exits_section")),
-    View("locks", _locks, "--locks",
-         "Every futex word the target waited on: waits, wait time (mean, p99), waiting and waking threads, hold "
-         "times, the BQL named; time inside futex calls.",
-         frozenset({"--lock"}), _to_json, _text("render_locks"), _html("locks_section")),
-    View("offcpu", _offcpu, "--offcpu",
-         "Per thread: running, blocked on a lock, blocked on anything else, runnable but waiting for a CPU.",
-         frozenset(), _to_json, _text("render_offcpu"), _html("offcpu_section")),
-    View("requests", _requests, "--requests",
-         "virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): "
-         "notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99.",
-         frozenset(), _to_json, _text("render_requests"), _html("requests_section")),
-    View("callsites", _callsites, "--callsites",
-         "BQL call sites (QEMU, traces recorded with --callsites or --precise): acquisitions, wait inside the lock "
-         "call, contended waits, hold time to the unlock; mean and p99 per file:line, as info sync-profile.",
-         frozenset(), _to_json, _Lazy("vmtrace.render.callsites", "render_callsites"),
-         _Lazy("vmtrace.render.callsites", "callsites_section")),
-    View("aggregate", _aggregate, "--aggregate",
-         "A record --aggregate trace: exits/s and mean cycles per component per interval, the recording's rows "
-         "by vCPU and exit kind with p99, the BQL's share of wait.  The default view of such a trace.",
-         frozenset(), _to_json, _Lazy("vmtrace.top.series", "render_aggregate"),
-         _Lazy("vmtrace.top.html", "aggregate_section")),
+    View(
+        "bql_breakdown",
+        _breakdown,
+        "--bql-breakdown",
+        "Cycles per userspace exit by component: vmexit, emulator, dispatch, device, lock wait (BQL apart); "
+        "with distributions, per exit kind/port, per vCPU.  The default view.",
+        frozenset({"--port", "--all-exits"}),
+        _to_json,
+        _text("render_breakdown"),
+        _html("breakdown_section"),
+    ),
+    View(
+        "exits",
+        _exits,
+        "--exits",
+        "What perf kvm stat gives, on any host: count, share, time share, min/mean/max per exit reason, per PIO "
+        "port and MMIO address, per vCPU.",
+        frozenset({"--port"}),
+        _to_json,
+        _text("render_exits"),
+        _html("exits_section"),
+    ),
+    View(
+        "locks",
+        _locks,
+        "--locks",
+        "Every futex word the target waited on: waits, wait time (mean, p99), waiting and waking threads, hold "
+        "times, the BQL named; time inside futex calls.",
+        frozenset({"--lock"}),
+        _to_json,
+        _text("render_locks"),
+        _html("locks_section"),
+    ),
+    View(
+        "offcpu",
+        _offcpu,
+        "--offcpu",
+        "Per thread: running, blocked on a lock, blocked on anything else, runnable but waiting for a CPU.",
+        frozenset(),
+        _to_json,
+        _text("render_offcpu"),
+        _html("offcpu_section"),
+    ),
+    View(
+        "requests",
+        _requests,
+        "--requests",
+        "virtio-blk: per request, by the role of the thread that serviced it (vCPU, main loop, IOThread): "
+        "notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99.",
+        frozenset(),
+        _to_json,
+        _text("render_requests"),
+        _html("requests_section"),
+    ),
+    View(
+        "callsites",
+        _callsites,
+        "--callsites",
+        "BQL call sites (QEMU, traces recorded with --callsites or --precise): acquisitions, wait inside the lock "
+        "call, contended waits, hold time to the unlock; mean and p99 per file:line, as info sync-profile.",
+        frozenset(),
+        _to_json,
+        _Lazy("vmtrace.render.callsites", "render_callsites"),
+        _Lazy("vmtrace.render.callsites", "callsites_section"),
+    ),
+    View(
+        "aggregate",
+        _aggregate,
+        "--aggregate",
+        "A record --aggregate trace: exits/s and mean cycles per component per interval, the recording's rows "
+        "by vCPU and exit kind with p99, the BQL's share of wait.  The default view of such a trace.",
+        frozenset(),
+        _to_json,
+        _Lazy("vmtrace.top.series", "render_aggregate"),
+        _Lazy("vmtrace.top.html", "aggregate_section"),
+    ),
     # Every exit of the trace (not only the breakdown's summary): what the
     # timeline and the Perfetto export lay out.
     View("all_exits", _all_exits),

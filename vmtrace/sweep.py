@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -20,16 +21,40 @@ from .analyses.breakdown import COMPONENTS, bql_breakdown
 from .errors import VmtraceError
 from .trace import read_trace
 
-__all__ = ["SweepConfig", "SweepRun", "configs_for", "check_outdir", "write_summary", "run_sweep", "summarize_sweep",
-           "SUMMARY_COLUMNS"]
+__all__ = [
+    "SweepConfig",
+    "SweepRun",
+    "configs_for",
+    "check_outdir",
+    "write_summary",
+    "run_sweep",
+    "summarize_sweep",
+    "SUMMARY_COLUMNS",
+]
 
 #: Columns of the sweep summary (CSV and JSON), one row per (config, vcpus).
 SUMMARY_COLUMNS = (
-    "config", "vmm", "locking", "bench", "vcpus", "iterations",
-    "guest_cycles_per_op", "traced_guest_cycles_per_op", "observer_effect",
-    "runs", "guest_min", "guest_max",
-    *COMPONENTS, "bql_wait", "total", "exits", "lost_events",
-    "python_version", "free_threaded", "gil_enabled", "trace",
+    "config",
+    "vmm",
+    "locking",
+    "bench",
+    "vcpus",
+    "iterations",
+    "guest_cycles_per_op",
+    "traced_guest_cycles_per_op",
+    "observer_effect",
+    "runs",
+    "guest_min",
+    "guest_max",
+    *COMPONENTS,
+    "bql_wait",
+    "total",
+    "exits",
+    "lost_events",
+    "python_version",
+    "free_threaded",
+    "gil_enabled",
+    "trace",
 )
 
 
@@ -39,7 +64,7 @@ class SweepRun:
     traced (medians over the repeats, with every run's number), and where
     the trace of the median recorded run went."""
 
-    config: "SweepConfig"
+    config: SweepConfig
     bench: str
     vcpus: int
     iterations: int
@@ -88,9 +113,12 @@ class SweepConfig:
         return f"{base}-gil" if self.gil else base
 
 
-def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
-                pythons: Iterable[str] | None = None,
-                qemus: Iterable[str] | None = None) -> list[SweepConfig]:
+def configs_for(
+    vmms: Iterable[str],
+    lockings: Iterable[str] | None,
+    pythons: Iterable[str] | None = None,
+    qemus: Iterable[str] | None = None,
+) -> list[SweepConfig]:
     """Every configuration named on the command line: ``--locking`` applies
     to the reference VMM (QEMU's locking is fixed by its version), and so
     does ``--python`` (default "ft": the free-threaded build, or the GIL
@@ -117,12 +145,15 @@ def configs_for(vmms: Iterable[str], lockings: Iterable[str] | None,
                     other = next(i for i in interps if i.kind == interp.kind)
                     if other.path == interp.path:
                         continue  # "ft,gil" without a free-threaded build: the same interpreter twice
-                    raise VmtraceError(f"--python names two {interp.kind} interpreters ({other.path} and "
-                                       f"{interp.path}): a sweep compares one of each kind")
+                    raise VmtraceError(
+                        f"--python names two {interp.kind} interpreters ({other.path} and "
+                        f"{interp.path}): a sweep compares one of each kind"
+                    )
                 interps.append(interp)
             interps.sort(key=lambda i: i.kind != "free-threaded")
-            out += [SweepConfig(vmm, m, i.path, i.kind == "GIL") for i in interps
-                    for m in (lockings or ["bql", "unlocked"])]
+            out += [
+                SweepConfig(vmm, m, i.path, i.kind == "GIL") for i in interps for m in (lockings or ["bql", "unlocked"])
+            ]
         elif qemus:
             from .qemu_versions import resolve_qemu
 
@@ -173,9 +204,7 @@ def run_sweep(
     Returns :func:`summarize_sweep`'s table.  ``iterations`` defaults per
     VMM (the Python VMM is ~10x slower per exit at 8 vCPUs, so it runs
     fewer)."""
-    from .bench import run_bench
-
-    from .bench import BENCHES
+    from .bench import BENCHES, run_bench
 
     if repeat < 1:
         raise VmtraceError("--repeat must be at least 1")
@@ -204,12 +233,26 @@ def run_sweep(
                     of = f" ({k + 1}/{repeat})" if repeat > 1 else ""
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: untraced{of}")
-                    plain.append(_guest_cycles(run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking,
-                                                         python=cfg.python, qemu=cfg.qemu).cycles_per_op))
+                    plain.append(
+                        _guest_cycles(
+                            run_bench(
+                                cfg.vmm, bench, n, iters, locking=cfg.locking, python=cfg.python, qemu=cfg.qemu
+                            ).cycles_per_op
+                        )
+                    )
                     if progress:
                         progress(f"{cfg.label}, {n} vCPU: recorded{of}")
-                    res = run_bench(cfg.vmm, bench, n, iters, locking=cfg.locking, record_to=files[k], backend=backend,
-                                    python=cfg.python, qemu=cfg.qemu)
+                    res = run_bench(
+                        cfg.vmm,
+                        bench,
+                        n,
+                        iters,
+                        locking=cfg.locking,
+                        record_to=files[k],
+                        backend=backend,
+                        python=cfg.python,
+                        qemu=cfg.qemu,
+                    )
                     traced.append((_guest_cycles(res.cycles_per_op), files[k]))
                     interpreter = getattr(res, "interpreter", None)
             except BaseException:
@@ -223,8 +266,20 @@ def run_sweep(
                     p.unlink(missing_ok=True)
             if keep[1] != path:
                 keep[1].replace(path)
-            runs.append(SweepRun(cfg, bench, n, iters, float(statistics.median(plain)), keep[0], path,
-                                 tuple(plain), tuple(c for c, _ in traced), interpreter))
+            runs.append(
+                SweepRun(
+                    cfg,
+                    bench,
+                    n,
+                    iters,
+                    float(statistics.median(plain)),
+                    keep[0],
+                    path,
+                    tuple(plain),
+                    tuple(c for c, _ in traced),
+                    interpreter,
+                )
+            )
     return summarize_sweep(runs)
 
 
@@ -250,21 +305,29 @@ def summarize_sweep(runs: list[SweepRun]) -> pd.DataFrame:
     for r in runs:
         b = bql_breakdown(read_trace(r.trace))
         plain, traced = r.guest_cycles_per_op, r.traced_guest_cycles_per_op
-        rows.append({
-            "config": r.config.label, "vmm": r.config.vmm, "locking": r.config.locking, "bench": r.bench,
-            "vcpus": r.vcpus, "iterations": r.iterations,
-            "guest_cycles_per_op": plain, "traced_guest_cycles_per_op": traced,
-            "observer_effect": traced / plain if plain else None,
-            "runs": max(len(r.guest_runs), 1),
-            "guest_min": min(r.guest_runs) if r.guest_runs else plain,
-            "guest_max": max(r.guest_runs) if r.guest_runs else plain,
-            **{c: b.components[c] for c in (*COMPONENTS, "bql_wait", "total")},
-            "exits": len(b.exits), "lost_events": b.lost_events,
-            "python_version": (r.interpreter or {}).get("version"),
-            "free_threaded": (r.interpreter or {}).get("free_threaded"),
-            "gil_enabled": (r.interpreter or {}).get("gil_enabled"),
-            "trace": str(r.trace),
-        })
+        rows.append(
+            {
+                "config": r.config.label,
+                "vmm": r.config.vmm,
+                "locking": r.config.locking,
+                "bench": r.bench,
+                "vcpus": r.vcpus,
+                "iterations": r.iterations,
+                "guest_cycles_per_op": plain,
+                "traced_guest_cycles_per_op": traced,
+                "observer_effect": traced / plain if plain else None,
+                "runs": max(len(r.guest_runs), 1),
+                "guest_min": min(r.guest_runs) if r.guest_runs else plain,
+                "guest_max": max(r.guest_runs) if r.guest_runs else plain,
+                **{c: b.components[c] for c in (*COMPONENTS, "bql_wait", "total")},
+                "exits": len(b.exits),
+                "lost_events": b.lost_events,
+                "python_version": (r.interpreter or {}).get("version"),
+                "free_threaded": (r.interpreter or {}).get("free_threaded"),
+                "gil_enabled": (r.interpreter or {}).get("gil_enabled"),
+                "trace": str(r.trace),
+            }
+        )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 

@@ -164,8 +164,13 @@ def write_trace(path: Path, events: pd.DataFrame, meta: dict[str, Any]) -> Path:
     return path
 
 
-_NULLABLE = {"UInt64": pd.UInt64Dtype(), "UInt8": pd.UInt8Dtype(), "boolean": pd.BooleanDtype(),
-             "Int64": pd.Int64Dtype(), "Int32": pd.Int32Dtype()}
+_NULLABLE = {
+    "UInt64": pd.UInt64Dtype(),
+    "UInt8": pd.UInt8Dtype(),
+    "boolean": pd.BooleanDtype(),
+    "Int64": pd.Int64Dtype(),
+    "Int32": pd.Int32Dtype(),
+}
 
 
 def _read_events(pf: pq.ParquetFile) -> pd.DataFrame:
@@ -207,8 +212,10 @@ def _row_problem(events: pd.DataFrame) -> str | None:
     back = np.flatnonzero(ts[1:] < ts[:-1])
     if len(back):
         i = int(back[0]) + 1
-        return (f"row {i}: events are not in time order (ts_ns {int(ts[i])} after {int(ts[i - 1])}); "
-                "vmtrace writes them sorted, so the file was changed by another tool")
+        return (
+            f"row {i}: events are not in time order (ts_ns {int(ts[i])} after {int(ts[i - 1])}); "
+            "vmtrace writes them sorted, so the file was changed by another tool"
+        )
     neg = np.flatnonzero(ts < 0)
     if len(neg):
         return f"row {int(neg[0])}: negative timestamp ts_ns {int(ts[neg[0]])}"
@@ -289,8 +296,7 @@ def read_trace(path: Path | str) -> Trace:
     version = decoded.get("schema_version") if isinstance(decoded, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise TraceFileError(
-            f"{path} uses trace schema {version}, newer than this vmtrace reads "
-            f"({SCHEMA_VERSION}); upgrade vmtrace"
+            f"{path} uses trace schema {version}, newer than this vmtrace reads ({SCHEMA_VERSION}); upgrade vmtrace"
         )
     try:
         meta = validate_meta(decoded)
@@ -319,8 +325,10 @@ def read_trace(path: Path | str) -> Trace:
     if dup.any():
         n = int(dup.sum())
         events = events[~dup].reset_index(drop=True)
-        note = (f"{n:,} exact duplicate event rows were dropped when the trace was read "
-                "(no collector writes one event twice)")
+        note = (
+            f"{n:,} exact duplicate event rows were dropped when the trace was read "
+            "(no collector writes one event twice)"
+        )
         meta["notes"] = [*(meta.get("notes") or []), note]
         warnings.warn(TraceWarning(f"{path}: {note}"), stacklevel=2)
     return Trace(events=events, meta=meta, path=path)

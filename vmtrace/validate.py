@@ -17,8 +17,18 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["shown", "parse_int", "parse_address", "parse_counts", "parse_lock", "check_duration", "check_range",
-           "check_locking", "check_command", "check_port_used"]
+__all__ = [
+    "shown",
+    "parse_int",
+    "parse_address",
+    "parse_counts",
+    "parse_lock",
+    "check_duration",
+    "check_range",
+    "check_locking",
+    "check_command",
+    "check_port_used",
+]
 
 U64_MAX = (1 << 64) - 1
 #: The benchmark guest reads iterations= as a 32-bit unsigned integer.
@@ -28,7 +38,7 @@ U32_MAX = (1 << 32) - 1
 def shown(text: Any, limit: int = 40) -> str:
     """``repr(text)``, cut to ``limit`` characters with its length noted."""
     r = repr(text)
-    return r if len(r) <= limit else f"{r[:limit - 3]}...' ({len(str(text)):,} characters)"
+    return r if len(r) <= limit else f"{r[: limit - 3]}...' ({len(str(text)):,} characters)"
 
 
 def parse_int(text: str, what: str, lo: int | None = None, hi: int | None = None, example: str = "1544") -> int:
@@ -45,8 +55,11 @@ def parse_int(text: str, what: str, lo: int | None = None, hi: int | None = None
 def check_range(value: int | float, what: str, lo: int | float | None = None, hi: int | float | None = None) -> None:
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         top = f"{hi:#x}" if hi is not None and hi > 1 << 32 else f"{hi}"
-        span = f"from {lo} to {top}" if lo is not None and hi is not None else (
-            f"at least {lo}" if lo is not None else f"at most {top}")
+        span = (
+            f"from {lo} to {top}"
+            if lo is not None and hi is not None
+            else (f"at least {lo}" if lo is not None else f"at most {top}")
+        )
         raise UsageError(f"{what} must be {span}, not {value}")
 
 
@@ -64,8 +77,9 @@ def parse_counts(text: str, what: str = "--vcpus", lo: int = 1, hi: int = 64) ->
         try:
             n = int(part.strip(), 10)
         except ValueError:
-            raise UsageError(f"{what} takes counts from {lo} to {hi} separated by commas, such as 1,2,4,8, "
-                             f"not {shown(part.strip())}") from None
+            raise UsageError(
+                f"{what} takes counts from {lo} to {hi} separated by commas, such as 1,2,4,8, not {shown(part.strip())}"
+            ) from None
         check_range(n, what, lo, hi)
         counts.append(n)
     if not counts:

@@ -6,7 +6,7 @@ the same runner reads the exit status of both VMMs.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..memory.owner import Owner
 from ..memory.region import MemoryRegion

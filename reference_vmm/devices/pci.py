@@ -17,7 +17,6 @@ past the 64 KiB port space, not the all-ones a guest writes to size it).
 from __future__ import annotations
 
 import struct
-from typing import Optional
 
 from ..memory.owner import Owner
 from ..memory.region import MemoryRegion, transaction
@@ -42,7 +41,7 @@ class PciBar:
     def __init__(self, index: int, region: MemoryRegion) -> None:
         self.index = index
         self.region = region
-        self.mapped_at: Optional[int] = None
+        self.mapped_at: int | None = None
 
 
 class PciDevice(Owner):
@@ -62,7 +61,7 @@ class PciDevice(Owner):
         self.wmask[_COMMAND] = self.wmask[_COMMAND + 1] = 0xFF
         self.wmask[INTERRUPT_LINE] = 0xFF
         self.bars: dict[int, PciBar] = {}
-        self.bus: Optional["PciBus"] = None
+        self.bus: PciBus | None = None
 
     def set_subsystem(self, vendor: int, device: int) -> None:
         struct.pack_into("<HH", self.config, _SUBSYSTEM_VENDOR, vendor, device)
@@ -88,7 +87,7 @@ class PciDevice(Owner):
         struct.pack_into("<I", self.config, off, (address & ~(size - 1)) | 1)
         self.config[_COMMAND] |= COMMAND_IO
 
-    def bar_address(self, index: int) -> Optional[int]:
+    def bar_address(self, index: int) -> int | None:
         """Where BAR ``index`` decodes now (``pci_bar_address``), or None."""
         bar = self.bars[index]
         if not self.config[_COMMAND] & COMMAND_IO:
@@ -130,7 +129,7 @@ class PciDevice(Owner):
             bar.mapped_at = new
             self.bar_moved(index, old, new)
 
-    def bar_moved(self, index: int, old: Optional[int], new: Optional[int]) -> None:
+    def bar_moved(self, index: int, old: int | None, new: int | None) -> None:
         """Hook: BAR ``index`` went from ``old`` to ``new`` (None: unmapped)."""
 
 
@@ -144,7 +143,7 @@ class PciHostBridge(PciDevice):
 class PciBus(Owner):
     """Bus 0 behind configuration mechanism #1: ``pci-conf-idx`` and ``pci-conf-data``."""
 
-    def __init__(self, io_space: Optional[MemoryRegion] = None) -> None:
+    def __init__(self, io_space: MemoryRegion | None = None) -> None:
         super().__init__("pci.0")
         self.io_space = io_space  # where I/O BARs are mapped (the machine's ``io`` root)
         self.address = 0

@@ -9,7 +9,7 @@ its port in the FADT (PM_TMR_BLK, 0x608 as on QEMU's pc/q35).
 from __future__ import annotations
 
 import ctypes
-from typing import Callable
+from collections.abc import Callable
 
 from ..memory.owner import Owner
 from ..memory.region import MemoryRegion

@@ -7,7 +7,7 @@ unchanged.  No interrupts are raised; receive is always empty.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..memory.owner import Owner
 from ..memory.region import MemoryRegion

@@ -47,9 +47,24 @@ class KvmRegs(ctypes.Structure):
     _fields_ = [
         (name, c_uint64)
         for name in (
-            "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-            "rip", "rflags",
+            "rax",
+            "rbx",
+            "rcx",
+            "rdx",
+            "rsi",
+            "rdi",
+            "rsp",
+            "rbp",
+            "r8",
+            "r9",
+            "r10",
+            "r11",
+            "r12",
+            "r13",
+            "r14",
+            "r15",
+            "rip",
+            "rflags",
         )
     ]
 
@@ -84,11 +99,23 @@ class KvmSregs(ctypes.Structure):
     """``struct kvm_sregs``: segments, descriptor tables, control registers."""
 
     _fields_ = [
-        ("cs", KvmSegment), ("ds", KvmSegment), ("es", KvmSegment), ("fs", KvmSegment),
-        ("gs", KvmSegment), ("ss", KvmSegment), ("tr", KvmSegment), ("ldt", KvmSegment),
-        ("gdt", KvmDtable), ("idt", KvmDtable),
-        ("cr0", c_uint64), ("cr2", c_uint64), ("cr3", c_uint64), ("cr4", c_uint64),
-        ("cr8", c_uint64), ("efer", c_uint64), ("apic_base", c_uint64),
+        ("cs", KvmSegment),
+        ("ds", KvmSegment),
+        ("es", KvmSegment),
+        ("fs", KvmSegment),
+        ("gs", KvmSegment),
+        ("ss", KvmSegment),
+        ("tr", KvmSegment),
+        ("ldt", KvmSegment),
+        ("gdt", KvmDtable),
+        ("idt", KvmDtable),
+        ("cr0", c_uint64),
+        ("cr2", c_uint64),
+        ("cr3", c_uint64),
+        ("cr4", c_uint64),
+        ("cr8", c_uint64),
+        ("efer", c_uint64),
+        ("apic_base", c_uint64),
         ("interrupt_bitmap", c_uint64 * 4),
     ]
 
@@ -269,7 +296,20 @@ MP_STATE_SIPI_RECEIVED = 4
 
 #: KVM_EXIT_* numbers and names, for messages.
 EXIT_REASONS: dict[int, str] = {
-    0: "UNKNOWN", 1: "EXCEPTION", 2: "IO", 3: "HYPERCALL", 4: "DEBUG", 5: "HLT",
-    6: "MMIO", 7: "IRQ_WINDOW_OPEN", 8: "SHUTDOWN", 9: "FAIL_ENTRY", 10: "INTR",
-    11: "SET_TPR", 12: "TPR_ACCESS", 16: "NMI", 17: "INTERNAL_ERROR", 24: "SYSTEM_EVENT",
+    0: "UNKNOWN",
+    1: "EXCEPTION",
+    2: "IO",
+    3: "HYPERCALL",
+    4: "DEBUG",
+    5: "HLT",
+    6: "MMIO",
+    7: "IRQ_WINDOW_OPEN",
+    8: "SHUTDOWN",
+    9: "FAIL_ENTRY",
+    10: "INTR",
+    11: "SET_TPR",
+    12: "TPR_ACCESS",
+    16: "NMI",
+    17: "INTERNAL_ERROR",
+    24: "SYSTEM_EVENT",
 }

@@ -71,10 +71,14 @@ class Kvm:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise KvmError(f"open {path}", errno.ENOENT, "KVM is not available on this host (load kvm_intel/kvm_amd)") from None
+            raise KvmError(
+                f"open {path}", errno.ENOENT, "KVM is not available on this host (load kvm_intel/kvm_amd)"
+            ) from None
         except PermissionError as e:
             raise KvmError(
-                f"open {path}", e.errno or errno.EACCES, "needs read/write access to /dev/kvm (run as root or join group 'kvm')"
+                f"open {path}",
+                e.errno or errno.EACCES,
+                "needs read/write access to /dev/kvm (run as root or join group 'kvm')",
             ) from None
         version = _ioctl(self.fd, "KVM_GET_API_VERSION")
         if version != KVM_API_VERSION:
@@ -93,7 +97,7 @@ class Kvm:
         _ioctl(self.fd, "KVM_GET_SUPPORTED_CPUID", cpuid)
         return cpuid
 
-    def create_vm(self) -> "VmFd":
+    def create_vm(self) -> VmFd:
         """KVM_CREATE_VM."""
         return VmFd(self, _ioctl(self.fd, "KVM_CREATE_VM", 0))
 
@@ -108,7 +112,9 @@ class VmFd:
         self.kvm = kvm
         self.fd = fd
 
-    def set_user_memory_region(self, slot: int, guest_phys_addr: int, size: int, host_addr: int, flags: int = 0) -> None:
+    def set_user_memory_region(
+        self, slot: int, guest_phys_addr: int, size: int, host_addr: int, flags: int = 0
+    ) -> None:
         """KVM_SET_USER_MEMORY_REGION (``size`` 0 deletes the slot)."""
         region = b.KvmUserspaceMemoryRegion(slot, flags, guest_phys_addr, size, host_addr)
         _ioctl(self.fd, "KVM_SET_USER_MEMORY_REGION", region)
@@ -157,7 +163,7 @@ class VmFd:
         _ioctl(self.fd, "KVM_GET_IRQCHIP", chip)
         return chip
 
-    def create_vcpu(self, vcpu_id: int) -> "VcpuFd":
+    def create_vcpu(self, vcpu_id: int) -> VcpuFd:
         """KVM_CREATE_VCPU and map its ``kvm_run`` page."""
         return VcpuFd(self, vcpu_id, _ioctl(self.fd, "KVM_CREATE_VCPU", vcpu_id))
 

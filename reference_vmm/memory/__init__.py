@@ -7,6 +7,15 @@ from .rcu import call_rcu, drain_call_rcu, rcu_read_lock, rcu_read_unlock, synch
 from .region import MemoryRegion, transaction
 
 __all__ = [
-    "AddressSpace", "FlatRange", "FlatView", "MemoryRegion", "Owner", "transaction",
-    "call_rcu", "drain_call_rcu", "rcu_read_lock", "rcu_read_unlock", "synchronize_rcu",
+    "AddressSpace",
+    "FlatRange",
+    "FlatView",
+    "MemoryRegion",
+    "Owner",
+    "transaction",
+    "call_rcu",
+    "drain_call_rcu",
+    "rcu_read_lock",
+    "rcu_read_unlock",
+    "synchronize_rcu",
 ]

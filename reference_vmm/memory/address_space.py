@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .flatview import FlatRange, FlatView
 from .rcu import call_rcu, rcu_read_lock
@@ -23,7 +23,7 @@ from .topology import register_address_space, topology_lock, unregister_address_
 __all__ = ["AddressSpace", "Listener"]
 
 #: ``listener(old_view, new_view)``, called under the topology lock on every swap.
-Listener = Callable[[Optional[FlatView], FlatView], None]
+Listener = Callable[[FlatView | None, FlatView], None]
 
 
 class AddressSpace:
@@ -68,7 +68,7 @@ class AddressSpace:
         call_rcu(self.current_map.unref)
 
     # -- simple accessors (no BQL: the vCPU loop decides locking) -----------
-    def lookup(self, addr: int) -> Optional[FlatRange]:
+    def lookup(self, addr: int) -> FlatRange | None:
         """The range at ``addr`` in the current view (caller holds the RCU read lock)."""
         return self.current_map.lookup(addr)
 

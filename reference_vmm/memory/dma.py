@@ -23,8 +23,6 @@ releases them when the request is done.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .address_space import AddressSpace
 from .flatview import FlatView
 
@@ -59,7 +57,7 @@ class GuestMemory:
         self.space = space
         self.bounced = 0  # non-RAM windows handed out through a Bounce
 
-    def map(self, addr: int, length: int, bounce: Optional[Bounce] = None) -> list[memoryview]:
+    def map(self, addr: int, length: int, bounce: Bounce | None = None) -> list[memoryview]:
         """Writable host views covering ``[addr, addr + length)``, split where RAM ranges split.
 
         Raises :class:`DmaError` unless every byte is RAM, or, with ``bounce``

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from .region import MemoryRegion
 
@@ -79,7 +79,11 @@ def _simplify(ranges: list[FlatRange]) -> list[FlatRange]:
     for r in ranges:
         if merged:
             last = merged[-1]
-            if last.mr is r.mr and last.end == r.start and last.offset_in_region + (last.end - last.start) == r.offset_in_region:
+            if (
+                last.mr is r.mr
+                and last.end == r.start
+                and last.offset_in_region + (last.end - last.start) == r.offset_in_region
+            ):
                 merged[-1] = FlatRange(last.start, r.end, r.mr, last.offset_in_region)
                 continue
         merged.append(r)
@@ -121,10 +125,10 @@ class FlatView:
             mr.ref()
 
     @classmethod
-    def from_root(cls, root: MemoryRegion) -> "FlatView":
+    def from_root(cls, root: MemoryRegion) -> FlatView:
         return cls(render(root))
 
-    def lookup(self, addr: int) -> Optional[FlatRange]:
+    def lookup(self, addr: int) -> FlatRange | None:
         """The range containing ``addr``, or None: a binary search."""
         assert not self.reclaimed, "lookup in a reclaimed FlatView"
         i = bisect.bisect_right(self._starts, addr) - 1

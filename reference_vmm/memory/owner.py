@@ -13,7 +13,7 @@ been reclaimed after a grace period.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Owner"]
 
@@ -25,7 +25,7 @@ class Owner:
     QEMU's words drops it).  ``finalize`` runs once, when the count reaches 0.
     """
 
-    def __init__(self, name: str, on_finalize: Callable[["Owner"], None] | None = None) -> None:
+    def __init__(self, name: str, on_finalize: Callable[[Owner], None] | None = None) -> None:
         self.name = name
         self.refcount = 1
         self.finalized = False

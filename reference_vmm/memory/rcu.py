@@ -48,7 +48,8 @@ import ctypes
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "rcu_read_lock",
@@ -69,7 +70,6 @@ RCU_GP_LOCKED = 1  # the counter is odd, so a reader snapshot is never 0
 RCU_GP_CTR = 2
 
 
-
 class _GracePeriod:
     """Holds QEMU's ``rcu_gp_ctr`` (written under ``_sync_lock`` only): an
     object, not a module global, so that an inlined reader loads it fast."""
@@ -83,7 +83,7 @@ class _GracePeriod:
 rcu_gp = _GracePeriod()
 _sync_lock = threading.Lock()  # QEMU's rcu_sync_lock: one grace period at a time
 _registry_lock = threading.Lock()
-_registry: set["RcuReader"] = set()
+_registry: set[RcuReader] = set()
 _gp_event = threading.Event()  # QEMU's rcu_gp_event: set by a reader leaving while waited for
 _local = threading.local()
 # Two counters, each with one writer: grace_periods under _sync_lock,
@@ -97,7 +97,7 @@ _MEMBARRIER_CMD_PRIVATE_EXPEDITED = 1 << 3
 _MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
 
 
-def _membarrier_init() -> Optional[Callable[[], None]]:
+def _membarrier_init() -> Callable[[], None] | None:
     """QEMU's ``smp_mb_global_init``: a process-wide barrier, or None if the kernel has none."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)

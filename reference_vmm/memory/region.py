@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .owner import Owner
 from .topology import (
@@ -48,6 +48,7 @@ ReadFn = Callable[[int, int], int]
 #: ``write(offset, value, size)`` of an I/O region.
 WriteFn = Callable[[int, int, int], None]
 
+
 def _unassigned_read(offset: int, size: int) -> int:
     return (1 << (8 * size)) - 1
 
@@ -60,13 +61,28 @@ class MemoryRegion:
     """One node of the memory tree.  Build with the classmethods."""
 
     __slots__ = (
-        "name", "size", "owner", "kind", "read", "write", "alias", "alias_offset",
-        "container", "addr", "priority", "subregions", "enabled", "global_locking",
-        "ram", "host_addr", "_seq", "__weakref__",
+        "name",
+        "size",
+        "owner",
+        "kind",
+        "read",
+        "write",
+        "alias",
+        "alias_offset",
+        "container",
+        "addr",
+        "priority",
+        "subregions",
+        "enabled",
+        "global_locking",
+        "ram",
+        "host_addr",
+        "_seq",
+        "__weakref__",
     )
     _next_seq = 0
 
-    def __init__(self, owner: Optional[Owner], name: str, size: int, kind: str) -> None:
+    def __init__(self, owner: Owner | None, name: str, size: int, kind: str) -> None:
         if size <= 0:
             raise ValueError(f"memory region {name!r}: size must be positive")
         self.name = name
@@ -75,33 +91,33 @@ class MemoryRegion:
         self.kind = kind
         self.read: ReadFn = _unassigned_read
         self.write: WriteFn = _ignore_write
-        self.alias: Optional[MemoryRegion] = None
+        self.alias: MemoryRegion | None = None
         self.alias_offset = 0
-        self.container: Optional[MemoryRegion] = None
+        self.container: MemoryRegion | None = None
         self.addr = 0  # offset inside the container
         self.priority = 0
         self.subregions: list[MemoryRegion] = []  # render order: priority desc, newest first
         self.enabled = True
         self.global_locking = True
-        self.ram: Optional[mmap.mmap] = None
+        self.ram: mmap.mmap | None = None
         self.host_addr = 0
         self._seq = 0  # insertion order, for the reference renderer in tests
 
     # -- constructors, named after memory_region_init_* --------------------
     @classmethod
-    def container_region(cls, owner: Optional[Owner], name: str, size: int) -> "MemoryRegion":
+    def container_region(cls, owner: Owner | None, name: str, size: int) -> MemoryRegion:
         """``memory_region_init``: a pure container."""
         return cls(owner, name, size, "container")
 
     @classmethod
-    def io(cls, owner: Optional[Owner], name: str, size: int, read: ReadFn, write: WriteFn) -> "MemoryRegion":
+    def io(cls, owner: Owner | None, name: str, size: int, read: ReadFn, write: WriteFn) -> MemoryRegion:
         """``memory_region_init_io``: accesses call ``read``/``write`` with offsets."""
         mr = cls(owner, name, size, "io")
         mr.read, mr.write = read, write
         return mr
 
     @classmethod
-    def ram_region(cls, owner: Optional[Owner], name: str, size: int) -> "MemoryRegion":
+    def ram_region(cls, owner: Owner | None, name: str, size: int) -> MemoryRegion:
         """``memory_region_init_ram``: anonymous host memory, page aligned."""
         if size % mmap.PAGESIZE:
             raise ValueError(f"RAM region {name!r}: size must be a multiple of the page size")
@@ -111,9 +127,7 @@ class MemoryRegion:
         return mr
 
     @classmethod
-    def alias_region(
-        cls, owner: Optional[Owner], name: str, target: "MemoryRegion", offset: int, size: int
-    ) -> "MemoryRegion":
+    def alias_region(cls, owner: Owner | None, name: str, target: MemoryRegion, offset: int, size: int) -> MemoryRegion:
         """``memory_region_init_alias``: ``size`` bytes of ``target`` from ``offset``."""
         mr = cls(owner, name, size, "alias")
         mr.alias, mr.alias_offset = target, offset
@@ -134,11 +148,11 @@ class MemoryRegion:
             self.owner.unref()
 
     # -- topology -----------------------------------------------------------
-    def add_subregion(self, offset: int, sub: "MemoryRegion") -> None:
+    def add_subregion(self, offset: int, sub: MemoryRegion) -> None:
         """``memory_region_add_subregion``: priority 0."""
         self.add_subregion_overlap(offset, sub, 0)
 
-    def add_subregion_overlap(self, offset: int, sub: "MemoryRegion", priority: int) -> None:
+    def add_subregion_overlap(self, offset: int, sub: MemoryRegion, priority: int) -> None:
         """``memory_region_add_subregion_overlap``: place ``sub`` at ``offset``."""
         if sub.container is not None:
             raise ValueError(f"{sub.name!r} is already in {sub.container.name!r}")
@@ -159,7 +173,7 @@ class MemoryRegion:
             self.subregions.insert(at, sub)
             memory_region_update_pending()
 
-    def del_subregion(self, sub: "MemoryRegion") -> None:
+    def del_subregion(self, sub: MemoryRegion) -> None:
         """``memory_region_del_subregion``: unreachable after the commit.
 
         The region's owner stays alive while any FlatView that still routes
@@ -191,7 +205,7 @@ class MemoryRegion:
             parent.add_subregion_overlap(offset, self, priority)
             self.unref()  # add_subregion took a second reference
 
-    def del_subregion_nounref(self, sub: "MemoryRegion") -> None:
+    def del_subregion_nounref(self, sub: MemoryRegion) -> None:
         with transaction():
             self.subregions.remove(sub)
             sub.container = None

@@ -22,9 +22,28 @@ T = Path("/sys/kernel/tracing")
 
 
 def qemu_cmd(iterations: int = 20000) -> list[str]:
-    cmd = ["timeout", "30", QEMU, "-name", "vmtrace,debug-threads=on", "-enable-kvm", "-cpu", "max,-arch-capabilities",
-           "-M", "pc", "-smp", "2", "-m", "64", "-nographic", "-nodefaults", "-serial", "file:/dev/null",
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+    cmd = [
+        "timeout",
+        "30",
+        QEMU,
+        "-name",
+        "vmtrace,debug-threads=on",
+        "-enable-kvm",
+        "-cpu",
+        "max,-arch-capabilities",
+        "-M",
+        "pc",
+        "-smp",
+        "2",
+        "-m",
+        "64",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "file:/dev/null",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+    ]
     if GUEST.exists():
         return cmd + ["-kernel", str(GUEST), "-append", f"bench=inl_pmtimer iterations={iterations}"]
     return cmd  # no guest image: SeaBIOS alone still makes port and MMIO exits

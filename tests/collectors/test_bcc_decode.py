@@ -68,7 +68,10 @@ def test_a_dropped_chunk_becomes_one_marker() -> None:
     assert markers(df) == [(0, 1000, 128), (1, 500, 256)]
     # the window runs from the CPU's last record before the gap
     w = lost_windows(df.sort_values("ts_ns", kind="stable").reset_index(drop=True))
-    got = {int(c): (int(s), int(e), int(n)) for c, s, e, n in zip(w["cpu"], w["start_ns"], w["end_ns"], w["count"], strict=True)}
+    got = {
+        int(c): (int(s), int(e), int(n))
+        for c, s, e, n in zip(w["cpu"], w["start_ns"], w["end_ns"], w["count"], strict=True)
+    }
     assert got[0] == (100 + CHUNK_RECS - 1, 1000, 128)
     assert got[1][1:] == (500, 256) and got[1][0] == np.iinfo(np.int64).min
 
@@ -85,8 +88,14 @@ def test_loss_after_the_last_record_is_stamped_when_noticed() -> None:
 def test_order_of_the_spool_does_not_matter() -> None:
     """Chunks of one CPU may reach the spool out of order (the map's partial
     chunk is written at stop, after chunks that reached the ring late)."""
-    parts = [chunk(0, 0, 100), chunk(0, 128, 1000), chunk(0, 128, 2000), chunk(0, 256, 3000, n=7),
-             chunk(1, 0, 150), chunk(1, 128, 1500)]
+    parts = [
+        chunk(0, 0, 100),
+        chunk(0, 128, 1000),
+        chunk(0, 128, 2000),
+        chunk(0, 256, 3000, n=7),
+        chunk(1, 0, 150),
+        chunk(1, 128, 1500),
+    ]
     expected = [(0, 1000, 128), (0, 3000, 128), (1, 1500, 128)]
     rng = np.random.default_rng(1)
     for _ in range(5):

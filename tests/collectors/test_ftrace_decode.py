@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from vmtrace.analyses.intervals import lost_windows
 from vmtrace.collectors.base import RecordOptions
@@ -60,11 +59,20 @@ def decode_sample(uprobe_rows: bool = False):
         lost += rec.lost
         base += len(blob)
     buf = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-    return decode_records(buf, np.concatenate(ts), np.concatenate(offs), np.concatenate(cpus), formats,
-                          bql_addr=0x1234, uprobe_rows=uprobe_rows), lost
+    return decode_records(
+        buf,
+        np.concatenate(ts),
+        np.concatenate(offs),
+        np.concatenate(cpus),
+        formats,
+        bql_addr=0x1234,
+        uprobe_rows=uprobe_rows,
+    ), lost
 
 
-_PREFIX = re.compile(r"^\s*(?P<comm>.*)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<sec>\d+)\.(?P<usec>\d+):\s+(?P<ev>[^:( ]+)[:(]?\s*(?P<rest>.*)$")
+_PREFIX = re.compile(
+    r"^\s*(?P<comm>.*)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<sec>\d+)\.(?P<usec>\d+):\s+(?P<ev>[^:( ]+)[:(]?\s*(?P<rest>.*)$"
+)
 _STATE = {"R": 0, "S": 1, "D": 2, "T": 4, "t": 8, "X": 16, "Z": 32, "P": 64, "I": 128}
 
 
@@ -104,7 +112,9 @@ def expected_rows() -> tuple[Counter, dict[str, int]]:
             value = int(p[2]) if p[1].startswith("KVM_EXIT_") else -int(p[2])
             row = ("userspace_exit", pid, None, None, None, value, None)
         elif ev == "sched_switch":
-            p = re.match(r"prev_comm=.* prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=.* next_pid=(\d+)", rest)
+            p = re.match(
+                r"prev_comm=.* prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=.* next_pid=(\d+)", rest
+            )
             bits: list[int] = [_STATE[c] for c in p[2].rstrip("+").split("|")]
             state = sum(bits)
             state = 0 if p[2].rstrip("+") == "R" else state
@@ -124,10 +134,23 @@ def as_tuples(df: pd.DataFrame) -> Counter:
     out: Counter = Counter()
     r: Any  # a row of cells: pandas-stubs type each as any scalar, int() included
     for r in df.itertuples(index=False):
+
         def v(x):
             return None if pd.isna(x) else (bool(x) if isinstance(x, (bool, np.bool_)) else int(x))
-        out[((int(r.ts_ns) + 500) // 1000, int(r.cpu), names[int(r.event_code)], int(r.tid),
-             v(r.addr), v(r.size), v(r.write), v(r.value), v(r.peer_tid))] += 1
+
+        out[
+            (
+                (int(r.ts_ns) + 500) // 1000,
+                int(r.cpu),
+                names[int(r.event_code)],
+                int(r.tid),
+                v(r.addr),
+                v(r.size),
+                v(r.write),
+                v(r.value),
+                v(r.peer_tid),
+            )
+        ] += 1
     return out
 
 
@@ -175,7 +198,9 @@ def test_assemble_gives_exact_schema_and_pairs_exits() -> None:
     events = normalize_events(assemble(decoded.rows, tids))
     assert list(events.columns) == list(EVENT_COLUMNS)
     for col, dtype in EVENT_COLUMNS.items():
-        assert str(events[col].dtype) == dtype or (dtype == "category" and isinstance(events[col].dtype, pd.CategoricalDtype))
+        assert str(events[col].dtype) == dtype or (
+            dtype == "category" and isinstance(events[col].dtype, pd.CategoricalDtype)
+        )
     assert events["ts_ns"].is_monotonic_increasing
     assert set(events["tid"]) <= tids
     runs = events[events["event"].isin(["run_enter", "run_exit"])]
@@ -187,17 +212,25 @@ def test_assemble_gives_exact_schema_and_pairs_exits() -> None:
 
 def test_pair_run_exits() -> None:
     E, X = EVENT_TYPES.index("run_enter"), -1
-    rows = pd.DataFrame({
-        "ts_ns": [1, 2, 3, 4, 5, 6, 7, 8],
-        "tid": [10, 11, 10, 10, 11, 10, 10, 11],
-        "event_code": [E, X, X, X, E, E, X, X],
-        "value": [None, 0, 0, 5, None, None, -4, 0],
-    })
+    rows = pd.DataFrame(
+        {
+            "ts_ns": [1, 2, 3, 4, 5, 6, 7, 8],
+            "tid": [10, 11, 10, 10, 11, 10, 10, 11],
+            "event_code": [E, X, X, X, E, E, X, X],
+            "value": [None, 0, 0, 5, None, None, -4, 0],
+        }
+    )
     out = pair_run_exits(rows)
     # tid 10: E X(kept) X(dropped) E X(kept); tid 11: X(dropped: no enter) E X(kept)
     assert out["ts_ns"].tolist() == [1, 3, 5, 6, 7, 8]
-    assert out["event_code"].tolist() == [E, EVENT_TYPES.index("run_exit"), E, E, EVENT_TYPES.index("run_exit"),
-                                          EVENT_TYPES.index("run_exit")]
+    assert out["event_code"].tolist() == [
+        E,
+        EVENT_TYPES.index("run_exit"),
+        E,
+        E,
+        EVENT_TYPES.index("run_exit"),
+        EVENT_TYPES.index("run_exit"),
+    ]
 
 
 def _page(ts: int, words: list[int], commit_flags: int = 0, missed: int | None = None) -> bytes:
@@ -210,11 +243,13 @@ def _page(ts: int, words: list[int], commit_flags: int = 0, missed: int | None =
 def test_walk_pages_headers() -> None:
     # small record (type_len 2, delta 5), time extend of (1<<27)+3, long record
     # (type_len 0, 120 bytes), discarded padding, then end-of-page padding.
-    words = [(5 << 5) | 2, 0xAAAA, 0xBBBB,
-             (3 << 5) | 30, 1,
-             (7 << 5) | 0, 124] + list(range(30)) + \
-            [(9 << 5) | 29, 8, 0] + \
-            [(1 << 5) | 1, 0xCCCC] + [29]
+    words = (
+        [(5 << 5) | 2, 0xAAAA, 0xBBBB, (3 << 5) | 30, 1, (7 << 5) | 0, 124]
+        + list(range(30))
+        + [(9 << 5) | 29, 8, 0]
+        + [(1 << 5) | 1, 0xCCCC]
+        + [29]
+    )
     rec = walk_pages(_page(1000, words), PAGE)
     assert rec.ts.tolist() == [1005, 1005 + (1 << 27) + 3 + 7, 1005 + (1 << 27) + 3 + 7 + 1]
     assert rec.offset.tolist() == [16 + 4, 16 + 4 * 5 + 8, 16 + 4 * 40 + 4]
@@ -225,8 +260,11 @@ def test_walk_pages_headers() -> None:
 
 
 def test_lost_event_accounting() -> None:
-    pages = _page(10, [(1 << 5) | 1, 1]) + _page(20, [(1 << 5) | 1, 1], commit_flags=(1 << 31) | (1 << 30), missed=17) \
+    pages = (
+        _page(10, [(1 << 5) | 1, 1])
+        + _page(20, [(1 << 5) | 1, 1], commit_flags=(1 << 31) | (1 << 30), missed=17)
         + _page(30, [(1 << 5) | 1, 1], commit_flags=1 << 31)
+    )
     rec = walk_pages(pages, PAGE)
     assert rec.pages == 3 and len(rec.ts) == 3
     assert rec.lost == 17 + 1  # a page flagged without a count is counted as one
@@ -262,7 +300,10 @@ def test_lost_markers_per_cpu_and_unknown_counts() -> None:
     m = _lost_markers(gaps)
     assert list(m.columns) == list(EVENT_COLUMNS)
     assert set(m["event"].astype(str)) == {"lost"} and set(m["tid"]) == {-1}
-    got = {(int(c), int(t)): (None if pd.isna(v) else int(v)) for c, t, v in zip(m["cpu"], m["ts_ns"], m["value"], strict=True)}
+    got = {
+        (int(c), int(t)): (None if pd.isna(v) else int(v))
+        for c, t, v in zip(m["cpu"], m["ts_ns"], m["value"], strict=True)
+    }
     assert got == {(0, 100): 5, (0, 200): None, (3, 130): 4}  # a page that stored no count: NA
     assert _lost_markers({}).empty
 
@@ -278,7 +319,7 @@ def test_real_lost_pages_gaps() -> None:
     blob, meta, flagged = _real_lost_pages()
     assert len(flagged) >= 3
     rec = walk_pages(blob, PAGE)
-    per_page = [walk_pages(blob[p * PAGE:(p + 1) * PAGE], PAGE) for p in range(len(blob) // PAGE)]
+    per_page = [walk_pages(blob[p * PAGE : (p + 1) * PAGE], PAGE) for p in range(len(blob) // PAGE)]
     # one gap per flagged page, stamped with that page's first record ...
     assert rec.gap_ts.tolist() == [int(per_page[p].ts[0]) for p in flagged]
     # ... which comes after every record of the pages read before it
@@ -322,8 +363,11 @@ def test_collector_decode_emits_lost_markers(tmp_path: Path) -> None:
     c._formats = load_formats("lost-formats.json")
     c._stats = {1: meta["stats"]}
     rec = walk_pages(blob, PAGE)
-    tid = int(decode_records(np.frombuffer(blob, np.uint8), rec.ts, rec.offset, np.ones(len(rec.ts), np.int16),
-                             c._formats).rows["tid"].iloc[0])
+    tid = int(
+        decode_records(np.frombuffer(blob, np.uint8), rec.ts, rec.offset, np.ones(len(rec.ts), np.int16), c._formats)
+        .rows["tid"]
+        .iloc[0]
+    )
     c._known_tids = {tid}
     col = c._decode()
     ev = col.events
@@ -342,7 +386,9 @@ def test_collector_decode_emits_lost_markers(tmp_path: Path) -> None:
 
 
 def test_sched_in_missing() -> None:
-    ev = pd.DataFrame({"tid": [1, 1, 1, 2, 2], "event": ["sched_out", "sched_out", "sched_in", "sched_out", "sched_in"]})
+    ev = pd.DataFrame(
+        {"tid": [1, 1, 1, 2, 2], "event": ["sched_out", "sched_out", "sched_in", "sched_out", "sched_in"]}
+    )
     assert _sched_in_missing(ev) == 1
 
 

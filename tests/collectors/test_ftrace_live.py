@@ -12,8 +12,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from tests.collectors.targets import GUEST, QEMU, T, Target, qemu_cmd, target_factory  # noqa: F401 (fixture)
@@ -239,5 +237,6 @@ def test_attaching_to_a_running_vmm_loses_nothing_when_the_bql_probes_go(root, q
     gaps = ts[1:] - ts[:-1]
     running = (mine["event"] != "sched_out").to_numpy()[:-1]
     holes = [(int(g), int(e)) for g, e in zip(gaps[running], ts[1:][running], strict=True) if g > 100_000_000]
-    assert not [h for h in holes if abs(h[1] - went) < 30_000_000], (
-        [f"{g / 1e6:.0f} ms ending {(e - went) / 1e6:+.0f} ms from the probes' stop" for g, e in holes])
+    assert not [h for h in holes if abs(h[1] - went) < 30_000_000], [
+        f"{g / 1e6:.0f} ms ending {(e - went) / 1e6:+.0f} ms from the probes' stop" for g, e in holes
+    ]

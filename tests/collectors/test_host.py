@@ -48,7 +48,11 @@ def test_real_tracefs_as_root_and_as_nobody(root: None) -> None:
     )
     proc = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", probe],
-        capture_output=True, text=True, timeout=60, cwd="/tmp", env={**os.environ, "HOME": "/tmp"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/tmp",
+        env={**os.environ, "HOME": "/tmp"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -112,7 +112,7 @@ def check_accounting(col: Collected, marks: pd.DataFrame, calls: int) -> None:
     assert 2 * calls <= recorded + lost <= 2 * calls + STARTUP_SLACK, (recorded, lost, marks["value"].sum())
 
 
-def test_ftrace_tiny_buffer_emits_lost_markers(root, tmp_path, target_factory) -> None:  # noqa: F811
+def test_ftrace_tiny_buffer_emits_lost_markers(root, tmp_path, target_factory) -> None:
     before = tracefs_state()
     t = target_factory(storm_cmd(tmp_path))
     # One page per CPU: the kernel rounds it up to its minimum (a few pages).
@@ -130,7 +130,7 @@ def test_ftrace_tiny_buffer_emits_lost_markers(root, tmp_path, target_factory) -
             assert int(g["value"].sum()) == stats[cpu]["overrun"]
 
 
-def test_bcc_small_ring_emits_lost_markers(root, tmp_path, target_factory) -> None:  # noqa: F811
+def test_bcc_small_ring_emits_lost_markers(root, tmp_path, target_factory) -> None:
     need_bcc()
     from vmtrace.collectors.bcc_backend import BccCollector
 
@@ -196,8 +196,9 @@ def test_record_and_report_show_lost_events(root, qemu, tmp_path, monkeypatch, b
     text = subprocess.run(VMTRACE + ["report", str(out), "--exits"], capture_output=True, text=True, timeout=300)
     assert text.returncode == 0, text.stderr
     assert f"lost events: {meta['total']:,}, {len(marks):,} lost-event markers" in text.stdout
-    js = subprocess.run(VMTRACE + ["report", str(out), "--exits", "-f", "json"], capture_output=True, text=True,
-                        timeout=300)
+    js = subprocess.run(
+        VMTRACE + ["report", str(out), "--exits", "-f", "json"], capture_output=True, text=True, timeout=300
+    )
     doc = json.loads(js.stdout)
     assert doc["lost_events"] == meta["total"] and doc["lost_markers"] == len(marks)
     default = subprocess.run(VMTRACE + ["report", str(out)], capture_output=True, text=True, timeout=300)

@@ -90,12 +90,18 @@ def run(args: list[str]) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         argv = [a.replace("{tmp}", tmp) for a in args]
-        res = CliRunner().invoke(app, argv, env={"COLUMNS": None, "LINES": None, "FORCE_COLOR": None,
-                                                 "NO_COLOR": None, "TERM": "dumb"})
+        res = CliRunner().invoke(
+            app, argv, env={"COLUMNS": None, "LINES": None, "FORCE_COLOR": None, "NO_COLOR": None, "TERM": "dumb"}
+        )
         if res.exception is not None and not isinstance(res.exception, SystemExit):
             raise res.exception
-        parts = [f"exit: {res.exit_code}", "stderr:", _normalise(res.stderr, tmp), "stdout:",
-                 _normalise(res.stdout, tmp)]
+        parts = [
+            f"exit: {res.exit_code}",
+            "stderr:",
+            _normalise(res.stderr, tmp),
+            "stdout:",
+            _normalise(res.stdout, tmp),
+        ]
         for written in sorted(Path(tmp).iterdir()):
             parts.append(f"wrote {written.name}: sha256 {_digest(written, tmp)}")
     return "\n".join(parts) + "\n"

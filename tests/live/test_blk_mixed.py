@@ -18,7 +18,7 @@ pytestmark = pytest.mark.live
 ITER = 60
 
 
-def _check(res, vcpus: int, readers: int, target: str, port: str) -> None:  # noqa: ANN001
+def _check(res, vcpus: int, readers: int, target: str, port: str) -> None:
     assert res.exit_status in (0, 1) and res.errors == 0
     assert (res.vcpus, res.readers) == (vcpus, readers)
     assert len(res.per_vcpu) == readers and res.iops and res.iops > 0
@@ -46,8 +46,16 @@ def test_qemu(qemu, mode: str) -> None:
 
 
 def test_serial_hammer_and_reader_count(kvm) -> None:
-    res = run_bench("reference", "blk_mixed", 3, ITER, locking="unlocked", queue_depth=2,
-                    guest_args="readers=1 hammer=serial", timeout_s=240)
+    res = run_bench(
+        "reference",
+        "blk_mixed",
+        3,
+        ITER,
+        locking="unlocked",
+        queue_depth=2,
+        guest_args="readers=1 hammer=serial",
+        timeout_s=240,
+    )
     _check(res, 3, 1, "serial", "0x3ff")
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from vmtrace.bench import guest_image, parse_bench_output, run_bench, vmm_command
 from tests.blk_checks import random_disk, verify_write_and_read
+from vmtrace.bench import guest_image, parse_bench_output, run_bench, vmm_command
 from vmtrace.blk import QEMU_MALFORMED
 
 pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture
 def disk(tmp_path: Path, qemu: None) -> Path:
@@ -76,7 +77,7 @@ def test_randread_both_queue_paths(disk: Path, mode: str) -> None:
     hz = int(parsed["begin"]["tsc_hz"])
     for r in results:
         per, iops = int(r["cycles_per_request"]), int(r["iops"])
-        assert 1000 < per < hz, r                    # more than a port exit, less than a second
+        assert 1000 < per < hz, r  # more than a port exit, less than a second
         assert iops * per == pytest.approx(hz, rel=0.01)
     assert 0 < int(summary["iops"]) <= sum(int(r["iops"]) for r in results) * 1.01
 
@@ -103,7 +104,7 @@ def test_malformed_requests_leave_qemu_running(disk: Path) -> None:
     from vmtrace.collectors.qemu import qemu_version
 
     res = run_bench("qemu", "blk_malformed", 1, 1, disk=disk, timeout_s=90)
-    assert res.exit_status == 1                       # the guest reached its end: QEMU kept running
+    assert res.exit_status == 1  # the guest reached its end: QEMU kept running
     assert res.checks["blk_alive_after_malformed"] == 1
     got = {m["kind"]: m for m in res.malformed}
     assert set(got) == set(QEMU_MALFORMED)

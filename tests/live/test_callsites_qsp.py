@@ -46,7 +46,7 @@ def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> t
     binary = resolve_qemu(version)
     cmd = vmm_command("qemu", "fwcfg_pmtimer", 2, 1600, guest_image(), qemu=binary.path)
     i = cmd.index("isa-debug-exit,iobase=0xf4,iosize=4")
-    del cmd[i - 1:i + 1]
+    del cmd[i - 1 : i + 1]
     sock = tmp / "mon.sock"
     cmd += qsp_args(sock)
     out_path = tmp / "serial.txt"

@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -91,7 +92,7 @@ class Snapshot:
     spools: set[str]
 
     @classmethod
-    def take(cls) -> "Snapshot":
+    def take(cls) -> Snapshot:
         return cls(
             set(os.listdir(TRACEFS / "instances")),
             set((TRACEFS / "uprobe_events").read_text().splitlines()),
@@ -99,7 +100,7 @@ class Snapshot:
             {p.name for p in TMP.glob("vmtrace-spool-*")},
         )
 
-    def diff(self, later: "Snapshot", ours: set[int]) -> dict[str, list[str]]:
+    def diff(self, later: Snapshot, ours: set[int]) -> dict[str, list[str]]:
         """What ``later`` has that this snapshot lacks.  In CI all of it;
         elsewhere only what is ours: named after one of ``ours`` (pids of the
         vmtrace processes the test ran) or after no live process at all, and
@@ -111,9 +112,11 @@ class Snapshot:
         }
         progs = sorted(later.progs - self.progs)
         if not IN_CI:
+
             def mine(name: str) -> bool:
                 pid = _owner(name.split()[0].split("/")[0].split(":")[-1])
                 return pid is None or pid in ours or not Path(f"/proc/{pid}").exists()
+
             new = {k: [n for n in v if mine(n)] for k, v in new.items()}
             holders = _prog_holders()
             progs = [p for p in progs if not (holders.get(p, set()) - ours)]
@@ -276,6 +279,7 @@ def _kill_at(point: str, proc: subprocess.Popen[str], out: Path, backend: str) -
             if backend == "ftrace":
                 return any(n.startswith(f"vmtrace-{proc.pid}-") for n in os.listdir(TRACEFS / "instances"))
             return bool(kids)
+
         assert wait_for(attaching, 60), "vmtrace never started attaching"
     elif point == "identify":
         # QEMU has just been released: the BQL-identification uprobes are in.
@@ -292,6 +296,7 @@ def _kill_at(point: str, proc: subprocess.Popen[str], out: Path, backend: str) -
             # The trace's temporary file, or else the moment the VMM is gone
             # (--duration ended it; decoding and the write follow).
             return (out.parent / tmp).exists() or not any(alive(k) for k in kids)
+
         assert wait_for(writing, 90, 0.002), "recording never reached the write"
     kids.update(descendants(proc.pid))
     proc.kill()
@@ -301,15 +306,17 @@ def _kill_at(point: str, proc: subprocess.Popen[str], out: Path, backend: str) -
 
 @pytest.mark.parametrize("backend", ["ftrace", "bcc"])
 @pytest.mark.parametrize("point", POINTS)
-def test_sigkill_then_next_record_restores_the_host(host: None, qemu_copy: Path, tmp_path: Path,
-                                                    backend: str, point: str) -> None:
+def test_sigkill_then_next_record_restores_the_host(
+    host: None, qemu_copy: Path, tmp_path: Path, backend: str, point: str
+) -> None:
     if backend == "bcc":
         have_bcc()
     base = Snapshot.take()
     out = tmp_path / "killed.vmtrace"
     extra = ["--duration", "4"] if point == "write" else []
-    proc = start(["record", "--backend", backend, "-o", str(out), *extra, "--", *long_qemu(qemu_copy)],
-                 env=env_with(qemu_copy))
+    proc = start(
+        ["record", "--backend", backend, "-o", str(out), *extra, "--", *long_qemu(qemu_copy)], env=env_with(qemu_copy)
+    )
     ours = {proc.pid}
     try:
         kids = _kill_at(point, proc, out, backend)
@@ -317,8 +324,12 @@ def test_sigkill_then_next_record_restores_the_host(host: None, qemu_copy: Path,
         assert not running_exe(qemu_copy), "a QEMU outlived the SIGKILLed recorder"
         left = base.diff(Snapshot.take(), ours)
         assert left, "a SIGKILLed recorder left nothing behind: the test did not kill it in time"
-        nxt = subprocess.run([*VMTRACE, "record", "--backend", backend, "-o", str(tmp_path / "next.vmtrace"),
-                              "--", "true"], capture_output=True, text=True, timeout=180)
+        nxt = subprocess.run(
+            [*VMTRACE, "record", "--backend", backend, "-o", str(tmp_path / "next.vmtrace"), "--", "true"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert nxt.returncode == 0, nxt.stderr
         assert "removed leftovers" in nxt.stderr, nxt.stderr
         assert "Traceback" not in nxt.stderr
@@ -339,8 +350,9 @@ def test_bcc_killed_while_naming_the_bql_leaves_ftrace_working(host: None, qemu_
     have_bcc()
     env = env_with(qemu_copy)
     for i in range(3):
-        proc = start(["record", "--backend", "bcc", "-o", str(tmp_path / f"k{i}.vmtrace"), "--",
-                      *long_qemu(qemu_copy)], env=env)
+        proc = start(
+            ["record", "--backend", "bcc", "-o", str(tmp_path / f"k{i}.vmtrace"), "--", *long_qemu(qemu_copy)], env=env
+        )
         try:
             assert wait_for(functools.partial(qemu_started, proc), 90), "QEMU never started"
             time.sleep(0.2)  # inside the identification window
@@ -354,8 +366,22 @@ def test_bcc_killed_while_naming_the_bql_leaves_ftrace_working(host: None, qemu_
             for pid in orphans:
                 os.kill(pid, signal.SIGKILL)
         assert not orphans, "QEMU outlived the SIGKILLed recorder"
-    ft = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(tmp_path / "ft.vmtrace"), "--",
-                         *long_qemu(qemu_copy, 20000)], capture_output=True, text=True, timeout=180, env=env)
+    ft = subprocess.run(
+        [
+            *VMTRACE,
+            "record",
+            "--backend",
+            "ftrace",
+            "-o",
+            str(tmp_path / "ft.vmtrace"),
+            "--",
+            *long_qemu(qemu_copy, 20000),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     # The guest leaves through isa-debug-exit: QEMU's status is 1 on success.
     assert ft.returncode == 1 and "wrote" in ft.stderr, ft.stderr
     from vmtrace.trace import read_trace
@@ -365,8 +391,9 @@ def test_bcc_killed_while_naming_the_bql_leaves_ftrace_working(host: None, qemu_
 
 
 @pytest.mark.parametrize("backend", ["ftrace", "bcc"])
-def test_a_uprobe_with_another_ref_ctr_offset_is_named(host: None, qemu_copy: Path, tmp_path: Path,
-                                                       backend: str) -> None:
+def test_a_uprobe_with_another_ref_ctr_offset_is_named(
+    host: None, qemu_copy: Path, tmp_path: Path, backend: str
+) -> None:
     """What a bcc 0.26 tool leaves (a uprobe with ref_ctr_offset 6 on the BQL
     function, as its binding registered here) makes the kernel refuse ours
     with EINVAL: one line that names the cause and the fix."""
@@ -383,9 +410,22 @@ def test_a_uprobe_with_another_ref_ctr_offset_is_named(host: None, qemu_copy: Pa
     bpf = BPF(text=b"int hit(void *ctx) { return 0; }")
     other = attach_uprobe(bpf.load_func(b"hit", BPF.KPROBE).fd, str(qemu_copy), offset, sym, ref_ctr_offset=6)
     try:
-        r = subprocess.run([*VMTRACE, "record", "--backend", backend, "-o", str(tmp_path / "r.vmtrace"), "--",
-                            *long_qemu(qemu_copy, 2000)], capture_output=True, text=True, timeout=180,
-                           env=env_with(qemu_copy))
+        r = subprocess.run(
+            [
+                *VMTRACE,
+                "record",
+                "--backend",
+                backend,
+                "-o",
+                str(tmp_path / "r.vmtrace"),
+                "--",
+                *long_qemu(qemu_copy, 2000),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env_with(qemu_copy),
+        )
     finally:
         other.close()
         bpf.cleanup()
@@ -396,8 +436,9 @@ def test_a_uprobe_with_another_ref_ctr_offset_is_named(host: None, qemu_copy: Pa
 
 
 # ------------------------------------------------------------ SIGTERM paths
-def _sigterm_leaves_no_vmm(args: list[str], env: dict[str, str], started: Callable[[subprocess.Popen[str]], object],
-                           expect_line: str = "") -> None:
+def _sigterm_leaves_no_vmm(
+    args: list[str], env: dict[str, str], started: Callable[[subprocess.Popen[str]], object], expect_line: str = ""
+) -> None:
     proc = start(args, env=env)
     kids: set[int] = set()
     try:
@@ -427,9 +468,12 @@ def test_sigterm_to_bench_leaves_no_vmm(host: None, qemu_copy: Path) -> None:
 
 def test_sigterm_to_bench_record_keeps_the_trace(host: None, qemu_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "b.vmtrace"
-    _sigterm_leaves_no_vmm(["bench", "--vmm", "qemu", "--iterations", "50000000", "--record", str(out),
-                            "--backend", "ftrace"], env_with(qemu_copy), qemu_started,
-                           expect_line=f"trace recorded so far was written to {out}")
+    _sigterm_leaves_no_vmm(
+        ["bench", "--vmm", "qemu", "--iterations", "50000000", "--record", str(out), "--backend", "ftrace"],
+        env_with(qemu_copy),
+        qemu_started,
+        expect_line=f"trace recorded so far was written to {out}",
+    )
     from vmtrace.trace import read_trace
 
     assert len(read_trace(out).events) > 0
@@ -437,8 +481,11 @@ def test_sigterm_to_bench_record_keeps_the_trace(host: None, qemu_copy: Path, tm
 
 
 def test_sigterm_to_sweep_leaves_no_vmm(host: None, qemu_copy: Path, tmp_path: Path) -> None:
-    _sigterm_leaves_no_vmm(["sweep", "-o", str(tmp_path / "sw"), "--vmm", "qemu", "--vcpus", "1",
-                            "--iterations", "50000000"], env_with(qemu_copy), qemu_started)
+    _sigterm_leaves_no_vmm(
+        ["sweep", "-o", str(tmp_path / "sw"), "--vmm", "qemu", "--vcpus", "1", "--iterations", "50000000"],
+        env_with(qemu_copy),
+        qemu_started,
+    )
     assert not running_exe(qemu_copy)
 
 
@@ -453,14 +500,19 @@ def test_sigterm_to_vmm_run_leaves_no_vmm(root: None, kvm: None) -> None:
                 continue
         return False
 
-    _sigterm_leaves_no_vmm(["vmm", "run", "--image", str(guest_image()), "--", "bench=inl_pmtimer",
-                            "iterations=50000000"], dict(os.environ), vcpu_running)
+    _sigterm_leaves_no_vmm(
+        ["vmm", "run", "--image", str(guest_image()), "--", "bench=inl_pmtimer", "iterations=50000000"],
+        dict(os.environ),
+        vcpu_running,
+    )
 
 
 # ---------------------------------------------------------------- exit codes
 def test_interrupted_record_exits_128_plus_signal(host: None, qemu_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "i.vmtrace"
-    proc = start(["record", "--backend", "ftrace", "-o", str(out), "--", *long_qemu(qemu_copy)], env=env_with(qemu_copy))
+    proc = start(
+        ["record", "--backend", "ftrace", "-o", str(out), "--", *long_qemu(qemu_copy)], env=env_with(qemu_copy)
+    )
     assert wait_for(lambda: qemu_started(proc), 90, 0.05)
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
@@ -480,8 +532,12 @@ def test_signal_during_attach_exits_128_plus_signal(host: None, tmp_path: Path) 
 
 
 def test_record_returns_the_targets_status(host: None, tmp_path: Path) -> None:
-    r = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(tmp_path / "s.vmtrace"), "--",
-                        "sh", "-c", "exit 7"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*VMTRACE, "record", "--backend", "ftrace", "-o", str(tmp_path / "s.vmtrace"), "--", "sh", "-c", "exit 7"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 7, r.stderr
 
 
@@ -491,8 +547,9 @@ def full_fs(root: None, tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs with 16 KiB left: a real ENOSPC."""
     mnt = tmp_path / "full"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "vmtrace-test-full", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "vmtrace-test-full", str(mnt)], capture_output=True, text=True
+    )
     need(r.returncode == 0, f"cannot mount a tmpfs: {r.stderr.strip()}")
     try:
         st = os.statvfs(mnt)
@@ -502,12 +559,17 @@ def full_fs(root: None, tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_full_disk_keeps_the_spool_and_recover_finishes(host: None, qemu_copy: Path, full_fs: Path,
-                                                         tmp_path: Path) -> None:
+def test_full_disk_keeps_the_spool_and_recover_finishes(
+    host: None, qemu_copy: Path, full_fs: Path, tmp_path: Path
+) -> None:
     out = full_fs / "run.vmtrace"
-    r = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(out), "--",
-                        *long_qemu(qemu_copy, 20000)], capture_output=True, text=True, timeout=180,
-                       env=env_with(qemu_copy))
+    r = subprocess.run(
+        [*VMTRACE, "record", "--backend", "ftrace", "-o", str(out), "--", *long_qemu(qemu_copy, 20000)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env_with(qemu_copy),
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -522,8 +584,9 @@ def test_full_disk_keeps_the_spool_and_recover_finishes(host: None, qemu_copy: P
         cleanup_leftovers()
         assert spool.is_dir()
         dest = tmp_path / "recovered.vmtrace"
-        rec = subprocess.run([*VMTRACE, "recover", str(spool), "-o", str(dest)], capture_output=True, text=True,
-                             timeout=120)
+        rec = subprocess.run(
+            [*VMTRACE, "recover", str(spool), "-o", str(dest)], capture_output=True, text=True, timeout=120
+        )
         assert rec.returncode == 0, rec.stderr
         from vmtrace.trace import read_trace
 

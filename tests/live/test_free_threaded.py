@@ -57,8 +57,24 @@ def _is_ft(interp: dict | None, path: str) -> None:
 
 
 def test_bench_json_records_the_default_free_threaded_interpreter(ft: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "vmtrace.cli", "bench", "--vmm", "reference", "--vcpus", "2",
-                           "--iterations", "300", "--json"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmtrace.cli",
+            "bench",
+            "--vmm",
+            "reference",
+            "--vcpus",
+            "2",
+            "--iterations",
+            "300",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     _is_ft(res["interpreter"], ft)
@@ -74,9 +90,26 @@ def test_bench_python_gil_runs_on_this_interpreter(ft: str) -> None:
 
 def test_vmm_run_defaults_to_the_free_threaded_interpreter(ft: str, tmp_path: Path) -> None:
     report = tmp_path / "interp.json"
-    proc = subprocess.run([sys.executable, "-m", "vmtrace.cli", "vmm", "run", "--image", str(guest_image()),
-                           "--vcpus", "2", "--", "bench=inl_pmtimer", "iterations=200"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, REPORT_ENV: str(report)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmtrace.cli",
+            "vmm",
+            "run",
+            "--image",
+            str(guest_image()),
+            "--vcpus",
+            "2",
+            "--",
+            "bench=inl_pmtimer",
+            "iterations=200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, REPORT_ENV: str(report)},
+    )
     assert proc.returncode == 1, proc.stderr  # the guest's debug-exit status 0
     assert "VMTRACE-BENCH summary bench=inl_pmtimer vcpus=2" in proc.stdout
     _is_ft(read_report(report), ft)
@@ -110,12 +143,16 @@ def test_bql_mode_shows_its_bql_wait(ft: str, ft_traces: dict[str, Path]) -> Non
     assert (b.exits["bql_wait_ns"] > 0).sum() > 0.01 * len(b.exits)
 
 
-def test_reports_say_which_interpreter_ran_and_name_no_gil(ft: str, ft_traces: dict[str, Path],
-                                                            tmp_path: Path) -> None:
+def test_reports_say_which_interpreter_ran_and_name_no_gil(ft: str, ft_traces: dict[str, Path], tmp_path: Path) -> None:
     vmtrace = Path(sys.executable).with_name("vmtrace")
     for locking, path in ft_traces.items():
-        text = subprocess.run([str(vmtrace), "report", str(path), "--bql-breakdown", "--locks"], check=True,
-                              capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"}).stdout
+        text = subprocess.run(
+            [str(vmtrace), "report", str(path), "--bql-breakdown", "--locks"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "160"},
+        ).stdout
         assert f"locking={locking}  python=CPython 3.13." in text and "free-threaded" in text
         # Interpreter-internal waits stay unnamed futex words: no GIL here.
         assert "GIL" not in text

@@ -28,8 +28,12 @@ def _record_qemu_10(path: Path, vcpus: int, iterations: int) -> None:
     binary = QEMU_10 / "bin/qemu-system-x86_64"
     cmd = vmm_command("qemu", "inl_pmtimer", vcpus, iterations, guest_image(), qemu=str(binary))
     cmd += ["-L", str(QEMU_10 / "share")]
-    subprocess.run([sys.executable, "-m", "vmtrace.cli", "record", "-o", str(path), "--backend", "bcc", "--", *cmd],
-                   check=False, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "vmtrace.cli", "record", "-o", str(path), "--backend", "bcc", "--", *cmd],
+        check=False,
+        capture_output=True,
+        timeout=300,
+    )
     assert path.exists(), "vmtrace record wrote no trace of QEMU 10.0"
 
 

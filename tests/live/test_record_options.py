@@ -18,11 +18,16 @@ import pytest
 from ..conftest import need
 from .test_faults import TRACEFS, VMTRACE, alive, host, wait_for  # noqa: F401 - host is a fixture
 
+
 # ----------------------------------------------------------------- record -p
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
 def test_duration_must_be_finite_and_positive(root: None, tmp_path: Path, value: str) -> None:
-    r = subprocess.run([*VMTRACE, "record", "-o", str(tmp_path / "d.vmtrace"), "-p", str(os.getpid()),
-                        f"--duration={value}"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*VMTRACE, "record", "-o", str(tmp_path / "d.vmtrace"), "-p", str(os.getpid()), f"--duration={value}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "--duration" in r.stderr, r.stderr
     assert not (tmp_path / "d.vmtrace").exists()
@@ -31,8 +36,23 @@ def test_duration_must_be_finite_and_positive(root: None, tmp_path: Path, value:
 def test_record_p_warns_when_nothing_enters_kvm_run(host: None, tmp_path: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        r = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(tmp_path / "w.vmtrace"),
-                            "-p", str(sleeper.pid), "--duration", "1"], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                *VMTRACE,
+                "record",
+                "--backend",
+                "ftrace",
+                "-o",
+                str(tmp_path / "w.vmtrace"),
+                "-p",
+                str(sleeper.pid),
+                "--duration",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -44,8 +64,12 @@ def test_record_p_stops_when_the_target_exits_and_stays_a_zombie(host: None, tmp
     # Not waited for until the end: once it exits it is a zombie of this test.
     target = subprocess.Popen(["sleep", "8"])
     try:
-        r = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(tmp_path / "z.vmtrace"),
-                            "-p", str(target.pid)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [*VMTRACE, "record", "--backend", "ftrace", "-o", str(tmp_path / "z.vmtrace"), "-p", str(target.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         target.wait()
     assert r.returncode == 0, r.stderr
@@ -56,8 +80,12 @@ def test_record_p_of_a_zombie_is_one_line(root: None, tmp_path: Path) -> None:
     target = subprocess.Popen(["true"])
     assert wait_for(lambda: not alive(target.pid), 10, 0.01)
     try:
-        r = subprocess.run([*VMTRACE, "record", "-o", str(tmp_path / "z.vmtrace"), "-p", str(target.pid)],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [*VMTRACE, "record", "-o", str(tmp_path / "z.vmtrace"), "-p", str(target.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         target.wait()
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -65,16 +93,26 @@ def test_record_p_of_a_zombie_is_one_line(root: None, tmp_path: Path) -> None:
 
 
 def test_recover_of_something_else_is_one_line(tmp_path: Path) -> None:
-    r = subprocess.run([*VMTRACE, "recover", str(tmp_path), "-o", str(tmp_path / "x.vmtrace")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*VMTRACE, "recover", str(tmp_path), "-o", str(tmp_path / "x.vmtrace")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 # --------------------------------------------------------- doctor, non-root
 def test_doctor_as_non_root_reports_what_it_can(tmp_path: Path) -> None:
     need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv to become nobody")
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *VMTRACE, "doctor", "--quick"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path), "COLUMNS": "250"})
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *VMTRACE, "doctor", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "HOME": str(tmp_path), "COLUMNS": "250"},
+    )
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 1, r.stderr  # "root" fails; nothing crashes
     assert "needs root" in r.stdout and "kernel headers" in r.stdout, r.stdout
@@ -86,8 +124,13 @@ def test_doctor_removes_and_reports_leftovers(host: None) -> None:
     inst = TRACEFS / "instances" / f"vmtrace-{dead}-0"
     inst.mkdir()
     try:
-        r = subprocess.run([*VMTRACE, "doctor", "--quick"], capture_output=True, text=True, timeout=180,
-                           env={**os.environ, "COLUMNS": "250"})
+        r = subprocess.run(
+            [*VMTRACE, "doctor", "--quick"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "COLUMNS": "250"},
+        )
         assert f"instance vmtrace-{dead}-0" in " ".join(r.stdout.split()), r.stdout
         assert not inst.exists()
     finally:
@@ -98,8 +141,9 @@ def test_doctor_removes_and_reports_leftovers(host: None) -> None:
 # -------------------------------------------------------------------- sweep
 def test_sweep_checks_options_before_creating_its_directory(tmp_path: Path) -> None:
     out = tmp_path / "never"
-    r = subprocess.run([*VMTRACE, "sweep", "-o", str(out), "--bench", "nonsense"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [*VMTRACE, "sweep", "-o", str(out), "--bench", "nonsense"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not out.exists()
 
@@ -109,8 +153,9 @@ def test_sweep_output_that_cannot_be_a_directory_is_one_line(tmp_path: Path, whe
     f = tmp_path / "afile"
     f.write_text("x")
     target = {"file": f, "under_file": f / "sub", "proc": Path("/proc/vmtrace-sweep")}[where]
-    r = subprocess.run([*VMTRACE, "sweep", "-o", str(target), "--vcpus", "1"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [*VMTRACE, "sweep", "-o", str(target), "--vcpus", "1"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
     assert f.read_text() == "x"

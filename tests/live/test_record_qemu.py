@@ -42,7 +42,11 @@ def tracing_state() -> dict[str, object]:
     }
     if shutil.which("bpftool"):
         out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True).stdout
-        state["bpf_progs"] = sorted(p.get("name", "") for p in json.loads(out or "[]") if "vmtrace" in str(p) or p.get("type") in ("tracepoint", "kprobe", "raw_tracepoint"))
+        state["bpf_progs"] = sorted(
+            p.get("name", "")
+            for p in json.loads(out or "[]")
+            if "vmtrace" in str(p) or p.get("type") in ("tracepoint", "kprobe", "raw_tracepoint")
+        )
     return state
 
 
@@ -75,9 +79,29 @@ def record_with_both_backends(out: Path, vcpus: int, iterations: int, qemu: str 
     same exits seen twice."""
     a, b = out / f"both-bcc-{vcpus}.vmtrace", out / f"both-ftrace-{vcpus}.vmtrace"
     bench = subprocess.Popen(
-        [*VMTRACE, "bench", "--vmm", "qemu", "--bench", "inl_pmtimer", "--vcpus", str(vcpus),
-         "--iterations", str(iterations), "--record", str(a), "--backend", "bcc", "--json", "--qemu", qemu],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            *VMTRACE,
+            "bench",
+            "--vmm",
+            "qemu",
+            "--bench",
+            "inl_pmtimer",
+            "--vcpus",
+            str(vcpus),
+            "--iterations",
+            str(iterations),
+            "--record",
+            str(a),
+            "--backend",
+            "bcc",
+            "--json",
+            "--qemu",
+            qemu,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         pids: list[int] = []
@@ -85,8 +109,12 @@ def record_with_both_backends(out: Path, vcpus: int, iterations: int, qemu: str 
             time.sleep(0.05)
             pids = _qemu_children(bench.pid)
         assert pids, "QEMU did not start under vmtrace bench"
-        ftrace = subprocess.run([*VMTRACE, "record", "--backend", "ftrace", "-o", str(b), "-p", str(pids[0])],
-                                capture_output=True, text=True, timeout=240)
+        ftrace = subprocess.run(
+            [*VMTRACE, "record", "--backend", "ftrace", "-o", str(b), "-p", str(pids[0])],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert ftrace.returncode == 0, ftrace.stderr
         _, err = bench.communicate(timeout=240)
         assert bench.returncode == 0, err
@@ -111,7 +139,8 @@ def pm_traces(tmp_path_factory: pytest.TempPathFactory, live: None, qemu_version
         traces[("bcc", vcpus)] = path
         # Long enough that ftrace attaches well inside the timed loop.
         traces[("both-bcc", vcpus)], traces[("both-ftrace", vcpus)] = record_with_both_backends(
-            out, vcpus, 400_000, qemu_version)
+            out, vcpus, 400_000, qemu_version
+        )
     return traces
 
 
@@ -203,7 +232,10 @@ def test_signal_leaves_complete_trace_and_clean_host(live: None, tmp_path: Path,
     out = tmp_path / "sig.vmtrace"
     proc = subprocess.Popen(
         VMTRACE + ["record", "-o", str(out), "--backend", backend, "--", *_qemu_cmd()],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     time.sleep(6 if backend == "bcc" else 3)  # bcc compiles first
     os.kill(proc.pid, sig)
@@ -220,8 +252,9 @@ def test_target_crash_and_error_paths_leave_host_clean(live: None, tmp_path: Pat
     before = tracing_state()
     # The target dies by a signal of its own: record exits with 128+9.
     cmd = ["sh", "-c", "kill -9 $$"]
-    proc = subprocess.run(VMTRACE + ["record", "-o", str(tmp_path / "k.vmtrace"), "--", *cmd],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        VMTRACE + ["record", "-o", str(tmp_path / "k.vmtrace"), "--", *cmd], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 128 + 9
     read_trace(tmp_path / "k.vmtrace")
     assert tracing_state() == before
@@ -229,8 +262,12 @@ def test_target_crash_and_error_paths_leave_host_clean(live: None, tmp_path: Pat
 
 def test_target_that_exits_at_once_gives_empty_valid_trace(live: None, tmp_path: Path) -> None:
     out = tmp_path / "empty.vmtrace"
-    proc = subprocess.run(VMTRACE + ["record", "-o", str(out), "--backend", "ftrace", "--", "true"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        VMTRACE + ["record", "-o", str(out), "--backend", "ftrace", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     t = read_trace(out)
     assert (t.events["event"] == "run_enter").sum() == 0
@@ -263,9 +300,22 @@ def test_record_as_non_root_says_so(root: None, tmp_path: Path) -> None:
     open_dir = Path(tempfile.mkdtemp(prefix="vmtrace-nonroot-", dir="/tmp"))
     open_dir.chmod(0o777)
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *VMTRACE, "record", "-o",
-         str(open_dir / "x.vmtrace"), "--", "true"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(open_dir)},
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *VMTRACE,
+            "record",
+            "-o",
+            str(open_dir / "x.vmtrace"),
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(open_dir)},
         cwd="/tmp",
     )
     shutil.rmtree(open_dir, ignore_errors=True)
@@ -275,8 +325,11 @@ def test_record_as_non_root_says_so(root: None, tmp_path: Path) -> None:
 
 def test_record_passes_output_and_exit_status_through(live: None, tmp_path: Path) -> None:
     proc = subprocess.run(
-        VMTRACE + ["record", "-o", str(tmp_path / "s.vmtrace"), "--backend", "ftrace", "--", *_qemu_cmd(iterations=2000)],
-        capture_output=True, text=True, timeout=120,
+        VMTRACE
+        + ["record", "-o", str(tmp_path / "s.vmtrace"), "--backend", "ftrace", "--", *_qemu_cmd(iterations=2000)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     # The guest prints on -serial stdio and exits through isa-debug-exit (1).
     assert "VMTRACE-BENCH summary" in proc.stdout
@@ -287,7 +340,9 @@ def test_lost_events_are_in_every_report(live: None, pm_traces) -> None:
     path = pm_traces[("bcc", 1)]
     text = subprocess.run(VMTRACE + ["report", str(path)], capture_output=True, text=True).stdout
     assert "lost events:" in text
-    js = json.loads(subprocess.run(VMTRACE + ["report", str(path), "-f", "json"], capture_output=True, text=True).stdout)
+    js = json.loads(
+        subprocess.run(VMTRACE + ["report", str(path), "-f", "json"], capture_output=True, text=True).stdout
+    )
     assert isinstance(js["lost_events"], int) and "lost_per_cpu" in js
 
 
@@ -299,13 +354,16 @@ def _in_namespace(setup: str, argv: list[str], user_ns: bool = False) -> subproc
     forbids it."""
     need(shutil.which("unshare") is not None, "needs unshare(1) (util-linux)")
     flags = ["-r", "-m"] if user_ns else ["-m"]
-    return subprocess.run(["unshare", *flags, "sh", "-c", f'{setup} && exec "$@"', "sh", *argv],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["unshare", *flags, "sh", "-c", f'{setup} && exec "$@"', "sh", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_no_dev_kvm_is_a_clear_error(live: None) -> None:
-    out = _in_namespace("mount -t tmpfs none /dev",
-                        [*VMTRACE, "bench", "--vmm", "qemu", "--iterations", "100"])
+    out = _in_namespace("mount -t tmpfs none /dev", [*VMTRACE, "bench", "--vmm", "qemu", "--iterations", "100"])
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "/dev/kvm" in lines[0], out.stderr
@@ -314,9 +372,11 @@ def test_no_dev_kvm_is_a_clear_error(live: None) -> None:
 @pytest.mark.parametrize("backend", ["bcc", "ftrace"])
 def test_tracefs_not_mountable_is_a_clear_error(live: None, tmp_path: Path, backend: str) -> None:
     before = tracing_state()
-    out = _in_namespace("mount -t tmpfs none /sys/kernel/tracing && mount -t tmpfs none /sys/kernel/debug",
-                        [*VMTRACE, "record", "--backend", backend, "-o", str(tmp_path / "t.vmtrace"), "--", "true"],
-                        user_ns=True)
+    out = _in_namespace(
+        "mount -t tmpfs none /sys/kernel/tracing && mount -t tmpfs none /sys/kernel/debug",
+        [*VMTRACE, "record", "--backend", backend, "-o", str(tmp_path / "t.vmtrace"), "--", "true"],
+        user_ns=True,
+    )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "tracefs" in lines[0] and "Traceback" not in out.stderr, out.stderr

@@ -28,8 +28,7 @@ def ref_traces(tmp_path_factory: pytest.TempPathFactory, live: None) -> dict[tup
         path = out / f"ref-{locking}-{vcpus}.vmtrace"
         # On the GIL interpreter: these traces are about the GIL as well as
         # the BQL (the free-threaded default is tests/live/test_free_threaded.py).
-        run_bench("reference", "inl_pmtimer", vcpus, ITER, locking=locking, record_to=path, backend="bcc",
-                  python="gil")
+        run_bench("reference", "inl_pmtimer", vcpus, ITER, locking=locking, record_to=path, backend="bcc", python="gil")
         traces[(locking, vcpus)] = path
     return traces
 

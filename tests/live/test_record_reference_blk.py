@@ -34,8 +34,18 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, root: None, kvm: None) ->
     paths = {}
     for mode in ("bql", "dataplane"):
         path = out / f"blk-{mode}.vmtrace"
-        res = run_bench("reference", "blk_randread", VCPUS, ITER, blk=mode, disk=disk, record_to=path,
-                        backend="ftrace", queue_depth=4, timeout_s=180)
+        res = run_bench(
+            "reference",
+            "blk_randread",
+            VCPUS,
+            ITER,
+            blk=mode,
+            disk=disk,
+            record_to=path,
+            backend="ftrace",
+            queue_depth=4,
+            timeout_s=180,
+        )
         assert res.exit_status == 1 and res.errors == 0
         paths[mode] = path
     return paths

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ QEMU10 = Path.home() / ".cache/vmtrace/qemu-10.0"
 _C = {n: i for i, n in enumerate(COMPONENTS)}
 
 
-def qemu_cmd(vcpus: int = 1, iterations: int = 5_000_000, version: str = "7.2", extra: list[str] = ()) -> list[str]:
+def qemu_cmd(vcpus: int = 1, iterations: int = 5_000_000, version: str = "7.2", extra: Sequence[str] = ()) -> list[str]:
     qemu = "qemu-system-x86_64"
     if version == "10.0":
         qemu = str(QEMU10 / "bin/qemu-system-x86_64")
@@ -98,8 +98,12 @@ def same_host_state(before: dict, after: dict, ours: set[int]) -> None:
 
 def test_once_and_batch_tables_parse_and_numbers_change(live: None) -> None:
     before = tracing_state()
-    top = subprocess.Popen(VMTRACE + ["top", "--batch", "4", "-d", "1", "--"] + qemu_cmd(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    top = subprocess.Popen(
+        VMTRACE + ["top", "--batch", "4", "-d", "1", "--"] + qemu_cmd(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stdout, stderr = top.communicate(timeout=240)
     assert top.returncode == 0, stderr
     snaps = [chunk.splitlines() for chunk in stdout.split("\nvmtrace top - ")]
@@ -124,8 +128,12 @@ def test_once_and_batch_tables_parse_and_numbers_change(live: None) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signals_detach_and_stop_the_vmm(live: None, signum: int) -> None:
     before = tracing_state()
-    top = subprocess.Popen(VMTRACE + ["top", "--batch", "1000", "-d", "0.5", "--"] + qemu_cmd(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    top = subprocess.Popen(
+        VMTRACE + ["top", "--batch", "1000", "-d", "0.5", "--"] + qemu_cmd(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert top.stdout is not None
         first = top.stdout.readline()
@@ -155,8 +163,7 @@ class Tmux:
         self.run("new-session", "-d", "-s", self.name, "-x", "240", "-y", "50", command)
 
     def run(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True,
-                              timeout=20).stdout
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=20).stdout
 
     def pane(self) -> str:
         return self.run("capture-pane", "-p", "-t", self.name)
@@ -178,7 +185,7 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux(live: None, tmp_path: Path) -> Iterator[type[Tmux]]:
+def tmux(live: None, tmp_path: Path) -> Iterator[Callable[[str], Tmux]]:
     need(shutil.which("tmux") is not None, "tmux is not installed (scripts/setup.sh installs it)")
     sessions: list[Tmux] = []
 
@@ -196,14 +203,14 @@ def _table(pane: str) -> list[str]:
     lines = pane.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("VCPU") or line.startswith("KIND"))
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         rows.append(line)
     return rows[:8]
 
 
-def test_tui_keys_sort_filter_freeze_quit_and_the_terminal_is_sane(tmux: type[Tmux], tmp_path: Path) -> None:
+def test_tui_keys_sort_filter_freeze_quit_and_the_terminal_is_sane(tmux: Callable[[str], Tmux], tmp_path: Path) -> None:
     before = tracing_state()
     stty = tmp_path / "stty.txt"
     pidfile = tmp_path / "top.pid"
@@ -248,7 +255,7 @@ def test_tui_keys_sort_filter_freeze_quit_and_the_terminal_is_sane(tmux: type[Tm
     same_host_state(before, tracing_state(), ours)
 
 
-def test_closed_terminal_stops_top_and_the_vmm(tmux: type[Tmux], tmp_path: Path) -> None:
+def test_closed_terminal_stops_top_and_the_vmm(tmux: Callable[[str], Tmux], tmp_path: Path) -> None:
     pidfile = tmp_path / "top.pid"
     cmd = " ".join(VMTRACE + ["top", "-d", "1", "--"] + [f"'{c}'" for c in qemu_cmd()])
     t = tmux(f"echo $$ > {pidfile}; exec {cmd}")
@@ -285,13 +292,20 @@ def _bpf_prog_fds(pid: int) -> int:
 @pytest.mark.parametrize("version,vcpus", [("7.2", 1), ("7.2", 2), ("10.0", 2)])
 def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, version: str, vcpus: int) -> None:
     mon = tmp_path / "hmp.sock"
-    qemu = subprocess.Popen(qemu_cmd(vcpus, 3000, version, ["-S", "-monitor", f"unix:{mon},server,nowait"]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qemu = subprocess.Popen(
+        qemu_cmd(vcpus, 3000, version, ["-S", "-monitor", f"unix:{mon},server,nowait"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rec = None
     try:
         out = tmp_path / "run.vmtrace"
-        rec = subprocess.Popen(VMTRACE + ["record", "-o", str(out), "-p", str(qemu.pid)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        rec = subprocess.Popen(
+            VMTRACE + ["record", "-o", str(out), "-p", str(qemu.pid)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         with Monitor(pid=qemu.pid) as top:
             # record's programs loaded and stable, and the BQL named by both
             end = time.monotonic() + 120
@@ -316,8 +330,10 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
     ex = exit_breakdown(trace)
     ex = ex.assign(addr0=ex["addr"].astype("Float64").fillna(0).astype("uint64"), kind=ex["kind"].astype(str))
     groups = ex.groupby(["tid", "kind", "addr0"]).indices
-    keys = {(int(t), kind_label(int(k)), int(a)): i
-            for i, (t, k, a) in enumerate(zip(counters.tid, counters.kind, counters.addr, strict=False))}
+    keys = {
+        (int(t), kind_label(int(k)), int(a)): i
+        for i, (t, k, a) in enumerate(zip(counters.tid, counters.kind, counters.addr, strict=False))
+    }
     assert int(counters.count.sum()) == len(ex)
     assert set(keys) == set(groups)
     pm = [k for k in keys if k[1] == "pio" and k[2] == 0x608]
@@ -353,8 +369,12 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
 def test_record_aggregate_writes_a_tiny_series_report_reads(live: None, tmp_path: Path) -> None:
     before = tracing_state()
     out = tmp_path / "agg.vmtrace"
-    run = subprocess.Popen(VMTRACE + ["record", "--aggregate", "1", "--duration", "5", "-o", str(out), "--"]
-                           + qemu_cmd(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        VMTRACE + ["record", "--aggregate", "1", "--duration", "5", "-o", str(out), "--"] + qemu_cmd(2),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _out, err = run.communicate(timeout=240)
     assert run.returncode in (0, 143), err
     trace = read_trace(out)
@@ -371,8 +391,12 @@ def test_record_aggregate_writes_a_tiny_series_report_reads(live: None, tmp_path
 
 def test_reference_vmm_rows_and_its_named_bql(live: None) -> None:
     cmd = vmm_command("reference", "inl_pmtimer", 2, 400_000, guest_image(), locking="bql")
-    top = subprocess.Popen(VMTRACE + ["top", "--batch", "3", "-d", "1", "--"] + cmd,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    top = subprocess.Popen(
+        VMTRACE + ["top", "--batch", "3", "-d", "1", "--"] + cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stdout, stderr = top.communicate(timeout=240)
     assert top.returncode == 0, stderr
     last = stdout.split("\nvmtrace top - ")[-1]

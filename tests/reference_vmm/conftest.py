@@ -18,7 +18,9 @@ def _package_root() -> str:
     return str(Path(vmtrace.__file__).parent.parent)
 
 
-def run_vmm(args: list[str], timeout: float = 60, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+def run_vmm(
+    args: list[str], timeout: float = 60, env: dict[str, str] | None = None, **kw
+) -> subprocess.CompletedProcess:
     """Run ``python -m vmtrace.reference_vmm ARGS`` (this interpreter) and capture its output."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), full_env.get("PYTHONPATH", "")]))

@@ -58,5 +58,6 @@ def write(tmp: Path, name: str, code: bytes) -> Path:
     path.write_bytes(image(code))
     return path
 
+
 # mov eax, [0xfed00000] (no device there: MMIO exit, all ones); mov [0xfed00010], eax; exit with eax
 MMIO_READ_WRITE_AND_EXIT = b"\xa1\x00\x00\xd0\xfe" + b"\xa3\x10\x00\xd0\xfe" + b"\x66\xba\xf4\x00" + b"\xef" + HANG

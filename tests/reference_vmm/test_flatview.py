@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +18,7 @@ def spans(root: MemoryRegion) -> list[tuple[int, int, str, int]]:
 
 
 # -- the reference: resolve one address by walking the tree -----------------
-def resolve(mr: MemoryRegion, base: int, addr: int) -> Optional[tuple[str, int]]:
+def resolve(mr: MemoryRegion, base: int, addr: int) -> tuple[str, int] | None:
     """(region name, offset) that ``addr`` reaches, by the documented rules alone."""
     if not mr.enabled or not base <= addr < base + mr.size:
         return None
@@ -36,14 +34,14 @@ def resolve(mr: MemoryRegion, base: int, addr: int) -> Optional[tuple[str, int]]
     return None
 
 
-def flat_resolve(view: FlatView, addr: int) -> Optional[tuple[str, int]]:
+def flat_resolve(view: FlatView, addr: int) -> tuple[str, int] | None:
     fr = view.lookup(addr)
     if fr is None:
         return None
     return (fr.mr.name, addr - fr.start + fr.offset_in_region)
 
 
-def region_name(view: FlatView, addr: int) -> Optional[str]:
+def region_name(view: FlatView, addr: int) -> str | None:
     fr = view.lookup(addr)
     return None if fr is None else fr.mr.name
 

@@ -66,9 +66,15 @@ def ft_venv(interpreter: Path) -> Path:
         if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
             return python
         subprocess.run([str(interpreter), "-m", "venv", str(venv)], check=True, capture_output=True)
-        pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "--only-binary=:all:", "pytest", "hypothesis"],
-                             capture_output=True, text=True, timeout=600)
-        need(pip.returncode == 0, f"pytest and hypothesis for the free-threaded interpreter: {pip.stderr.strip()[-300:]}")
+        pip = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--only-binary=:all:", "pytest", "hypothesis"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        need(
+            pip.returncode == 0, f"pytest and hypothesis for the free-threaded interpreter: {pip.stderr.strip()[-300:]}"
+        )
     return python
 
 
@@ -91,8 +97,13 @@ def test_concurrency_tests_pass_on_the_free_threaded_interpreter(kvm, guest_imag
     interpreter = ft_python()
     need(interpreter.exists(), f"needs the free-threaded CPython at {interpreter} (scripts/build_python_ft.sh)")
     python = ft_venv(interpreter)
-    env = dict(os.environ, PYTHONPATH=str(link_tree(tmp_path / "path")), PYTHON_GIL="0",
-               VMTRACE_STRESS_SCALE=STRESS_SCALE, PYTHONSAFEPATH="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(link_tree(tmp_path / "path")),
+        PYTHON_GIL="0",
+        VMTRACE_STRESS_SCALE=STRESS_SCALE,
+        PYTHONSAFEPATH="1",
+    )
     env.pop("VMTRACE_PROBES", None)
     here = Path(__file__).resolve().parent
     args = [str(here / f) for f in FILES]
@@ -110,8 +121,13 @@ def test_concurrency_tests_pass_on_the_free_threaded_interpreter(kvm, guest_imag
     summary = r.stdout.strip().splitlines()[-1]
     # Every test the GIL interpreter collects from these files passed there:
     # none skipped, none missing.
-    collect = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    collect = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     collected = collect.stdout.strip().splitlines()[-1]
     assert collected.endswith("collected") or " tests collected" in collected, collected
     expected = int(collected.split()[0])

@@ -141,7 +141,9 @@ def test_not_a_kvm_device(tmp_path: Path) -> None:
         run_machine(MachineConfig(image=str(img), kvm_path="/dev/null"))
 
 
-@pytest.mark.parametrize("args,words", [(["--locking", "2014"], "invalid choice"), (["--vcpus", "0"], "between 1 and 64")])
+@pytest.mark.parametrize(
+    "args,words", [(["--locking", "2014"], "invalid choice"), (["--vcpus", "0"], "between 1 and 64")]
+)
 def test_bad_arguments(tmp_path: Path, args: list[str], words: str) -> None:
     img = g.write(tmp_path, "exit", g.exit_with(0))
     r = run_vmm(["run", "--image", str(img), *args], timeout=60)

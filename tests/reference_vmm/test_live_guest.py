@@ -28,8 +28,19 @@ _SUMMARY = re.compile(r"VMTRACE-BENCH summary bench=inl_pmtimer vcpus=(\d+) iter
 @pytest.mark.parametrize("vcpus", [1, 2, 4, 8])
 def test_benchmark_guest_runs(kvm, guest_image: Path, vcpus: int, locking: str) -> None:
     r = run_vmm(
-        ["run", "--image", str(guest_image), "--vcpus", str(vcpus), "--locking", locking,
-         "--timeout", "90", "--append", f"bench=inl_pmtimer iterations={ITERATIONS}"],
+        [
+            "run",
+            "--image",
+            str(guest_image),
+            "--vcpus",
+            str(vcpus),
+            "--locking",
+            locking,
+            "--timeout",
+            "90",
+            "--append",
+            f"bench=inl_pmtimer iterations={ITERATIONS}",
+        ],
         timeout=120,
     )
     assert r.returncode == 1, f"status {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"  # debug-exit 0
@@ -45,20 +56,35 @@ def test_benchmark_guest_runs(kvm, guest_image: Path, vcpus: int, locking: str) 
 
 @pytest.mark.parametrize("locking", ["2013", "bql", "unlocked"])
 @pytest.mark.parametrize("vcpus", [1, 2, 4, 8])
-def test_benchmark_guest_runs_on_the_free_threaded_interpreter(kvm, guest_image: Path, vcpus: int, locking: str,
-                                                               tmp_path: Path) -> None:
+def test_benchmark_guest_runs_on_the_free_threaded_interpreter(
+    kvm, guest_image: Path, vcpus: int, locking: str, tmp_path: Path
+) -> None:
     """The same run as above, in a VMM process on CPython 3.13t, launched as
     vmtrace launches it (only the probe API and the VMM importable)."""
     from tests.conftest import need
     from vmtrace.interpreter import REPORT_ENV, free_threaded_path, read_report, reference_vmm_command, resolve_python
 
-    need(os.access(free_threaded_path(), os.X_OK),
-         f"needs the free-threaded CPython at {free_threaded_path()} (bash scripts/setup.sh builds it)")
+    need(
+        os.access(free_threaded_path(), os.X_OK),
+        f"needs the free-threaded CPython at {free_threaded_path()} (bash scripts/setup.sh builds it)",
+    )
     report = tmp_path / "interp.json"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHON_GIL")}
     env[REPORT_ENV] = str(report)
-    cmd = [*reference_vmm_command(resolve_python("ft")), "run", "--image", str(guest_image), "--vcpus", str(vcpus),
-           "--locking", locking, "--timeout", "90", "--append", f"bench=inl_pmtimer iterations={ITERATIONS}"]
+    cmd = [
+        *reference_vmm_command(resolve_python("ft")),
+        "run",
+        "--image",
+        str(guest_image),
+        "--vcpus",
+        str(vcpus),
+        "--locking",
+        locking,
+        "--timeout",
+        "90",
+        "--append",
+        f"bench=inl_pmtimer iterations={ITERATIONS}",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 1, f"status {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     m = _SUMMARY.search(r.stdout)
@@ -72,7 +98,9 @@ def test_benchmark_guest_runs_on_the_free_threaded_interpreter(kvm, guest_image:
 
 
 def test_guest_finds_the_pm_timer_at_0x608(kvm, guest_image: Path) -> None:
-    r = run_vmm(["run", "--image", str(guest_image), "--timeout", "60", "--append", "bench=inl_vmm iterations=200"], timeout=90)
+    r = run_vmm(
+        ["run", "--image", str(guest_image), "--timeout", "60", "--append", "bench=inl_vmm iterations=200"], timeout=90
+    )
     assert "pm_port=0x608" in r.stdout
     assert r.returncode == 1
     assert "VMTRACE-BENCH summary bench=inl_vmm" in r.stdout
@@ -101,8 +129,14 @@ def test_kernel_thread_names(kvm, guest_image: Path) -> None:
 
     before = threading.active_count()
     status = run_machine(
-        MachineConfig(image=str(guest_image), vcpus=2, iothreads=1, timeout_s=60,
-                      append="bench=inl_pmtimer iterations=300", serial_out=serial)
+        MachineConfig(
+            image=str(guest_image),
+            vcpus=2,
+            iothreads=1,
+            timeout_s=60,
+            append="bench=inl_pmtimer iterations=300",
+            serial_out=serial,
+        )
     )
     assert status == 1
     assert seen, b"".join(out)[-500:]
@@ -116,8 +150,14 @@ def _record(tmp_path: Path, image: Path, vcpus: int, locking: str) -> tuple[list
     probes.enable(str(spool))
     try:
         status = run_machine(
-            MachineConfig(image=str(image), vcpus=vcpus, locking=locking, timeout_s=90,
-                          append="bench=inl_pmtimer iterations=1500", serial_out=lambda b: None)
+            MachineConfig(
+                image=str(image),
+                vcpus=vcpus,
+                locking=locking,
+                timeout_s=90,
+                append="bench=inl_pmtimer iterations=1500",
+                serial_out=lambda b: None,
+            )
         )
     finally:
         probes.disable()

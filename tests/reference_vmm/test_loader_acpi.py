@@ -34,8 +34,15 @@ def aout_image(code: bytes, load: int = 0x100000, bss: int = 0x100) -> bytes:
     header_len = 32
     end = load + header_len + len(code)
     header = struct.pack(
-        "<IIIIIIII", MULTIBOOT_MAGIC, flags, -(MULTIBOOT_MAGIC + flags) & 0xFFFFFFFF,
-        load, load, end, end + bss, load + header_len,
+        "<IIIIIIII",
+        MULTIBOOT_MAGIC,
+        flags,
+        -(MULTIBOOT_MAGIC + flags) & 0xFFFFFFFF,
+        load,
+        load,
+        end,
+        end + bss,
+        load + header_len,
     )
     return header + code
 
@@ -47,7 +54,9 @@ def elf32_image(code: bytes, paddr: int = 0x200000, memsz_extra: int = 0x40) -> 
     ehdr_size, phdr_size = 52, 32
     offset = ehdr_size + phdr_size
     ident = b"\x7fELF\x01\x01\x01" + bytes(9)
-    ehdr = ident + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, paddr + len(mb), ehdr_size, 0, 0, ehdr_size, phdr_size, 1, 40, 0, 0)
+    ehdr = ident + struct.pack(
+        "<HHIIIIIHHHHHH", 2, 3, 1, paddr + len(mb), ehdr_size, 0, 0, ehdr_size, phdr_size, 1, 40, 0, 0
+    )
     phdr = struct.pack("<IIIIIIII", 1, offset, paddr, paddr, len(payload), len(payload) + memsz_extra, 5, 0x1000)
     return ehdr + phdr + payload
 

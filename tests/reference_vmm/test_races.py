@@ -265,8 +265,15 @@ def test_vcpu_bus_reports_through_probes_when_recording(tmp_path: Path) -> None:
         rig.close()
     codes = [rec[2] for rec in probes.RECORD.iter_unpack(spool.read_bytes())]
     c = probes.EVENT_CODES
-    assert codes == [c["lock_begin"], c["lock_acquired"], c["dispatch_begin"], c["dispatch_end"], c["lock_release"],
-                     c["dispatch_begin"], c["dispatch_end"]]
+    assert codes == [
+        c["lock_begin"],
+        c["lock_acquired"],
+        c["dispatch_begin"],
+        c["dispatch_end"],
+        c["lock_release"],
+        c["dispatch_begin"],
+        c["dispatch_end"],
+    ]
 
 
 def test_vcpu_buses_never_call_a_device_after_it_is_finalized() -> None:

@@ -38,6 +38,7 @@ def test_synchronize_waits_for_a_reader_that_entered_before() -> None:
     t = threading.Thread(target=reader)
     t.start()
     entered.wait(5)
+
     def sync() -> None:
         synchronize_rcu()
         done.set()

@@ -19,23 +19,25 @@ CODE_ADDR = 0x1000
 RESULTS = 0x2000  # the guest stores what each read returned here
 
 # Real mode, 16-bit code; "66" makes an access 32 bits wide.
-_CODE = b"".join([
-    b"\xba\x00\x0e",               # mov dx, 0xe00
-    b"\x66\xed",                   # in eax, dx          (read 1: port 0xe00, 4 bytes)
-    b"\x66\xa3\x00\x20",           # mov [0x2000], eax
-    b"\xba\x08\x06",               # mov dx, 0x608
-    b"\xec",                       # in al, dx           (read 2: port 0x608, 1 byte)
-    b"\xa2\x04\x20",               # mov [0x2004], al
-    b"\xba\x00\x0e",               # mov dx, 0xe00
-    b"\x66\xb8\x78\x56\x34\x12",   # mov eax, 0x12345678
-    b"\x66\xef",                   # out dx, eax         (write: port 0xe00, 4 bytes)
-    b"\x66\xed",                   # in eax, dx          (read 3: port 0xe00 again)
-    b"\x66\xa3\x08\x20",           # mov [0x2008], eax
-    b"\xed",                       # in ax, dx           (read 4: port 0xe00, 2 bytes)
-    b"\xa3\x0c\x20",               # mov [0x200c], ax
-    b"\xf4",                       # hlt
-    b"\xeb\xfe",                   # jmp $
-])
+_CODE = b"".join(
+    [
+        b"\xba\x00\x0e",  # mov dx, 0xe00
+        b"\x66\xed",  # in eax, dx          (read 1: port 0xe00, 4 bytes)
+        b"\x66\xa3\x00\x20",  # mov [0x2000], eax
+        b"\xba\x08\x06",  # mov dx, 0x608
+        b"\xec",  # in al, dx           (read 2: port 0x608, 1 byte)
+        b"\xa2\x04\x20",  # mov [0x2004], al
+        b"\xba\x00\x0e",  # mov dx, 0xe00
+        b"\x66\xb8\x78\x56\x34\x12",  # mov eax, 0x12345678
+        b"\x66\xef",  # out dx, eax         (write: port 0xe00, 4 bytes)
+        b"\x66\xed",  # in eax, dx          (read 3: port 0xe00 again)
+        b"\x66\xa3\x08\x20",  # mov [0x2008], eax
+        b"\xed",  # in ax, dx           (read 4: port 0xe00, 2 bytes)
+        b"\xa3\x0c\x20",  # mov [0x200c], ax
+        b"\xf4",  # hlt
+        b"\xeb\xfe",  # jmp $
+    ]
+)
 
 
 def _vcpu(kvm_fd: Kvm):
@@ -87,7 +89,6 @@ def test_port_exits_decode_the_same_fresh_and_cached(kvm: None) -> None:
         vm.close()
         system.close()
         mem.close()
-
 
 
 def test_immediate_exit_makes_run_return_intr(kvm: None) -> None:

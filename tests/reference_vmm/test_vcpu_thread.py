@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 
+from tests.reference_vmm.test_exit_handler import FakeBus
 from vmtrace.reference_vmm.bql import BigLock
 from vmtrace.reference_vmm.kvm import bindings as kb
 from vmtrace.reference_vmm.kvm import exits as x
 from vmtrace.reference_vmm.vcpu import Stop, VcpuThread, dump_registers
-from tests.reference_vmm.test_exit_handler import FakeBus
 
 
 class ScriptedVcpu:

@@ -20,7 +20,11 @@ from tests.reference_vmm.virtio_driver import S_IOERR, S_OK, S_UNSUPP, T_FLUSH, 
 from vmtrace.reference_vmm.block import BlockBackend
 from vmtrace.reference_vmm.devices.virtio import VirtIOBlock
 from vmtrace.reference_vmm.devices.virtio.blk import BLK_CONFIG_LEN, VIRTIO_BLK_F_FLUSH
-from vmtrace.reference_vmm.devices.virtio.virtqueue import VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from vmtrace.reference_vmm.devices.virtio.virtqueue import (
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+)
 from vmtrace.reference_vmm.memory import AddressSpace, MemoryRegion, transaction
 from vmtrace.reference_vmm.memory.dma import DmaError, GuestMemory
 
@@ -130,12 +134,15 @@ def test_flush_and_barrier_bit(rig: Rig) -> None:
     assert rig.status() == S_OK and rig.mem.read(DATA, 512) == rig.content[:512]
 
 
-@pytest.mark.parametrize("serial,room,expect", [
-    ("vmtrace-disk0", 20, b"vmtrace-disk0\0"),
-    ("", 20, b"\0"),
-    ("A" * 20, 20, b"A" * 20),  # exactly 20 bytes: no NUL, as the spec allows
-    ("vmtrace-disk0", 4, b"vmtr"),
-])
+@pytest.mark.parametrize(
+    "serial,room,expect",
+    [
+        ("vmtrace-disk0", 20, b"vmtrace-disk0\0"),
+        ("", 20, b"\0"),
+        ("A" * 20, 20, b"A" * 20),  # exactly 20 bytes: no NUL, as the spec allows
+        ("vmtrace-disk0", 4, b"vmtr"),
+    ],
+)
 def test_get_id(tmp_path: Path, serial: str, room: int, expect: bytes) -> None:
     r = Rig(tmp_path, serial=serial)
     try:
@@ -158,14 +165,17 @@ def test_unsupported_request_types(rig: Rig, rtype: int) -> None:
 
 
 # -- requests a device must refuse without breaking ---------------------------------------
-@pytest.mark.parametrize("rtype,sector,length", [
-    (T_IN, SECTORS, 512),  # starts at the end
-    (T_IN, SECTORS - 1, 1024),  # runs past the end
-    (T_OUT, SECTORS + 100, 512),
-    (T_OUT, 2**64 - 1, 512),  # would wrap a 64-bit sector + count
-    (T_IN, 0, 100),  # not a whole sector
-    (T_OUT, 0, 513),
-])
+@pytest.mark.parametrize(
+    "rtype,sector,length",
+    [
+        (T_IN, SECTORS, 512),  # starts at the end
+        (T_IN, SECTORS - 1, 1024),  # runs past the end
+        (T_OUT, SECTORS + 100, 512),
+        (T_OUT, 2**64 - 1, 512),  # would wrap a 64-bit sector + count
+        (T_IN, 0, 100),  # not a whole sector
+        (T_OUT, 0, 513),
+    ],
+)
 def test_bad_sector_ranges_are_ioerr_and_touch_nothing(rig: Rig, rtype: int, sector: int, length: int) -> None:
     rig.mem.write(DATA, b"\x5a" * length)
     head = rig.request(rtype, sector, [Buf(DATA, length, rtype == T_IN)])
@@ -260,7 +270,11 @@ def _broken_cases():
         r.drv.offer(256)
 
     def avail_jumps(r: Rig) -> None:
-        r.request(T_IN, 0, [Buf(DATA, 512, True)], )
+        r.request(
+            T_IN,
+            0,
+            [Buf(DATA, 512, True)],
+        )
         r.drv.publish(300)
 
     def indirect_bad_size(r: Rig) -> None:
@@ -280,13 +294,21 @@ def _broken_cases():
         r.drv.offer(0)
 
     return [
-        ("buffer-not-in-ram", data_and_status_outside_ram), ("buffer-not-in-ram", more_than_a_page_outside_ram),
+        ("buffer-not-in-ram", data_and_status_outside_ram),
+        ("buffer-not-in-ram", more_than_a_page_outside_ram),
         ("buffer-not-in-ram", header_and_data_outside_ram),
-        ("looped-descriptor", loop), ("looped-descriptor", self_loop),
-        ("next-out-of-range", next_past_table), ("incorrect-order", readable_after_writable),
-        ("zero-sized-buffer", zero_sized), ("missing-headers", no_status), ("missing-headers", no_header),
-        ("outhdr-too-short", short_header), ("head-out-of-range", head_past_table), ("avail-index", avail_jumps),
-        ("indirect-size", indirect_bad_size), ("indirect-not-in-ram", indirect_out_of_ram),
+        ("looped-descriptor", loop),
+        ("looped-descriptor", self_loop),
+        ("next-out-of-range", next_past_table),
+        ("incorrect-order", readable_after_writable),
+        ("zero-sized-buffer", zero_sized),
+        ("missing-headers", no_status),
+        ("missing-headers", no_header),
+        ("outhdr-too-short", short_header),
+        ("head-out-of-range", head_past_table),
+        ("avail-index", avail_jumps),
+        ("indirect-size", indirect_bad_size),
+        ("indirect-not-in-ram", indirect_out_of_ram),
         ("nested-indirect", nested_indirect),
     ]
 
@@ -387,8 +409,9 @@ def test_ring_wraps_and_every_request_of_a_batch_completes(rig: Rig) -> None:
         heads = []
         for k in range(80):
             n = batch * 80 + k
-            heads.append(rig.request(T_IN, n % SECTORS, [Buf(DATA + 512 * k, 512, True)],
-                                     hdr=HDR + 16 * k, status=0x38000 + k))
+            heads.append(
+                rig.request(T_IN, n % SECTORS, [Buf(DATA + 512 * k, 512, True)], hdr=HDR + 16 * k, status=0x38000 + k)
+            )
         used = rig.kick()
         # The batch's I/O runs concurrently: the used ring follows the disk's completion order.
         assert sorted(u[0] for u in used) == sorted(heads)
@@ -505,12 +528,12 @@ def test_backend_batch_goes_through_linux_aio_and_unaligned_requests_run_synchro
         done = dict(b.completions())
         assert set(done) == {("r", k) for k in range(8)} | {("odd", 0), ("w", 0)}
         assert all(err is None for err in done.values())
-        assert all(bytes(buf) == content[4096 * k:][:4096] for k, buf in enumerate(reads))
+        assert all(bytes(buf) == content[4096 * k :][:4096] for k, buf in enumerate(reads))
         assert bytes(odd) == content[100:1100]
         assert b.aio_requests == 9 and b.buffered_requests == 1
     finally:
         b.close()
-    assert img.read_bytes()[8 * 4096:9 * 4096] == b"\x5a" * 4096
+    assert img.read_bytes()[8 * 4096 : 9 * 4096] == b"\x5a" * 4096
 
 
 def test_backend_batch_read_past_the_end_is_an_error_not_a_short_read(tmp_path: Path) -> None:

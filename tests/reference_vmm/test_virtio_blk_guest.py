@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.blk_checks import random_disk, verify_write_and_read
 from tests.reference_vmm.conftest import run_vmm
 from vmtrace.bench import parse_bench_output, run_bench
-from tests.blk_checks import random_disk, verify_write_and_read
 from vmtrace.blk import QEMU_MALFORMED
+
 
 @pytest.fixture
 def disk(tmp_path: Path, kvm: None, guest_image: Path) -> Path:
@@ -39,8 +40,23 @@ def test_blk_randread_two_vcpus(disk: Path, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["bql", "dataplane"])
 def test_blk_malformed_answers_as_qemu_and_the_vmm_counts_them(disk: Path, guest_image: Path, mode: str) -> None:
-    r = run_vmm(["run", "--image", str(guest_image), "--disk", str(disk), "--blk", mode, "--stats",
-                 "--timeout", "100", "--append", "bench=blk_malformed"], timeout=120)
+    r = run_vmm(
+        [
+            "run",
+            "--image",
+            str(guest_image),
+            "--disk",
+            str(disk),
+            "--blk",
+            mode,
+            "--stats",
+            "--timeout",
+            "100",
+            "--append",
+            "bench=blk_malformed",
+        ],
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr[-2000:]  # the guest reached its end: the VMM kept running
     parsed = parse_bench_output(r.stdout)
     assert parsed["check"]["blk_alive_after_malformed"] == 1
@@ -49,13 +65,18 @@ def test_blk_malformed_answers_as_qemu_and_the_vmm_counts_them(disk: Path, guest
     for kind, (answered, status, used_len, then_ok) in QEMU_MALFORMED.items():
         m = got[kind]
         assert (int(m["answered"]), m["status"], m["used_len"], int(m["then_ok"])) == (
-            answered, "none" if status is None else str(status), "none" if used_len is None else str(used_len), then_ok
+            answered,
+            "none" if status is None else str(status),
+            "none" if used_len is None else str(used_len),
+            then_ok,
         ), kind
         assert m["reset_ok"] == "1" and m["needs_reset"] == "0", kind  # legacy: no NEEDS_RESET, as QEMU
     broken = sum(1 for a, *_ in QEMU_MALFORMED.values() if not a)
     m = re.search(r"guest errors that broke the device: (\d+)", r.stderr)
     assert m and int(m.group(1)) == broken, r.stderr
-    assert re.search(r"requests: \d+ \(read \d+, write \d+, flush \d+, get-id \d+, unsupported 1, ioerr-range 4,", r.stderr)
+    assert re.search(
+        r"requests: \d+ \(read \d+, write \d+, flush \d+, get-id \d+, unsupported 1, ioerr-range 4,", r.stderr
+    )
     # The three kinds QEMU answers anyway, and the first window of the one it does not.
     assert "DMA windows outside RAM (bounced, as QEMU): 4" in r.stderr
     assert "Traceback" not in r.stderr

@@ -103,8 +103,17 @@ class LiveRig:
         """Lay out requests with ``build(drv, write)``, boot the guest that publishes ``n_avail`` of them."""
         layout = RingDriver(lambda a, n: bytes(n), lambda a, d: None, RING)  # only the ring addresses matter
         img = g.write(self.tmp, "blk-guest", blk_guest(layout, n_avail, expect_used, move_bar_to))
-        self.machine = m = Machine(MachineConfig(image=str(img), mem_mb=16, timeout_s=TIMEOUT, disk=str(self.disk),
-                                                 blk=self.blk, disk_serial=self.serial, serial_out=lambda b: None))
+        self.machine = m = Machine(
+            MachineConfig(
+                image=str(img),
+                mem_mb=16,
+                timeout_s=TIMEOUT,
+                disk=str(self.disk),
+                blk=self.blk,
+                disk_serial=self.serial,
+                serial_out=lambda b: None,
+            )
+        )
         self.drv = RingDriver(m.address_space_memory.read_bytes, m.address_space_memory.write_bytes, RING)
         build(self.drv, m.address_space_memory.write_bytes)
         return m.run()
@@ -170,6 +179,7 @@ def test_guest_round_trip_through_ioeventfd_and_irqfd(live: LiveRig) -> None:
 def test_guest_moves_the_bar_and_the_ioeventfd_follows(kvm, tmp_path: Path) -> None:
     rig = LiveRig(tmp_path, "dataplane")
     try:
+
         def build(drv: RingDriver, write) -> None:
             drv.offer(drv.blk_request(HDRS, T_IN, 1, [Buf(DATA, 512, True)], STATUSES), publish=False)
 
@@ -216,8 +226,10 @@ def _recorded_run(tmp_path: Path, blk: str):
 
     def build(drv: RingDriver, write) -> None:
         for k in range(8):
-            drv.offer(drv.blk_request(HDRS + 16 * k, T_IN, 8 * k, [Buf(DATA + 4096 * k, 4096, True)], STATUSES + k),
-                      publish=False)
+            drv.offer(
+                drv.blk_request(HDRS + 16 * k, T_IN, 8 * k, [Buf(DATA + 4096 * k, 4096, True)], STATUSES + k),
+                publish=False,
+            )
 
     probes.enable(str(spool))
     try:
@@ -229,8 +241,10 @@ def _recorded_run(tmp_path: Path, blk: str):
         io_tids = {t.native_id for t in m.iothreads} if m is not None else set()
         rig.close()
     names = {int(i): n for i, n in (line.rstrip("\n").split("\t", 1) for line in open(str(spool) + ".names"))}
-    records = [(ts, tid, code, names[nid], addr) for ts, tid, code, _sw, nid, addr, _v in
-               probes.RECORD.iter_unpack(spool.read_bytes())]
+    records = [
+        (ts, tid, code, names[nid], addr)
+        for ts, tid, code, _sw, nid, addr, _v in probes.RECORD.iter_unpack(spool.read_bytes())
+    ]
     return records, main_tid, io_tids
 
 
@@ -280,7 +294,7 @@ def test_ioeventfd_outw_signals_the_eventfd_without_an_exit(kvm) -> None:
         vm.set_tss_addr(0xFFFBD000)
         vm.set_user_memory_region(0, 0, 0x10000, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
         # mov dx, 0xc010; xor ax, ax; out dx, ax; mov ax, 1; out dx, ax; hlt   (16-bit real mode)
-        code = bytes.fromhex("BA10C0" "31C0" "EF" "B80100" "EF" "F4")
+        code = bytes.fromhex("BA10C031C0EFB80100EFF4")
         mem[0x1000 : 0x1000 + len(code)] = code
         vm.ioeventfd(efd, 0xC010, 2, pio=True, datamatch=0)
         vcpu = vm.create_vcpu(0)
@@ -330,19 +344,37 @@ def test_benchmark_guest_boots_with_a_disk_in_both_modes(kvm, guest_image: Path,
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))
     for blk in ("bql", "dataplane"):
-        r = run_vmm(["run", "--image", str(guest_image), "--disk", str(disk), "--blk", blk, "--stats",
-                     "--timeout", "60", "--append", "bench=inl_pmtimer iterations=100"], timeout=90)
+        r = run_vmm(
+            [
+                "run",
+                "--image",
+                str(guest_image),
+                "--disk",
+                str(disk),
+                "--blk",
+                blk,
+                "--stats",
+                "--timeout",
+                "60",
+                "--append",
+                "bench=inl_pmtimer iterations=100",
+            ],
+            timeout=90,
+        )
         assert r.returncode == 1, r.stderr
         assert "VMTRACE-BENCH end status=0" in r.stdout
         assert "virtio-blk (" + ("IO iothread0" if blk == "dataplane" else "main loop, BQL") in r.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--blk", "dataplane"], "--blk needs --disk"),
-    (["--disk", "/nonexistent/disk.img"], "disk image not found"),
-    (["--disk", "/tmp"], "disk image not found (or not a file): /tmp"),
-    (["--disk", "/etc/hostname", "--blk", "iothread"], "argument --blk: invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--blk", "dataplane"], "--blk needs --disk"),
+        (["--disk", "/nonexistent/disk.img"], "disk image not found"),
+        (["--disk", "/tmp"], "disk image not found (or not a file): /tmp"),
+        (["--disk", "/etc/hostname", "--blk", "iothread"], "argument --blk: invalid choice"),
+    ],
+)
 def test_bad_disk_arguments_are_one_line_errors(guest_image: Path, args: list[str], message: str) -> None:
     r = run_vmm(["run", "--image", str(guest_image), *args], timeout=30)
     assert r.returncode == 2

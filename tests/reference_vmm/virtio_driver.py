@@ -8,10 +8,15 @@ chain, including the malformed ones a real driver never would.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from vmtrace.reference_vmm.devices.virtio.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, vring_layout
+from vmtrace.reference_vmm.devices.virtio.virtqueue import (
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    vring_layout,
+)
 
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
@@ -29,8 +34,9 @@ class Buf:
 class RingDriver:
     """A split ring of ``num`` entries at ``desc_addr`` (4 KiB aligned) in guest memory."""
 
-    def __init__(self, read: Callable[[int, int], bytes], write: Callable[[int, bytes], None],
-                 desc_addr: int, num: int = 256) -> None:
+    def __init__(
+        self, read: Callable[[int, int], bytes], write: Callable[[int, bytes], None], desc_addr: int, num: int = 256
+    ) -> None:
         self.read, self.write = read, write
         self.num = num
         self.desc, self.avail, self.used, _, _ = vring_layout(desc_addr, num)

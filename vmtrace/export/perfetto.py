@@ -58,7 +58,8 @@ def _runs(spans: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         return spans.assign(n=0)
     new = np.ones(len(spans), dtype=bool)
     same = (spans["tid"].to_numpy()[1:] == spans["tid"].to_numpy()[:-1]) & (
-        spans["start_ns"].to_numpy()[1:] == spans["end_ns"].to_numpy()[:-1])
+        spans["start_ns"].to_numpy()[1:] == spans["end_ns"].to_numpy()[:-1]
+    )
     for k in keys:
         v = spans[k].to_numpy()
         same &= v[1:] == v[:-1]
@@ -110,34 +111,61 @@ def _slices(trace: Trace, spans: pd.DataFrame, exits: pd.DataFrame) -> pd.DataFr
         unit, scale = ("cycles", k) if k else ("ns", 1.0)
         comps = (*COMPONENTS, "bql_wait", "total")
         keys = [json.dumps(f"{c}_{unit}") for c in comps]
-        vals = np.round(np.column_stack([exits[f"{c}_ns"].to_numpy(dtype=np.float64) for c in comps])
-                        * scale).astype(np.int64)
-        args = ["{" + ",".join(f"{key}:{v}" for key, v in zip(keys, row, strict=True) if v) + "}" for row in vals.tolist()]
+        vals = np.round(np.column_stack([exits[f"{c}_ns"].to_numpy(dtype=np.float64) for c in comps]) * scale).astype(
+            np.int64
+        )
+        args = [
+            "{" + ",".join(f"{key}:{v}" for key, v in zip(keys, row, strict=True) if v) + "}" for row in vals.tolist()
+        ]
         label = spans.loc[spans["exit"] >= 0].drop_duplicates("exit").set_index("exit")["detail"].astype(str)
         names = label.reindex(range(len(exits))).fillna(exits["kind"].astype(str)).to_numpy(dtype=object)
-        parts.append(pd.DataFrame({
-            "tid": exits["tid"].to_numpy(dtype=np.int64), "start_ns": exits["start_ns"].to_numpy(dtype=np.int64),
-            "end_ns": exits["end_ns"].to_numpy(dtype=np.int64), "name": names, "cat": "exit", "depth": 0,
-            "args": args,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "tid": exits["tid"].to_numpy(dtype=np.int64),
+                    "start_ns": exits["start_ns"].to_numpy(dtype=np.int64),
+                    "end_ns": exits["end_ns"].to_numpy(dtype=np.int64),
+                    "name": names,
+                    "cat": "exit",
+                    "depth": 0,
+                    "args": args,
+                }
+            )
+        )
     # Depth 1: the states, one slice per run of a state.
     runs = _runs(spans[~spans["state"].isin(_UNNAMED)], ["state", "detail", "exit"])
     if len(runs):
         detail = runs["detail"].astype(str)
         d_args = {d: (json.dumps({"detail": d}) if d else "{}") for d in detail.unique()}
-        parts.append(pd.DataFrame({
-            "tid": runs["tid"].to_numpy(dtype=np.int64), "start_ns": runs["start_ns"].to_numpy(),
-            "end_ns": runs["end_ns"].to_numpy(), "name": runs["state"].astype(str).map(SLICE_NAMES).to_numpy(),
-            "cat": "state", "depth": 1, "args": detail.map(d_args).to_numpy(dtype=object),
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "tid": runs["tid"].to_numpy(dtype=np.int64),
+                    "start_ns": runs["start_ns"].to_numpy(),
+                    "end_ns": runs["end_ns"].to_numpy(),
+                    "name": runs["state"].astype(str).map(SLICE_NAMES).to_numpy(),
+                    "cat": "state",
+                    "depth": 1,
+                    "args": detail.map(d_args).to_numpy(dtype=object),
+                }
+            )
+        )
     # Depth 2: off-CPU pieces (top level where the state has no slice).
     off = _runs(spans[spans["sched"] != "on"], ["sched", "state", "detail", "exit"])
     if len(off):
-        parts.append(pd.DataFrame({
-            "tid": off["tid"].to_numpy(dtype=np.int64), "start_ns": off["start_ns"].to_numpy(),
-            "end_ns": off["end_ns"].to_numpy(), "name": "off-CPU " + off["sched"].astype(str).to_numpy(dtype=object),
-            "cat": "sched", "depth": np.where(off["state"].isin(_UNNAMED).to_numpy(), 0, 2), "args": "{}",
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "tid": off["tid"].to_numpy(dtype=np.int64),
+                    "start_ns": off["start_ns"].to_numpy(),
+                    "end_ns": off["end_ns"].to_numpy(),
+                    "name": "off-CPU " + off["sched"].astype(str).to_numpy(dtype=object),
+                    "cat": "sched",
+                    "depth": np.where(off["state"].isin(_UNNAMED).to_numpy(), 0, 2),
+                    "args": "{}",
+                }
+            )
+        )
     if not parts:
         return pd.DataFrame({c: [] for c in ("tid", "start_ns", "dur_ns", "name", "cat", "args")})
     allx = pd.concat(parts, ignore_index=True)
@@ -155,8 +183,9 @@ def _us_text(ns: np.ndarray) -> list[str]:
     return [f"{a}.{b:03d}" for a, b in zip(q.tolist(), r.tolist(), strict=True)]
 
 
-def _write_events(f: Any, trace: Trace, spans: pd.DataFrame | None, exits: pd.DataFrame | None,
-                  batch: int = 200_000) -> None:
+def _write_events(
+    f: Any, trace: Trace, spans: pd.DataFrame | None, exits: pd.DataFrame | None, batch: int = 200_000
+) -> None:
     """Write the ``traceEvents`` array's members, comma-separated, to ``f``.
     Lines are formatted from columns in batches: a dict and a json.dumps per
     event would cost several times the time and memory on a large trace."""
@@ -175,13 +204,16 @@ def _write_events(f: Any, trace: Trace, spans: pd.DataFrame | None, exits: pd.Da
     x = _slices(trace, spans, exits)
     names = {n: json.dumps(n) for n in pd.unique(x["name"])}
     for i in range(0, len(x), batch):
-        b = x.iloc[i:i + batch]
+        b = x.iloc[i : i + batch]
         ts, dur = _us_text(b["start_ns"].to_numpy()), _us_text(b["dur_ns"].to_numpy())
-        f.write("".join(
-            f',{{"ph":"X","name":{names[n]},"cat":"{c}","ts":{t},"dur":{d},"pid":{pid},"tid":{tid},"args":{a}}}'
-            for n, c, t, d, tid, a in zip(b["name"].tolist(), b["cat"].tolist(), ts, dur, b["tid"].tolist(),
-                                           b["args"].tolist(), strict=True)
-        ))
+        f.write(
+            "".join(
+                f',{{"ph":"X","name":{names[n]},"cat":"{c}","ts":{t},"dur":{d},"pid":{pid},"tid":{tid},"args":{a}}}'
+                for n, c, t, d, tid, a in zip(
+                    b["name"].tolist(), b["cat"].tolist(), ts, dur, b["tid"].tolist(), b["args"].tolist(), strict=True
+                )
+            )
+        )
 
 
 def _other_data(trace: Trace) -> dict[str, Any]:
@@ -232,7 +264,10 @@ def write_perfetto(trace: Trace | Report, path: Path | str) -> Path:
     gz = path.name.endswith(".gz")
     # Atomic for a regular file, through a symlink, refused for a device (vmtrace.outputs).
     with open_output(path, "Perfetto trace") as raw:
-        with (gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) if gz
-              else io.TextIOWrapper(raw, encoding="utf-8", write_through=False)) as f:
+        with (
+            gzip.open(raw, "wt", encoding="utf-8", compresslevel=6)
+            if gz
+            else io.TextIOWrapper(raw, encoding="utf-8", write_through=False)
+        ) as f:
             _write(f, trace, spans, exits)
     return path

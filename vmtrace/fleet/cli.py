@@ -50,16 +50,22 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @_friendly
 def summarize(
-    traces: list[str] = typer.Argument(..., help="Trace files, directories (searched for *.vmtrace), globs, "
-                                                 "or fsspec URLs (s3://... where s3fs is installed)."),
+    traces: list[str] = typer.Argument(
+        ...,
+        help="Trace files, directories (searched for *.vmtrace), globs, "
+        "or fsspec URLs (s3://... where s3fs is installed).",
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Fleet table to write (Parquet)."),
     scheduler: str | None = typer.Option(
-        None, "--scheduler",
+        None,
+        "--scheduler",
         help="tcp://HOST:PORT of a running dask.distributed scheduler (its workers open the traces); "
-             "'synchronous' to run in this process. Default: Dask's local scheduler with worker processes."),
+        "'synchronous' to run in this process. Default: Dask's local scheduler with worker processes.",
+    ),
     workers: int | None = typer.Option(None, "--workers", help="Local worker processes (default: one per CPU)."),
-    all_exits: bool = typer.Option(False, "--all-exits",
-                                   help="Summarise every exit, not a benchmark trace's timed loop."),
+    all_exits: bool = typer.Option(
+        False, "--all-exits", help="Summarise every exit, not a benchmark trace's timed loop."
+    ),
 ) -> None:
     """Summarise every trace into one row of a Parquet table.
 
@@ -85,8 +91,15 @@ def summarize(
         from vmtrace.alloc import tune_for_large_arrays
 
         tune_for_large_arrays()
-    bar = Progress(TextColumn("summarising"), BarColumn(), MofNCompleteColumn(), TextColumn("traces"),
-                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    bar = Progress(
+        TextColumn("summarising"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("traces"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     task = bar.add_task("fleet", total=len(sources))
 
     def step(done: int, total: int) -> None:
@@ -97,8 +110,9 @@ def summarize(
         bar.update(task, completed=done, total=total)
 
     try:
-        path, rows = summarize_fleet(sources, str(output), scheduler=scheduler, workers=workers, progress=step,
-                                     all_exits=all_exits)
+        path, rows = summarize_fleet(
+            sources, str(output), scheduler=scheduler, workers=workers, progress=step, all_exits=all_exits
+        )
     finally:
         if bar.live.is_started:
             bar.stop()
@@ -113,8 +127,9 @@ def summarize(
 def report(
     table: Path = typer.Argument(..., help="Fleet table written by `vmtrace fleet summarize`."),
     html: Path | None = typer.Option(None, "--html", help="Also write one self-contained HTML page."),
-    by: str | None = typer.Option(None, "--by", help="Group by summary columns, comma-separated "
-                                                        "(vmm_version,vcpus,workload ...)."),
+    by: str | None = typer.Option(
+        None, "--by", help="Group by summary columns, comma-separated (vmm_version,vcpus,workload ...)."
+    ),
     top: int = typer.Option(10, "--top", help="Traces listed by BQL wait."),
 ) -> None:
     """Tables of the fleet: every exit's components from merged histograms,

@@ -48,9 +48,14 @@ def _worker_task(source: str, all_exits: bool) -> dict[str, Any]:
     return summarize_trace(source, all_exits=all_exits)
 
 
-def run_fleet(sources: list[str], scheduler: str | None = None, workers: int | None = None,
-              progress: Progress | None = None, task: Task | None = None,
-              all_exits: bool = False) -> list[dict[str, Any]]:
+def run_fleet(
+    sources: list[str],
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    task: Task | None = None,
+    all_exits: bool = False,
+) -> list[dict[str, Any]]:
     """One row per source, in order.
 
     ``scheduler``: None for Dask's local scheduler with ``workers`` processes
@@ -109,8 +114,10 @@ def _run_local(sources: list[str], fn: Task, workers: int, report: Progress) -> 
         # A worker died (killed for memory, or a script that starts the pool
         # without an `if __name__ == "__main__":` guard, which spawned
         # workers re-run).
-        raise VmtraceError("a fleet worker process died; run with fewer --workers, or from a script guarded "
-                           "by `if __name__ == \"__main__\":`") from None
+        raise VmtraceError(
+            "a fleet worker process died; run with fewer --workers, or from a script guarded "
+            'by `if __name__ == "__main__":`'
+        ) from None
     return list(rows)
 
 
@@ -161,8 +168,14 @@ def plan_fleet(specs: list[str], output: str) -> list[str]:
     return expand_sources(specs)
 
 
-def summarize_fleet(sources: list[str], output: str, scheduler: str | None = None, workers: int | None = None,
-                    progress: Progress | None = None, all_exits: bool = False) -> tuple[str, list[dict[str, Any]]]:
+def summarize_fleet(
+    sources: list[str],
+    output: str,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    all_exits: bool = False,
+) -> tuple[str, list[dict[str, Any]]]:
     """Summarise every trace of ``sources`` (see ``plan_fleet`` and
     ``run_fleet``) and write the fleet table to ``output``.  Returns the
     path and the rows."""

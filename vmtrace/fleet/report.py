@@ -24,8 +24,21 @@ __all__ = ["FleetReport", "fleet_report", "group_columns", "merged_histograms", 
 
 #: What "top traces by BQL wait" ranks by: mean BQL wait per exit, cycles.
 TOP_BY: Final = "bql_wait_mean"
-_TOP_COLS: Final = ["path", "host", "vmm", "vmm_version", "locking", "vcpus", "workload", "exits", "bql_wait_mean",
-                    "bql_share", "bql_wait_p99", "total_mean", "top_lock"]
+_TOP_COLS: Final = [
+    "path",
+    "host",
+    "vmm",
+    "vmm_version",
+    "locking",
+    "vcpus",
+    "workload",
+    "exits",
+    "bql_wait_mean",
+    "bql_share",
+    "bql_wait_p99",
+    "total_mean",
+    "top_lock",
+]
 # Columns that hold lists: not something to group by.
 _NESTED: Final = {"top_locks", "notes", *(f"hist_{c}" for c in COMPONENTS)}
 
@@ -68,8 +81,7 @@ def group_columns() -> list[str]:
 
 def merged_histograms(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """Component -> the element-wise sum of the rows' histograms."""
-    return {c: hist.merge(rows[f"hist_{c}"]) if len(rows) else np.zeros(hist.N_BUCKETS, np.int64)
-            for c in COMPONENTS}
+    return {c: hist.merge(rows[f"hist_{c}"]) if len(rows) else np.zeros(hist.N_BUCKETS, np.int64) for c in COMPONENTS}
 
 
 def _weighted(rows: pd.DataFrame, col: str) -> float:
@@ -90,8 +102,19 @@ def _overall(ok: pd.DataFrame, merged: dict[str, np.ndarray]) -> pd.DataFrame:
         mean = _weighted(ok, f"{c}_mean")
         p50, p50_lo, p50_hi = _quantiles(merged[c], 0.50)
         p99, p99_lo, p99_hi = _quantiles(merged[c], 0.99)
-        rows.append({"component": c, "mean": mean, "share": mean / total if total else np.nan, "p50": p50,
-                     "p99": p99, "p50_low": p50_lo, "p50_high": p50_hi, "p99_low": p99_lo, "p99_high": p99_hi})
+        rows.append(
+            {
+                "component": c,
+                "mean": mean,
+                "share": mean / total if total else np.nan,
+                "p50": p50,
+                "p99": p99,
+                "p50_low": p50_lo,
+                "p50_high": p50_hi,
+                "p99_low": p99_lo,
+                "p99_high": p99_hi,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -112,8 +135,7 @@ def _groups(ok: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         row["p50"] = _quantiles(merged, 0.50)[0]
         row["p99"] = _quantiles(merged, 0.99)[0]
         out.append(row)
-    return pd.DataFrame(out, columns=cols).sort_values("exits", ascending=False, kind="stable") \
-        .reset_index(drop=True)
+    return pd.DataFrame(out, columns=cols).sort_values("exits", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def fleet_report(rows: pd.DataFrame, by: list[str] | None = None, top_n: int = 10) -> FleetReport:

@@ -33,7 +33,7 @@ def is_url(source: str) -> bool:
 
 
 def _strip_file_scheme(source: str) -> str:
-    return source[len("file://"):] if source.startswith("file://") else source
+    return source[len("file://") :] if source.startswith("file://") else source
 
 
 def _expand_local(spec: str) -> list[str]:
@@ -74,8 +74,9 @@ def _filesystem(url: str) -> Any:  # fsspec is untyped: (filesystem, path)
     try:
         return url_to_fs(url)
     except ImportError as err:
-        raise VmtraceError(f"{url}: the {scheme}:// filesystem needs a package that is not installed "
-                           f"({str(err).splitlines()[0]})") from None
+        raise VmtraceError(
+            f"{url}: the {scheme}:// filesystem needs a package that is not installed ({str(err).splitlines()[0]})"
+        ) from None
     except ValueError:
         known = ", ".join(sorted(fsspec.available_protocols())[:12])
         raise VmtraceError(f"{url}: unknown URL scheme {scheme!r} (fsspec knows {known}, ...)") from None
@@ -95,8 +96,9 @@ def _expand_url(spec: str) -> list[str]:
     except VmtraceError:
         raise
     except Exception as err:  # any backend's listing failure is the user's to fix
-        raise VmtraceError(f"cannot list {spec}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
-            from None
+        raise VmtraceError(
+            f"cannot list {spec}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     if not found:
         raise VmtraceError(f"no trace files at {spec}")
     return sorted(p if "://" in p else fs.unstrip_protocol(p) for p in found)
@@ -112,7 +114,7 @@ def expand_sources(specs: list[str]) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for spec in specs:
-        for source in (_expand_url(spec) if is_url(spec) else _expand_local(spec)):
+        for source in _expand_url(spec) if is_url(spec) else _expand_local(spec):
             # Absolute: a cluster's workers do not share the client's cwd.
             key = source if is_url(source) else os.path.abspath(source)
             if key not in seen:

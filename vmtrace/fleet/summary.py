@@ -33,19 +33,44 @@ from vmtrace.errors import VmtraceError
 from . import histograms as hist
 from .sources import content_id, local_copy
 
-__all__ = ["COMPONENTS", "COLUMNS", "SCHEMA", "TOP_LOCKS", "summarize_trace", "error_row", "to_table",
-           "write_fleet", "read_fleet", "FLEET_META_KEY"]
+__all__ = [
+    "COMPONENTS",
+    "COLUMNS",
+    "SCHEMA",
+    "TOP_LOCKS",
+    "summarize_trace",
+    "error_row",
+    "to_table",
+    "write_fleet",
+    "read_fleet",
+    "FLEET_META_KEY",
+]
 
 #: The breakdown's components in the order reports stack them, then the
 #: BQL's part of lock_wait and the whole exit.
-COMPONENTS: Final[tuple[str, ...]] = ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait",
-                                      "bql_wait", "total")
+COMPONENTS: Final[tuple[str, ...]] = (
+    "guest",
+    "vmexit",
+    "emulator",
+    "dispatch",
+    "device",
+    "lock_wait",
+    "bql_wait",
+    "total",
+)
 #: Lock words kept per trace, most wait time first.
 TOP_LOCKS: Final = 3
 FLEET_META_KEY: Final = b"vmtrace_fleet"
 
-_LOCK = pa.struct([("addr", pa.string()), ("name", pa.string()), ("waits", pa.int64()),
-                   ("wait_ns", pa.int64()), ("wait_share", pa.float64())])
+_LOCK = pa.struct(
+    [
+        ("addr", pa.string()),
+        ("name", pa.string()),
+        ("waits", pa.int64()),
+        ("wait_ns", pa.int64()),
+        ("wait_share", pa.float64()),
+    ]
+)
 
 #: Column -> (Arrow type, meaning).  Cycles are TSC cycles of the trace's
 #: host (``tsc_hz``); ``*_p50``/``*_p99`` are per-exit percentiles.
@@ -79,8 +104,11 @@ COLUMNS: Final[dict[str, tuple[pa.DataType, str]]] = {
     "top_access_share": (pa.float64(), "its share of all exits"),
     "lost_events": (pa.int64(), "events the collector lost"),
     "excluded_lost": (pa.int64(), "exits left out because they span lost events"),
-    **{f"{c}_{stat}": (pa.float64(), f"{c}: {label} cycles per exit")
-       for c in COMPONENTS for stat, label in (("mean", "mean"), ("p50", "median"), ("p99", "99th percentile"))},
+    **{
+        f"{c}_{stat}": (pa.float64(), f"{c}: {label} cycles per exit")
+        for c in COMPONENTS
+        for stat, label in (("mean", "mean"), ("p50", "median"), ("p99", "99th percentile"))
+    },
     "bql_share": (pa.float64(), "bql_wait_mean / total_mean: the share of an exit spent waiting for the BQL"),
     "lock_share": (pa.float64(), "lock_wait_mean / total_mean"),
     "bql_wait_s": (pa.float64(), "BQL wait summed over the exits, seconds"),
@@ -88,11 +116,12 @@ COLUMNS: Final[dict[str, tuple[pa.DataType, str]]] = {
     "futex_wait_share": (pa.float64(), "share of the target's thread time inside futex waits"),
     "top_lock": (pa.string(), "the futex word waited on longest: its name, else its address"),
     "top_lock_wait_share": (pa.float64(), "its wait time over the target's thread time"),
-    "top_locks": (pa.list_(_LOCK), f"the {TOP_LOCKS} words waited on longest: addr, name, waits, wait_ns, "
-                                   "wait_share"),
+    "top_locks": (pa.list_(_LOCK), f"the {TOP_LOCKS} words waited on longest: addr, name, waits, wait_ns, wait_share"),
     "notes": (pa.list_(pa.string()), "what the analyses said about this trace"),
-    **{f"hist_{c}": (pa.list_(pa.int64()), f"{c}: exits per bucket ({hist.N_BUCKETS} fixed buckets)")
-       for c in COMPONENTS},
+    **{
+        f"hist_{c}": (pa.list_(pa.int64()), f"{c}: exits per bucket ({hist.N_BUCKETS} fixed buckets)")
+        for c in COMPONENTS
+    },
 }
 SCHEMA: Final = pa.schema([(name, typ) for name, (typ, _) in COLUMNS.items()])
 
@@ -178,8 +207,9 @@ def _summarize(source: str, tid: str, trace: Any, all_exits: bool) -> dict[str, 
     return row
 
 
-def _optional(name: str, part: Callable[[Any], tuple[dict[str, Any], list[str]]],
-              trace: Any) -> tuple[dict[str, Any], list[str]]:
+def _optional(
+    name: str, part: Callable[[Any], tuple[dict[str, Any], list[str]]], trace: Any
+) -> tuple[dict[str, Any], list[str]]:
     """An analysis whose absence leaves its columns null: a trace without
     futex events still has a breakdown."""
     try:
@@ -211,10 +241,16 @@ def _lock_part(trace: Any) -> tuple[dict[str, Any], list[str]]:
     lk = lock_report(trace)
     words = lk.words.head(TOP_LOCKS)
     top = [
-        {"addr": hex(int(addr)), "name": None if pd.isna(name) else str(name), "waits": int(waits),
-         "wait_ns": int(wait_ns), "wait_share": float(share)}
-        for addr, name, waits, wait_ns, share in zip(words["addr"], words["name"], words["waits"], words["wait_ns"],
-                                                     words["wait_share"], strict=True)
+        {
+            "addr": hex(int(addr)),
+            "name": None if pd.isna(name) else str(name),
+            "waits": int(waits),
+            "wait_ns": int(wait_ns),
+            "wait_share": float(share),
+        }
+        for addr, name, waits, wait_ns, share in zip(
+            words["addr"], words["name"], words["waits"], words["wait_ns"], words["wait_share"], strict=True
+        )
     ]
     out: dict[str, Any] = {"top_locks": top, "futex_wait_share": float(lk.totals.get("futex_wait_share") or 0.0)}
     if top:
@@ -269,9 +305,11 @@ def _interpreter(interp: Any) -> dict[str, Any]:
         version = interp.get("version")
         ft = interp.get("free_threaded")
         label = f"{version}{'t' if ft else ''}" if version else interp.get("path")
-        return {"interpreter": None if label is None else str(label),
-                "free_threaded": None if ft is None else bool(ft),
-                "gil_enabled": None if interp.get("gil_enabled") is None else bool(interp["gil_enabled"])}
+        return {
+            "interpreter": None if label is None else str(label),
+            "free_threaded": None if ft is None else bool(ft),
+            "gil_enabled": None if interp.get("gil_enabled") is None else bool(interp["gil_enabled"]),
+        }
     return {"interpreter": None if interp is None else str(interp), "free_threaded": None, "gil_enabled": None}
 
 
@@ -293,10 +331,13 @@ def write_fleet(rows: list[dict[str, Any]], path: str) -> str:
     from vmtrace import __version__
 
     table = to_table(rows)
-    meta = {"vmtrace_version": __version__, "buckets": hist.N_BUCKETS, "per_octave": hist.PER_OCTAVE,
-            "edges": [float(e) for e in hist.EDGES],
-            "bucket_rule": "bucket 0 is [0, edges[0]); bucket i is [edges[i-1], edges[i]); the last is "
-                           "[edges[-1], inf)"}
+    meta = {
+        "vmtrace_version": __version__,
+        "buckets": hist.N_BUCKETS,
+        "per_octave": hist.PER_OCTAVE,
+        "edges": [float(e) for e in hist.EDGES],
+        "bucket_rule": "bucket 0 is [0, edges[0]); bucket i is [edges[i-1], edges[i]); the last is [edges[-1], inf)",
+    }
     table = table.replace_schema_metadata({FLEET_META_KEY: json.dumps(meta).encode()})
     tmp = f"{path}.tmp-{os.getpid()}"
     try:

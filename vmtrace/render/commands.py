@@ -19,15 +19,19 @@ def render_bench(result: Any, console: Console) -> None:
         render_blk(result, console)
         return
     vmm = f"{result.vmm} {result.qemu_version}" if getattr(result, "qemu_version", None) else result.vmm
-    t = Table(title=f"{result.bench} on {vmm}" + (f" (locking {result.locking})" if result.locking else ""),
-              title_justify="left")
+    t = Table(
+        title=f"{result.bench} on {vmm}" + (f" (locking {result.locking})" if result.locking else ""),
+        title_justify="left",
+    )
     t.add_column("vCPU", justify="right")
     t.add_column("cycles/op", justify="right")
     for i, c in enumerate(result.per_vcpu):
         t.add_row(str(i), f"{c:,.0f}")
     t.add_row("[bold]mean[/]", f"[bold]{result.cycles_per_op:,.0f}[/]")
     console.print(t)
-    console.print(f"{result.iterations:,} iterations per vCPU, TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
+    console.print(
+        f"{result.iterations:,} iterations per vCPU, TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall"
+    )
     if result.trace:
         console.print(f"trace: {result.trace}  (vmtrace report {result.trace} --bql-breakdown)")
 
@@ -42,8 +46,13 @@ def render_blk(result: Any, console: Console) -> None:
         for col in ("kind", "answered", "status", "used len", "then ok"):
             t.add_column(col)
         for m in result.malformed:
-            t.add_row(m.get("kind", "?"), m.get("answered", "?"), m.get("status", "?"), m.get("used_len", "?"),
-                      m.get("then_ok", "?"))
+            t.add_row(
+                m.get("kind", "?"),
+                m.get("answered", "?"),
+                m.get("status", "?"),
+                m.get("used_len", "?"),
+                m.get("then_ok", "?"),
+            )
         console.print(t)
     else:
         t = Table()
@@ -54,8 +63,10 @@ def render_blk(result: Any, console: Console) -> None:
             t.add_row(str(i), f"{c:,.0f}", f"{iops:,.0f}")
         t.add_row("[bold]all[/]", f"[bold]{result.cycles_per_request:,.0f}[/]", f"[bold]{result.iops:,.0f}[/]")
         console.print(t)
-        console.print(f"{result.iterations:,} requests per vCPU, {result.errors} errors, "
-                      f"TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall")
+        console.print(
+            f"{result.iterations:,} requests per vCPU, {result.errors} errors, "
+            f"TSC {result.tsc_hz / 1e9:.3f} GHz, {result.wall_s:.1f}s wall"
+        )
     for c in result.checksums:
         console.print(f"checksum {c.get('region')}: sector {c.get('sector')}, {c.get('blocks')} blocks, {c.get('fnv')}")
     for name, value in result.checks.items():

@@ -130,20 +130,33 @@ def breakdown_figure(b: Breakdown) -> go.Figure:
         y = [v[c] for v in values]
         if c == "guest" and not any(y):
             continue
-        fig.add_bar(x=x, y=y, name=labels[c], marker_color=COMPONENT_COLORS[c],
-                    hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + labels[c] + "</extra>")
+        fig.add_bar(
+            x=x,
+            y=y,
+            name=labels[c],
+            marker_color=COMPONENT_COLORS[c],
+            hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + labels[c] + "</extra>",
+        )
     bench = b.meta.get("bench") or {}
     per_vcpu = bench.get("per_vcpu") or []
     if b.guest_cycles_per_op:
         gx = ["all vCPUs"] + [f"vCPU {i}" for i in range(len(per_vcpu)) if f"vCPU {i}" in x]
         gy = [b.guest_cycles_per_op] + [float(per_vcpu[i]) for i in range(len(per_vcpu)) if f"vCPU {i}" in x]
-        fig.add_scatter(x=gx, y=gy, mode="markers", name="guest-measured cycles/op",
-                        marker={"symbol": "diamond", "size": 11, "color": "black"},
-                        hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>")
+        fig.add_scatter(
+            x=gx,
+            y=gy,
+            mode="markers",
+            name="guest-measured cycles/op",
+            marker={"symbol": "diamond", "size": 11, "color": "black"},
+            hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>",
+        )
     fig.update_layout(
-        template=TEMPLATE, barmode="stack", height=420,
+        template=TEMPLATE,
+        barmode="stack",
+        height=420,
         title={"text": "Mean cycles per userspace exit, by component", "x": 0, "y": 0.98, "yanchor": "top"},
-        yaxis_title="cycles per exit", margin={"t": 90},
+        yaxis_title="cycles per exit",
+        margin={"t": 90},
     )
     return fig
 
@@ -170,14 +183,20 @@ def cost_histogram(exits: pd.DataFrame, tsc_hz: int, bins: int = 80) -> go.Figur
             counts, _ = np.histogram(t, bins=edges)
             share = counts / max(len(t), 1) * 100
             fig.add_scatter(
-                x=edges, y=np.append(share, share[-1]), mode="lines", line_shape="hv",
+                x=edges,
+                y=np.append(share, share[-1]),
+                mode="lines",
+                line_shape="hv",
                 name=f"vCPU {vcpu} ({len(t):,} exits)",
                 hovertemplate="≥ %{x:,.0f} cycles: %{y:.2f}% of exits<extra></extra>",
             )
     fig.update_layout(
-        template=TEMPLATE, height=360, xaxis_type="log",
+        template=TEMPLATE,
+        height=360,
+        xaxis_type="log",
         title={"text": title, "x": 0, "y": 0.98, "yanchor": "top"},
-        xaxis_title="cycles per exit (run_enter to the next run_enter)", yaxis_title="% of the vCPU's exits",
+        xaxis_title="cycles per exit (run_enter to the next run_enter)",
+        yaxis_title="% of the vCPU's exits",
         margin={"t": 80},
     )
     return fig
@@ -208,11 +227,16 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
     df = df.sort_values([vcpus_col, "_c"], kind="stable")
     # Two-level category axis: vCPU count outside, configuration inside, so
     # each bar is labelled and the configurations stand side by side.
-    x = [[f"{int(v)} vCPU{'s' if int(v) != 1 else ''}" for v in df[vcpus_col]],
-         [_with_python(str(r[config_col]), r) for r in df.to_dict(orient="records")]]
+    x = [
+        [f"{int(v)} vCPU{'s' if int(v) != 1 else ''}" for v in df[vcpus_col]],
+        [_with_python(str(r[config_col]), r) for r in df.to_dict(orient="records")],
+    ]
     split_bql = "bql_wait" in df and df["bql_wait"].notna().any()
-    parts = ["guest", "vmexit", "emulator", "dispatch", "device"] + (
-        ["bql_wait", "other_lock_wait"] if split_bql else ["lock_wait"]) + (["runnable"] if "runnable" in df else [])
+    parts = (
+        ["guest", "vmexit", "emulator", "dispatch", "device"]
+        + (["bql_wait", "other_lock_wait"] if split_bql else ["lock_wait"])
+        + (["runnable"] if "runnable" in df else [])
+    )
     values = pd.DataFrame(index=df.index)
     for c in ("guest", "vmexit", "emulator", "dispatch", "device", "lock_wait", "runnable"):
         values[c] = pd.to_numeric(df[c], errors="coerce").fillna(0.0) if c in df else 0.0
@@ -223,8 +247,13 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
     for c in parts:
         if c == "guest" and not values[c].any():
             continue
-        fig.add_bar(x=x, y=values[c].to_numpy(), name=COMPONENT_LABELS[c], marker_color=COMPONENT_COLORS[c],
-                    hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>")
+        fig.add_bar(
+            x=x,
+            y=values[c].to_numpy(),
+            name=COMPONENT_LABELS[c],
+            marker_color=COMPONENT_COLORS[c],
+            hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>",
+        )
     total = values[list(parts)].sum(axis=1).to_numpy()
     guest = pd.to_numeric(df.get("guest_cycles_per_op", pd.Series(np.nan, index=df.index)), errors="coerce")
     has_g = guest.notna().to_numpy()
@@ -235,11 +264,20 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
             lo = pd.to_numeric(df["guest_min"], errors="coerce").to_numpy(dtype=np.float64)[has_g]
             hi = pd.to_numeric(df["guest_max"], errors="coerce").to_numpy(dtype=np.float64)[has_g]
             if np.nan_to_num(hi - lo).any():
-                error_y = {"type": "data", "symmetric": False, "array": np.nan_to_num(hi - g),
-                           "arrayminus": np.nan_to_num(g - lo), "color": "black", "thickness": 1.5, "width": 6}
+                error_y = {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": np.nan_to_num(hi - g),
+                    "arrayminus": np.nan_to_num(g - lo),
+                    "color": "black",
+                    "thickness": 1.5,
+                    "width": 6,
+                }
         fig.add_scatter(
-            x=[list(np.asarray(x[0])[has_g]), list(np.asarray(x[1])[has_g])], y=g,
-            mode="markers", name="guest-measured cycles/op" + (" (median, range of runs)" if error_y else ""),
+            x=[list(np.asarray(x[0])[has_g]), list(np.asarray(x[1])[has_g])],
+            y=g,
+            mode="markers",
+            name="guest-measured cycles/op" + (" (median, range of runs)" if error_y else ""),
             marker={"symbol": "line-ew-open", "size": 28, "color": "black", "line": {"width": 3, "color": "black"}},
             error_y=error_y,
             hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>",
@@ -249,19 +287,30 @@ def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: s
     if has_e.any():
         top = np.fmax(total, np.nan_to_num(guest.to_numpy(dtype=np.float64), nan=0.0))
         if "guest_max" in df:  # above the range bar too
-            top = np.fmax(top, np.nan_to_num(pd.to_numeric(df["guest_max"], errors="coerce")
-                                             .to_numpy(dtype=np.float64), nan=0.0))
+            top = np.fmax(
+                top, np.nan_to_num(pd.to_numeric(df["guest_max"], errors="coerce").to_numpy(dtype=np.float64), nan=0.0)
+            )
         fig.add_scatter(
-            x=[list(np.asarray(x[0])[has_e]), list(np.asarray(x[1])[has_e])], y=top[has_e] * 1.02,
-            mode="text", text=[f"×{e:.2f}" for e in effect[has_e]], textposition="top center",
+            x=[list(np.asarray(x[0])[has_e]), list(np.asarray(x[1])[has_e])],
+            y=top[has_e] * 1.02,
+            mode="text",
+            text=[f"×{e:.2f}" for e in effect[has_e]],
+            textposition="top center",
             name="observer effect (traced / untraced)",
             hovertemplate="%{x}: tracing made the guest's operation %{text} as slow<extra></extra>",
         )
     fig.update_layout(
-        template=TEMPLATE, barmode="stack", height=480,
-        title={"text": "Cycles per exit by component, by vCPU count and configuration", "x": 0, "y": 0.98,
-               "yanchor": "top"},
-        yaxis_title="cycles per exit (mean)", margin={"t": 100},
+        template=TEMPLATE,
+        barmode="stack",
+        height=480,
+        title={
+            "text": "Cycles per exit by component, by vCPU count and configuration",
+            "x": 0,
+            "y": 0.98,
+            "yanchor": "top",
+        },
+        yaxis_title="cycles per exit (mean)",
+        margin={"t": 100},
     )
     return fig
 
@@ -288,32 +337,52 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
     """
     labels = [c for c in table.columns if not str(c).endswith((" Δ", " Δ%"))]
     fig = go.Figure()
-    values = {lab: _stack_values({str(k): table.at[k, lab] if k in table.index else 0.0 for k in table.index})
-              for lab in labels}
+    values = {
+        lab: _stack_values({str(k): table.at[k, lab] if k in table.index else 0.0 for k in table.index})
+        for lab in labels
+    }
     for c in _STACK:
         y = [values[lab][c] for lab in labels]
         if c == "guest" and not any(y):
             continue
-        fig.add_bar(x=labels, y=y, name=COMPONENT_LABELS[c], marker_color=COMPONENT_COLORS[c],
-                    hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>")
+        fig.add_bar(
+            x=labels,
+            y=y,
+            name=COMPONENT_LABELS[c],
+            marker_color=COMPONENT_COLORS[c],
+            hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>",
+        )
     if "guest_cycles_per_op" in table.index:
         measured = table.loc["guest_cycles_per_op", labels]
         assert isinstance(measured, pd.Series)  # the index names each component once
         g = pd.to_numeric(measured, errors="coerce")
         if g.notna().any():
-            fig.add_scatter(x=list(g[g.notna()].index), y=g[g.notna()].to_numpy(dtype=np.float64), mode="markers",
-                            name="guest-measured cycles/op",
-                            marker={"symbol": "line-ew-open", "size": 40, "color": "black", "line": {"width": 3, "color": "black"}},
-                            hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>")
+            fig.add_scatter(
+                x=list(g[g.notna()].index),
+                y=g[g.notna()].to_numpy(dtype=np.float64),
+                mode="markers",
+                name="guest-measured cycles/op",
+                marker={"symbol": "line-ew-open", "size": 40, "color": "black", "line": {"width": 3, "color": "black"}},
+                hovertemplate="%{x}: guest measured %{y:,.0f} cycles/op<extra></extra>",
+            )
     totals = [sum(values[lab].values()) for lab in labels]
     if len(labels) > 1 and totals[0]:
-        fig.add_scatter(x=labels[1:], y=[t * 1.02 for t in totals[1:]], mode="text",
-                        text=[f"{100 * (t - totals[0]) / totals[0]:+.0f}%" for t in totals[1:]],
-                        textposition="top center", name=f"total vs {labels[0]}", hoverinfo="skip")
+        fig.add_scatter(
+            x=labels[1:],
+            y=[t * 1.02 for t in totals[1:]],
+            mode="text",
+            text=[f"{100 * (t - totals[0]) / totals[0]:+.0f}%" for t in totals[1:]],
+            textposition="top center",
+            name=f"total vs {labels[0]}",
+            hoverinfo="skip",
+        )
     fig.update_layout(
-        template=TEMPLATE, barmode="stack", height=460,
+        template=TEMPLATE,
+        barmode="stack",
+        height=460,
         title={"text": "Mean cycles per exit by component, per trace", "x": 0, "y": 0.98, "yanchor": "top"},
-        yaxis_title="cycles per exit", margin={"t": 100},
+        yaxis_title="cycles per exit",
+        margin={"t": 100},
     )
     return fig
 
@@ -369,8 +438,13 @@ def timeline_overview(spans: pd.DataFrame, trace_threads: pd.DataFrame, t0_ns: i
     width = np.maximum(b_e - b_s, 1)
     x_ms = (b_s - t0_ns) / 1e6
     disp = display_state(spans)
-    fig = make_subplots(rows=len(tids), cols=1, shared_xaxes=True, vertical_spacing=min(0.05, 0.4 / len(tids)),
-                        subplot_titles=[labels[t] for t in tids])
+    fig = make_subplots(
+        rows=len(tids),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=min(0.05, 0.4 / len(tids)),
+        subplot_titles=[labels[t] for t in tids],
+    )
     shown: set[str] = set()
     for row, tid in enumerate(tids, start=1):
         mine = (spans["tid"] == tid).to_numpy()
@@ -380,20 +454,29 @@ def timeline_overview(spans: pd.DataFrame, trace_threads: pd.DataFrame, t0_ns: i
                 continue
             occ = overlap_sum(b_s, b_e, spans["start_ns"].to_numpy()[sel], spans["end_ns"].to_numpy()[sel])
             fig.add_scatter(
-                x=x_ms, y=np.round(occ / width * 100, 2).astype(np.float32), mode="lines", line_shape="hv",
-                line={"width": 0}, fillcolor=STATE_COLORS[state], stackgroup=f"t{tid}",
-                name=STATE_LABELS[state], legendgroup=state, showlegend=state not in shown,
+                x=x_ms,
+                y=np.round(occ / width * 100, 2).astype(np.float32),
+                mode="lines",
+                line_shape="hv",
+                line={"width": 0},
+                fillcolor=STATE_COLORS[state],
+                stackgroup=f"t{tid}",
+                name=STATE_LABELS[state],
+                legendgroup=state,
+                showlegend=state not in shown,
                 hovertemplate="%{x:.1f} ms: %{y:.0f}%<extra>" + STATE_LABELS[state] + "</extra>",
-                row=row, col=1,
+                row=row,
+                col=1,
             )
             shown.add(state)
         fig.update_yaxes(range=[0, 100], showticklabels=False, row=row, col=1)
     fig.update_annotations(font_size=11, x=0, xanchor="left")
     fig.update_xaxes(title_text="ms since recording started", row=len(tids), col=1)
     fig.update_layout(
-        template=TEMPLATE, height=140 + 95 * len(tids), hovermode="x",
-        title={"text": f"Share of each state per thread, over {bins} time bins", "x": 0, "y": 0.995,
-               "yanchor": "top"},
+        template=TEMPLATE,
+        height=140 + 95 * len(tids),
+        hovermode="x",
+        title={"text": f"Share of each state per thread, over {bins} time bins", "x": 0, "y": 0.995, "yanchor": "top"},
         margin={"t": 110},
     )
     return fig
@@ -429,17 +512,24 @@ def timeline_detail(spans: pd.DataFrame, trace_threads: pd.DataFrame, window: tu
     if "holder" in sel:
         # A BQL wait says who held the lock meanwhile, doing what.
         holder = sel["holder"].astype(str).to_numpy()
-        detail = np.where(holder != "", np.char.add(np.char.add(detail.astype(str), "; held by "),
-                                                    holder.astype(str)), detail)
+        detail = np.where(
+            holder != "", np.char.add(np.char.add(detail.astype(str), "; held by "), holder.astype(str)), detail
+        )
     fig = go.Figure()
     for state in _DISPLAY_ORDER:
         m = disp == state
         if not m.any():
             continue
         fig.add_bar(
-            y=rows[m], x=((end[m] - start[m]) / 1e3).astype(np.float32), base=np.round((start[m] - w0) / 1e3, 3),
-            orientation="h", width=0.8, marker={"color": STATE_COLORS[state], "line": {"width": 0}},
-            name=STATE_LABELS[state], text=detail[m], textposition="none",
+            y=rows[m],
+            x=((end[m] - start[m]) / 1e3).astype(np.float32),
+            base=np.round((start[m] - w0) / 1e3, 3),
+            orientation="h",
+            width=0.8,
+            marker={"color": STATE_COLORS[state], "line": {"width": 0}},
+            name=STATE_LABELS[state],
+            text=detail[m],
+            textposition="none",
             hovertemplate="%{x:.2f} µs  %{text}<extra>" + STATE_LABELS[state] + "</extra>",
         )
     # Open zoomed on the window's first ~300 spans, where single exits
@@ -447,10 +537,18 @@ def timeline_detail(spans: pd.DataFrame, trace_threads: pd.DataFrame, window: tu
     first = np.sort(start)
     view_end = (first[min(300, len(first) - 1)] - w0) / 1e3 if len(first) else (w1 - w0) / 1e3
     fig.update_layout(
-        template=TEMPLATE, barmode="overlay", bargap=0.1, height=140 + 36 * max(len(tids), 1),
-        title={"text": f"Every span in a {(w1 - w0) / 1e6:.2f} ms window (double-click to see all of it)",
-               "x": 0, "y": 0.98, "yanchor": "top"},
-        xaxis={"title": "µs since the window's start", "range": [0, max(view_end, 1.0)]}, margin={"t": 110},
+        template=TEMPLATE,
+        barmode="overlay",
+        bargap=0.1,
+        height=140 + 36 * max(len(tids), 1),
+        title={
+            "text": f"Every span in a {(w1 - w0) / 1e6:.2f} ms window (double-click to see all of it)",
+            "x": 0,
+            "y": 0.98,
+            "yanchor": "top",
+        },
+        xaxis={"title": "µs since the window's start", "range": [0, max(view_end, 1.0)]},
+        margin={"t": 110},
         yaxis={"tickvals": list(range(len(tids))), "ticktext": [labels[t] for t in tids], "autorange": "reversed"},
     )
     return fig
@@ -493,20 +591,45 @@ def request_phases_figure(phases: pd.DataFrame, stat: str = "mean_ns") -> go.Fig
         v = [float(phases.loc[(phases["role"] == r) & (phases["phase"] == p), stat].sum()) / 1e3 for r in roles]
         if not any(v):
             continue
-        fig.add_bar(y=labels, x=v, name=PHASE_LABELS[p], orientation="h", marker_color=PHASE_COLORS[p],
-                    hovertemplate="%{y}: %{x:.1f} µs<extra>" + PHASE_LABELS[p] + "</extra>")
+        fig.add_bar(
+            y=labels,
+            x=v,
+            name=PHASE_LABELS[p],
+            orientation="h",
+            marker_color=PHASE_COLORS[p],
+            hovertemplate="%{y}: %{x:.1f} µs<extra>" + PHASE_LABELS[p] + "</extra>",
+        )
     tot = phases[phases["phase"] == "total"].set_index("role")
-    text = [f"p50 {tot.loc[r, 'p50_ns'] / 1e3:,.0f} µs, p99 {tot.loc[r, 'p99_ns'] / 1e3:,.0f} µs" if r in tot.index
-            else "" for r in roles]
-    fig.add_scatter(y=labels, x=[float(tot.loc[r, "mean_ns"]) / 1e3 if r in tot.index else 0 for r in roles],
-                    mode="text", text=text, textposition="middle right", showlegend=False, hoverinfo="skip")
+    text = [
+        f"p50 {tot.loc[r, 'p50_ns'] / 1e3:,.0f} µs, p99 {tot.loc[r, 'p99_ns'] / 1e3:,.0f} µs" if r in tot.index else ""
+        for r in roles
+    ]
+    fig.add_scatter(
+        y=labels,
+        x=[float(tot.loc[r, "mean_ns"]) / 1e3 if r in tot.index else 0 for r in roles],
+        mode="text",
+        text=text,
+        textposition="middle right",
+        showlegend=False,
+        hoverinfo="skip",
+    )
     widest = max([float(tot.loc[r, "mean_ns"]) / 1e3 for r in roles if r in tot.index] or [1.0])
-    fig.update_layout(template=TEMPLATE, barmode="stack", height=200 + 60 * len(roles),
-                      title={"text": "Mean request by phase, per role of the thread that serviced the queue",
-                             "x": 0, "y": 0.97, "yanchor": "top"}, legend={"traceorder": "normal"},
-                      # Room on the right for the percentiles written after each bar.
-                      xaxis={"title": "µs from the kick to completion", "range": [0, widest * 1.45]},
-                      yaxis_autorange="reversed", margin={"t": 110})
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="stack",
+        height=200 + 60 * len(roles),
+        title={
+            "text": "Mean request by phase, per role of the thread that serviced the queue",
+            "x": 0,
+            "y": 0.97,
+            "yanchor": "top",
+        },
+        legend={"traceorder": "normal"},
+        # Room on the right for the percentiles written after each bar.
+        xaxis={"title": "µs from the kick to completion", "range": [0, widest * 1.45]},
+        yaxis_autorange="reversed",
+        margin={"t": 110},
+    )
     return fig
 
 
@@ -530,13 +653,24 @@ def request_timeline_figure(spans: pd.DataFrame, requests: pd.DataFrame) -> go.F
         if not m.any():
             continue
         sub = spans[m]
-        fig.add_bar(y=sub["req"].map(row_of).to_numpy(), x=((sub["end_ns"] - sub["start_ns"]) / 1e3).to_numpy(),
-                    base=((sub["start_ns"] - t0) / 1e3).round(3).to_numpy(), orientation="h", width=0.8,
-                    marker={"color": PHASE_COLORS[p], "line": {"width": 0}}, name=PHASE_LABELS[p],
-                    hovertemplate="%{x:.1f} µs<extra>" + PHASE_LABELS[p] + "</extra>")
-    fig.update_layout(template=TEMPLATE, barmode="overlay", bargap=0.1, height=160 + 18 * len(reqs),
-                      title={"text": f"{len(reqs)} consecutive requests, phase by phase", "x": 0, "y": 0.99,
-                             "yanchor": "top"},
-                      xaxis_title="µs since the first kick shown", margin={"t": 110},
-                      yaxis={"tickvals": list(range(len(reqs))), "ticktext": ticks, "autorange": "reversed"})
+        fig.add_bar(
+            y=sub["req"].map(row_of).to_numpy(),
+            x=((sub["end_ns"] - sub["start_ns"]) / 1e3).to_numpy(),
+            base=((sub["start_ns"] - t0) / 1e3).round(3).to_numpy(),
+            orientation="h",
+            width=0.8,
+            marker={"color": PHASE_COLORS[p], "line": {"width": 0}},
+            name=PHASE_LABELS[p],
+            hovertemplate="%{x:.1f} µs<extra>" + PHASE_LABELS[p] + "</extra>",
+        )
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="overlay",
+        bargap=0.1,
+        height=160 + 18 * len(reqs),
+        title={"text": f"{len(reqs)} consecutive requests, phase by phase", "x": 0, "y": 0.99, "yanchor": "top"},
+        xaxis_title="µs since the first kick shown",
+        margin={"t": 110},
+        yaxis={"tickvals": list(range(len(reqs))), "ticktext": ticks, "autorange": "reversed"},
+    )
     return fig

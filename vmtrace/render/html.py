@@ -15,9 +15,10 @@ escaped; only fragments vmtrace builds itself go in as HTML.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -30,12 +31,10 @@ from vmtrace.analyses.breakdown import Breakdown
 from vmtrace.analyses.jsonform import hex_or_none
 from vmtrace.analyses.requests import PHASES, request_timeline
 from vmtrace.analyses.timeline import display_state
-from vmtrace.errors import VmtraceError
 from vmtrace.outputs import open_output
 from vmtrace.report import VIEWS, Report
 from vmtrace.trace import Trace
 
-from .labels import run_label
 from .figures import (
     COMPONENT_COLORS,
     TEMPLATE,
@@ -49,9 +48,22 @@ from .figures import (
     timeline_detail,
     timeline_overview,
 )
+from .labels import run_label
 
-__all__ = ["Section", "Html", "PageLimits", "write_html", "page_html", "write_html_report", "write_report_html",
-           "report_sections", "write_sweep_html", "write_compare_html", "sweep_figure", "compare_figure"]
+__all__ = [
+    "Section",
+    "Html",
+    "PageLimits",
+    "write_html",
+    "page_html",
+    "write_html_report",
+    "write_report_html",
+    "report_sections",
+    "write_sweep_html",
+    "write_compare_html",
+    "sweep_figure",
+    "compare_figure",
+]
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,15 @@ def _fmt(v: Any) -> str:
 
 def _render_item(item: Any, n: int) -> str:
     if isinstance(item, go.Figure):
-        div = pio.to_html(item, full_html=False, include_plotlyjs=False, config=_FIG_CONFIG,
-                          div_id=f"vmtrace-fig-{n}", default_width="100%", validate=False)
+        div = pio.to_html(
+            item,
+            full_html=False,
+            include_plotlyjs=False,
+            config=_FIG_CONFIG,
+            div_id=f"vmtrace-fig-{n}",
+            default_width="100%",
+            validate=False,
+        )
         return f'<div class="fig">{div}</div>'
     if isinstance(item, pd.DataFrame):
         return _table(item)
@@ -138,13 +157,20 @@ def _as_section(s: SectionLike) -> Section:
         return s
     if isinstance(s, tuple):
         title, items = s[0], s[1]
-        return Section(str(title), list(items) if isinstance(items, (list, tuple)) else [items],
-                       intro=str(s[2]) if len(s) > 2 else "")
+        return Section(
+            str(title),
+            list(items) if isinstance(items, (list, tuple)) else [items],
+            intro=str(s[2]) if len(s) > 2 else "",
+        )
     return Section(title="", items=[s])
 
 
-def page_html(sections: Sequence[SectionLike], title: str = "vmtrace", header: Html | str = "",
-              tables: Sequence[tuple[str, pd.DataFrame]] = ()) -> str:
+def page_html(
+    sections: Sequence[SectionLike],
+    title: str = "vmtrace",
+    header: Html | str = "",
+    tables: Sequence[tuple[str, pd.DataFrame]] = (),
+) -> str:
     """The whole page as one string (see ``write_html``)."""
     secs = [_as_section(s) for s in sections] + [Section(t, [df]) for t, df in tables]
     nav = " ".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in secs if s.title)
@@ -160,18 +186,23 @@ def page_html(sections: Sequence[SectionLike], title: str = "vmtrace", header: H
     head = header.markup if isinstance(header, Html) else (f"<p>{html.escape(header)}</p>" if header else "")
     # plotly.js goes in once, inline: the page must open with no network.
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"generator\" content=\"vmtrace {__version__}\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="generator" content="vmtrace {__version__}">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
         f"<h1>{html.escape(title)}</h1>{head}<nav>{nav}</nav>{''.join(parts)}"
-        f"<p class=\"note\">Written by vmtrace {__version__}. Self-contained: opens offline, fetches nothing.</p>"
+        f'<p class="note">Written by vmtrace {__version__}. Self-contained: opens offline, fetches nothing.</p>'
         "</body></html>\n"
     )
 
 
-def write_html(sections: Sequence[SectionLike], path: Path | str, title: str = "vmtrace",
-               header: Html | str = "", tables: Sequence[tuple[str, pd.DataFrame]] = ()) -> Path:
+def write_html(
+    sections: Sequence[SectionLike],
+    path: Path | str,
+    title: str = "vmtrace",
+    header: Html | str = "",
+    tables: Sequence[tuple[str, pd.DataFrame]] = (),
+) -> Path:
     """Write one self-contained HTML page at ``path``; returns the path.
 
     ``sections`` are ``Section``s, bare figures, or tuples ``(title, item)``
@@ -200,12 +231,17 @@ def _header(trace: Trace, b: Breakdown) -> Html:
     dur = ((meta.get("end_ns") or 0) - (meta.get("start_ns") or 0)) / 1e9
     lost = b.lost_events
     per_cpu = ", ".join(f"cpu{k}: {v:,}" for k, v in sorted(b.lost_per_cpu.items()))
-    lost_html = (f'<span class="warn">{lost:,} events lost ({html.escape(per_cpu)})</span>' if lost
-                 else '<span class="ok">no events lost</span>')
+    lost_html = (
+        f'<span class="warn">{lost:,} events lost ({html.escape(per_cpu)})</span>'
+        if lost
+        else '<span class="ok">no events lost</span>'
+    )
     bql = b.bql
-    bql_html = (f"BQL: futex word {html.escape(str(hex_or_none(bql.get('futex_uaddr'))))} ({html.escape(str(bql.get('method')))})"
-                if bql.get("identified") else
-                f'<span class="warn">BQL not identified</span> ({html.escape(str(bql.get("method", "no method")))})')
+    bql_html = (
+        f"BQL: futex word {html.escape(str(hex_or_none(bql.get('futex_uaddr'))))} ({html.escape(str(bql.get('method')))})"
+        if bql.get("identified")
+        else f'<span class="warn">BQL not identified</span> ({html.escape(str(bql.get("method", "no method")))})'
+    )
     ran = run_label(meta)
     lines = [
         f"{html.escape(vmm)}{' &middot; ' + html.escape(ran) if ran else ''} &middot; backend {html.escape(str(meta.get('backend')))} &middot; mode "
@@ -233,19 +269,39 @@ def _percentiles(b: Breakdown) -> pd.DataFrame:
     for c in (*shown, "vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "runnable", "total"):
         mean = b.components.get(c, 0.0)
         p = b.percentiles.get(c, {})
-        rows.append({
-            "component (cycles per exit)": {"bql_wait": "  of which BQL",
-                                            "runnable": "runnable (waiting for a CPU)"}.get(c, labels.get(c, c)),
-            "mean": mean,
-            "share": f"{100 * mean / total:.1f}%" if total else "-",
-            "p50": p.get("p50"), "p90": p.get("p90"), "p99": p.get("p99"),
-        })
+        rows.append(
+            {
+                "component (cycles per exit)": {
+                    "bql_wait": "  of which BQL",
+                    "runnable": "runnable (waiting for a CPU)",
+                }.get(c, labels.get(c, c)),
+                "mean": mean,
+                "share": f"{100 * mean / total:.1f}%" if total else "-",
+                "p50": p.get("p50"),
+                "p90": p.get("p90"),
+                "p99": p.get("p99"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _by_kind(b: Breakdown, limit: int = 15, by_time: bool = False) -> pd.DataFrame:
-    cols = ["kind", "addr", "exits", "time_share", "vmexit", "emulator", "dispatch", "device", "lock_wait",
-            "bql_wait", "runnable", "total", "p50", "p99"]
+    cols = [
+        "kind",
+        "addr",
+        "exits",
+        "time_share",
+        "vmexit",
+        "emulator",
+        "dispatch",
+        "device",
+        "lock_wait",
+        "bql_wait",
+        "runnable",
+        "total",
+        "p50",
+        "p99",
+    ]
     df = b.by_kind.assign(addr=b.by_kind["addr"].map(hex_or_none))
     if by_time:
         df = df.sort_values("time_share", ascending=False, kind="stable")
@@ -261,13 +317,15 @@ def _holders(b: Breakdown) -> pd.DataFrame | None:
     if not len(df):
         return None
     total = b.components.get("bql_wait") or 0.0
-    return pd.DataFrame({
-        "BQL wait by holder activity": df["activity"],
-        "holders": df["holders"],
-        "exits": df["exits"],
-        "cycles per exit": df["cycles"],
-        "share of BQL wait": [f"{100 * c / total:.1f}%" if total else "-" for c in df["cycles"]],
-    })
+    return pd.DataFrame(
+        {
+            "BQL wait by holder activity": df["activity"],
+            "holders": df["holders"],
+            "exits": df["exits"],
+            "cycles per exit": df["cycles"],
+            "share of BQL wait": [f"{100 * c / total:.1f}%" if total else "-" for c in df["cycles"]],
+        }
+    )
 
 
 def _next_step(b: Breakdown) -> str | None:
@@ -323,14 +381,19 @@ def breakdown_section(report: Report, limits: PageLimits) -> Section:
     if not b.from_bench and b.port is None:
         # Not a benchmark's trace: the mean over every exit mixes boot, idle
         # and loop; lead with where the time went, port by port.
-        lead: list[Any] = ["Not a `vmtrace bench` trace: read the row of the port you care about, not the mean "
-                           "over every exit.", _by_kind(b, by_time=True)]
+        lead: list[Any] = [
+            "Not a `vmtrace bench` trace: read the row of the port you care about, not the mean over every exit.",
+            _by_kind(b, by_time=True),
+        ]
         step = _next_step(b)
         items = lead + ([step] if step else []) + items
-    return Section("Breakdown", items,
-                   intro="Where the cycles of one userspace exit go: the components partition the time from one "
-                         "KVM_RUN to the next (guest, vmexit, emulator, the VMM's exit path and dispatch, device "
-                         "callback, lock wait with the BQL apart).")
+    return Section(
+        "Breakdown",
+        items,
+        intro="Where the cycles of one userspace exit go: the components partition the time from one "
+        "KVM_RUN to the next (guest, vmexit, emulator, the VMM's exit path and dispatch, device "
+        "callback, lock wait with the BQL apart).",
+    )
 
 
 def exits_section(report: Report, limits: PageLimits) -> Section:
@@ -342,23 +405,45 @@ def exits_section(report: Report, limits: PageLimits) -> Section:
     acc = stats.by_access
     if acc is not None and len(acc):
         top = acc.head(12)
-        label = [f"{k} {'' if pd.isna(a) else hex(int(a))} {d}" for k, a, d in
-                 zip(top["kind"], top["addr"], top.get("dir", [""] * len(top)), strict=True)]
-        fig = go.Figure(go.Bar(y=label, x=top["count"], orientation="h", marker_color=COMPONENT_COLORS["vmexit"],
-                               customdata=np.round(top["mean_ns"].to_numpy(dtype=np.float64) / 1e3, 2),
-                               hovertemplate="%{y}: %{x:,} exits, mean %{customdata} µs<extra></extra>"))
-        fig.update_layout(template=TEMPLATE, height=160 + 28 * len(top), yaxis_autorange="reversed",
-                          title={"text": "Every exit of the trace by access, as perf kvm stat counts them", "x": 0,
-                                 "y": 0.97, "yanchor": "top"},
-                          xaxis_title="exits", margin={"t": 70})
+        label = [
+            f"{k} {'' if pd.isna(a) else hex(int(a))} {d}"
+            for k, a, d in zip(top["kind"], top["addr"], top.get("dir", [""] * len(top)), strict=True)
+        ]
+        fig = go.Figure(
+            go.Bar(
+                y=label,
+                x=top["count"],
+                orientation="h",
+                marker_color=COMPONENT_COLORS["vmexit"],
+                customdata=np.round(top["mean_ns"].to_numpy(dtype=np.float64) / 1e3, 2),
+                hovertemplate="%{y}: %{x:,} exits, mean %{customdata} µs<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            template=TEMPLATE,
+            height=160 + 28 * len(top),
+            yaxis_autorange="reversed",
+            title={
+                "text": "Every exit of the trace by access, as perf kvm stat counts them",
+                "x": 0,
+                "y": 0.97,
+                "yanchor": "top",
+            },
+            xaxis_title="exits",
+            margin={"t": 70},
+        )
         items.append(fig)
-        items.append(_stat_table(acc.assign(addr=acc["addr"].map(lambda a: "-" if pd.isna(a) else hex(int(a)))),
-                                 ["kind", "addr", "dir"]))
+        items.append(
+            _stat_table(
+                acc.assign(addr=acc["addr"].map(lambda a: "-" if pd.isna(a) else hex(int(a)))), ["kind", "addr", "dir"]
+            )
+        )
     if stats.by_reason is not None and len(stats.by_reason):
         items.append(_stat_table(stats.by_reason, ["reason", "handled"]))
     items += [f"note: {n}" for n in stats.notes]
-    return Section("Exits", items, intro=intro + f"Then every exit by access and by reason, timed from "
-                   f"{stats.source} events.")
+    return Section(
+        "Exits", items, intro=intro + f"Then every exit by access and by reason, timed from {stats.source} events."
+    )
 
 
 def _stat_table(df: pd.DataFrame, keys: list[str], limit: int = 15) -> pd.DataFrame:
@@ -393,15 +478,17 @@ def _who_held(locks: Any) -> pd.DataFrame | None:
     if who is None or not len(who.rows):
         return None
     r = who.rows
-    return pd.DataFrame({
-        "who held the BQL (holder activity)": r["activity"],
-        "holders": r["holders"],
-        "waits": r["waits"],
-        "wait caused ms": r["wait_ns"] / 1e6,
-        "mean µs": r["mean_ns"] / 1e3,
-        "p99 µs": r["p99_ns"] / 1e3,
-        "share": [f"{100 * v:.1f}%" for v in r["share"]],
-    })
+    return pd.DataFrame(
+        {
+            "who held the BQL (holder activity)": r["activity"],
+            "holders": r["holders"],
+            "waits": r["waits"],
+            "wait caused ms": r["wait_ns"] / 1e6,
+            "mean µs": r["mean_ns"] / 1e3,
+            "p99 µs": r["p99_ns"] / 1e3,
+            "share": [f"{100 * v:.1f}%" for v in r["share"]],
+        }
+    )
 
 
 def _word_label(name: Any, addr: Any) -> str:
@@ -414,18 +501,20 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
     if words is None or words.empty:
         return None, pd.DataFrame({"": ["No futex word was waited on in this trace."]})
     us = 1e3
-    table = pd.DataFrame({
-        "lock": [_word_label(n, a) for n, a in zip(words["name"], words["addr"], strict=True)],
-        "waits": words["waits"],
-        "went off CPU": words["blocked"],
-        "total ms": words["wait_ns"] / 1e6,
-        "mean µs": words["mean_ns"] / us,
-        "p99 µs": words["p99_ns"] / us,
-        "max µs": words["max_ns"] / us,
-        "waiters": words["waiter_names"],
-        "wakers": words["wakers"],
-        "holds": words["holds"],
-    }).head(20)
+    table = pd.DataFrame(
+        {
+            "lock": [_word_label(n, a) for n, a in zip(words["name"], words["addr"], strict=True)],
+            "waits": words["waits"],
+            "went off CPU": words["blocked"],
+            "total ms": words["wait_ns"] / 1e6,
+            "mean µs": words["mean_ns"] / us,
+            "p99 µs": words["p99_ns"] / us,
+            "max µs": words["max_ns"] / us,
+            "waiters": words["waiter_names"],
+            "wakers": words["wakers"],
+            "holds": words["holds"],
+        }
+    ).head(20)
     fig = None
     by = locks.by_thread
     if not by.empty:
@@ -435,19 +524,30 @@ def _locks_from_analysis(locks: Any) -> tuple[go.Figure | None, pd.DataFrame]:
         for lock in top:
             t = by[by["lock"] == lock]
             thread = [f"{n} [{int(tid)}]" for n, tid in zip(t["thread"], t["tid"], strict=True)]
-            fig.add_bar(y=thread, x=t["wait_ns"] / 1e6, name=lock, orientation="h",
-                        marker_color=COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None,
-                        hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>")
-        fig.update_layout(template=TEMPLATE, barmode="stack", height=180 + 30 * by["tid"].nunique(),
-                          title={"text": "Time spent waiting, per thread and futex word", "x": 0, "y": 0.97,
-                                 "yanchor": "top"},
-                          xaxis_title="ms waiting over the whole trace", margin={"t": 100})
+            fig.add_bar(
+                y=thread,
+                x=t["wait_ns"] / 1e6,
+                name=lock,
+                orientation="h",
+                marker_color=COMPONENT_COLORS["bql_wait"] if lock.startswith("BQL") else None,
+                hovertemplate="%{y}: %{x:.2f} ms<extra>" + html.escape(lock) + "</extra>",
+            )
+        fig.update_layout(
+            template=TEMPLATE,
+            barmode="stack",
+            height=180 + 30 * by["tid"].nunique(),
+            title={"text": "Time spent waiting, per thread and futex word", "x": 0, "y": 0.97, "yanchor": "top"},
+            xaxis_title="ms waiting over the whole trace",
+            margin={"t": 100},
+        )
     return fig, table
 
 
 def offcpu_section(report: Report, limits: PageLimits) -> Section:
-    intro = ("Runnable: switched out while runnable or woken and not yet on a CPU (oversubscription, not "
-             "contention). Blocked: asleep, on a lock or on anything else (I/O, an idle loop). ")
+    intro = (
+        "Runnable: switched out while runnable or woken and not yet on a CPU (oversubscription, not "
+        "contention). Blocked: asleep, on a lock or on anything else (I/O, an idle loop). "
+    )
     off, why = report.get("offcpu")
     if off is None:
         return Section("Off-CPU", [_unavailable(why)], intro=intro)
@@ -466,21 +566,43 @@ def _offcpu_from_analysis(off: Any) -> tuple[go.Figure, pd.DataFrame]:
         "runnable, waiting for a CPU": t.get("runnable_ns", zero),
         "unknown (lost events)": t.get("unknown_ns", zero),
     }
-    colors = ["#8fbc8f", COMPONENT_COLORS["bql_wait"], COMPONENT_COLORS["other_lock_wait"], "#4d4d4d", "#f2c12e",
-              "#d9d9d9"]
+    colors = [
+        "#8fbc8f",
+        COMPONENT_COLORS["bql_wait"],
+        COMPONENT_COLORS["other_lock_wait"],
+        "#4d4d4d",
+        "#f2c12e",
+        "#d9d9d9",
+    ]
     names = [f"{n} [{int(tid)}]" for n, tid in zip(t.get("name", "?"), t["tid"], strict=False)]
     fig = go.Figure()
     for (label, v), color in zip(parts.items(), colors, strict=False):
         if (v > 0).any():
-            fig.add_bar(y=names, x=v / 1e6, name=label, orientation="h", marker_color=color,
-                        hovertemplate="%{y}: %{x:.1f} ms<extra>" + label + "</extra>")
-    fig.update_layout(template=TEMPLATE, barmode="stack", height=180 + 30 * len(t),
-                      title={"text": "Where each thread's observed life went", "x": 0, "y": 0.97, "yanchor": "top"},
-                      xaxis_title="ms (first to last event of the thread)", yaxis_autorange="reversed",
-                      margin={"t": 100})
+            fig.add_bar(
+                y=names,
+                x=v / 1e6,
+                name=label,
+                orientation="h",
+                marker_color=color,
+                hovertemplate="%{y}: %{x:.1f} ms<extra>" + label + "</extra>",
+            )
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="stack",
+        height=180 + 30 * len(t),
+        title={"text": "Where each thread's observed life went", "x": 0, "y": 0.97, "yanchor": "top"},
+        xaxis_title="ms (first to last event of the thread)",
+        yaxis_autorange="reversed",
+        margin={"t": 100},
+    )
     life = t.get("time_ns", zero).replace(0, 1)
-    table = pd.DataFrame({"thread": names, "life ms": t.get("time_ns", zero) / 1e6,
-                          **{f"{k} %": (100 * v / life).round(2) for k, v in parts.items()}})
+    table = pd.DataFrame(
+        {
+            "thread": names,
+            "life ms": t.get("time_ns", zero) / 1e6,
+            **{f"{k} %": (100 * v / life).round(2) for k, v in parts.items()},
+        }
+    )
     return fig, table
 
 
@@ -490,22 +612,35 @@ def requests_section(report: Report, limits: PageLimits, shown: int = 40) -> Sec
     rq, _ = report.get("requests")
     if rq is None:
         return None
-    intro = ("Each virtio-blk request from the guest's kick (its write to the queue-notify port, an ioeventfd) to "
-             "its completion, split into phases that add up to its total, per role of the thread that serviced "
-             "the queue: the main loop under the BQL (--blk bql) or an IOThread (dataplane). ")
+    intro = (
+        "Each virtio-blk request from the guest's kick (its write to the queue-notify port, an ioeventfd) to "
+        "its completion, split into phases that add up to its total, per role of the thread that serviced "
+        "the queue: the main loop under the BQL (--blk bql) or an IOThread (dataplane). "
+    )
     notes = [f"note: {n}" for n in rq.notes]
     if rq.source != "probes":
-        return Section("Requests", [_us_table(rq.notification_summary()), _us_table(rq.disk_wait_summary()),
-                                    *notes], intro=intro)
+        return Section(
+            "Requests", [_us_table(rq.notification_summary()), _us_table(rq.disk_wait_summary()), *notes], intro=intro
+        )
     ph = rq.phases
-    table = pd.DataFrame({
-        "role": ph["role"], "phase": ph["phase"], "requests with it": ph["nonzero"],
-        "mean µs": ph["mean_ns"] / 1e3, "share %": (100 * ph["share"]).round(1),
-        "p50 µs": ph["p50_ns"] / 1e3, "p90 µs": ph["p90_ns"] / 1e3, "p99 µs": ph["p99_ns"] / 1e3,
-    })
+    table = pd.DataFrame(
+        {
+            "role": ph["role"],
+            "phase": ph["phase"],
+            "requests with it": ph["nonzero"],
+            "mean µs": ph["mean_ns"] / 1e3,
+            "share %": (100 * ph["share"]).round(1),
+            "p50 µs": ph["p50_ns"] / 1e3,
+            "p90 µs": ph["p90_ns"] / 1e3,
+            "p99 µs": ph["p99_ns"] / 1e3,
+        }
+    )
     roles = rq.by_role.drop(columns=["bql_held_mean_ns", "wait_cpu_mean_ns"]).assign(
-        **{"BQL held µs (mean)": rq.by_role["bql_held_mean_ns"] / 1e3,
-           "runnable, no CPU µs (mean)": rq.by_role["wait_cpu_mean_ns"] / 1e3})
+        **{
+            "BQL held µs (mean)": rq.by_role["bql_held_mean_ns"] / 1e3,
+            "runnable, no CPU µs (mean)": rq.by_role["wait_cpu_mean_ns"] / 1e3,
+        }
+    )
     reqs = rq.requests[~rq.requests["lost"]]
     first = max(len(reqs) // 2 - shown // 2, 0)
     spans = request_timeline(rq, first=int(reqs.index[first]) if len(reqs) else 0, count=shown)
@@ -517,7 +652,8 @@ def requests_section(report: Report, limits: PageLimits, shown: int = 40) -> Sec
 
 def _us_table(df: pd.DataFrame) -> pd.DataFrame:
     return df.rename(columns={c: c.replace("_ns", " µs") for c in df.columns if c.endswith("_ns")}).assign(
-        **{c.replace("_ns", " µs"): df[c] / 1e3 for c in df.columns if c.endswith("_ns")})
+        **{c.replace("_ns", " µs"): df[c] / 1e3 for c in df.columns if c.endswith("_ns")}
+    )
 
 
 def timeline_section(report: Report, limits: PageLimits) -> Section:
@@ -545,8 +681,11 @@ def timeline_section(report: Report, limits: PageLimits) -> Section:
         f"interrupted; hover a span for its exit, lock or device. `vmtrace export --perfetto` writes every "
         f"span for Perfetto."
     )
-    return Section("Timeline", [timeline_overview(spans, trace.threads, t0, bins),
-                                timeline_detail(spans, trace.threads, window)], intro=intro)
+    return Section(
+        "Timeline",
+        [timeline_overview(spans, trace.threads, t0, bins), timeline_detail(spans, trace.threads, window)],
+        intro=intro,
+    )
 
 
 def write_html_report(
@@ -566,8 +705,9 @@ def write_html_report(
     (a window around the middle of the summarised exits) and ``bins`` the
     time bins of the whole-trace overview.  Returns the path.
     """
-    return write_report_html(Report(trace, port=port, timed_loop=timed_loop), path,
-                             PageLimits(max_spans=max_spans, bins=bins))
+    return write_report_html(
+        Report(trace, port=port, timed_loop=timed_loop), path, PageLimits(max_spans=max_spans, bins=bins)
+    )
 
 
 def write_report_html(report: Report, path: Path | str, limits: PageLimits = PageLimits()) -> Path:
@@ -582,15 +722,30 @@ def write_report_html(report: Report, path: Path | str, limits: PageLimits = Pag
 def write_sweep_html(summary: pd.DataFrame, path: Path | str) -> Path:
     """The page of ``vmtrace sweep``: ``summary`` (``vmtrace.sweep``'s, one
     row per configuration and vCPU count) as the stacked chart and a table."""
-    return write_html([("Cycles per exit by component", sweep_figure(summary))], path, title="vmtrace sweep",
-                      tables=[("Summary", summary.drop(columns=["trace"]))])
+    return write_html(
+        [("Cycles per exit by component", sweep_figure(summary))],
+        path,
+        title="vmtrace sweep",
+        tables=[("Summary", summary.drop(columns=["trace"]))],
+    )
 
 
 def write_compare_html(table: pd.DataFrame, path: Path | str, ran: dict[str, str | None] | None = None) -> Path:
     """The page of ``vmtrace compare``: ``table``
     (``vmtrace.compare.compare_breakdowns``') as a chart and a table;
     ``ran``: trace label -> what ran (``labels.run_label``), in the header."""
-    header = Html("".join(f'<p class="meta">{html.escape(label)}: {html.escape(what or "-")}</p>'
-                          for label, what in (ran or {}).items()) if any((ran or {}).values()) else "")
-    return write_html([("Cycles per exit by component", compare_figure(table))], path, title="vmtrace compare",
-                      header=header, tables=[("Comparison (cycles per exit)", table.reset_index())])
+    header = Html(
+        "".join(
+            f'<p class="meta">{html.escape(label)}: {html.escape(what or "-")}</p>'
+            for label, what in (ran or {}).items()
+        )
+        if any((ran or {}).values())
+        else ""
+    )
+    return write_html(
+        [("Cycles per exit by component", compare_figure(table))],
+        path,
+        title="vmtrace compare",
+        header=header,
+        tables=[("Comparison (cycles per exit)", table.reset_index())],
+    )

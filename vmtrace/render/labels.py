@@ -13,8 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["interpreter_of", "interpreter_label", "interpreter_short", "locking_of", "run_label", "gil_ran",
-           "sweep_python"]
+__all__ = [
+    "interpreter_of",
+    "interpreter_label",
+    "interpreter_short",
+    "locking_of",
+    "run_label",
+    "gil_ran",
+    "sweep_python",
+]
 
 
 def interpreter_of(meta: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -25,7 +32,7 @@ def interpreter_of(meta: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def interpreter_label(info: Mapping[str, Any] | None) -> str | None:
-    """"CPython 3.13.5 free-threaded", "CPython 3.11.2 with the GIL", or
+    """ "CPython 3.13.5 free-threaded", "CPython 3.11.2 with the GIL", or
     "CPython 3.13.5 free-threaded, GIL re-enabled at run time" (an
     extension module can turn it back on); None without ``info``.  A
     free-threaded run's label does not say "GIL" at all: its reports have no
@@ -76,7 +83,7 @@ def locking_of(meta: Mapping[str, Any]) -> str | None:
 
 
 def run_label(meta: Mapping[str, Any]) -> str | None:
-    """"locking=unlocked  python=CPython 3.13.5 free-threaded",
+    """ "locking=unlocked  python=CPython 3.13.5 free-threaded",
     the parts that are known; None when neither is."""
     parts = []
     locking = locking_of(meta)
@@ -95,5 +102,10 @@ def sweep_python(row: Mapping[Any, Any]) -> str | None:
     version = row.get("python_version")
     if not isinstance(version, str) or not version:
         return None
-    return interpreter_short({"version": version, "free_threaded": bool(row.get("free_threaded")),
-                              "gil_enabled": bool(row.get("gil_enabled"))})
+    return interpreter_short(
+        {
+            "version": version,
+            "free_threaded": bool(row.get("free_threaded")),
+            "gil_enabled": bool(row.get("gil_enabled")),
+        }
+    )

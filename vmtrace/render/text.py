@@ -63,11 +63,23 @@ def _components_table(b: Breakdown) -> Table:
         pct = b.percentiles.get(c, {})
         label = {"bql_wait": "  of which BQL", "runnable": "runnable (waiting for a CPU)"}.get(c, labels.get(c, c))
         share = f"{100 * mean / total:.1f}%" if total else "-"
-        t.add_row(label, fmt_cycles(mean), share, fmt_cycles(pct.get("p50")), fmt_cycles(pct.get("p90")),
-                  fmt_cycles(pct.get("p99")))
+        t.add_row(
+            label,
+            fmt_cycles(mean),
+            share,
+            fmt_cycles(pct.get("p50")),
+            fmt_cycles(pct.get("p90")),
+            fmt_cycles(pct.get("p99")),
+        )
     pct = b.percentiles.get("total", {})
-    t.add_row("[bold]total[/]", f"[bold]{fmt_cycles(total)}[/]", "100%", fmt_cycles(pct.get("p50")),
-              fmt_cycles(pct.get("p90")), fmt_cycles(pct.get("p99")))
+    t.add_row(
+        "[bold]total[/]",
+        f"[bold]{fmt_cycles(total)}[/]",
+        "100%",
+        fmt_cycles(pct.get("p50")),
+        fmt_cycles(pct.get("p90")),
+        fmt_cycles(pct.get("p99")),
+    )
     return t
 
 
@@ -83,8 +95,9 @@ def fmt_cycles_short(v: float | None) -> str:
     return f"{v:,.0f}"
 
 
-def _group_table(df: pd.DataFrame, keys: list[str], title: str, limit: int = 12, vmexit: str = "vmexit",
-                 time_share: bool = False) -> Table:
+def _group_table(
+    df: pd.DataFrame, keys: list[str], title: str, limit: int = 12, vmexit: str = "vmexit", time_share: bool = False
+) -> Table:
     comps = ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "runnable", "total", "p50", "p99")
     heads = {"lock_wait": "lock", "bql_wait": "BQL", "emulator": "emul", "vmexit": vmexit, "runnable": "runq"}
     rows = []
@@ -96,10 +109,15 @@ def _group_table(df: pd.DataFrame, keys: list[str], title: str, limit: int = 12,
         cells += [fmt_cycles_short(row.get(c)) for c in comps]
         rows.append(cells)
     more = len(df) - limit
-    return _grid(f"{title}, mean cycles per exit (p50/p99 of the total)",
-                 [(k, "k") for k in keys] + [("exits", "r")] + ([("time", "r")] if time_share else [])
-                 + [(heads.get(c, c), "r") for c in comps], rows,
-                 f"{more} more rows in --format json" if more > 0 else None)
+    return _grid(
+        f"{title}, mean cycles per exit (p50/p99 of the total)",
+        [(k, "k") for k in keys]
+        + [("exits", "r")]
+        + ([("time", "r")] if time_share else [])
+        + [(heads.get(c, c), "r") for c in comps],
+        rows,
+        f"{more} more rows in --format json" if more > 0 else None,
+    )
 
 
 def _holder_table(b: Breakdown, limit: int = 12) -> Table | None:
@@ -108,12 +126,23 @@ def _holder_table(b: Breakdown, limit: int = 12) -> Table | None:
     if not len(df):
         return None
     total = b.components.get("bql_wait") or 0.0
-    rows = [[str(r["activity"]), str(r["holders"] or "-"), f"{int(r['exits']):,}", fmt_cycles(r["cycles"]),
-             f"{100 * r['cycles'] / total:.1f}%" if total else "-"] for r in df.head(limit).to_dict("records")]
+    rows = [
+        [
+            str(r["activity"]),
+            str(r["holders"] or "-"),
+            f"{int(r['exits']):,}",
+            fmt_cycles(r["cycles"]),
+            f"{100 * r['cycles'] / total:.1f}%" if total else "-",
+        ]
+        for r in df.head(limit).to_dict("records")
+    ]
     more = len(df) - limit
-    return _grid("BQL wait by what its holder was doing (cycles per exit; the rows add up to the BQL row)",
-                 [("holder activity", "l"), ("holders", "l"), ("exits", "r"), ("BQL", "r"), ("share", "r")], rows,
-                 f"{more} more rows in --format json" if more > 0 else None)
+    return _grid(
+        "BQL wait by what its holder was doing (cycles per exit; the rows add up to the BQL row)",
+        [("holder activity", "l"), ("holders", "l"), ("exits", "r"), ("BQL", "r"), ("share", "r")],
+        rows,
+        f"{more} more rows in --format json" if more > 0 else None,
+    )
 
 
 def next_step(b: Breakdown) -> str | None:
@@ -158,11 +187,20 @@ def render_breakdown(b: Breakdown, console: Console | None = None) -> None:
     # exits where kvm_exit does not fire), the per-port rows do not.
     lead = not b.from_bench and b.port is None and len(by_kind) > 0
     if lead:
-        console.print("[bold]not a `vmtrace bench` trace:[/] exits of every kind are mixed; read the row of the "
-                      "port you care about, not the mean over all exits")
+        console.print(
+            "[bold]not a `vmtrace bench` trace:[/] exits of every kind are mixed; read the row of the "
+            "port you care about, not the mean over all exits"
+        )
         ordered = by_kind.sort_values("time_share", ascending=False, kind="stable")
-        console.print(_group_table(ordered, ["kind", "addr"], "by exit kind and port/address, most time first",
-                                   vmexit=vmexit, time_share=True))
+        console.print(
+            _group_table(
+                ordered,
+                ["kind", "addr"],
+                "by exit kind and port/address, most time first",
+                vmexit=vmexit,
+                time_share=True,
+            )
+        )
         if step:
             console.print(f"[bold]next:[/] {step}")
     console.print(_components_table(b))
@@ -187,36 +225,63 @@ def render_breakdown(b: Breakdown, console: Console | None = None) -> None:
     for note in b.notes:
         console.print(f"[dim]note: {note}[/]")
     if not b.guest_separated and not any("kvm_exit" in n for n in b.notes):
-        console.print("[dim]note: guest+vmexit: kvm_entry/kvm_exit did not fire, so the guest's own time is "
-                      "inside the vmexit part[/]")
+        console.print(
+            "[dim]note: guest+vmexit: kvm_entry/kvm_exit did not fire, so the guest's own time is "
+            "inside the vmexit part[/]"
+        )
 
 
 def render_sweep(summary: pd.DataFrame, console: Console | None = None) -> None:
     """The sweep summary: one row per configuration and vCPU count."""
     console = console or Console()
-    t = Table(title="cycles per exit by component (traced) beside the guest's own cycles per op",
-              title_justify="left")
+    t = Table(title="cycles per exit by component (traced) beside the guest's own cycles per op", title_justify="left")
     repeated = "runs" in summary and bool((summary["runs"] > 1).any())
-    cols = ["config", "python", "vCPUs", "guest", *(["guest range"] if repeated else []), "traced guest", "effect",
-            "vmexit", "emulator", "dispatch", "device", "lock wait", "BQL", "runnable", "total"]
+    cols = [
+        "config",
+        "python",
+        "vCPUs",
+        "guest",
+        *(["guest range"] if repeated else []),
+        "traced guest",
+        "effect",
+        "vmexit",
+        "emulator",
+        "dispatch",
+        "device",
+        "lock wait",
+        "BQL",
+        "runnable",
+        "total",
+    ]
     for c in cols:
         t.add_column(c, justify="left" if c in ("config", "python") else "right", no_wrap=True)
     for r in summary.to_dict("records"):
         spread = [f"{fmt_cycles(r['guest_min'])}-{fmt_cycles(r['guest_max'])}"] if repeated else []
         effect = r["observer_effect"]
-        t.add_row(str(r["config"]), sweep_python(r) or "-", str(r["vcpus"]), fmt_cycles(r["guest_cycles_per_op"]),
-                  *spread, fmt_cycles(r["traced_guest_cycles_per_op"]),
-                  f"{effect:.2f}x" if effect is not None and effect == effect else "-",
-                  *(fmt_cycles(r.get(c)) for c in ("vmexit", "emulator", "dispatch", "device", "lock_wait",
-                                                    "bql_wait", "runnable", "total")))
+        t.add_row(
+            str(r["config"]),
+            sweep_python(r) or "-",
+            str(r["vcpus"]),
+            fmt_cycles(r["guest_cycles_per_op"]),
+            *spread,
+            fmt_cycles(r["traced_guest_cycles_per_op"]),
+            f"{effect:.2f}x" if effect is not None and effect == effect else "-",
+            *(
+                fmt_cycles(r.get(c))
+                for c in ("vmexit", "emulator", "dispatch", "device", "lock_wait", "bql_wait", "runnable", "total")
+            ),
+        )
     console.print(t)
     if repeated:
-        console.print(f"guest, traced guest: medians of {int(summary['runs'].max())} runs each; "
-                      "the breakdown is the trace of the median recorded run")
+        console.print(
+            f"guest, traced guest: medians of {int(summary['runs'].max())} runs each; "
+            "the breakdown is the trace of the median recorded run"
+        )
 
 
-def render_comparison(table: pd.DataFrame, console: Console | None = None,
-                      ran: dict[str, str | None] | None = None) -> None:
+def render_comparison(
+    table: pd.DataFrame, console: Console | None = None, ran: dict[str, str | None] | None = None
+) -> None:
     """``vmtrace compare``: one column per trace, deltas from the first;
     ``ran``: label -> what ran (``labels.run_label``), printed above."""
     console = console or Console()
@@ -291,8 +356,17 @@ def _grid(title: str, columns: list[tuple[str, str]], rows: list[list[str]], cap
     a short key, neither ever cut, or "l" text that may fold."""
     from rich import box
 
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, caption=caption,
-              caption_justify="left", show_edge=False, padding=(0, 1), collapse_padding=True)
+    t = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption=caption,
+        caption_justify="left",
+        show_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
     for i, (name, kind) in enumerate(columns):
         if kind in ("r", "k"):
             width = max([len(name)] + [len(r[i]) for r in rows])
@@ -319,27 +393,70 @@ def render_exits(x: Any, console: Console | None = None, limit: int = 15) -> Non
     console.print(f"[bold]vmtrace exits[/]  source: {src}  kvm={x.kvm_flavour}")
     console.print(f"exits: {n:,} ({user:,} to userspace, {n - user:,} handled in the kernel)")
     _lost_line(x.lost_events, x.lost_markers, console)
-    stat_cols = [("count", "r"), ("%", "r"), ("time %", "r"), ("min", "r"), ("mean", "r"), ("p99", "r"),
-                 ("max", "r")]
+    stat_cols = [("count", "r"), ("%", "r"), ("time %", "r"), ("min", "r"), ("mean", "r"), ("p99", "r"), ("max", "r")]
 
     def stats(r: dict[str, Any]) -> list[str]:
-        return [f"{int(r['count']):,}", fmt_pct(r["share"]), fmt_pct(r["time_share"]) if r["timed"] else "-",
-                fmt_dur(r["min_ns"]), fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_dur(r["max_ns"])]
+        return [
+            f"{int(r['count']):,}",
+            fmt_pct(r["share"]),
+            fmt_pct(r["time_share"]) if r["timed"] else "-",
+            fmt_dur(r["min_ns"]),
+            fmt_dur(r["mean_ns"]),
+            fmt_dur(r["p99_ns"]),
+            fmt_dur(r["max_ns"]),
+        ]
 
     rows = [[str(r["reason"]), str(r["handled"])] + stats(r) for r in x.by_reason.head(limit).to_dict("records")]
     more = len(x.by_reason) - limit
-    console.print(_grid("by exit reason", [("reason", "k"), ("handled", "k")] + stat_cols, rows,
-                        f"{more} more in --format json" if more > 0 else None))
+    console.print(
+        _grid(
+            "by exit reason",
+            [("reason", "k"), ("handled", "k")] + stat_cols,
+            rows,
+            f"{more} more in --format json" if more > 0 else None,
+        )
+    )
     if len(x.by_access):
-        rows = [[str(r["kind"]), "-" if pd.isna(r["addr"]) else f"{int(r['addr']):#x}", str(r["dir"])] + stats(r)
-                for r in x.by_access.head(limit).to_dict("records")]
+        rows = [
+            [str(r["kind"]), "-" if pd.isna(r["addr"]) else f"{int(r['addr']):#x}", str(r["dir"])] + stats(r)
+            for r in x.by_access.head(limit).to_dict("records")
+        ]
         more = len(x.by_access) - limit
-        console.print(_grid("by port (PIO) / address (MMIO, MSR)", [("kind", "k"), ("addr", "k"), ("dir", "k")]
-                            + stat_cols, rows, f"{more} more in --format json" if more > 0 else None))
-    rows = [[str(int(r["vcpu"])), f"{int(r['count']):,}", f"{int(r['userspace']):,}", fmt_pct(r["time_share"]),
-             fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_dur(r["max_ns"])] for r in x.by_vcpu.to_dict("records")]
-    console.print(_grid("by vCPU", [("vcpu", "r"), ("count", "r"), ("userspace", "r"), ("time %", "r"),
-                                    ("mean", "r"), ("p99", "r"), ("max", "r")], rows))
+        console.print(
+            _grid(
+                "by port (PIO) / address (MMIO, MSR)",
+                [("kind", "k"), ("addr", "k"), ("dir", "k")] + stat_cols,
+                rows,
+                f"{more} more in --format json" if more > 0 else None,
+            )
+        )
+    rows = [
+        [
+            str(int(r["vcpu"])),
+            f"{int(r['count']):,}",
+            f"{int(r['userspace']):,}",
+            fmt_pct(r["time_share"]),
+            fmt_dur(r["mean_ns"]),
+            fmt_dur(r["p99_ns"]),
+            fmt_dur(r["max_ns"]),
+        ]
+        for r in x.by_vcpu.to_dict("records")
+    ]
+    console.print(
+        _grid(
+            "by vCPU",
+            [
+                ("vcpu", "r"),
+                ("count", "r"),
+                ("userspace", "r"),
+                ("time %", "r"),
+                ("mean", "r"),
+                ("p99", "r"),
+                ("max", "r"),
+            ],
+            rows,
+        )
+    )
     for note in x.notes:
         console.print(f"[dim]note: {note}[/]")
 
@@ -360,8 +477,10 @@ def render_locks(lk: Any, console: Console | None = None, limit: int = 12) -> No
     else:
         console.print(f"BQL: [yellow]not identified[/] ({bql.get('method', 'no method')})")
     target = tot["target_ns"]
-    line = (f"target threads' time {fmt_ms(target)} ms: in futex waits {fmt_pct(tot['futex_wait_share'])}, "
-            f"in futex wakes {fmt_pct(tot['futex_wake_share'])}")
+    line = (
+        f"target threads' time {fmt_ms(target)} ms: in futex waits {fmt_pct(tot['futex_wait_share'])}, "
+        f"in futex wakes {fmt_pct(tot['futex_wake_share'])}"
+    )
     console.print(line)
     if tot.get("sched_events"):
         console.print(
@@ -372,41 +491,114 @@ def render_locks(lk: Any, console: Console | None = None, limit: int = 12) -> No
     words = lk.words
     rows = []
     for r in words.head(limit).to_dict("records"):
-        rows.append([_word_label(r["name"], int(r["addr"])), f"{int(r['waits']):,}", f"{int(r['blocked']):,}",
-                     fmt_dur(r["wait_ns"]), fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_dur(r["max_ns"]),
-                     fmt_pct(r["wait_share"]), str(int(r["waiters"])), f"{int(r['wake_calls']):,}"])
+        rows.append(
+            [
+                _word_label(r["name"], int(r["addr"])),
+                f"{int(r['waits']):,}",
+                f"{int(r['blocked']):,}",
+                fmt_dur(r["wait_ns"]),
+                fmt_dur(r["mean_ns"]),
+                fmt_dur(r["p99_ns"]),
+                fmt_dur(r["max_ns"]),
+                fmt_pct(r["wait_share"]),
+                str(int(r["waiters"])),
+                f"{int(r['wake_calls']):,}",
+            ]
+        )
     more = len(words) - limit
-    console.print(_grid("futex words: wait calls, how many slept, time waiting, waiting threads, wake calls",
-                        [("lock", "k"), ("waits", "r"), ("slept", "r"), ("waited", "r"), ("mean", "r"),
-                         ("p99", "r"), ("max", "r"), ("of time", "r"), ("waiters", "r"), ("wakes", "r")], rows,
-                        f"{more} more in --format json" if more > 0 else None))
+    console.print(
+        _grid(
+            "futex words: wait calls, how many slept, time waiting, waiting threads, wake calls",
+            [
+                ("lock", "k"),
+                ("waits", "r"),
+                ("slept", "r"),
+                ("waited", "r"),
+                ("mean", "r"),
+                ("p99", "r"),
+                ("max", "r"),
+                ("of time", "r"),
+                ("waiters", "r"),
+                ("wakes", "r"),
+            ],
+            rows,
+            f"{more} more in --format json" if more > 0 else None,
+        )
+    )
     held = words[words["holds"] > 0]
     if len(held):
-        rows = [[_word_label(r["name"], int(r["addr"])), f"{int(r['holds']):,}", fmt_dur(r["hold_ns"]),
-                 fmt_dur(r["hold_mean_ns"]), fmt_dur(r["hold_p99_ns"])] for r in held.head(limit).to_dict("records")]
-        console.print(_grid("hold times (lock_acquired -> lock_release, as the target reported them)",
-                            [("lock", "k"), ("holds", "r"), ("held", "r"), ("mean", "r"), ("p99", "r")], rows))
+        rows = [
+            [
+                _word_label(r["name"], int(r["addr"])),
+                f"{int(r['holds']):,}",
+                fmt_dur(r["hold_ns"]),
+                fmt_dur(r["hold_mean_ns"]),
+                fmt_dur(r["hold_p99_ns"]),
+            ]
+            for r in held.head(limit).to_dict("records")
+        ]
+        console.print(
+            _grid(
+                "hold times (lock_acquired -> lock_release, as the target reported them)",
+                [("lock", "k"), ("holds", "r"), ("held", "r"), ("mean", "r"), ("p99", "r")],
+                rows,
+            )
+        )
     who = getattr(lk, "who_held", None)
     if who is not None and len(who.rows):
-        rows = [[str(r["activity"]), str(r["holders"] or "-"), f"{int(r['waits']):,}", fmt_dur(r["wait_ns"]),
-                 fmt_dur(r["mean_ns"]), fmt_dur(r["p99_ns"]), fmt_pct(r["share"])]
-                for r in who.rows.head(limit).to_dict("records")]
+        rows = [
+            [
+                str(r["activity"]),
+                str(r["holders"] or "-"),
+                f"{int(r['waits']):,}",
+                fmt_dur(r["wait_ns"]),
+                fmt_dur(r["mean_ns"]),
+                fmt_dur(r["p99_ns"]),
+                fmt_pct(r["share"]),
+            ]
+            for r in who.rows.head(limit).to_dict("records")
+        ]
         more = len(who.rows) - limit
         lost = f"; {who.excluded_lost:,} waits across lost events left out" if who.excluded_lost else ""
-        console.print(_grid(f"who held the BQL: the wait each holder activity caused ({who.waits:,} waits, "
-                            f"{fmt_dur(who.wait_ns)}{lost})",
-                            [("holder activity", "l"), ("holders", "l"), ("waits", "r"), ("caused", "r"),
-                             ("mean", "r"), ("p99", "r"), ("share", "r")], rows,
-                            f"{more} more in --format json" if more > 0 else None))
+        console.print(
+            _grid(
+                f"who held the BQL: the wait each holder activity caused ({who.waits:,} waits, "
+                f"{fmt_dur(who.wait_ns)}{lost})",
+                [
+                    ("holder activity", "l"),
+                    ("holders", "l"),
+                    ("waits", "r"),
+                    ("caused", "r"),
+                    ("mean", "r"),
+                    ("p99", "r"),
+                    ("share", "r"),
+                ],
+                rows,
+                f"{more} more in --format json" if more > 0 else None,
+            )
+        )
     bt = lk.by_thread
     if len(bt):
-        rows = [[_word_label(r["name"], int(r["addr"])), f"{r['thread']} [{int(r['tid'])}]", str(r["role"]),
-                 f"{int(r['waits']):,}", fmt_dur(r["wait_ns"]), f"{int(r['wake_calls']):,}"]
-                for r in bt.head(limit).to_dict("records")]
+        rows = [
+            [
+                _word_label(r["name"], int(r["addr"])),
+                f"{r['thread']} [{int(r['tid'])}]",
+                str(r["role"]),
+                f"{int(r['waits']):,}",
+                fmt_dur(r["wait_ns"]),
+                f"{int(r['wake_calls']):,}",
+            ]
+            for r in bt.head(limit).to_dict("records")
+        ]
         more = len(bt) - limit
-        console.print(_grid("waiting and waking threads", [("lock", "k"), ("thread", "l"), ("role", "k"),
-                                                           ("waits", "r"), ("waited", "r"), ("wake calls", "r")], rows,
-                            f"{more} more in --format json" if more > 0 else None))
+        console.print(
+            _grid(
+                "waiting and waking threads",
+                [("lock", "k"), ("thread", "l"), ("role", "k"), ("waits", "r"), ("waited", "r"), ("wake calls", "r")],
+                rows,
+                f"{more} more in --format json" if more > 0 else None,
+            )
+        )
     for note in lk.notes:
         console.print(f"[dim]note: {note}[/]")
 
@@ -427,16 +619,26 @@ def render_offcpu(off: Any, console: Console | None = None) -> None:
 
     def row(label: str, role: str, r: dict[str, Any]) -> list[str]:
         life = r["time_ns"] or 1
-        return [label, role, fmt_ms(r["time_ns"])] + [fmt_pct(r[c] / life) for c in shown] + [
-            f"{int(r['switches']):,}"]
+        return [label, role, fmt_ms(r["time_ns"])] + [fmt_pct(r[c] / life) for c in shown] + [f"{int(r['switches']):,}"]
 
     rows = [row(f"{r['name']} [{int(r['tid'])}]", str(r["role"]), r) for r in off.threads.to_dict("records")]
     v = off.totals.get("vcpu") or {}
     if v.get("time_ns"):
-        rows.append(row("all vCPUs", "vcpu", {**v, "switches": int(off.threads.loc[off.threads["role"] == "vcpu",
-                                                                                    "switches"].sum())}))
-    console.print(_grid("share of each thread's time: running; blocked on a lock (BQL: of it, the BQL), on "
-                        "anything else; runnable without a CPU (woken: of it, after a wakeup)", cols, rows))
+        rows.append(
+            row(
+                "all vCPUs",
+                "vcpu",
+                {**v, "switches": int(off.threads.loc[off.threads["role"] == "vcpu", "switches"].sum())},
+            )
+        )
+    console.print(
+        _grid(
+            "share of each thread's time: running; blocked on a lock (BQL: of it, the BQL), on "
+            "anything else; runnable without a CPU (woken: of it, after a wakeup)",
+            cols,
+            rows,
+        )
+    )
     if v.get("time_ns"):
         console.print(
             f"vCPU threads: blocked on locks {fmt_ms(v['lock_ns'])} ms (BQL {fmt_ms(v['bql_ns'])} ms); runnable "
@@ -479,39 +681,92 @@ def render_requests(rq: Any, console: Console | None = None) -> None:
             console.print(
                 f"[bold]{role_label(role)}[/] ({r['threads']}): {r['requests']:,} requests in {r['batches']:,} "
                 f"batches ({r['per_batch']:.1f} per batch); read {r['read']:,}, write {r['write']:,}, "
-                f"flush {r['flush']:,}, other {r['other']:,}")
+                f"flush {r['flush']:,}, other {r['other']:,}"
+            )
             console.print(
                 f"  BQL on the request path: {r['bql_taken']:,} of {r['requests']:,} requests "
                 f"({r['bql_waited']:,} with a wait), held {fmt_dur(r['bql_held_mean_ns'])} per request while "
                 f"processed; kick known for {r['notify_known']:,}; completion interrupts {r['irq_raised']:,}; "
-                f"runnable without a CPU {fmt_dur(r['wait_cpu_mean_ns'])} per request")
+                f"runnable without a CPU {fmt_dur(r['wait_cpu_mean_ns'])} per request"
+            )
             ph = rq.phases[rq.phases["role"] == role]
             rows = []
             for p in ph.to_dict("records"):
-                rows.append([_PHASE_LABELS.get(p["phase"], p["phase"]), fmt_dur(p["mean_ns"]),
-                             fmt_pct(p["share"]), fmt_dur(p["p50_ns"]), fmt_dur(p["p90_ns"]), fmt_dur(p["p99_ns"]),
-                             f"{int(p['nonzero']):,}"])
-            console.print(_grid(f"{role_label(role)}: each request from its kick to its completion, by phase",
-                                [("phase", "l"), ("mean", "r"), ("share", "r"), ("p50", "r"), ("p90", "r"),
-                                 ("p99", "r"), ("requests with it", "r")], rows))
+                rows.append(
+                    [
+                        _PHASE_LABELS.get(p["phase"], p["phase"]),
+                        fmt_dur(p["mean_ns"]),
+                        fmt_pct(p["share"]),
+                        fmt_dur(p["p50_ns"]),
+                        fmt_dur(p["p90_ns"]),
+                        fmt_dur(p["p99_ns"]),
+                        f"{int(p['nonzero']):,}",
+                    ]
+                )
+            console.print(
+                _grid(
+                    f"{role_label(role)}: each request from its kick to its completion, by phase",
+                    [
+                        ("phase", "l"),
+                        ("mean", "r"),
+                        ("share", "r"),
+                        ("p50", "r"),
+                        ("p90", "r"),
+                        ("p99", "r"),
+                        ("requests with it", "r"),
+                    ],
+                    rows,
+                )
+            )
         if rq.excluded_lost:
             console.print(f"[yellow]{rq.excluded_lost:,} requests overlapping lost events left out[/]")
     else:
         rows = []
         for r in rq.notification_summary().to_dict("records"):
             woke = r["thread"] if pd.isna(r.get("role")) else f"{r['thread']} ({role_label(r['role'])})"
-            rows.append([woke, f"{int(r['kicks']):,}", fmt_dur(r.get("wakeup_p50_ns")),
-                         fmt_dur(r.get("wakeup_p99_ns")), fmt_dur(r.get("oncpu_p50_ns")),
-                         fmt_dur(r.get("oncpu_p99_ns"))])
-        console.print(_grid("kicks of the queue-notify port, by the thread the ioeventfd woke",
-                            [("woken thread", "l"), ("kicks", "r"), ("-> wakeup p50", "r"), ("p99", "r"),
-                             ("-> on CPU p50", "r"), ("p99", "r")], rows))
+            rows.append(
+                [
+                    woke,
+                    f"{int(r['kicks']):,}",
+                    fmt_dur(r.get("wakeup_p50_ns")),
+                    fmt_dur(r.get("wakeup_p99_ns")),
+                    fmt_dur(r.get("oncpu_p50_ns")),
+                    fmt_dur(r.get("oncpu_p99_ns")),
+                ]
+            )
+        console.print(
+            _grid(
+                "kicks of the queue-notify port, by the thread the ioeventfd woke",
+                [
+                    ("woken thread", "l"),
+                    ("kicks", "r"),
+                    ("-> wakeup p50", "r"),
+                    ("p99", "r"),
+                    ("-> on CPU p50", "r"),
+                    ("p99", "r"),
+                ],
+                rows,
+            )
+        )
         disk = rq.disk_wait_summary()
         if len(disk):
-            rows = [[role_label(r["role"]), str(int(r["threads"])), f"{int(r['sleeps']):,}", fmt_dur(r["p50_ns"]),
-                     fmt_dur(r["p90_ns"]), fmt_dur(r["p99_ns"])] for r in disk.to_dict("records")]
-            console.print(_grid("uninterruptible sleeps (disk I/O) of non-vCPU threads",
-                                [("role", "k"), ("threads", "r"), ("sleeps", "r"), ("p50", "r"), ("p90", "r"),
-                                 ("p99", "r")], rows))
+            rows = [
+                [
+                    role_label(r["role"]),
+                    str(int(r["threads"])),
+                    f"{int(r['sleeps']):,}",
+                    fmt_dur(r["p50_ns"]),
+                    fmt_dur(r["p90_ns"]),
+                    fmt_dur(r["p99_ns"]),
+                ]
+                for r in disk.to_dict("records")
+            ]
+            console.print(
+                _grid(
+                    "uninterruptible sleeps (disk I/O) of non-vCPU threads",
+                    [("role", "k"), ("threads", "r"), ("sleeps", "r"), ("p50", "r"), ("p90", "r"), ("p99", "r")],
+                    rows,
+                )
+            )
     for note in rq.notes:
         console.print(f"[dim]note: {note}[/]")

@@ -20,8 +20,7 @@ from vmtrace.collectors.top import KernelCounters
 
 from .boundaries import COMPONENTS, DECODE_KINDS, HBUCKETS, KIND_ERRNO, KIND_REASON, SHOWN, bucket_bounds
 
-__all__ = ["Snapshot", "empty_counters", "delta", "merge", "kind_label", "hist_quantile", "quantile_bounds",
-           "ROW_KEYS"]
+__all__ = ["Snapshot", "empty_counters", "delta", "merge", "kind_label", "hist_quantile", "quantile_bounds", "ROW_KEYS"]
 
 _C = {name: i for i, name in enumerate(COMPONENTS)}
 
@@ -32,8 +31,19 @@ ROW_KEYS: dict[str, list[str]] = {"vcpu": ["vcpu"], "kind": ["kind", "addr"], "a
 def empty_counters(ncomp: int = len(COMPONENTS), nbuckets: int = HBUCKETS) -> KernelCounters:
     """Counters with no keys (before the first read)."""
     z = np.zeros(0, dtype=np.int64)
-    return KernelCounters(z, z, np.zeros(0, np.uint64), z, np.zeros((0, ncomp), np.int64),
-                          np.zeros((0, ncomp, nbuckets), np.int64), np.zeros(0, np.uint64), z, z, 0, 0)
+    return KernelCounters(
+        z,
+        z,
+        np.zeros(0, np.uint64),
+        z,
+        np.zeros((0, ncomp), np.int64),
+        np.zeros((0, ncomp, nbuckets), np.int64),
+        np.zeros(0, np.uint64),
+        z,
+        z,
+        0,
+        0,
+    )
 
 
 def _index(c: KernelCounters) -> dict[tuple[int, int, int], int]:
@@ -52,7 +62,9 @@ def delta(before: KernelCounters, after: KernelCounters) -> KernelCounters:
             out_sums[j] -= before.sums[i]
             out_hist[j] -= before.hist[i]
     keep = out_count > 0
-    w_before = dict(zip(before.word.tolist(), zip(before.waits.tolist(), before.wait_ns.tolist(), strict=False), strict=False))
+    w_before = dict(
+        zip(before.word.tolist(), zip(before.waits.tolist(), before.wait_ns.tolist(), strict=False), strict=False)
+    )
     waits = after.waits.copy()
     wait_ns = after.wait_ns.copy()
     for j, w in enumerate(after.word.tolist()):
@@ -60,9 +72,21 @@ def delta(before: KernelCounters, after: KernelCounters) -> KernelCounters:
         waits[j] -= n
         wait_ns[j] -= ns
     wkeep = waits > 0
-    return KernelCounters(after.tid[keep], after.kind[keep], after.addr[keep], out_count[keep], out_sums[keep],
-                          out_hist[keep], after.word[wkeep], waits[wkeep], wait_ns[wkeep],
-                          after.dropped - before.dropped, after.read_ns, after.bql_word, list(after.notes))
+    return KernelCounters(
+        after.tid[keep],
+        after.kind[keep],
+        after.addr[keep],
+        out_count[keep],
+        out_sums[keep],
+        out_hist[keep],
+        after.word[wkeep],
+        waits[wkeep],
+        wait_ns[wkeep],
+        after.dropped - before.dropped,
+        after.read_ns,
+        after.bql_word,
+        list(after.notes),
+    )
 
 
 def merge(parts: list[KernelCounters]) -> KernelCounters:
@@ -84,13 +108,19 @@ def merge(parts: list[KernelCounters]) -> KernelCounters:
     keys = list(acc)
     last = parts[-1]
     return KernelCounters(
-        np.array([k[0] for k in keys], np.int64), np.array([k[1] for k in keys], np.int64),
-        np.array([k[2] for k in keys], np.uint64), np.array([acc[k][0] for k in keys], np.int64),
+        np.array([k[0] for k in keys], np.int64),
+        np.array([k[1] for k in keys], np.int64),
+        np.array([k[2] for k in keys], np.uint64),
+        np.array([acc[k][0] for k in keys], np.int64),
         np.array([acc[k][1] for k in keys], np.int64).reshape(len(keys), last.sums.shape[1]),
         np.array([acc[k][2] for k in keys], np.int64).reshape((len(keys),) + last.hist.shape[1:]),
-        np.array(list(words), np.uint64), np.array([v[0] for v in words.values()], np.int64),
-        np.array([v[1] for v in words.values()], np.int64), sum(p.dropped for p in parts), last.read_ns,
-        next((p.bql_word for p in reversed(parts) if p.bql_word), None))
+        np.array(list(words), np.uint64),
+        np.array([v[0] for v in words.values()], np.int64),
+        np.array([v[1] for v in words.values()], np.int64),
+        sum(p.dropped for p in parts),
+        last.read_ns,
+        next((p.bql_word for p in reversed(parts) if p.bql_word), None),
+    )
 
 
 def kind_label(kind: int) -> str:
@@ -160,12 +190,15 @@ class Snapshot:
         vcpus = dict(self.vcpus)
         for t in sorted(set(c.tid.tolist()) - set(vcpus)):
             vcpus[t] = max(vcpus.values(), default=-1) + 1
-        df = pd.DataFrame({
-            "tid": c.tid, "vcpu": [vcpus[int(t)] for t in c.tid],
-            "kind": [kind_label(int(k)) for k in c.kind],
-            "addr": [hex(int(a)) if int(k) in DECODE_KINDS else None for k, a in zip(c.kind, c.addr, strict=False)],
-            "count": c.count,
-        })
+        df = pd.DataFrame(
+            {
+                "tid": c.tid,
+                "vcpu": [vcpus[int(t)] for t in c.tid],
+                "kind": [kind_label(int(k)) for k in c.kind],
+                "addr": [hex(int(a)) if int(k) in DECODE_KINDS else None for k, a in zip(c.kind, c.addr, strict=False)],
+                "count": c.count,
+            }
+        )
         for name, i in _C.items():
             df[f"{name}_ns"] = c.sums[:, i] if len(c.count) else np.zeros(0, np.int64)
         return df
@@ -213,14 +246,18 @@ class Snapshot:
         c = self.counters
         total = float(c.wait_ns.sum())
         order = np.argsort(-c.wait_ns, kind="stable")[:top]
-        return pd.DataFrame({
-            "word": [hex(int(c.word[i])) for i in order],
-            "name": [self.words.get(int(c.word[i]), "BQL" if c.bql_word and int(c.word[i]) == c.bql_word else "")
-                     for i in order],
-            "waits": [int(c.waits[i]) for i in order],
-            "wait_ms": [c.wait_ns[i] / 1e6 for i in order],
-            "share": [100.0 * c.wait_ns[i] / total if total else 0.0 for i in order],
-        })
+        return pd.DataFrame(
+            {
+                "word": [hex(int(c.word[i])) for i in order],
+                "name": [
+                    self.words.get(int(c.word[i]), "BQL" if c.bql_word and int(c.word[i]) == c.bql_word else "")
+                    for i in order
+                ],
+                "waits": [int(c.waits[i]) for i in order],
+                "wait_ms": [c.wait_ns[i] / 1e6 for i in order],
+                "share": [100.0 * c.wait_ns[i] / total if total else 0.0 for i in order],
+            }
+        )
 
     def bql_share(self) -> float | None:
         """The BQL's percent of all futex wait time (None: BQL unknown)."""
@@ -237,13 +274,20 @@ class Snapshot:
         c = self.counters
         exits = []
         for i in range(len(c.count)):
-            hist = {COMPONENTS[j]: [[int(b), int(c.hist[i, j, b])] for b in np.flatnonzero(c.hist[i, j])]
-                    for j in range(c.hist.shape[1]) if c.hist[i, j].any()}
-            exits.append([int(c.tid[i]), int(c.kind[i]), int(c.addr[i]), int(c.count[i]),
-                          [int(x) for x in c.sums[i]], hist])
+            hist = {
+                COMPONENTS[j]: [[int(b), int(c.hist[i, j, b])] for b in np.flatnonzero(c.hist[i, j])]
+                for j in range(c.hist.shape[1])
+                if c.hist[i, j].any()
+            }
+            exits.append(
+                [int(c.tid[i]), int(c.kind[i]), int(c.addr[i]), int(c.count[i]), [int(x) for x in c.sums[i]], hist]
+            )
         return {
-            "start_ns": self.start_ns, "end_ns": self.end_ns, "dropped": int(c.dropped),
-            "bql_word": c.bql_word, "components": list(COMPONENTS),
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "dropped": int(c.dropped),
+            "bql_word": c.bql_word,
+            "components": list(COMPONENTS),
             "exits": exits,
             "words": [[int(w), int(n), int(ns)] for w, n, ns in zip(c.word, c.waits, c.wait_ns, strict=False)],
             "vcpus": {str(t): v for t, v in self.vcpus.items()},
@@ -266,14 +310,25 @@ class Snapshot:
                     hist[i, _C[comp], b] = v
         words = obj.get("words") or []
         counters = KernelCounters(
-            np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
-            np.array([r[2] for r in rows], np.uint64), np.array([r[3] for r in rows], np.int64),
-            np.array([r[4] for r in rows], np.int64).reshape(n, nc), hist,
-            np.array([w[0] for w in words], np.uint64), np.array([w[1] for w in words], np.int64),
-            np.array([w[2] for w in words], np.int64), int(obj.get("dropped") or 0), int(obj["end_ns"]),
-            obj.get("bql_word"))
-        return cls(int(obj["start_ns"]), int(obj["end_ns"]), counters,
-                   {int(t): int(v) for t, v in (obj.get("vcpus") or {}).items()},
-                   {int(t): n for t, n in (obj.get("names") or {}).items()},
-                   {int(w, 16): n for w, n in (obj.get("word_names") or {}).items()},
-                   dict(obj.get("header") or {}))
+            np.array([r[0] for r in rows], np.int64),
+            np.array([r[1] for r in rows], np.int64),
+            np.array([r[2] for r in rows], np.uint64),
+            np.array([r[3] for r in rows], np.int64),
+            np.array([r[4] for r in rows], np.int64).reshape(n, nc),
+            hist,
+            np.array([w[0] for w in words], np.uint64),
+            np.array([w[1] for w in words], np.int64),
+            np.array([w[2] for w in words], np.int64),
+            int(obj.get("dropped") or 0),
+            int(obj["end_ns"]),
+            obj.get("bql_word"),
+        )
+        return cls(
+            int(obj["start_ns"]),
+            int(obj["end_ns"]),
+            counters,
+            {int(t): int(v) for t, v in (obj.get("vcpus") or {}).items()},
+            {int(t): n for t, n in (obj.get("names") or {}).items()},
+            {int(w, 16): n for w, n in (obj.get("word_names") or {}).items()},
+            dict(obj.get("header") or {}),
+        )

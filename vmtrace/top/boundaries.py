@@ -30,13 +30,35 @@ from typing import Final
 from vmtrace.schema import FUTEX_CMD_MASK, FUTEX_WAIT_OPS
 
 __all__ = [
-    "BOUNDARIES", "COMPONENTS", "SHOWN", "HBUCKETS", "KIND_UNKNOWN", "KIND_PIO", "KIND_MMIO", "KIND_MSR",
-    "KIND_REASON", "KIND_ERRNO", "DECODE_KINDS", "REASON_OF_DECODE", "cflags", "log2_bucket", "bucket_bounds",
+    "BOUNDARIES",
+    "COMPONENTS",
+    "SHOWN",
+    "HBUCKETS",
+    "KIND_UNKNOWN",
+    "KIND_PIO",
+    "KIND_MMIO",
+    "KIND_MSR",
+    "KIND_REASON",
+    "KIND_ERRNO",
+    "DECODE_KINDS",
+    "REASON_OF_DECODE",
+    "cflags",
+    "log2_bucket",
+    "bucket_bounds",
 ]
 
 #: The named events a cycle is cut at, in the order they happen.
-BOUNDARIES: Final = ("run_enter", "kvm_entry", "kvm_exit", "decode", "userspace_exit", "run_exit",
-                     "futex_enter", "futex_exit", "run_enter")
+BOUNDARIES: Final = (
+    "run_enter",
+    "kvm_entry",
+    "kvm_exit",
+    "decode",
+    "userspace_exit",
+    "run_exit",
+    "futex_enter",
+    "futex_exit",
+    "run_enter",
+)
 
 #: Index order of the kernel's sums and histograms.
 COMPONENTS: Final = ("guest", "vmexit", "emulator", "dispatch", "lock_wait", "bql_wait", "total")
@@ -75,12 +97,26 @@ def cflags(completions: bool = True) -> list[str]:
     next KVM_RUN completes it (upstream KVM does, and so does this project's
     PVM host); that decode then names the previous exit, not its own."""
     flags = [f"-DC_{name.upper()}={i}" for i, name in enumerate(COMPONENTS)]
-    flags += [f"-DNCOMP={len(COMPONENTS)}", f"-DHBUCKETS={HBUCKETS}",
-              f"-DAGG_KEYS={AGG_KEYS}", f"-DWORD_KEYS={WORD_KEYS}"]
-    flags += [f"-DKIND_UNKNOWN={KIND_UNKNOWN}", f"-DKIND_PIO={KIND_PIO}", f"-DKIND_MMIO={KIND_MMIO}",
-              f"-DKIND_MSR={KIND_MSR}", f"-DKIND_REASON={KIND_REASON}", f"-DKIND_ERRNO={KIND_ERRNO}"]
-    flags += [f"-DREASON_IO={REASON_OF_DECODE[KIND_PIO][0]}", f"-DREASON_MMIO={REASON_OF_DECODE[KIND_MMIO][0]}",
-              f"-DREASON_RDMSR={REASON_OF_DECODE[KIND_MSR][0]}", f"-DREASON_WRMSR={REASON_OF_DECODE[KIND_MSR][1]}"]
+    flags += [
+        f"-DNCOMP={len(COMPONENTS)}",
+        f"-DHBUCKETS={HBUCKETS}",
+        f"-DAGG_KEYS={AGG_KEYS}",
+        f"-DWORD_KEYS={WORD_KEYS}",
+    ]
+    flags += [
+        f"-DKIND_UNKNOWN={KIND_UNKNOWN}",
+        f"-DKIND_PIO={KIND_PIO}",
+        f"-DKIND_MMIO={KIND_MMIO}",
+        f"-DKIND_MSR={KIND_MSR}",
+        f"-DKIND_REASON={KIND_REASON}",
+        f"-DKIND_ERRNO={KIND_ERRNO}",
+    ]
+    flags += [
+        f"-DREASON_IO={REASON_OF_DECODE[KIND_PIO][0]}",
+        f"-DREASON_MMIO={REASON_OF_DECODE[KIND_MMIO][0]}",
+        f"-DREASON_RDMSR={REASON_OF_DECODE[KIND_MSR][0]}",
+        f"-DREASON_WRMSR={REASON_OF_DECODE[KIND_MSR][1]}",
+    ]
     blocks = "||".join(f"(op)=={op}" for op in sorted(FUTEX_WAIT_OPS))
     flags.append(f"-DCOMPLETIONS={int(completions)}")
     flags += [f"-DFUTEX_CMD_MASK={FUTEX_CMD_MASK}", f"-DFUTEX_BLOCKS(op)=({blocks})"]
@@ -96,5 +132,5 @@ def bucket_bounds(b: int) -> tuple[float, float]:
     """[low, high) nanoseconds of bucket ``b`` (the last is open above)."""
     if b == 0:
         return 0.0, 1.0
-    high = float("inf") if b == HBUCKETS - 1 else float(2 ** b)
+    high = float("inf") if b == HBUCKETS - 1 else float(2**b)
     return float(2 ** (b - 1)), high

@@ -9,14 +9,22 @@ from typing import TextIO
 
 from vmtrace.errors import VmtraceError
 
+from .aggregate import Snapshot
 from .render import csv_header, csv_row, log_json, table_lines
 from .session import Monitor
 
 __all__ = ["top"]
 
 
-def top(cmd: list[str] | None, pid: int | None, interval: float, batch: int | None,
-        log: Path | None, log_format: str | None, out: TextIO = sys.stdout) -> int:
+def top(
+    cmd: list[str] | None,
+    pid: int | None,
+    interval: float,
+    batch: int | None,
+    log: Path | None,
+    log_format: str | None,
+    out: TextIO = sys.stdout,
+) -> int:
     """Run top; returns the exit status for the shell."""
     if interval <= 0:
         raise VmtraceError("--interval must be above 0 seconds")
@@ -38,7 +46,7 @@ def top(cmd: list[str] | None, pid: int | None, interval: float, batch: int | No
             if log_fh is not None and fmt == "csv":
                 log_fh.write(csv_header())
 
-            def logged(snap):  # type: ignore[no-untyped-def]
+            def logged(snap: Snapshot) -> Snapshot:
                 if log_fh is not None:
                     log_fh.write(csv_row(snap) if fmt == "csv" else log_json(snap) + "\n")
                 return snap

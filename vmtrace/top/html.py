@@ -29,28 +29,42 @@ def aggregate_section(report: Any, limits: Any) -> Section | None:
     for c in ("vmexit", "emulator", "dispatch", "lock_wait"):
         fig.add_bar(x=s["t_s"], y=s[c], name=c, marker_color=COMPONENT_COLORS.get(c))
     fig.add_scatter(x=s["t_s"], y=s["exits_s"], name="exits/s", yaxis="y2", mode="lines")
-    fig.update_layout(template=TEMPLATE, barmode="stack", height=420,
-                      xaxis_title="seconds", yaxis_title="mean cycles per exit",
-                      yaxis2={"title": "exits/s", "overlaying": "y", "side": "right"},
-                      title={"text": "Cycles per exit by component, per interval", "x": 0})
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="stack",
+        height=420,
+        xaxis_title="seconds",
+        yaxis_title="mean cycles per exit",
+        yaxis2={"title": "exits/s", "overlaying": "y", "side": "right"},
+        title={"text": "Cycles per exit by component, per interval", "x": 0},
+    )
     rows = view.rows.copy()
     keep = ["vcpu", "kind", "addr", "exits", *[c for n in SHOWN for c in (n, f"{n}_p99")], "total"]
     rows = rows[keep].round(0)
     items: list[Any] = [fig, rows]
     share = view.whole.bql_share()
-    items.append(Html(f"<p>BQL share of futex wait: {'unknown' if share is None else f'{share:.1f}%'}; "
-                      f"{view.whole.counters.dropped} cycles or waits dropped by full maps.</p>"))
+    items.append(
+        Html(
+            f"<p>BQL share of futex wait: {'unknown' if share is None else f'{share:.1f}%'}; "
+            f"{view.whole.counters.dropped} cycles or waits dropped by full maps.</p>"
+        )
+    )
     items.append(view.whole.futex_words())
-    return Section("Aggregate (in-kernel, per interval)", items,
-                   intro=f"{len(s)} snapshots of {view.interval_s:g}s recorded by record --aggregate: counters, "
-                         "sums and log2 histograms kept in the kernel; p99 within a factor sqrt(2).")
+    return Section(
+        "Aggregate (in-kernel, per interval)",
+        items,
+        intro=f"{len(s)} snapshots of {view.interval_s:g}s recorded by record --aggregate: counters, "
+        "sums and log2 histograms kept in the kernel; p99 within a factor sqrt(2).",
+    )
 
 
 def aggregate_page(report: Any, limits: Any) -> tuple[Html, list[Section]]:
     """Header and sections of the page of an aggregate trace."""
     meta = report.trace.meta
     target = meta.get("target") or {}
-    header = Html(f"<p>VMM {target.get('vmm')} {target.get('vmm_version') or ''}, KVM "
-                  f"{meta.get('kvm_flavour')}, aggregate recording (no events).</p>")
+    header = Html(
+        f"<p>VMM {target.get('vmm')} {target.get('vmm_version') or ''}, KVM "
+        f"{meta.get('kvm_flavour')}, aggregate recording (no events).</p>"
+    )
     section = aggregate_section(report, limits)
     return header, [section] if section is not None else []

@@ -109,8 +109,18 @@ def _close(acc: _Acc, tid: int, s: _Thread, now: int) -> None:
     user = now - s.t_exit
     lock = min(s.lock_ns, user)
     bql = min(s.bql_ns, lock)
-    s.pending = (key, {"guest": guest, "vmexit": t_dec - s.t_enter - guest, "emulator": s.t_exit - t_dec,
-                       "dispatch": user - lock, "lock_wait": lock, "bql_wait": bql, "total": now - s.t_enter})
+    s.pending = (
+        key,
+        {
+            "guest": guest,
+            "vmexit": t_dec - s.t_enter - guest,
+            "emulator": s.t_exit - t_dec,
+            "dispatch": user - lock,
+            "lock_wait": lock,
+            "bql_wait": bql,
+            "total": now - s.t_enter,
+        },
+    )
     # An IO/MMIO exit with no decode of its own waits for the next cycle's
     # completion to name it.
     if named or s.reason not in _IO_REASONS:
@@ -192,9 +202,16 @@ def replay(trace: Trace, bql_word: int | None = None, completions: bool = True) 
     n, nc = len(keys), len(COMPONENTS)
     words = acc.words
     return KernelCounters(
-        np.array([k[0] for k in keys], np.int64), np.array([k[1] for k in keys], np.int64),
-        np.array([k[2] for k in keys], np.uint64), np.array(acc.count, np.int64),
-        np.array(acc.sums, np.int64).reshape(n, nc), np.array(acc.hist, np.int64).reshape(n, nc, HBUCKETS),
-        np.array(list(words), np.uint64), np.array([v[0] for v in words.values()], np.int64),
-        np.array([v[1] for v in words.values()], np.int64), 0, int(ev["ts_ns"].max()) if len(ev) else 0,
-        bql_word)
+        np.array([k[0] for k in keys], np.int64),
+        np.array([k[1] for k in keys], np.int64),
+        np.array([k[2] for k in keys], np.uint64),
+        np.array(acc.count, np.int64),
+        np.array(acc.sums, np.int64).reshape(n, nc),
+        np.array(acc.hist, np.int64).reshape(n, nc, HBUCKETS),
+        np.array(list(words), np.uint64),
+        np.array([v[0] for v in words.values()], np.int64),
+        np.array([v[1] for v in words.values()], np.int64),
+        0,
+        int(ev["ts_ns"].max()) if len(ev) else 0,
+        bql_word,
+    )

@@ -63,8 +63,13 @@ def aggregate_view(trace: Trace) -> AggregateView:
         raise VmtraceError("this trace was not recorded with --aggregate: it has no interval snapshots")
     tsc = trace.tsc_hz or 1_000_000_000
     target = trace.meta.get("target") or {}
-    header = {"tsc_hz": tsc, "vmm": target.get("vmm"), "vmm_version": target.get("vmm_version"),
-              "kvm_flavour": trace.meta.get("kvm_flavour"), "pid": target.get("pid")}
+    header = {
+        "tsc_hz": tsc,
+        "vmm": target.get("vmm"),
+        "vmm_version": target.get("vmm_version"),
+        "kvm_flavour": trace.meta.get("kvm_flavour"),
+        "pid": target.get("pid"),
+    }
     snaps = [Snapshot.from_json(s) for s in agg.get("snapshots") or []]
     for s in snaps:
         s.header.update(header)
@@ -74,25 +79,39 @@ def aggregate_view(trace: Trace) -> AggregateView:
     for s in snaps:
         df = s.exits()
         n = int(df["count"].sum())
-        row: dict[str, Any] = {"t_s": (s.end_ns - t0) / 1e9, "interval_s": s.seconds, "exits": n,
-                               "exits_s": n / s.seconds}
+        row: dict[str, Any] = {
+            "t_s": (s.end_ns - t0) / 1e9,
+            "interval_s": s.seconds,
+            "exits": n,
+            "exits_s": n / s.seconds,
+        }
         for c in SHOWN + ("total",):
             row[c] = float(df[f"{c}_ns"].sum()) / n * k if n else 0.0
         row["bql_share"] = s.bql_share()
         rows.append(row)
     series = pd.DataFrame(rows, columns=["t_s", "interval_s", "exits", "exits_s", *SHOWN, "total", "bql_share"])
-    whole = Snapshot(t0, snaps[-1].end_ns if snaps else 0, merge([s.counters for s in snaps]),
-                     {t: v for s in snaps for t, v in s.vcpus.items()}, {}, {}, dict(header))
-    return AggregateView(series, whole, whole.rows(by="all"), float(agg.get("interval_s") or 0),
-                         list(trace.meta.get("notes") or []))
+    whole = Snapshot(
+        t0,
+        snaps[-1].end_ns if snaps else 0,
+        merge([s.counters for s in snaps]),
+        {t: v for s in snaps for t, v in s.vcpus.items()},
+        {},
+        {},
+        dict(header),
+    )
+    return AggregateView(
+        series, whole, whole.rows(by="all"), float(agg.get("interval_s") or 0), list(trace.meta.get("notes") or [])
+    )
 
 
 def render_aggregate(view: AggregateView, console: Any) -> None:
     """The terminal form: the time series, then the recording's rows."""
     from .render import table_lines
 
-    console.print(f"Aggregate recording: {len(view.series)} intervals of {view.interval_s:g}s "
-                  "(in-kernel counters, no events); mean cycles per exit")
+    console.print(
+        f"Aggregate recording: {len(view.series)} intervals of {view.interval_s:g}s "
+        "(in-kernel counters, no events); mean cycles per exit"
+    )
     cols = ["t_s", "exits", "exits_s", *SHOWN, "total", "bql_share"]
     console.print(" ".join(f"{c:>10}" for c in cols))
     for _, r in view.series.iterrows():

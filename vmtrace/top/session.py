@@ -111,8 +111,7 @@ class Monitor:
     one: since attach).  ``done`` is True once the target is gone.
     """
 
-    def __init__(self, cmd: list[str] | None = None, pid: int | None = None,
-                 identify_timeout_s: float = 5.0) -> None:
+    def __init__(self, cmd: list[str] | None = None, pid: int | None = None, identify_timeout_s: float = 5.0) -> None:
         if (cmd is None) == (pid is None):
             raise VmtraceError("give either a command after -- or -p PID")
         self.cmd = cmd
@@ -194,12 +193,19 @@ class Monitor:
                 self.child = None
                 raise TargetError(f"cannot run {self.cmd[0]}: {os.strerror(int(failed))}")  # type: ignore[index]
         self._names = _Names(self.pid)
-        vmm = "qemu" if is_qemu(binary) else (
-            "reference" if self.cmd and any("reference_vmm" in c for c in self.cmd) else "other")
+        vmm = (
+            "qemu"
+            if is_qemu(binary)
+            else ("reference" if self.cmd and any("reference_vmm" in c for c in self.cmd) else "other")
+        )
         tsc, _src = host.tsc_hz()
         self.header = {
-            "vmm": vmm, "vmm_version": qemu_version(binary) if binary and vmm == "qemu" else None,
-            "binary": binary, "pid": self.pid, "kvm_flavour": host.kvm_flavour(), "tsc_hz": tsc,
+            "vmm": vmm,
+            "vmm_version": qemu_version(binary) if binary and vmm == "qemu" else None,
+            "binary": binary,
+            "pid": self.pid,
+            "kvm_flavour": host.kvm_flavour(),
+            "tsc_hz": tsc,
         }
         self._last_ns = time.monotonic_ns()
 
@@ -257,8 +263,9 @@ class Monitor:
             words[now.bql_word] = "BQL"
         # kvm_exit can exist and never fire (PVM): then guest time is in vmexit.
         folded = not (len(now.sums) and now.sums[:, COMPONENTS.index("guest")].sum() > 0)
-        header = dict(self.header, dropped=int(now.dropped), bql_word=now.bql_word,
-                      notes=list(now.notes), guest_folded=folded)
+        header = dict(
+            self.header, dropped=int(now.dropped), bql_word=now.bql_word, notes=list(now.notes), guest_folded=folded
+        )
         return Snapshot(start, now.read_ns, d, self._names.vcpus(), dict(self._names.names), words, header)
 
     def wait(self, seconds: float) -> None:
@@ -329,20 +336,28 @@ class AggregateCollector(Collector):
             self._take()
         names = dict(self._names.names) if self._names else {}
         have = self._program.have
-        tracepoints = {tp: {"available": bool(have.get(tp)), "fired": None}
-                       for tp in ("kvm:kvm_entry", "kvm:kvm_exit", "kvm:kvm_pio", "kvm:kvm_userspace_exit")}
+        tracepoints = {
+            tp: {"available": bool(have.get(tp)), "fired": None}
+            for tp in ("kvm:kvm_entry", "kvm:kvm_exit", "kvm:kvm_pio", "kvm:kvm_userspace_exit")
+        }
         bql = self._last.bql_word
         self._program.detach()
         return Collected(
-            events=pd.DataFrame({"ts_ns": pd.Series([], dtype="int64"), "tid": pd.Series([], dtype="int32"),
-                                 "cpu": pd.Series([], dtype="int16"), "event": pd.Series([], dtype=object)}),
+            events=pd.DataFrame(
+                {
+                    "ts_ns": pd.Series([], dtype="int64"),
+                    "tid": pd.Series([], dtype="int32"),
+                    "cpu": pd.Series([], dtype="int16"),
+                    "event": pd.Series([], dtype=object),
+                }
+            ),
             lost_per_cpu={},
             tracepoints=tracepoints,
             thread_names=names,
             thread_tgids=dict.fromkeys(names, self._names.pid) if self._names else {},
             probes={"aggregate": {"interval_s": self.interval_s, "bql_word": bql, "snapshots": self.series}},
-            notes=list(self._program.notes) + [
-                f"aggregate mode: one snapshot of in-kernel counters every {self.interval_s:g}s, no events"],
+            notes=list(self._program.notes)
+            + [f"aggregate mode: one snapshot of in-kernel counters every {self.interval_s:g}s, no events"],
         )
 
     def detach(self) -> None:

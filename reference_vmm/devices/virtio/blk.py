@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import struct
-from typing import Optional
 
 from vmtrace import probes
 
@@ -220,8 +219,9 @@ class VirtIOBlock(VirtIODevice):
             self.virtio_error(e)
         return completed
 
-    def _start_request(self, vq: VirtQueue, elem: VirtQueueElement, avail: int,
-                       pending: list[_Request]) -> Optional[_Request]:
+    def _start_request(
+        self, vq: VirtQueue, elem: VirtQueueElement, avail: int, pending: list[_Request]
+    ) -> _Request | None:
         """Parse one request; a read or write is queued and returned, anything
         else completes here (after the queued I/O).  Raises VirtioError for a
         request that breaks the device (its element released)."""

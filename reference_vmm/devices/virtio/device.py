@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ...memory.dma import GuestMemory
 from ...memory.owner import Owner
@@ -50,8 +50,9 @@ VIRTIO_RING_F_EVENT_IDX = 29
 class VirtIODevice(Owner):
     """Common virtio state; subclasses implement :meth:`get_config` and :meth:`process_queue`."""
 
-    def __init__(self, name: str, device_id: int, config_len: int, host_features: int,
-                 mem: GuestMemory, queue_sizes: list[int]) -> None:
+    def __init__(
+        self, name: str, device_id: int, config_len: int, host_features: int, mem: GuestMemory, queue_sizes: list[int]
+    ) -> None:
         super().__init__(name)
         self.device_id = device_id
         self.config_len = config_len
@@ -132,8 +133,10 @@ class VirtIODevice(Owner):
         self.last_guest_error = str(error)
         if error.kind not in self._reported:
             self._reported.add(error.kind)
-            print(f"reference-vmm: {self.name}: guest error: {error} (device stopped until the driver resets it)",
-                  file=sys.stderr)
+            print(
+                f"reference-vmm: {self.name}: guest error: {error} (device stopped until the driver resets it)",
+                file=sys.stderr,
+            )
 
     # -- the queue ----------------------------------------------------------------------
     def handle_output(self, n: int) -> None:

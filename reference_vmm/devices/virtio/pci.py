@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional, Protocol
+from typing import Protocol
 
 from vmtrace import probes
 
@@ -83,8 +83,9 @@ _EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
 class KvmVm(Protocol):
     """What the transport needs of a VM file descriptor (:class:`~..kvm.system.VmFd`)."""
 
-    def ioeventfd(self, fd: int, addr: int, length: int, pio: bool, deassign: bool = False,
-                  datamatch: int | None = None) -> None: ...
+    def ioeventfd(
+        self, fd: int, addr: int, length: int, pio: bool, deassign: bool = False, datamatch: int | None = None
+    ) -> None: ...
 
     def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None: ...
 
@@ -100,8 +101,16 @@ class VirtIOPCIProxy(PciDevice):
     writes and the interrupt eventfd is signalled but injected nowhere.
     """
 
-    def __init__(self, vdev: VirtIODevice, pci_device_id: int, class_code: int, *,
-                 io_base: int, gsi: int, vm: Optional[KvmVm] = None) -> None:
+    def __init__(
+        self,
+        vdev: VirtIODevice,
+        pci_device_id: int,
+        class_code: int,
+        *,
+        io_base: int,
+        gsi: int,
+        vm: KvmVm | None = None,
+    ) -> None:
         super().__init__(f"{vdev.name}-pci", VIRTIO_PCI_VENDOR, pci_device_id, class_code)
         self.vdev = vdev
         self.vm = vm
@@ -118,10 +127,10 @@ class VirtIOPCIProxy(PciDevice):
             vm.irqfd(self.irq_notifier, gsi)
             self._irqfd_assigned = True
         vdev.on_interrupt = self._raise_irq
-        self.ctx: Optional[AioContext] = None
+        self.ctx: AioContext | None = None
         self.thread_name = ""
         self._ioeventfd_wanted = False  # DRIVER_OK is set
-        self._ioeventfd_port: Optional[int] = None
+        self._ioeventfd_port: int | None = None
         #: Guest notifications: signals taken from the host notifier, and those
         #: that exited to the VMM first (no ioeventfd yet, or an unmatched write).
         self.notifications = 0
@@ -182,7 +191,7 @@ class VirtIOPCIProxy(PciDevice):
             self.vm.ioeventfd(self.host_notifier, want, 2, pio=True, datamatch=0)
             self._ioeventfd_port = want
 
-    def bar_moved(self, index: int, old: Optional[int], new: Optional[int]) -> None:
+    def bar_moved(self, index: int, old: int | None, new: int | None) -> None:
         self._update_ioeventfd()
 
     def _set_ioeventfd(self, on: bool) -> None:
@@ -285,12 +294,16 @@ class VirtIOPCIProxy(PciDevice):
         requests = getattr(vdev, "requests", None)
         if requests is not None:
             total = sum(requests.values())
-            parts = ", ".join(f"{k} {requests[k]}" for k in
-                              ("read", "write", "flush", "get-id", "unsupported", "ioerr-range", "ioerr-host"))
+            parts = ", ".join(
+                f"{k} {requests[k]}"
+                for k in ("read", "write", "flush", "get-id", "unsupported", "ioerr-range", "ioerr-host")
+            )
             lines.append(f"    requests: {total} ({parts})")
         lines.append(f"    DMA windows outside RAM (bounced, as QEMU): {vdev.mem.bounced}")
         errors = sum(vdev.guest_errors.values())
-        lines.append(f"    guest errors that broke the device: {errors}"
-                     + (f" (last: {vdev.last_guest_error})" if errors else ""))
+        lines.append(
+            f"    guest errors that broke the device: {errors}"
+            + (f" (last: {vdev.last_guest_error})" if errors else "")
+        )
         lines += [f"      {kind}: {n}" for kind, n in sorted(vdev.guest_errors.items())]
         return lines

@@ -28,7 +28,6 @@ the driver jumping past the ring).
 from __future__ import annotations
 
 import struct
-from typing import Optional
 
 from ...memory.dma import Bounce, DmaError, GuestMemory
 
@@ -129,7 +128,7 @@ class VirtQueue:
         self.mem = mem
         self.num = num
         self.index = index
-        self._rings: Optional[_Rings] = None
+        self._rings: _Rings | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -206,7 +205,7 @@ class VirtQueue:
         flags = used16[0]
         used16[0] = flags & ~VRING_USED_F_NO_NOTIFY if enable else flags | VRING_USED_F_NO_NOTIFY
 
-    def pop(self) -> Optional[VirtQueueElement]:
+    def pop(self) -> VirtQueueElement | None:
         """``virtqueue_pop``: the next available chain, or None when there is none.
 
         The head is consumed even when the chain is bad, as in QEMU: after a
@@ -227,7 +226,7 @@ class VirtQueue:
         if head >= self.num:
             raise VirtioError("head-out-of-range", f"Guest says index {head} is available")
         table = rings.desc
-        indirect: Optional[memoryview] = None
+        indirect: memoryview | None = None
         max_entries = self.num
         addr, length, flags, nxt = _DESC.unpack_from(table, 16 * head)
         if flags & VRING_DESC_F_INDIRECT:
@@ -242,8 +241,9 @@ class VirtQueue:
         out_sg: list[memoryview] = []
         in_sg: list[memoryview] = []
         try:
-            self._map_chain(table, max_entries, indirect is not None, (addr, length, flags, nxt), out_sg, in_sg,
-                            Bounce())
+            self._map_chain(
+                table, max_entries, indirect is not None, (addr, length, flags, nxt), out_sg, in_sg, Bounce()
+            )
         except BaseException:
             for v in out_sg + in_sg:
                 v.release()
