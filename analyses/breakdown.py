@@ -73,7 +73,10 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     (KVM_EXIT_*, or -errno when KVM_RUN was interrupted), then int64
     nanoseconds ``guest_ns``, ``vmexit_ns``, ``emulator_ns``,
     ``dispatch_ns``, ``lock_wait_ns``, ``bql_wait_ns``, ``device_ns``,
-    ``runnable_ns``, ``total_ns`` (the partition: ``COMPONENTS`` sum to
+    ``runnable_ns``, ``runnable_<component>_ns`` for guest, vmexit, emulator,
+    dispatch (with device), lock_wait and bql_wait (the runnable time carved
+    out of that component; they sum to ``runnable_ns``, bql_wait's inside
+    lock_wait's), ``total_ns`` (the partition: ``COMPONENTS`` sum to
     ``total_ns``; ``bql_wait_ns`` is part of ``lock_wait_ns``), and
     ``offcpu_lock_ns``, ``offcpu_other_ns``, ``offcpu_runnable_ns``, and
     ``offcpu_woken_ns`` (the part of the first two after the thread was
@@ -227,6 +230,15 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
             "bql_wait_ns": bql_wait.astype(np.int64),
             "device_ns": device.astype(np.int64),
             "runnable_ns": runnable.astype(np.int64),
+            # Where the runnable time was carved from, so that a consumer
+            # that cannot see the scheduler (vmtrace top's kernel
+            # aggregation) compares with the partition before carving.
+            "runnable_guest_ns": r_guest.astype(np.int64),
+            "runnable_vmexit_ns": r_vmexit.astype(np.int64),
+            "runnable_emulator_ns": r_emulator.astype(np.int64),
+            "runnable_dispatch_ns": (r_dispatch + r_device).astype(np.int64),
+            "runnable_lock_wait_ns": r_lock.astype(np.int64),
+            "runnable_bql_wait_ns": r_bql.astype(np.int64),
             "total_ns": (t_next - t_enter).astype(np.int64),
             "offcpu_lock_ns": off_lock,
             "offcpu_other_ns": off_other,
@@ -248,6 +260,12 @@ _NS_COLS = (
     "bql_wait_ns",
     "device_ns",
     "runnable_ns",
+    "runnable_guest_ns",
+    "runnable_vmexit_ns",
+    "runnable_emulator_ns",
+    "runnable_dispatch_ns",
+    "runnable_lock_wait_ns",
+    "runnable_bql_wait_ns",
     "total_ns",
     "offcpu_lock_ns",
     "offcpu_other_ns",

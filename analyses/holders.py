@@ -441,18 +441,7 @@ def holder_summary(trace: Trace) -> HolderTable:
     waiting thread, not only vCPUs), waits across lost events left out."""
     seg = bql_holder_segments(trace)
     good = seg[~seg["lost"].to_numpy(dtype=bool)]
-    per_wait = (
-        good.groupby(["wait", "activity"], sort=False)
-        .agg(
-            role=("role", "first"),
-            kind=("kind", "first"),
-            addr=("addr", "first"),
-            preempted=("preempted", "first"),
-            holder=("holder", "first"),
-            wait_ns=("wait_ns", "sum"),
-        )
-        .reset_index()
-    )
+    per_wait = _sum_by_activity(good, "wait")
     rows = _by_activity(trace, per_wait, "waits")
     if len(rows):
         # Every releasing thread of an activity, not one per wait.
@@ -508,18 +497,7 @@ def exit_split(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:
     e = np.minimum(part["end_ns"].to_numpy(dtype=np.int64), t_next[x])
     part["wait_ns"] = np.clip(np.minimum(part["wait_ns"].to_numpy(dtype=np.int64), e - s), 0, None)
     part["exit"] = x
-    grouped = (
-        part.groupby(["exit", "activity"], sort=False)
-        .agg(
-            role=("role", "first"),
-            kind=("kind", "first"),
-            addr=("addr", "first"),
-            preempted=("preempted", "first"),
-            holder=("holder", "first"),
-            wait_ns=("wait_ns", "sum"),
-        )
-        .reset_index()
-    )
+    grouped = _sum_by_activity(part, "exit")
     # Fit to each exit's bql_wait_ns: never more than was waited.
     g_exit = grouped["exit"].to_numpy(dtype=np.int64)
     w = grouped["wait_ns"].to_numpy(dtype=np.int64)
@@ -574,3 +552,21 @@ def split_summary(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:
     int64 (total over the exits), ``mean_ns``/``p99_ns`` float64 (per exit
     with a part), ``share`` float64 (of their ``bql_wait``)."""
     return _by_activity(trace, exit_split(trace, exits), "exits")
+
+
+def _sum_by_activity(seg: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Segments summed per (``key``, activity): the wait, and the holder's
+    description taken from the first segment (all segments of one activity
+    describe the same holder doing the same thing)."""
+    return (
+        seg.groupby([key, "activity"], sort=False)
+        .agg(
+            role=("role", "first"),
+            kind=("kind", "first"),
+            addr=("addr", "first"),
+            preempted=("preempted", "first"),
+            holder=("holder", "first"),
+            wait_ns=("wait_ns", "sum"),
+        )
+        .reset_index()
+    )

@@ -35,6 +35,7 @@ from .request_kernel import kicks, notify_port
 from .runs import vcpu_threads
 from .waits import BQL_NAME, LockWaits, attribute_waits
 
+# requests.py re-exports these names (its public face predates the split).
 __all__ = [
     "PHASES",
     "BATCH_SPAN",

@@ -56,7 +56,7 @@ _BPF_FN = {
     "dispatch_write_ret": "dispatch_return",
 }
 
-__all__ = ["BccCollector", "bcc_available", "REC_DTYPE", "decode_chunks"]
+__all__ = ["BccCollector", "bcc_available", "check_bcc_host", "REC_DTYPE", "decode_chunks"]
 
 _SOURCE = Path(__file__).with_name("bpf") / "vmtrace.bpf.c"
 CHUNK_RECS = 128
@@ -96,6 +96,25 @@ def bcc_available() -> tuple[bool, str]:
             "run the README's setup command (it links Debian's linux-headers-amd64)"
         )
     return True, "ok"
+
+
+def check_bcc_host(what: str) -> dict[str, bool]:
+    """What a bcc program of vmtrace needs before it loads (bcc importable,
+    root, tracefs, the KVM and syscall tracepoints), for ``what`` (record,
+    top); returns the tracepoints the host has, or raises HostError."""
+    ok, why = bcc_available()
+    if not ok:
+        raise HostError(why)
+    host.require_root(what)
+    have = host.available_tracepoints(host.ensure_tracefs())
+    needed = ["syscalls:sys_enter_ioctl", "kvm:kvm_pio", "kvm:kvm_userspace_exit"]
+    missing = [tp for tp in needed if not have.get(tp)]
+    if missing:
+        raise HostError(
+            f"this kernel lacks tracepoints {', '.join(missing)}: vmtrace needs the kvm "
+            "module loaded and CONFIG_FTRACE_SYSCALLS"
+        )
+    return have
 
 
 def _cflags(
@@ -251,21 +270,9 @@ class BccCollector(Collector):
 
     # -- attach ----------------------------------------------------------
     def attach(self, pid: int) -> None:
-        ok, why = bcc_available()
-        if not ok:
-            raise HostError(why)
-        host.require_root("recording with bcc")
+        self._have = check_bcc_host("recording with bcc")
         from bcc import BPF  # imported late: bcc is a system package
 
-        tracefs = host.ensure_tracefs()
-        self._have = host.available_tracepoints(tracefs)
-        needed = ["syscalls:sys_enter_ioctl", "kvm:kvm_pio", "kvm:kvm_userspace_exit"]
-        missing = [tp for tp in needed if not self._have.get(tp)]
-        if missing:
-            raise HostError(
-                f"this kernel lacks tracepoints {', '.join(missing)}: vmtrace needs the kvm "
-                "module loaded and CONFIG_FTRACE_SYSCALLS"
-            )
         self._pid = pid
         ring_pages = 1 << max(6, (self.options.buffer_pages * 16).bit_length() - 1)
         flags = _cflags(

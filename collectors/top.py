@@ -24,8 +24,7 @@ import numpy as np
 
 from vmtrace.errors import HostError
 
-from . import host
-from .bcc_backend import bcc_available
+from .bcc_backend import check_bcc_host
 from .qemu import QemuSymbols, is_qemu, qemu_symbols, symbol_file_offset, uprobe_plan
 from .uprobe_pmu import PerfUprobe, attach_uprobe
 
@@ -84,21 +83,9 @@ class TopProgram:
 
     def attach(self, pid: int, binary: str | None) -> None:
         """Load the program and follow the process tree of ``pid``."""
-        ok, why = bcc_available()
-        if not ok:
-            raise HostError(why)
-        host.require_root("vmtrace top")
+        self.have = check_bcc_host("vmtrace top")
         from bcc import BPF  # imported late: bcc is a system package
 
-        tracefs = host.ensure_tracefs()
-        self.have = host.available_tracepoints(tracefs)
-        needed = ["syscalls:sys_enter_ioctl", "kvm:kvm_pio", "kvm:kvm_userspace_exit"]
-        missing = [tp for tp in needed if not self.have.get(tp)]
-        if missing:
-            raise HostError(
-                f"this kernel lacks tracepoints {', '.join(missing)}: vmtrace needs the kvm "
-                "module loaded and CONFIG_FTRACE_SYSCALLS"
-            )
         flags = list(self._cflags)
         if self.have.get("kvm:kvm_entry"):
             flags.append("-DHAVE_KVM_ENTRY")
@@ -128,6 +115,9 @@ class TopProgram:
         if not plan:
             self.notes.append(f"{binary} lacks {', '.join(syms.missing)}: the BQL cannot be identified")
             return
+        # Deliberately the same loop as BccCollector's: the uprobe plan and its
+        # attach are shared (qemu.uprobe_plan, uprobe_pmu.attach_uprobe); only
+        # the program functions differ, and each collector owns its program.
         for spec in plan:
             offset = symbol_file_offset(binary, spec.symbol)
             if offset is None:

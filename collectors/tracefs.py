@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmtrace.errors import HostError
+from vmtrace.procs import pid_alive
 
 __all__ = [
     "Field",
@@ -288,16 +289,6 @@ def remove_uprobe_group(tracefs: Path, group: str, attempts: int = 50) -> None:
                 time.sleep(0.02)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale(tracefs: Path | None = None) -> list[str]:
     """Remove vmtrace instances and uprobe groups whose owner process is dead.
 
@@ -314,7 +305,7 @@ def cleanup_stale(tracefs: Path | None = None) -> list[str]:
             return []
     removed: list[str] = []
     groups = sorted(
-        {g for g, _ in uprobe_names(tracefs) if (m := _GROUP_RE.match(g)) and not _pid_alive(int(m.group(1)))}
+        {g for g, _ in uprobe_names(tracefs) if (m := _GROUP_RE.match(g)) and not pid_alive(int(m.group(1)))}
     )
     for group in groups:
         remove_uprobe_group(tracefs, group)
@@ -322,7 +313,7 @@ def cleanup_stale(tracefs: Path | None = None) -> list[str]:
     inst_dir = tracefs / "instances"
     for path in sorted(inst_dir.glob(INSTANCE_PREFIX + "*")) if inst_dir.is_dir() else []:
         m = _INSTANCE_RE.match(path.name)
-        if m and not _pid_alive(int(m.group(1) or m.group(2))):
+        if m and not pid_alive(int(m.group(1) or m.group(2))):
             Instance(tracefs, path.name).remove()
             removed.append(f"instance {path.name}")
     return removed

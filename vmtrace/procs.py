@@ -27,6 +27,7 @@ __all__ = [
     "die_with_parent",
     "child_preexec",
     "run_child",
+    "pid_alive",
     "interrupt_on_signals",
     "exit_status",
 ]
@@ -120,3 +121,15 @@ def exit_status(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts:
+    its leftovers are not ours to remove)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import TraceFileError, VmtraceError
+from .procs import pid_alive
 
 __all__ = ["SPOOL_PREFIX", "new_spool", "cleanup_stale_spools", "save_for_recovery", "recover"]
 
@@ -36,16 +37,6 @@ def new_spool() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale_spools(tmpdir: Path | None = None) -> list[str]:
     """Remove spools whose owner process is gone and that hold nothing to
     recover.  Returns what was removed (``["spool /tmp/vmtrace-spool-..."]``)."""
@@ -57,7 +48,7 @@ def cleanup_stale_spools(tmpdir: Path | None = None) -> list[str]:
         return removed
     for path in entries:
         m = _SPOOL_RE.match(path.name)
-        if not m or not path.is_dir() or _alive(int(m.group(1))) or (path / _MARKER).exists():
+        if not m or not path.is_dir() or pid_alive(int(m.group(1))) or (path / _MARKER).exists():
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():

@@ -214,6 +214,10 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     return 0;
 }
 
+// The syscall decoding below repeats vmtrace.bpf.c's on purpose: bcc
+// compiles each program from one source, and top aggregates where record
+// streams, so the two share the boundaries (vmtrace/top/boundaries.py), not
+// the handlers.
 RAW_TRACEPOINT_PROBE(sys_enter) {
     long nr = (long)ctx->args[1];
     if (nr != NR_IOCTL && nr != NR_FUTEX)
