@@ -19,6 +19,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from .errors import TraceWarning, VmtraceError
+from .fleet.cli import app as fleet_app
 from .report import CLI_VIEWS, option_users, view
 from .validate import U32_MAX, check_command, check_duration, check_locking, parse_address, parse_counts
 from .validate import parse_int as _checked_int
@@ -509,7 +510,7 @@ def doctor(
 
 vmm_app = typer.Typer(help="The bundled reference VMM (a real KVM VMM in Python).", no_args_is_help=True)
 app.add_typer(vmm_app, name="vmm")
-app.add_typer(__import__("vmtrace.fleet.cli", fromlist=["app"]).app, name="fleet")
+app.add_typer(fleet_app, name="fleet")
 
 
 @vmm_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
