@@ -1,0 +1,5 @@
+"""``python -m vmtrace.cli``: the same command as ``vmtrace``."""
+
+from . import main
+
+main()
