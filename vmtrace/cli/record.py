@@ -81,13 +81,7 @@ def record(
     """
     from ..record import record as do_record
 
-    cmd = list(ctx.args)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    if pid is not None and cmd:
-        raise VmtraceError("give either -p PID or a command after --, not both")
-    if pid is None and not cmd:
-        raise VmtraceError("nothing to record: give a command after -- or -p PID")
+    cmd = _target(ctx, pid, "record")
     if pid is not None and pid < 1:
         raise VmtraceError(f"-p takes a process ID, not {pid}")
     check_duration(duration)
@@ -137,13 +131,7 @@ def top(
     """
     from ..top.cli_run import top as run_top
 
-    cmd = list(ctx.args)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    if pid is not None and cmd:
-        raise VmtraceError("give either -p PID or a command after --, not both")
-    if pid is None and not cmd:
-        raise VmtraceError("nothing to watch: give a command after -- or -p PID")
+    cmd = _target(ctx, pid, "watch")
     if once and batch is not None:
         raise VmtraceError("give --once or --batch N, not both")
     raise typer.Exit(run_top(cmd or None, pid, interval, 1 if once else batch, log, log_format))
@@ -163,3 +151,16 @@ def recover(
     from ..spool import recover as do_recover
 
     err_console.print(f"vmtrace: wrote {do_recover(spool, output)}")
+
+
+def _target(ctx: typer.Context, pid: int | None, verb: str) -> list[str]:
+    """The command line to start (empty with ``-p``): the words after
+    ``--``; one of the two, never both nor neither."""
+    cmd = list(ctx.args)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if pid is not None and cmd:
+        raise VmtraceError("give either -p PID or a command after --, not both")
+    if pid is None and not cmd:
+        raise VmtraceError(f"nothing to {verb}: give a command after -- or -p PID")
+    return cmd
