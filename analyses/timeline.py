@@ -1,7 +1,7 @@
 """Per-thread states over time: what each thread was doing, span by span.
 
 The timeline is the exit breakdown laid out on the time axis.  It uses the
-same events and the same rules as ``analyses.breakdown`` (KVM_RUN cycles,
+same events and the same rules as ``analyses.partition`` (KVM_RUN cycles,
 decode events, lock spans, free futex waits, device spans, sched switches),
 so over any exit of a vCPU thread the time in each state equals that exit's
 component in ``exit_breakdown``:
@@ -50,9 +50,9 @@ import pandas as pd
 from vmtrace.trace import Trace
 
 from . import cache
-from .breakdown import exit_breakdown
 from .holders import bql_holder_segments
 from .intervals import pair_spans
+from .partition import exit_breakdown
 from .runs import vcpu_threads
 from .waits import LockWaits, trace_lock_waits
 

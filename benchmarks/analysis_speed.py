@@ -47,10 +47,11 @@ def _child(analysis: str, path: str, tuned: bool) -> None:
         from vmtrace.alloc import tune_for_large_arrays
 
         tune_for_large_arrays()
-    from vmtrace.analyses.breakdown import bql_breakdown, exit_breakdown
+    from vmtrace.analyses.breakdown import bql_breakdown
     from vmtrace.analyses.exits import exit_stats
     from vmtrace.analyses.locks import lock_report
     from vmtrace.analyses.offcpu import offcpu_report
+    from vmtrace.analyses.partition import exit_breakdown
     from vmtrace.trace import read_trace
 
     run = {

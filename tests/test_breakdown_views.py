@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmtrace.analyses.breakdown import COMPONENTS, bql_breakdown, exit_breakdown
+from vmtrace.analyses.breakdown import bql_breakdown
 from vmtrace.analyses.exits import exit_stats
+from vmtrace.analyses.partition import COMPONENTS, exit_breakdown
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vmtrace.analyses import breakdown, cache, pairing
-from vmtrace.analyses.breakdown import bql_breakdown, exit_breakdown
+from vmtrace.analyses import cache, pairing, partition
+from vmtrace.analyses.breakdown import bql_breakdown
 from vmtrace.analyses.locks import lock_report
 from vmtrace.analyses.offcpu import offcpu_report
+from vmtrace.analyses.partition import exit_breakdown
 from vmtrace.analyses.timeline import timeline
 from vmtrace.analyses.waits import trace_lock_waits
 from vmtrace.trace import read_trace
@@ -37,7 +38,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     for name in ("offcpu_spans", "futex_waits", "futex_calls"):
         counting(pairing, name)
-    counting(breakdown, "compute_exit_breakdown")
+    counting(partition, "compute_exit_breakdown")
     return seen
 
 
@@ -91,7 +92,7 @@ def test_new_events_or_metadata_compute_again(calls: Counter[str]) -> None:
 
 def test_cached_results_equal_fresh_ones() -> None:
     t = read_trace(SAMPLE)
-    assert exit_breakdown(t).equals(breakdown.compute_exit_breakdown(read_trace(SAMPLE)))
+    assert exit_breakdown(t).equals(partition.compute_exit_breakdown(read_trace(SAMPLE)))
     assert cache.offcpu_spans(t).equals(pairing.offcpu_spans(t.events))
     fw = cache.futex_waits(t)
     assert fw.equals(pairing.futex_waits(t.events))

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmtrace.analyses.breakdown import bql_breakdown, exit_breakdown
+from vmtrace.analyses.breakdown import bql_breakdown
 from vmtrace.analyses.holders import bql_holder_segments, exit_split, holder_summary
 from vmtrace.analyses.locks import lock_report
+from vmtrace.analyses.partition import exit_breakdown
 
 from .strategies import exit_scripts
 from .synthetic import BQL_WORD, FUTEX_WAKE_PRIVATE, ExitScript, SyntheticTrace

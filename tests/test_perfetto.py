@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vmtrace.analyses.breakdown import exit_breakdown
+from vmtrace.analyses.partition import exit_breakdown
 from vmtrace.export.perfetto import chrome_trace, write_perfetto
 from vmtrace.trace import Trace, read_trace
 

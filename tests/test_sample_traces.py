@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vmtrace.analyses.breakdown import COMPONENTS, bql_breakdown, exit_breakdown
+from vmtrace.analyses.breakdown import bql_breakdown
+from vmtrace.analyses.partition import COMPONENTS, exit_breakdown
 from vmtrace.trace import read_trace
 
 SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_traces").glob("*.vmtrace"))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmtrace.analyses.breakdown import exit_breakdown
+from vmtrace.analyses.partition import exit_breakdown
 from vmtrace.analyses.timeline import STATES, display_state, state_durations, timeline
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace, empty_events, read_trace

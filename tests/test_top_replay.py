@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmtrace.analyses.breakdown import COMPONENTS as ANALYSIS_COMPONENTS
-from vmtrace.analyses.breakdown import exit_breakdown
+from vmtrace.analyses.partition import COMPONENTS as ANALYSIS_COMPONENTS
+from vmtrace.analyses.partition import exit_breakdown
 from vmtrace.analyses.runs import run_cycles
 from vmtrace.top import boundaries
 from vmtrace.top.aggregate import Snapshot, delta, empty_counters, kind_label, merge, quantile_bounds

@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from .analyses.breakdown import COMPONENTS, Breakdown, bql_breakdown
+from .analyses.breakdown import Breakdown, bql_breakdown
+from .analyses.partition import COMPONENTS
 from .errors import VmtraceError
 from .trace import read_trace
 

@@ -129,7 +129,7 @@ def _requests(r: Report) -> Any:
 
 
 def _all_exits(r: Report) -> Any:
-    from .analyses.breakdown import exit_breakdown
+    from .analyses.partition import exit_breakdown
 
     return exit_breakdown(r.trace)
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from .analyses.breakdown import COMPONENTS, bql_breakdown
+from .analyses.breakdown import bql_breakdown
+from .analyses.partition import COMPONENTS
 from .errors import VmtraceError
 from .trace import read_trace
 

@@ -1,7 +1,7 @@
 // vmtrace top's kernel side: the exit breakdown aggregated in the kernel.
 //
 // No record leaves the kernel.  Each vCPU thread's KVM_RUN cycle is cut at
-// the same named boundaries the analysis uses (analyses/breakdown.py,
+// the same named boundaries the analysis uses (analyses/partition.py,
 // DESIGN.md): run_enter, the exit's decode (kvm_pio/kvm_mmio/kvm_msr) or
 // else its userspace_exit, run_exit, blocking futex waits between run_exit
 // and the next run_enter, kvm_entry/kvm_exit where the host fires them.  At

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vmtrace.analyses.breakdown import COMPONENTS, bql_breakdown, exit_breakdown
+from vmtrace.analyses.breakdown import bql_breakdown
+from vmtrace.analyses.partition import COMPONENTS, exit_breakdown
 from vmtrace.bench import run_bench
 from vmtrace.trace import read_trace
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from vmtrace.analyses.breakdown import exit_breakdown
+from vmtrace.analyses.partition import exit_breakdown
 from vmtrace.bench import guest_image, vmm_command
 from vmtrace.top.aggregate import kind_label
 from vmtrace.top.boundaries import COMPONENTS

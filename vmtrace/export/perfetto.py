@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from vmtrace import __version__
-from vmtrace.analyses.breakdown import COMPONENTS
+from vmtrace.analyses.partition import COMPONENTS
 from vmtrace.outputs import open_output
 from vmtrace.report import Report
 from vmtrace.schema import ROLE_OTHER, role_rank

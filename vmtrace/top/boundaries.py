@@ -1,6 +1,6 @@
 """The boundaries top cuts an exit at, and the constants its BPF side uses.
 
-They are the analysis's (``analyses/breakdown.py``, DESIGN.md), named once
+They are the analysis's (``analyses/partition.py``, DESIGN.md), named once
 here for both halves of top: the BPF program gets them as ``-D`` flags
 (``cflags``) and ``replay`` uses them in Python.  A test checks that
 ``COMPONENTS`` is the analysis's partition with ``device`` folded into
