@@ -19,7 +19,7 @@ import typer
 
 from vmtrace.errors import VmtraceError
 
-# typer declares options as default values (B008), as vmtrace/cli.py does.
+# typer declares options as default values (B008), as vmtrace/cli/ does.
 # ruff: noqa: B008
 
 __all__ = ["app"]
