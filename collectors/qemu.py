@@ -198,3 +198,16 @@ def proc_thread_names(tids: set[int] | list[int]) -> dict[int, str]:
         except OSError:
             continue
     return out
+
+
+def vmm_binary(cmd: list[str]) -> str | None:
+    """The VMM executable in ``cmd``: the first word naming a QEMU binary
+    (``timeout 10 qemu-system-x86_64 ...`` and ``taskset -c 1 qemu...`` both
+    work), else the command itself."""
+    for word in cmd:
+        if word.startswith("-"):
+            continue
+        path = resolve_binary(word) if "/" not in word else os.path.realpath(word)
+        if path and is_qemu(path):
+            return path
+    return resolve_binary(cmd[0])
