@@ -211,3 +211,19 @@ def vmm_binary(cmd: list[str]) -> str | None:
         if path and is_qemu(path):
             return path
     return resolve_binary(cmd[0])
+
+
+def is_reference_vmm(cmd: list[str] | None) -> bool:
+    """Whether ``cmd`` runs vmtrace's reference VMM (``python -m
+    vmtrace.reference_vmm``, or its launcher on another interpreter)."""
+    return cmd is not None and any("reference_vmm" in part for part in cmd)
+
+
+def process_command(pid: int) -> list[str] | None:
+    """The command line of the running process ``pid`` (``/proc/PID/cmdline``),
+    for naming a VMM attached by PID; None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [w.decode(errors="replace") for w in raw.split(b"\0") if w] or None

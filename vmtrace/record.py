@@ -30,7 +30,14 @@ import pandas as pd
 from vmtrace.collectors import host
 from vmtrace.collectors.base import Collected, Collector, RecordOptions
 from vmtrace.collectors.callsites import check_callsites
-from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary, vmm_binary
+from vmtrace.collectors.qemu import (
+    is_qemu,
+    is_reference_vmm,
+    process_command,
+    qemu_version,
+    resolve_binary,
+    vmm_binary,
+)
 from vmtrace.collectors.userspace import read_probe_spool
 
 from . import probes, procs, spool
@@ -215,6 +222,8 @@ def record(
             raise TargetError(f"no process with PID {pid} (it may have exited)")
         if procs.is_zombie(pid):
             raise TargetError(f"process {pid} has exited (a zombie waiting for its parent): nothing to record")
+        # Read now: the target may be gone by the time the trace is assembled.
+        attached_cmd = process_command(pid)
         try:
             binary = os.path.realpath(f"/proc/{pid}/exe")
         except OSError:
@@ -305,7 +314,7 @@ def record(
             collected,
             chosen,
             precise,
-            cmd,
+            cmd if cmd is not None else attached_cmd,
             target_pid,
             binary,
             exit_status,
@@ -413,7 +422,7 @@ def _assemble(
             }
         )
     tsc, tsc_source = host.tsc_hz()
-    vmm = "qemu" if is_qemu(binary) else ("reference" if len(user) or _is_reference(cmd) else "other")
+    vmm = "qemu" if is_qemu(binary) else ("reference" if len(user) or is_reference_vmm(cmd) else "other")
     notes = list(collected.notes)
     have_exit = collected.tracepoints.get("kvm:kvm_exit", {})
     if not have_exit.get("fired"):
@@ -456,7 +465,3 @@ def _assemble(
     meta.update(collected.meta)
     meta.update(extra_meta() if callable(extra_meta) else extra_meta)
     return events, meta, notes
-
-
-def _is_reference(cmd: list[str] | None) -> bool:
-    return cmd is not None and any("reference_vmm" in part for part in cmd)

@@ -26,7 +26,7 @@ import pandas as pd
 from vmtrace import probes, procs, spool
 from vmtrace.collectors import host
 from vmtrace.collectors.base import Collected, Collector, RecordOptions
-from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary, vmm_binary
+from vmtrace.collectors.qemu import is_qemu, is_reference_vmm, process_command, qemu_version, resolve_binary, vmm_binary
 from vmtrace.collectors.top import KernelCounters, TopProgram
 from vmtrace.collectors.userspace import PROBE_DTYPE
 from vmtrace.errors import TargetError, VmtraceError
@@ -192,11 +192,8 @@ class Monitor:
                 self.child = None
                 raise TargetError(f"cannot run {self.cmd[0]}: {os.strerror(int(failed))}")  # type: ignore[index]
         self._names = _Names(self.pid)
-        vmm = (
-            "qemu"
-            if is_qemu(binary)
-            else ("reference" if self.cmd and any("reference_vmm" in c for c in self.cmd) else "other")
-        )
+        named_by = self.cmd if self.cmd else process_command(self.pid)
+        vmm = "qemu" if is_qemu(binary) else ("reference" if is_reference_vmm(named_by) else "other")
         tsc, _src = host.tsc_hz()
         self.header = {
             "vmm": vmm,
