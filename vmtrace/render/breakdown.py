@@ -19,7 +19,7 @@ from rich.table import Table
 from vmtrace.analyses.jsonform import hex_or_none
 
 from .labels import run_label
-from .palette import COMPONENT_COLORS, COMPONENT_LABELS
+from .palette import COMPONENT_LABELS
 from .text import bql_line, fmt_cycles, fmt_pct, grid
 
 if TYPE_CHECKING:
@@ -353,7 +353,7 @@ def breakdown_figure(b: Breakdown) -> go.Figure:
     measured (a diamond per vCPU, a dashed line for the mean)."""
     import plotly.graph_objects as go
 
-    from .figures import STACK, TEMPLATE, stack_values
+    from .figures import TEMPLATE, add_stack, stack_values
 
     rows: list[tuple[str, dict[str, Any]]] = [("all vCPUs", b.components)]
     for r in b.by_vcpu.sort_values("vcpu").to_dict(orient="records"):
@@ -364,17 +364,7 @@ def breakdown_figure(b: Breakdown) -> go.Figure:
     labels = dict(COMPONENT_LABELS)
     if not getattr(b, "guest_separated", True):
         labels["vmexit"] = "guest+vmexit"  # no kvm_entry/kvm_exit: the guest's time is inside
-    for c in STACK:
-        y = [v[c] for v in values]
-        if c == "guest" and not any(y):
-            continue
-        fig.add_bar(
-            x=x,
-            y=y,
-            name=labels[c],
-            marker_color=COMPONENT_COLORS[c],
-            hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + labels[c] + "</extra>",
-        )
+    add_stack(fig, x, values, labels)
     bench = b.meta.get("bench") or {}
     per_vcpu = bench.get("per_vcpu") or []
     if b.guest_cycles_per_op:

@@ -25,6 +25,7 @@ __all__ = [
     "TEMPLATE",
     "STACK",
     "stack_values",
+    "add_stack",
     "sweep_figure",
     "compare_figure",
 ]
@@ -61,6 +62,25 @@ def stack_values(row: dict[str, Any]) -> dict[str, float]:
     out["other_lock_wait"] = max(lock - bql, 0.0)
     out["runnable"] = float(get("runnable", 0.0) or 0.0)
     return out
+
+
+def add_stack(
+    fig: go.Figure, x: list[str], values: list[dict[str, float]], labels: Mapping[str, str] = COMPONENT_LABELS
+) -> None:
+    """Add to ``fig`` one bar per component of ``STACK``, bottom to top, over
+    ``x``; ``values`` holds one ``stack_values`` row per ``x``.  The guest's
+    bar only where it has time (hosts without kvm_entry/kvm_exit have none)."""
+    for c in STACK:
+        y = [v[c] for v in values]
+        if c == "guest" and not any(y):
+            continue
+        fig.add_bar(
+            x=x,
+            y=y,
+            name=labels[c],
+            marker_color=COMPONENT_COLORS[c],
+            hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + labels[c] + "</extra>",
+        )
 
 
 def sweep_figure(summary: pd.DataFrame, config_col: str = "config", vcpus_col: str = "vcpus") -> go.Figure:
@@ -202,17 +222,7 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
         lab: stack_values({str(k): table.at[k, lab] if k in table.index else 0.0 for k in table.index})
         for lab in labels
     }
-    for c in STACK:
-        y = [values[lab][c] for lab in labels]
-        if c == "guest" and not any(y):
-            continue
-        fig.add_bar(
-            x=labels,
-            y=y,
-            name=COMPONENT_LABELS[c],
-            marker_color=COMPONENT_COLORS[c],
-            hovertemplate="%{x}: %{y:,.0f} cycles<extra>" + COMPONENT_LABELS[c] + "</extra>",
-        )
+    add_stack(fig, labels, [values[lab] for lab in labels])
     if "guest_cycles_per_op" in table.index:
         measured = table.loc["guest_cycles_per_op", labels]
         assert isinstance(measured, pd.Series)  # the index names each component once

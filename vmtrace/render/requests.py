@@ -51,8 +51,6 @@ PHASE_COLORS: dict[str, str] = {
     "tail": "#bcbd22",
     "irq": "#17becf",
 }
-
-
 PHASE_LABELS: dict[str, str] = {
     "notify": "notify (kick -> pickup)",
     "bql_wait": "BQL wait",
@@ -65,8 +63,8 @@ PHASE_LABELS: dict[str, str] = {
 }
 
 
-# The terminal's rows: where a table has room, "queued" says where it
-# starts and ends; the last row is the whole request.
+# The terminal table's row names: "queued" by the points that bound it, as
+# the rows around it are; the last row is the whole request.
 _PHASE_ROWS = {**PHASE_LABELS, "queued": "queued (pickup -> pop)", "total": "total"}
 
 

@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 
+#: A span's colour and name by its display state: the parts of an exit keep
+#: the breakdown's (a lock wait other than the BQL its lighter red).
 STATE_COLORS: dict[str, str] = {
     **{k: v for k, v in COMPONENT_COLORS.items() if k in STATES},
     "lock_wait": COMPONENT_COLORS["other_lock_wait"],
