@@ -383,11 +383,18 @@ class Machine:
             self._iothreads_started = True
             for iothread in self.iothreads:
                 iothread.start()
+            gate = threading.Event()
             for i, vcpu in enumerate(self.vcpus):
-                t = VcpuThread(vcpu, i, self.bus, bql, cfg.locking, self._on_vcpu_stop)
+                t = VcpuThread(vcpu, i, self.bus, bql, cfg.locking, self._on_vcpu_stop, start_gate=gate)
                 self.threads.append(t)
             for t in self.threads:
                 t.start()
+            # Released together once every one is set up, as QEMU's resume_all_vcpus:
+            # an AP that starts late is time the BSP's benchmark spends waiting for it.
+            for t in self.threads:
+                while not t.ready.wait(0.1) and t.is_alive():
+                    pass
+            gate.set()
             try:
                 finished = self.main_loop.run(cfg.timeout_s)
             except KeyboardInterrupt:

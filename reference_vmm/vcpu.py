@@ -176,10 +176,24 @@ class VcpuThread(threading.Thread):
     ``on_stop(index, stop)`` is called once when the loop ends on its own
     (guest exit, failure); a stop requested from outside (``kick``) ends the
     loop without calling it.
+
+    With a ``start_gate``, the thread is created paused, as QEMU creates its
+    vCPU threads and lets them run only at ``resume_all_vcpus``: it does its
+    per-thread set-up, sets :attr:`ready` and waits for the gate before its
+    first KVM_RUN.  Without it, thread start-up is staggered by however long
+    the interpreter takes to create a thread (160-235 ms per thread on the
+    free-threaded 3.13), and the guest's BSP waits that long for its APs.
     """
 
     def __init__(
-        self, vcpu: RunnableVcpu, index: int, bus: Bus, bql: BigLock, mode: str, on_stop: Callable[[int, Stop], None]
+        self,
+        vcpu: RunnableVcpu,
+        index: int,
+        bus: Bus,
+        bql: BigLock,
+        mode: str,
+        on_stop: Callable[[int, Stop], None],
+        start_gate: threading.Event | None = None,
     ) -> None:
         if mode not in LOCKING_MODES:
             raise ValueError(f"locking mode must be one of {', '.join(LOCKING_MODES)}")
@@ -193,6 +207,8 @@ class VcpuThread(threading.Thread):
         self.stopping = False
         self.exits = 0
         self.error: BaseException | None = None
+        self.start_gate = start_gate
+        self.ready = threading.Event()
 
     def kick(self) -> None:
         """Ask the loop to end: KVM_RUN returns EINTR now or on its next entry."""
@@ -203,7 +219,12 @@ class VcpuThread(threading.Thread):
         set_thread_name(self.name)
         stop: Stop | None = None
         try:
-            stop = self._loop_2013() if self.mode == "2013" else self._loop()
+            # This thread's own bus (RCU reader, lookup memo) is made here, in the thread.
+            bus = self.bus.for_thread()
+            self.ready.set()
+            if self.start_gate is not None:
+                self.start_gate.wait()
+            stop = self._loop_2013(bus) if self.mode == "2013" else self._loop(bus)
         except BaseException as e:  # a host error: report it, do not hang the machine
             self.error = e
             stop = Stop(2, f"vCPU {self.index}: {e}")
@@ -212,9 +233,8 @@ class VcpuThread(threading.Thread):
         if stop is not None:
             self.on_stop(self.index, stop)
 
-    def _loop(self) -> Stop | None:
-        # The bus with this thread's own state (RCU reader, lookup memo): made here, in the thread.
-        vcpu, bus = self.vcpu, self.bus.for_thread()
+    def _loop(self, bus: Bus) -> Stop | None:
+        vcpu = self.vcpu
         run = vcpu.run
         n = 0
         try:
@@ -228,9 +248,9 @@ class VcpuThread(threading.Thread):
         finally:
             self.exits += n
 
-    def _loop_2013(self) -> Stop | None:
+    def _loop_2013(self, bus: Bus) -> Stop | None:
         # QEMU 1.0 (kvm_cpu_exec): hold the BQL except around the ioctl itself.
-        vcpu, bus, bql = self.vcpu, self.bus.for_thread(), self.bql
+        vcpu, bql = self.vcpu, self.bql
         run = vcpu.run
         n = 0
         bql.lock()

@@ -51,13 +51,17 @@ def tracing_state() -> dict[str, object]:
 
 
 def _qemu_children(parent: int) -> list[int]:
-    """PIDs of qemu-system-x86_64 processes descended from ``parent``."""
+    """PIDs of running VMs (qemu-system-x86_64 with a vCPU thread) descended
+    from ``parent``. The vCPU thread matters: vmtrace also runs
+    ``qemu-system-x86_64 --version`` as a child, which exits at once."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             if (d / "comm").read_text().strip() != "qemu-system-x86":
+                continue
+            if not any((t / "comm").read_text().startswith("CPU ") for t in (d / "task").iterdir()):
                 continue
             pid = int(d.name)
             while pid > 1:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from tests.reference_vmm.test_exit_handler import FakeBus
@@ -95,6 +98,21 @@ def test_kick_ends_the_loop_without_a_stop_report() -> None:
     t.kick()
     t.join(5)
     assert not t.is_alive() and vcpu.immediate_exit and stops == []
+
+
+def test_a_gated_thread_is_set_up_but_enters_the_guest_only_when_released() -> None:
+    bql = BigLock("test-bql")
+    vcpu = ScriptedVcpu([x.Shutdown()], bql)
+    gate = threading.Event()
+    stops: list[Stop] = []
+    t = VcpuThread(vcpu, 1, FakeBus(), bql, "bql", lambda i, s: stops.append(s), start_gate=gate)
+    t.start()
+    assert t.ready.wait(5), "the thread never finished its set-up"
+    time.sleep(0.05)
+    assert vcpu.bql_held_in_run == [] and t.is_alive()  # paused: no KVM_RUN before the gate
+    gate.set()
+    t.join(5)
+    assert not t.is_alive() and len(vcpu.bql_held_in_run) == 1 and stops[0].status == 3
 
 
 def test_host_error_in_the_loop_becomes_a_status_2_stop() -> None:
