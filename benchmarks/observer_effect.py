@@ -66,8 +66,33 @@ def ensure_tools(tracers: list[str], install: bool) -> list[str]:
         if tool and not shutil.which(tool[0]):
             print(f"# skipping {tracer}: {tool[0]} is not installed (Debian package {tool[1]})", file=sys.stderr)
             continue
+        why = cannot_run(tracer)
+        if why:
+            print(f"# skipping {tracer}: {why}", file=sys.stderr)
+            continue
         kept.append(tracer)
     return kept
+
+
+def cannot_run(tracer: str) -> str | None:
+    """Why an installed tool cannot trace on this host, tried once on
+    ``true`` rather than found out in every round; None if it can."""
+    if tracer != "trace-cmd":
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        # trace-cmd record sets up the function tracer even for events only
+        # (/proc/sys/kernel/ftrace_enabled, set_ftrace_filter), which a
+        # kernel that restricts the function tracer refuses.
+        proc = subprocess.run(
+            ["trace-cmd", "record", "-q", "-e", "sched:sched_switch", "-o", f"{tmp}/probe.dat", "--", "true"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    if proc.returncode == 0:
+        return None
+    said = " ".join(proc.stderr.split())
+    return f"trace-cmd cannot record on this host ({said or f'exit status {proc.returncode}'})"
 
 
 def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:

@@ -198,3 +198,32 @@ def proc_thread_names(tids: set[int] | list[int]) -> dict[int, str]:
         except OSError:
             continue
     return out
+
+
+def vmm_binary(cmd: list[str]) -> str | None:
+    """The VMM executable in ``cmd``: the first word naming a QEMU binary
+    (``timeout 10 qemu-system-x86_64 ...`` and ``taskset -c 1 qemu...`` both
+    work), else the command itself."""
+    for word in cmd:
+        if word.startswith("-"):
+            continue
+        path = resolve_binary(word) if "/" not in word else os.path.realpath(word)
+        if path and is_qemu(path):
+            return path
+    return resolve_binary(cmd[0])
+
+
+def is_reference_vmm(cmd: list[str] | None) -> bool:
+    """Whether ``cmd`` runs vmtrace's reference VMM (``python -m
+    vmtrace.reference_vmm``, or its launcher on another interpreter)."""
+    return cmd is not None and any("reference_vmm" in part for part in cmd)
+
+
+def process_command(pid: int) -> list[str] | None:
+    """The command line of the running process ``pid`` (``/proc/PID/cmdline``),
+    for naming a VMM attached by PID; None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [w.decode(errors="replace") for w in raw.split(b"\0") if w] or None

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--disk-serial", default="", metavar="S", help="what virtio-blk GET_ID answers (default empty, as QEMU)"
     )
+    run.add_argument(
+        "-S",
+        "--paused",
+        action="store_true",
+        help="create the vCPUs stopped and run them on SIGUSR2, as QEMU's -S and the monitor's cont "
+        "(lets tracers attach before the guest's first instruction)",
+    )
     run.add_argument("guest_args", nargs="*", help="after --: more guest command-line words")
     return parser
 
@@ -124,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         disk=args.disk,
         blk=args.blk,
         disk_serial=args.disk_serial,
+        paused=args.paused,
     )
     try:
         return run_machine(config)

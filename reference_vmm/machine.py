@@ -67,6 +67,8 @@ COM1_PORT = 0x3F8
 TSS_ADDR = 0xFFFBD000  # as QEMU: just below the BIOS at 4 GiB
 IDENTITY_MAP_ADDR = 0xFFFBC000
 _KICK_SIGNAL = signal.SIGUSR1
+#: Runs the vCPUs of a machine started paused (``-S``), as QEMU's ``cont``.
+CONT_SIGNAL = signal.SIGUSR2
 _ALL_ONES = {n: (1 << (8 * n)) - 1 for n in range(1, 9)}  # what an unclaimed read returns
 
 
@@ -99,6 +101,7 @@ class MachineConfig:
     disk: str | None = None
     blk: str | None = None
     disk_serial: str = ""
+    paused: bool = False
 
 
 BLK_MODES = ("bql", "dataplane")
@@ -171,6 +174,8 @@ class Machine:
         self._unassigned_counts: dict[str, dict[int, int]] = {}
         self.vcpus: list[VcpuFd] = []
         self.threads: list[VcpuThread] = []
+        # Holds the vCPU threads before their first KVM_RUN (see VcpuThread).
+        self._start_gate = threading.Event()
         self.iothreads: list[IOThread] = []
         self._iothreads_started = False
         self.blk_backend: BlockBackend | None = None
@@ -357,6 +362,7 @@ class Machine:
         """Kick and join every vCPU thread; returns the indexes that did not stop."""
         for t in self.threads:
             t.kick()
+        self._start_gate.set()  # a machine stopped while paused: its threads see the kick at once
         stuck: list[int] = []
         for t in self.threads:
             for _ in range(50):
@@ -383,7 +389,12 @@ class Machine:
             self._iothreads_started = True
             for iothread in self.iothreads:
                 iothread.start()
-            gate = threading.Event()
+            gate = self._start_gate
+            if cfg.paused and in_main:
+                # Before the vCPU threads exist, so that a "cont" sent as soon
+                # as they show up is never the signal's default (exit).  The
+                # handler runs in this thread: setting the gate is all of it.
+                signal.signal(CONT_SIGNAL, lambda *_: gate.set())
             for i, vcpu in enumerate(self.vcpus):
                 t = VcpuThread(vcpu, i, self.bus, bql, cfg.locking, self._on_vcpu_stop, start_gate=gate)
                 self.threads.append(t)
@@ -394,7 +405,8 @@ class Machine:
             for t in self.threads:
                 while not t.ready.wait(0.1) and t.is_alive():
                     pass
-            gate.set()
+            if not (cfg.paused and in_main):
+                gate.set()
             try:
                 finished = self.main_loop.run(cfg.timeout_s)
             except KeyboardInterrupt:
@@ -417,6 +429,8 @@ class Machine:
         finally:
             if old_handler is not None:
                 signal.signal(_KICK_SIGNAL, old_handler)
+            if cfg.paused and in_main:
+                signal.signal(CONT_SIGNAL, signal.SIG_DFL)
         stop = self._stop
         assert stop is not None
         if cfg.stats:

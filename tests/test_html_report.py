@@ -11,8 +11,9 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from vmtrace.render.figures import COMPONENT_LABELS
-from vmtrace.render.html import Html, Section, compare_figure, page_html, sweep_figure, write_html, write_html_report
+from vmtrace.render.figures import compare_figure, sweep_figure
+from vmtrace.render.html import Html, Section, page_html, write_html, write_html_report
+from vmtrace.render.palette import COMPONENT_LABELS
 from vmtrace.trace import Trace, read_trace
 
 from .conftest import REPO

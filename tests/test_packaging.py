@@ -62,6 +62,33 @@ def warnings_in(output: str) -> list[str]:
     return [line for line in output.splitlines() if WARNING.search(line)]
 
 
+def lend_dependencies(python: Path, lent: Path) -> None:
+    """Make this test run's installed dependencies visible to the fresh venv.
+
+    Installing pandas, pyarrow, plotly, dask... again took most of this
+    test's minutes, and what it checks is vmtrace's own wheel.  Everything
+    in the running venv's site-packages but vmtrace itself (its dist-info
+    and editable-install hook) is linked into ``lent``, which a ``.pth``
+    puts on the fresh venv's path, so pip finds the dependencies satisfied
+    and vmtrace comes only from the wheel."""
+    import sysconfig
+
+    lent.mkdir()
+    ours = Path(sysconfig.get_paths()["purelib"])
+    for entry in ours.iterdir():
+        name = entry.name.lower()
+        if name.startswith(("vmtrace", "__editable__")) or name.endswith(".pth"):
+            continue
+        (lent / entry.name).symlink_to(entry)
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(purelib, "vmtrace-test-lent-deps.pth").write_text(f"{lent}\n")
+
+
 def site_files(python: Path) -> set[Path]:
     """Every file of the installed vmtrace package."""
     pkg = subprocess.run(
@@ -84,6 +111,7 @@ def test_wheel_installs_cleanly_reports_and_builds_the_guest_in_the_cache(fresh_
     (wheel,) = wheels.glob("vmtrace-*.whl")
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lend_dependencies(fresh_venv, tmp_path / "lent")
     pip(fresh_venv, "install", *deps, cwd=tmp_path)
     installed = pip(fresh_venv, "install", "--no-deps", "--no-index", str(wheel), cwd=tmp_path)
     assert warnings_in(installed) == [], installed

@@ -16,7 +16,7 @@ from vmtrace.analyses.exits import exit_stats
 from vmtrace.analyses.locks import lock_report
 from vmtrace.analyses.offcpu import offcpu_report
 from vmtrace.cli import app
-from vmtrace.render.text import render_json_safe
+from vmtrace.jsonsafe import json_safe
 from vmtrace.trace import read_trace, write_trace
 
 from .synthetic import OTHER_WORD, ExitScript, SyntheticTrace
@@ -55,7 +55,7 @@ def _json(args: list[str]) -> dict:
 
 
 def _api(doc: object) -> dict:
-    return json.loads(json.dumps(render_json_safe(doc)))
+    return json.loads(json.dumps(json_safe(doc)))
 
 
 def test_all_views_in_one_json_object_equal_the_api(full: Path) -> None:

@@ -11,10 +11,12 @@ import pandas as pd
 from rich.console import Console
 
 from vmtrace.analyses.breakdown import bql_breakdown
-from vmtrace.render.figures import COMPONENT_LABELS, breakdown_figure, sweep_figure
+from vmtrace.render.breakdown import breakdown_figure, render_breakdown
+from vmtrace.render.figures import sweep_figure
 from vmtrace.render.html import write_compare_html, write_html_report
 from vmtrace.render.labels import interpreter_label, interpreter_short, locking_of, run_label
-from vmtrace.render.text import render_breakdown, render_comparison, render_sweep
+from vmtrace.render.palette import COMPONENT_LABELS
+from vmtrace.render.text import render_comparison, render_sweep
 
 from .synthetic import ExitScript, SyntheticTrace
 

@@ -75,9 +75,9 @@ ALL_VIEWS = ["--bql-breakdown", "--exits", "--locks", "--offcpu"]
 
 
 def _api_json(doc: object) -> object:
-    from vmtrace.render.text import render_json_safe
+    from vmtrace.jsonsafe import json_safe
 
-    return json.loads(json.dumps(render_json_safe(doc)))
+    return json.loads(json.dumps(json_safe(doc)))
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)

@@ -25,7 +25,10 @@ from vmtrace.analyses.locks import lock_report
 from vmtrace.analyses.offcpu import offcpu_report
 from vmtrace.errors import TraceWarning, VmtraceError
 from vmtrace.export.perfetto import chrome_trace
-from vmtrace.render.text import render_breakdown, render_exits, render_locks, render_offcpu
+from vmtrace.render.breakdown import render_breakdown
+from vmtrace.render.exits import render_exits
+from vmtrace.render.locks import render_locks
+from vmtrace.render.offcpu import render_offcpu
 from vmtrace.schema import EVENT_TYPES
 from vmtrace.trace import Trace, read_trace
 

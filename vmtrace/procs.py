@@ -18,8 +18,9 @@ import ctypes
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = [
     "STOP_SIGNALS",
@@ -30,6 +31,9 @@ __all__ = [
     "pid_alive",
     "interrupt_on_signals",
     "exit_status",
+    "spawn_held",
+    "terminate",
+    "is_zombie",
 ]
 
 #: Signals that ask vmtrace to stop (SIGINT from the terminal, SIGTERM from
@@ -133,3 +137,66 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> tuple[int, int, int]:
+    """Fork ``cmd`` held before exec; returns (pid, fd to write "g" to
+    release it, fd that yields an errno if exec failed).
+
+    Exec failures come back through a close-on-exec pipe as an errno.
+    """
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(go_w)
+            os.close(err_r)
+            if os.read(go_r, 1) != b"g":
+                os._exit(126)  # the recorder gave up before releasing us
+            os.close(go_r)
+            if stdout is not None:
+                os.dup2(stdout.fileno(), 1)
+            # The VMM must not outlive vmtrace, even a SIGKILLed one.
+            die_with_parent(parent)
+            # Ctrl-C reaches the target through the terminal; the target
+            # must not inherit vmtrace's handlers.
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_DFL)
+            os.execvpe(cmd[0], cmd, env)
+        except OSError as err:
+            os.write(err_w, str(err.errno).encode())
+        finally:
+            os._exit(127)
+    os.close(go_r)
+    os.close(err_w)
+    return pid, go_w, err_r
+
+
+def terminate(pid: int, grace_s: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace_s``; reap and return the exit status."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return exit_status(status)
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return exit_status(os.waitpid(pid, 0)[1])
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie, or gone): it has no threads left to record."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # gone

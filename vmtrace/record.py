@@ -30,7 +30,14 @@ import pandas as pd
 from vmtrace.collectors import host
 from vmtrace.collectors.base import Collected, Collector, RecordOptions
 from vmtrace.collectors.callsites import check_callsites
-from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary
+from vmtrace.collectors.qemu import (
+    is_qemu,
+    is_reference_vmm,
+    process_command,
+    qemu_version,
+    resolve_binary,
+    vmm_binary,
+)
 from vmtrace.collectors.userspace import read_probe_spool
 
 from . import probes, procs, spool
@@ -144,44 +151,6 @@ class _StopFlag:
         self.signum = signum
 
 
-def _spawn_held(cmd: list[str], env: dict[str, str], stdout: TextIO | None) -> tuple[int, int, int]:
-    """Fork ``cmd`` held before exec; returns (pid, fd to write "g" to
-    release it, fd that yields an errno if exec failed).
-
-    Exec failures come back through a close-on-exec pipe as an errno.
-    """
-    go_r, go_w = os.pipe()
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(go_w)
-            os.close(err_r)
-            if os.read(go_r, 1) != b"g":
-                os._exit(126)  # the recorder gave up before releasing us
-            os.close(go_r)
-            if stdout is not None:
-                os.dup2(stdout.fileno(), 1)
-            # The VMM must not outlive vmtrace, even a SIGKILLed one.
-            procs.die_with_parent(parent)
-            # Ctrl-C reaches the target through the terminal; the target
-            # must not inherit vmtrace's handlers.
-            for s in procs.STOP_SIGNALS:
-                signal.signal(s, signal.SIG_DFL)
-            os.execvpe(cmd[0], cmd, env)
-        except OSError as err:
-            os.write(err_w, str(err.errno).encode())
-        finally:
-            os._exit(127)
-    os.close(go_r)
-    os.close(err_w)
-    return pid, go_w, err_r
-
-
-_exit_status = procs.exit_status
-
-
 def cleanup_leftovers() -> list[str]:
     """Remove what recorders killed by SIGKILL left behind: tracefs
     instances and uprobe groups, and spool directories, whose owner process
@@ -198,14 +167,6 @@ def cleanup_leftovers() -> list[str]:
 
 def _say(line: str) -> None:
     print(f"vmtrace: {line}", file=sys.stderr, flush=True)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True  # gone
 
 
 def record(
@@ -254,13 +215,15 @@ def record(
             raise TargetError("no command given after --")
         if resolve_binary(cmd[0]) is None:
             raise TargetError(f"command not found: {cmd[0]}")
-        binary = _vmm_binary(cmd)
+        binary = vmm_binary(cmd)
     else:
         assert pid is not None
         if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
             raise TargetError(f"no process with PID {pid} (it may have exited)")
-        if _is_zombie(pid):
+        if procs.is_zombie(pid):
             raise TargetError(f"process {pid} has exited (a zombie waiting for its parent): nothing to record")
+        # Read now: the target may be gone by the time the trace is assembled.
+        attached_cmd = process_command(pid)
         try:
             binary = os.path.realpath(f"/proc/{pid}/exe")
         except OSError:
@@ -293,7 +256,7 @@ def record(
                 env = dict(os.environ)
                 env[probes.ENV_VAR] = str(probe_spool)
                 env[REPORT_ENV] = str(spool_dir / "interpreter.json")
-                child, go_w, err_r = _spawn_held(cmd, env, stdout)
+                child, go_w, err_r = procs.spawn_held(cmd, env, stdout)
                 target_pid, program = child, cmd[0]
             else:
                 assert pid is not None  # checked above: a command or a PID
@@ -314,14 +277,18 @@ def record(
                     child = None
                     raise TargetError(f"cannot run {program}: {os.strerror(int(failed))}")
             start_ns = time.monotonic_ns()
+            if say is not None:
+                # perf record's "Ctrl-C to stop"; scripts and tests wait for it
+                # before they signal, instead of guessing how long bcc compiles.
+                say(f"recording PID {target_pid} with {chosen}; Ctrl-C stops and writes the trace")
             while stop.signum is None:
                 if child is not None:
                     done, status = os.waitpid(child, os.WNOHANG)
                     if done:
-                        exit_status = _exit_status(status)
+                        exit_status = procs.exit_status(status)
                         child = None
                         break
-                elif _is_zombie(target_pid):
+                elif procs.is_zombie(target_pid):
                     # Exited: a zombie has no threads left to record.
                     break
                 elapsed = (time.monotonic_ns() - start_ns) / 1e9
@@ -333,7 +300,7 @@ def record(
             if child is not None:
                 # Stopped by a signal or --duration: the VMM we started must
                 # not outlive us.
-                exit_status = _terminate(child)
+                exit_status = procs.terminate(child)
                 child = None
             collected = collector.stop()
         if aggregate is not None:
@@ -347,7 +314,7 @@ def record(
             collected,
             chosen,
             precise,
-            cmd,
+            cmd if cmd is not None else attached_cmd,
             target_pid,
             binary,
             exit_status,
@@ -385,7 +352,7 @@ def record(
         )
     finally:
         if child is not None:
-            _terminate(child)
+            procs.terminate(child)
         for s, h in old_handlers.items():
             signal.signal(s, h)
         if not keep_spool:
@@ -412,25 +379,6 @@ def _write_failure(err: str, kept: Path | None, output: Path, exit_status: int |
     else:
         target = f"the target exited with status {exit_status}"
     return f"{err}; {what}; {target}"
-
-
-def _terminate(pid: int, grace_s: float = 5.0) -> int:
-    """SIGTERM, then SIGKILL after ``grace_s``; reap and return the exit status."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return _exit_status(status)
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return _exit_status(os.waitpid(pid, 0)[1])
 
 
 def _assemble(
@@ -474,7 +422,7 @@ def _assemble(
             }
         )
     tsc, tsc_source = host.tsc_hz()
-    vmm = "qemu" if is_qemu(binary) else ("reference" if len(user) or _is_reference(cmd) else "other")
+    vmm = "qemu" if is_qemu(binary) else ("reference" if len(user) or is_reference_vmm(cmd) else "other")
     notes = list(collected.notes)
     have_exit = collected.tracepoints.get("kvm:kvm_exit", {})
     if not have_exit.get("fired"):
@@ -517,20 +465,3 @@ def _assemble(
     meta.update(collected.meta)
     meta.update(extra_meta() if callable(extra_meta) else extra_meta)
     return events, meta, notes
-
-
-def _vmm_binary(cmd: list[str]) -> str | None:
-    """The VMM executable in ``cmd``: the first word naming a QEMU binary
-    (``timeout 10 qemu-system-x86_64 ...`` and ``taskset -c 1 qemu...`` both
-    work), else the command itself."""
-    for word in cmd:
-        if word.startswith("-"):
-            continue
-        path = resolve_binary(word) if "/" not in word else os.path.realpath(word)
-        if path and is_qemu(path):
-            return path
-    return resolve_binary(cmd[0])
-
-
-def _is_reference(cmd: list[str] | None) -> bool:
-    return cmd is not None and any("reference_vmm" in part for part in cmd)

@@ -56,12 +56,9 @@ class _Lazy:
         return f"{self.module}.{self.name}"
 
 
-def _text(name: str) -> _Lazy:
-    return _Lazy("vmtrace.render.text", name)
-
-
-def _html(name: str) -> _Lazy:
-    return _Lazy("vmtrace.render.html", name)
+def _render(module: str, name: str) -> _Lazy:
+    """A renderer of ``vmtrace.render.<module>``, the view's own module."""
+    return _Lazy(f"vmtrace.render.{module}", name)
 
 
 def _to_json(result: Any) -> dict[str, Any]:
@@ -163,8 +160,8 @@ VIEWS: tuple[View, ...] = (
         "with distributions, per exit kind/port, per vCPU.  The default view.",
         frozenset({"--port", "--all-exits"}),
         _to_json,
-        _text("render_breakdown"),
-        _html("breakdown_section"),
+        _render("breakdown", "render_breakdown"),
+        _render("breakdown", "breakdown_section"),
     ),
     View(
         "exits",
@@ -174,8 +171,8 @@ VIEWS: tuple[View, ...] = (
         "port and MMIO address, per vCPU.",
         frozenset({"--port"}),
         _to_json,
-        _text("render_exits"),
-        _html("exits_section"),
+        _render("exits", "render_exits"),
+        _render("exits", "exits_section"),
     ),
     View(
         "locks",
@@ -185,8 +182,8 @@ VIEWS: tuple[View, ...] = (
         "times, the BQL named; time inside futex calls.",
         frozenset({"--lock"}),
         _to_json,
-        _text("render_locks"),
-        _html("locks_section"),
+        _render("locks", "render_locks"),
+        _render("locks", "locks_section"),
     ),
     View(
         "offcpu",
@@ -195,8 +192,8 @@ VIEWS: tuple[View, ...] = (
         "Per thread: running, blocked on a lock, blocked on anything else, runnable but waiting for a CPU.",
         frozenset(),
         _to_json,
-        _text("render_offcpu"),
-        _html("offcpu_section"),
+        _render("offcpu", "render_offcpu"),
+        _render("offcpu", "offcpu_section"),
     ),
     View(
         "requests",
@@ -206,8 +203,8 @@ VIEWS: tuple[View, ...] = (
         "notification, BQL wait, queueing, processing, disk I/O, completion interrupt; p50/p90/p99.",
         frozenset(),
         _to_json,
-        _text("render_requests"),
-        _html("requests_section"),
+        _render("requests", "render_requests"),
+        _render("requests", "requests_section"),
     ),
     View(
         "callsites",
@@ -217,8 +214,8 @@ VIEWS: tuple[View, ...] = (
         "call, contended waits, hold time to the unlock; mean and p99 per file:line, as info sync-profile.",
         frozenset(),
         _to_json,
-        _Lazy("vmtrace.render.callsites", "render_callsites"),
-        _Lazy("vmtrace.render.callsites", "callsites_section"),
+        _render("callsites", "render_callsites"),
+        _render("callsites", "callsites_section"),
     ),
     View(
         "aggregate",
@@ -234,7 +231,7 @@ VIEWS: tuple[View, ...] = (
     # Every exit of the trace (not only the breakdown's summary): what the
     # timeline and the Perfetto export lay out.
     View("all_exits", _all_exits),
-    View("timeline", _timeline, html=_html("timeline_section")),
+    View("timeline", _timeline, html=_render("timeline", "timeline_section")),
 )
 
 #: The views ``vmtrace report`` offers as flags; the first is its default.

@@ -3,7 +3,9 @@ kept when the trace cannot be written.
 
 A spool is ``<tmp>/vmtrace-spool-<owner pid>-<random>``.  The owner's pid in
 the name lets the next ``record`` remove spools whose owner was SIGKILLed,
-as it removes their tracefs instances.  When writing the trace fails (a full
+as it removes their tracefs instances.  Spools of older vmtrace versions carry
+no owner (``vmtrace-spool-<random>``); they are removed once a day old, an
+age no recording reaches.  When writing the trace fails (a full
 disk), the events and metadata are saved in the spool next to a
 ``recover.json`` marker; such a spool is never cleaned automatically, and
 ``vmtrace recover SPOOL -o OUT`` finishes writing the trace from it.
@@ -16,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,9 @@ __all__ = ["SPOOL_PREFIX", "new_spool", "cleanup_stale_spools", "save_for_recove
 
 SPOOL_PREFIX = "vmtrace-spool-"
 _SPOOL_RE = re.compile(r"^vmtrace-spool-(\d+)-\w+$")
+_OWNERLESS_RE = re.compile(r"^vmtrace-spool-[A-Za-z0-9_]{8}$")
+#: An owner-less spool is left alone until it is this old (seconds).
+OWNERLESS_MAX_AGE_S = 24 * 3600
 _MARKER = "recover.json"
 _EVENTS = "events.parquet"
 
@@ -46,14 +52,27 @@ def cleanup_stale_spools(tmpdir: Path | None = None) -> list[str]:
         entries = sorted(root.glob(SPOOL_PREFIX + "*"))
     except OSError:
         return removed
+    now = time.time()
     for path in entries:
+        if not path.is_dir() or (path / _MARKER).exists():
+            continue
         m = _SPOOL_RE.match(path.name)
-        if not m or not path.is_dir() or pid_alive(int(m.group(1))) or (path / _MARKER).exists():
+        if m:
+            if pid_alive(int(m.group(1))):
+                continue
+        elif not _OWNERLESS_RE.match(path.name) or now - _mtime(path) < OWNERLESS_MAX_AGE_S:
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
             removed.append(f"spool {path}")
     return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()  # vanished meanwhile: too young to touch
 
 
 def save_for_recovery(spool: Path, output: Path, events: pd.DataFrame, meta: dict[str, Any]) -> None:

@@ -242,9 +242,15 @@ def test_signal_leaves_complete_trace_and_clean_host(live: None, tmp_path: Path,
         text=True,
         start_new_session=True,
     )
-    time.sleep(6 if backend == "bcc" else 3)  # bcc compiles first
+    assert proc.stderr is not None
+    said = ""
+    while "Ctrl-C stops" not in said and proc.poll() is None:
+        said += proc.stderr.readline()  # the recorder says when it is attached
+    assert "recording PID" in said, said
+    time.sleep(1.0)  # the guest runs traced for a while
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
+    err = said + err
     assert "Traceback" not in err
     t = read_trace(out)
     assert t.meta["interrupted"] is True

@@ -326,6 +326,64 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
                 p.wait()
     assert header["vmm"] == "qemu" and (header["vmm_version"] or "").startswith(version)
     trace = read_trace(out)
+    assert_top_agrees_with_record(counters, trace, vcpus)
+    bql = trace.bql().get("futex_uaddr")
+    assert bql and counters.bql_word == bql, "top and record named different BQL words"
+
+
+def test_top_agrees_with_record_on_one_reference_vmm_run(live: None, tmp_path: Path) -> None:
+    # The reference VMM starts paused (-S) as QEMU does, and runs on SIGUSR2
+    # (its "cont") once record and top are attached.
+    vcpus = 2
+    cmd = vmm_command("reference", "inl_pmtimer", vcpus, 3000, guest_image(), locking="bql") + ["-S"]
+    vmm = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rec = None
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and vmm.poll() is None and not _threads_named(vmm.pid, "CPU 1/KVM"):
+            time.sleep(0.1)
+        assert vmm.poll() is None and _threads_named(vmm.pid, "CPU 1/KVM"), "the reference VMM did not start paused"
+        out = tmp_path / "run.vmtrace"
+        rec = subprocess.Popen(
+            VMTRACE + ["record", "-o", str(out), "-p", str(vmm.pid)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with Monitor(pid=vmm.pid) as top:
+            assert rec.stderr is not None
+            said = ""
+            while "Ctrl-C stops" not in said and rec.poll() is None:
+                said += rec.stderr.readline()  # record is attached
+            assert "recording PID" in said, said
+            assert vmm.poll() is None, "the VMM ran before it was told to"
+            os.kill(vmm.pid, signal.SIGUSR2)
+            vmm_out, vmm_err = vmm.communicate(timeout=240)
+            # status 1: the guest's debug-exit write of 0, as QEMU's isa-debug-exit
+            assert vmm.returncode == 1 and "VMTRACE-BENCH end status=0" in vmm_out, vmm_err
+            counters = top.counters()
+            header = top.header
+        _, rec_err = rec.communicate(timeout=120)
+        assert rec.returncode == 0, rec_err
+    finally:
+        for p in (vmm, rec):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert header["vmm"] == "reference"
+    assert_top_agrees_with_record(counters, read_trace(out), vcpus)
+
+
+def _threads_named(pid: int, name: str) -> bool:
+    try:
+        return any((t / "comm").read_text().strip() == name for t in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+
+
+def assert_top_agrees_with_record(counters, trace, vcpus: int) -> None:
+    """top's kernel aggregates against record + exit_breakdown of the same
+    run: counts per (thread, exit kind, port) exactly, means within 5%."""
     assert trace.lost_events == 0, "record lost events: the counts cannot be compared"
     ex = exit_breakdown(trace)
     # top sees no scheduler events: compare with the partition before the
@@ -369,8 +427,6 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
         top_user = (counters.sums[i, _C["dispatch"]] + counters.sums[i, _C["lock_wait"]]) / n
         rec_user = float((rows["dispatch_ns"] + rows["lock_wait_ns"] + rows["device_ns"]).mean())
         assert top_user == pytest.approx(rec_user, rel=0.05), key
-    bql = trace.bql().get("futex_uaddr")
-    assert bql and counters.bql_word == bql, "top and record named different BQL words"
 
 
 def test_record_aggregate_writes_a_tiny_series_report_reads(live: None, tmp_path: Path) -> None:

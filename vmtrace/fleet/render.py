@@ -16,8 +16,9 @@ import plotly.graph_objects as go
 from rich.console import Console
 from rich.table import Table
 
-from vmtrace.render.figures import COMPONENT_COLORS, COMPONENT_LABELS, TEMPLATE
+from vmtrace.render.figures import TEMPLATE
 from vmtrace.render.html import Html, Section, write_html
+from vmtrace.render.palette import COMPONENT_COLORS, COMPONENT_LABELS
 
 from . import histograms as hist
 from .report import FleetReport

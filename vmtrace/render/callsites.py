@@ -75,11 +75,11 @@ def render_callsites(result: Any, console: Console, meta: dict[str, Any] | None 
 
 def callsites_section(report: Any, limits: Any) -> Any:
     """The page's "BQL call sites" section (None when the trace has none)."""
-    from .html import Section, _unavailable
+    from .html import Section, unavailable
 
     result, why = report.get("callsites")
     if result is None:
-        return Section("BQL call sites", [_unavailable(why)], intro=_INTRO)
+        return Section("BQL call sites", [unavailable(why)], intro=_INTRO)
     if result.sites.empty:
         return None
     s = result.sites

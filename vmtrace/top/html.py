@@ -7,8 +7,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from vmtrace.render.figures import COMPONENT_COLORS, TEMPLATE
+from vmtrace.render.figures import TEMPLATE
 from vmtrace.render.html import Html, Section
+from vmtrace.render.palette import COMPONENT_COLORS
 
 from .boundaries import SHOWN
 from .series import AggregateView

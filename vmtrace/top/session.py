@@ -26,11 +26,10 @@ import pandas as pd
 from vmtrace import probes, procs, spool
 from vmtrace.collectors import host
 from vmtrace.collectors.base import Collected, Collector, RecordOptions
-from vmtrace.collectors.qemu import is_qemu, qemu_version, resolve_binary
+from vmtrace.collectors.qemu import is_qemu, is_reference_vmm, process_command, qemu_version, resolve_binary, vmm_binary
 from vmtrace.collectors.top import KernelCounters, TopProgram
 from vmtrace.collectors.userspace import PROBE_DTYPE
 from vmtrace.errors import TargetError, VmtraceError
-from vmtrace.record import _spawn_held, _terminate, _vmm_binary
 
 from .aggregate import Snapshot, delta, empty_counters
 from .boundaries import COMPONENTS, HBUCKETS, cflags
@@ -151,7 +150,7 @@ class Monitor:
         if self.cmd is not None:
             if not self.cmd or resolve_binary(self.cmd[0]) is None:
                 raise TargetError(f"command not found: {self.cmd[0] if self.cmd else '(none)'}")
-            binary = _vmm_binary(self.cmd)
+            binary = vmm_binary(self.cmd)
         else:
             assert self.pid is not None
             if not os.path.exists(f"/proc/{self.pid}"):
@@ -173,7 +172,7 @@ class Monitor:
             devnull = open(os.devnull, "w")
             try:
                 # The VMM's console must not scribble over the view.
-                self.child, go_w, err_r = _spawn_held(self.cmd, env, devnull)
+                self.child, go_w, err_r = procs.spawn_held(self.cmd, env, devnull)
             finally:
                 devnull.close()
             self.pid = self.child
@@ -193,11 +192,8 @@ class Monitor:
                 self.child = None
                 raise TargetError(f"cannot run {self.cmd[0]}: {os.strerror(int(failed))}")  # type: ignore[index]
         self._names = _Names(self.pid)
-        vmm = (
-            "qemu"
-            if is_qemu(binary)
-            else ("reference" if self.cmd and any("reference_vmm" in c for c in self.cmd) else "other")
-        )
+        named_by = self.cmd if self.cmd else process_command(self.pid)
+        vmm = "qemu" if is_qemu(binary) else ("reference" if is_reference_vmm(named_by) else "other")
         tsc, _src = host.tsc_hz()
         self.header = {
             "vmm": vmm,
@@ -217,7 +213,7 @@ class Monitor:
                 self._program = None
         finally:
             if self.child is not None:
-                self.exit_status = _terminate(self.child)
+                self.exit_status = procs.terminate(self.child)
                 self.child = None
             for s, h in self._old.items():
                 signal.signal(s, h)
