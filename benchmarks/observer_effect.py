@@ -6,7 +6,7 @@ tracer, interleaved (round-robin, several rounds), and prints the
 guest-measured cycles per read as medians and as ratios to the untraced
 median of the same QEMU, plus trace-file bytes per event.  The vmtrace rows:
 default mode, ``--precise``, the ftrace backend, and BQL call sites
-(``--callsites full`` and ``sampled`` at ``--callsite-duty 0.1``); then the
+(``--callsites full`` and ``sampled`` at ``--callsite-duty``, 0.1 by default); then the
 tracers that aggregate in the kernel: ``vmtrace top``, ``record
 --aggregate 1`` and, as an anchor, a bpftrace one-liner.
 
@@ -46,6 +46,8 @@ TRACEPOINTS = [
     "sched:sched_wakeup",
 ]
 VMTRACE = [sys.executable, "-m", "vmtrace.cli"]
+#: --callsite-duty of the sampled call-site row (set from the command line).
+CALLSITE_DUTY = 0.1
 #: Foreign tracers: the command each needs and the Debian package that has it.
 TOOLS = {
     "perf-record": ("perf", "linux-perf"),
@@ -118,7 +120,7 @@ def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
             "--callsites",
             "sampled",
             "--callsite-duty",
-            "0.1",
+            str(CALLSITE_DUTY),
             "--",
             *cmd,
         ]
@@ -190,7 +192,12 @@ def main() -> None:
     )
     ap.add_argument("--qemu", default=None, help="QEMU versions or paths (default: every installed one of 7.2,10.0)")
     ap.add_argument("--no-install", action="store_true", help="skip missing perf/trace-cmd instead of installing them")
+    ap.add_argument(
+        "--callsite-duty", type=float, default=CALLSITE_DUTY, help="duty of the sampled call-site row (default 0.1)"
+    )
     args = ap.parse_args()
+    global CALLSITE_DUTY
+    CALLSITE_DUTY = args.callsite_duty
     tracers = ensure_tools(args.tracers.split(","), not args.no_install)
     qemus = args.qemu.split(",") if args.qemu else available_qemus()
     try:
@@ -225,6 +232,8 @@ def main() -> None:
                                 sizes.setdefault((q, tracer), []).append(out.stat().st_size / n)
                         print(f"# round {rnd} QEMU {q} {vcpus} vCPU {tracer}: {results[key][-1]:.0f}", file=sys.stderr)
     print(f"guest-measured cycles per PM-timer read (median of {args.rounds} interleaved rounds)")
+    if "vmtrace-callsites-sampled" in tracers:
+        print(f"vmtrace-callsites-sampled: --callsites sampled --callsite-duty {CALLSITE_DUTY}")
     print(
         f"{'QEMU':<8}{'tracer':<27}"
         + "".join(f"{v + ' vCPU':>22}" for v in args.vcpus.split(","))
