@@ -43,9 +43,9 @@ from vmtrace.schema import KVM_RUN
 from vmtrace.trace import normalize_events
 
 from . import host
-from .base import Collected, Collector, LockIdentity, RecordOptions, lost_rows, with_markers
+from .base import Collected, Collector, LockIdentity, RecordOptions, with_markers
 from .callsites import assign_sites
-from .ftrace_events import Decoded, assemble, decode_records, identify_lock_word
+from .ftrace_events import Decoded, assemble, decode_records, identify_lock_word, lost_markers, sched_in_missing
 from .qemu import CALLSITE_ROLES
 from .ringbuf import gather, walk_pages
 from .tracefs import (
@@ -465,7 +465,7 @@ class FtraceCollector(Collector):
             tids |= dec.own_pids
             names.extend(dec.names)
         rows = pd.concat([d.rows for d in decoded], ignore_index=True) if decoded else None
-        markers = _lost_markers({cpu: (np.concatenate(t), np.concatenate(c)) for cpu, (t, c) in gaps.items() if t})
+        markers = lost_markers({cpu: (np.concatenate(t), np.concatenate(c)) for cpu, (t, c) in gaps.items() if t})
         events = normalize_events(assemble(rows, tids)) if rows is not None else _empty()
         meta: dict[str, Any] = {}
         if self.options.precise or self.options.callsites:
@@ -486,7 +486,7 @@ class FtraceCollector(Collector):
             # only "overrun" (unread pages overwritten); "commit overrun" and
             # "dropped events" lose events without flagging any page; a page
             # may say "some" without a count (counted as 1 in lost_pages);
-            # and flag counts and "overrun" can differ (see _lost_markers).
+            # and flag counts and "overrun" can differ (see ftrace_events.lost_markers).
             # The larger of the two is the honest total.
             from_stats = st.get("overrun", 0) + st.get("commit overrun", 0) + st.get("dropped events", 0)
             lost[cpu] = max(from_stats, lost_pages.get(cpu, 0))
@@ -508,7 +508,7 @@ class FtraceCollector(Collector):
         notes = list(self._notes)
         if not tracepoints["kvm:kvm_entry"]["fired"] and tracepoints["kvm:kvm_entry"]["available"]:
             notes.append("kvm:kvm_entry/kvm_exit did not fire on this host: guest time is folded into vmexit")
-        missing_in = _sched_in_missing(events)
+        missing_in = sched_in_missing(events)
         if missing_in:
             notes.append(
                 f"{missing_in} sched_out rows are followed by another sched_out of the same thread with no "
@@ -563,41 +563,6 @@ class FtraceCollector(Collector):
             self._finalizer.detach()
         if errors:
             raise HostError("; ".join(errors))
-
-
-def _lost_markers(gaps: dict[int, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """Schema ``lost`` rows (``base.lost_rows``) from the flagged pages.
-
-    ``gaps`` cpu -> (``gap_ts`` int64, ``gap_count`` int64, -1 unknown) as
-    ``ringbuf.walk_pages`` gives them.  A page the kernel flagged without a
-    count (it stores one only when the page has 8 bytes free) gives a marker
-    whose ``value`` is NA.  It is not derived from the ``overrun``
-    statistic: on the development host (Linux 6.18) the pages' counts equalled
-    it in runs with only tracepoints enabled, but exceeded it by about 4% in
-    a run with uprobes enabled, so "overrun minus the stored counts" is not
-    a count the kernel vouches for.
-    """
-    ts_l: list[np.ndarray] = []
-    cpu_l: list[np.ndarray] = []
-    val_l: list[np.ndarray] = []
-    for cpu, (ts, count) in sorted(gaps.items()):
-        ts_l.append(ts)
-        cpu_l.append(np.full(len(ts), cpu, dtype=np.int16))
-        val_l.append(count)
-    if not ts_l:
-        return lost_rows(np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0, np.int64))
-    return lost_rows(np.concatenate(ts_l), np.concatenate(cpu_l), np.concatenate(val_l))
-
-
-def _sched_in_missing(events: pd.DataFrame) -> int:
-    """sched_out rows whose thread's next sched row is also a sched_out."""
-    s = events[events["event"].isin(["sched_in", "sched_out"]).to_numpy()]
-    if s.empty:
-        return 0
-    s = s.iloc[np.argsort(s["tid"].to_numpy(), kind="stable")]
-    out = (s["event"] == "sched_out").to_numpy()
-    tid = s["tid"].to_numpy()
-    return int((out[:-1] & out[1:] & (tid[:-1] == tid[1:])).sum())
 
 
 def _empty() -> pd.DataFrame:

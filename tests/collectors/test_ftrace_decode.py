@@ -29,8 +29,15 @@ import pandas as pd
 
 from vmtrace.analyses.intervals import lost_windows
 from vmtrace.collectors.base import RecordOptions
-from vmtrace.collectors.ftrace import FtraceCollector, _lost_markers, _sched_in_missing
-from vmtrace.collectors.ftrace_events import assemble, decode_records, identify_lock_word, pair_run_exits
+from vmtrace.collectors.ftrace import FtraceCollector
+from vmtrace.collectors.ftrace_events import (
+    assemble,
+    decode_records,
+    identify_lock_word,
+    lost_markers,
+    pair_run_exits,
+    sched_in_missing,
+)
 from vmtrace.collectors.ringbuf import walk_pages
 from vmtrace.collectors.tracefs import EventFormat, parse_format
 from vmtrace.schema import EVENT_COLUMNS, EVENT_TYPES
@@ -297,7 +304,7 @@ def test_walk_pages_no_gaps_on_golden_sample() -> None:
 def test_lost_markers_per_cpu_and_unknown_counts() -> None:
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     gaps = {0: (i64(100, 200), i64(5, -1)), 3: (i64(130), i64(4)), 1: (i64(), i64())}
-    m = _lost_markers(gaps)
+    m = lost_markers(gaps)
     assert list(m.columns) == list(EVENT_COLUMNS)
     assert set(m["event"].astype(str)) == {"lost"} and set(m["tid"]) == {-1}
     got = {
@@ -305,7 +312,7 @@ def test_lost_markers_per_cpu_and_unknown_counts() -> None:
         for c, t, v in zip(m["cpu"], m["ts_ns"], m["value"], strict=True)
     }
     assert got == {(0, 100): 5, (0, 200): None, (3, 130): 4}  # a page that stored no count: NA
-    assert _lost_markers({}).empty
+    assert lost_markers({}).empty
 
 
 def _real_lost_pages() -> tuple[bytes, dict, list[int]]:
@@ -350,7 +357,7 @@ def test_real_lost_pages_records_stay_whole() -> None:
     assert repeats <= gap_at
 
 
-def test_collector_decode_emits_lost_markers(tmp_path: Path) -> None:
+def test_collector_decode_emitslost_markers(tmp_path: Path) -> None:
     """FtraceCollector's decoding step on the real lossy pages (no tracefs):
     one marker per flagged page, on its CPU, before the first event after
     the gap, and the markers add up to the trace's lost count."""
@@ -385,11 +392,11 @@ def test_collector_decode_emits_lost_markers(tmp_path: Path) -> None:
     assert (w["start_ns"].iloc[1:] < w["end_ns"].iloc[1:]).all()
 
 
-def test_sched_in_missing() -> None:
+def testsched_in_missing() -> None:
     ev = pd.DataFrame(
         {"tid": [1, 1, 1, 2, 2], "event": ["sched_out", "sched_out", "sched_in", "sched_out", "sched_in"]}
     )
-    assert _sched_in_missing(ev) == 1
+    assert sched_in_missing(ev) == 1
 
 
 def test_parse_format_real_text() -> None:
