@@ -226,7 +226,7 @@ VIEWS: tuple[View, ...] = (
         frozenset(),
         _to_json,
         _Lazy("vmtrace.top.series", "render_aggregate"),
-        _Lazy("vmtrace.top.html", "aggregate_section"),
+        _render("aggregate", "aggregate_section"),
     ),
     # Every exit of the trace (not only the breakdown's summary): what the
     # timeline and the Perfetto export lay out.

@@ -241,12 +241,22 @@ def report_sections(
         report = Report(report, port=port, timed_loop=timed_loop)
     limits = PageLimits(max_spans=max_spans, bins=bins)
     if report.trace.meta.get("aggregate"):
-        # record --aggregate: interval snapshots, no events to analyse.
-        from vmtrace.top.html import aggregate_page
-
-        return aggregate_page(report, limits)
+        # record --aggregate: interval snapshots, no events to analyse; the
+        # aggregate view's section is the page.
+        (view,) = (v for v in VIEWS if v.name == "aggregate")
+        section = view.html(report, limits) if view.html is not None else None
+        return _aggregate_header(report.trace), [section] if section is not None else []
     sections = [s for s in (v.html(report, limits) for v in VIEWS if v.html is not None) if s is not None]
     return _header(report.trace, report["bql_breakdown"]), sections
+
+
+def _aggregate_header(trace: Trace) -> Html:
+    meta = trace.meta
+    target = meta.get("target") or {}
+    return Html(
+        f"<p>VMM {html.escape(str(target.get('vmm')))} {html.escape(str(target.get('vmm_version') or ''))}, KVM "
+        f"{html.escape(str(meta.get('kvm_flavour')))}, aggregate recording (no events).</p>"
+    )
 
 
 def _header(trace: Trace, b: Breakdown) -> Html:

@@ -1,5 +1,7 @@
-"""The HTML page of a ``record --aggregate`` trace: exits per second and
-mean cycles per component over time, then the recording's rows."""
+"""The aggregate view's page section (a ``record --aggregate`` trace):
+exits per second and mean cycles per component over time, then the
+recording's rows.  Its terminal form is ``vmtrace.top.series.render_aggregate``,
+beside the live view that shares it."""
 
 from __future__ import annotations
 
@@ -10,17 +12,16 @@ import plotly.graph_objects as go
 from vmtrace.render.figures import TEMPLATE
 from vmtrace.render.html import Html, Section
 from vmtrace.render.palette import COMPONENT_COLORS
+from vmtrace.top.boundaries import SHOWN
+from vmtrace.top.series import AggregateView
 
-from .boundaries import SHOWN
-from .series import AggregateView
-
-__all__ = ["aggregate_section", "aggregate_page"]
+__all__ = ["aggregate_section"]
 
 
 def aggregate_section(report: Any, limits: Any) -> Section | None:
     """The section of ``vmtrace.report.VIEWS``' aggregate view (None for a
     trace of events)."""
-    from .series import is_aggregate
+    from vmtrace.top.series import is_aggregate
 
     if not is_aggregate(report.trace):
         return None
@@ -57,15 +58,3 @@ def aggregate_section(report: Any, limits: Any) -> Section | None:
         intro=f"{len(s)} snapshots of {view.interval_s:g}s recorded by record --aggregate: counters, "
         "sums and log2 histograms kept in the kernel; p99 within a factor sqrt(2).",
     )
-
-
-def aggregate_page(report: Any, limits: Any) -> tuple[Html, list[Section]]:
-    """Header and sections of the page of an aggregate trace."""
-    meta = report.trace.meta
-    target = meta.get("target") or {}
-    header = Html(
-        f"<p>VMM {target.get('vmm')} {target.get('vmm_version') or ''}, KVM "
-        f"{meta.get('kvm_flavour')}, aggregate recording (no events).</p>"
-    )
-    section = aggregate_section(report, limits)
-    return header, [section] if section is not None else []
