@@ -28,6 +28,7 @@ import pytest
 from vmtrace.trace import write_trace
 
 from .conftest import IN_CI, have_root
+from .forked_cli import forked_cli
 from .synthetic import ExitScript, SyntheticTrace
 
 VMTRACE = [sys.executable, "-m", "vmtrace.cli"]
@@ -193,34 +194,16 @@ def run_case(place: Place, argv: list[str], timeout: float = 90) -> tuple[subpro
     spool.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(spool), "COLUMNS": "160"}
     files, tracing, spooled = tree(place.root), tracing_state(), tree(spool)
-    proc = subprocess.Popen(
-        VMTRACE + argv,
-        cwd=place.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # A regression that blocks (opening a FIFO, tracing forever) must not
-        # outlive the test: SIGTERM lets a recorder detach, then SIGKILL.
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-        raise
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    # A process of its own per case, forked from a server that has already
+    # imported pandas and friends (tests/forked_cli.py).
+    done = forked_cli().run(argv, cwd=place.root, env=env, timeout=timeout)
+    pid = done.pid  # type: ignore[attr-defined]
     left = [
         f"changed {k}"
         for k in set(files) ^ set(tree(place.root)) | {k for k, v in tree(place.root).items() if files.get(k, v) != v}
     ]
     left += [f"spool {k}" for k in set(tree(spool)) - set(spooled)]
-    left += [f"tracefs {x}" for x in tracing_left_by(tracing, tracing_state(), proc.pid)]
+    left += [f"tracefs {x}" for x in tracing_left_by(tracing, tracing_state(), pid)]
     return done, left
 
 
