@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,7 +122,7 @@ def forked_cli() -> ForkedCli:
 # --- the server -------------------------------------------------------------
 
 
-def _child(request: dict[str, object]) -> None:
+def _child(request: dict[str, Any]) -> None:
     """Become ``python -m vmtrace.cli ARGV`` in the request's place; never returns."""
     import runpy
     import traceback
@@ -130,7 +131,7 @@ def _child(request: dict[str, object]) -> None:
     try:
         os.chdir(str(request["cwd"]))
         os.environ.clear()
-        os.environ.update(request["env"])  # type: ignore[arg-type]
+        os.environ.update(request["env"])
         for fd, path, flags in (
             (0, os.devnull, os.O_RDONLY),
             (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
@@ -140,7 +141,7 @@ def _child(request: dict[str, object]) -> None:
             os.dup2(new, fd)
             os.close(new)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.argv = ["vmtrace", *request["argv"]]  # type: ignore[list-item]
+        sys.argv = ["vmtrace", *request["argv"]]
         try:
             runpy.run_module("vmtrace.cli", run_name="__main__", alter_sys=True)
             code = 0
