@@ -33,6 +33,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+class ForkedRun(subprocess.CompletedProcess[str]):
+    """A finished command, with the PID its process had."""
+
+    pid: int = 0
+
+
 class ForkedCli:
     """A server of ``vmtrace`` commands (``python -m tests.forked_cli``)."""
 
@@ -45,12 +51,9 @@ class ForkedCli:
         )
         self._buf = b""
 
-    def run(
-        self, argv: list[str], cwd: Path | str, env: Mapping[str, str], timeout: float = 90
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``vmtrace argv``; the result's ``args`` are the command as a
-        user would type it, and ``pid`` (an attribute added here) is the
-        child's.  On ``timeout`` the child is stopped (SIGTERM, then
+    def run(self, argv: list[str], cwd: Path | str, env: Mapping[str, str], timeout: float = 90) -> ForkedRun:
+        """Run ``vmtrace argv``; the result's ``args`` are the command as
+        ``python -m`` would run it, and ``pid`` is the child's.  On ``timeout`` the child is stopped (SIGTERM, then
         SIGKILL) and ``subprocess.TimeoutExpired`` raised."""
         with tempfile.TemporaryDirectory(prefix="vmtrace-forked-cli-") as tmp:
             out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
@@ -71,13 +74,13 @@ class ForkedCli:
                     os.kill(pid, signal.SIGKILL)
                     self._line(30)
                 raise subprocess.TimeoutExpired(["vmtrace", *argv], timeout) from None
-            done = subprocess.CompletedProcess(
+            done = ForkedRun(
                 [sys.executable, "-m", "vmtrace.cli", *argv],
                 os.waitstatus_to_exitcode(status),
                 out.read_text(errors="replace"),
                 err.read_text(errors="replace"),
             )
-        done.pid = pid  # type: ignore[attr-defined]
+        done.pid = pid
         return done
 
     def _line(self, timeout: float) -> dict[str, int]:

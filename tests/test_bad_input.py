@@ -197,7 +197,7 @@ def run_case(place: Place, argv: list[str], timeout: float = 90) -> tuple[subpro
     # A process of its own per case, forked from a server that has already
     # imported pandas and friends (tests/forked_cli.py).
     done = forked_cli().run(argv, cwd=place.root, env=env, timeout=timeout)
-    pid = done.pid  # type: ignore[attr-defined]
+    pid = done.pid
     left = [
         f"changed {k}"
         for k in set(files) ^ set(tree(place.root)) | {k for k, v in tree(place.root).items() if files.get(k, v) != v}
