@@ -181,6 +181,7 @@ def events_in(tracer: str, out: Path) -> int:
 
 
 def main() -> None:
+    global CALLSITE_DUTY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=20000)
@@ -196,7 +197,6 @@ def main() -> None:
         "--callsite-duty", type=float, default=CALLSITE_DUTY, help="duty of the sampled call-site row (default 0.1)"
     )
     args = ap.parse_args()
-    global CALLSITE_DUTY
     CALLSITE_DUTY = args.callsite_duty
     tracers = ensure_tools(args.tracers.split(","), not args.no_install)
     qemus = args.qemu.split(",") if args.qemu else available_qemus()
