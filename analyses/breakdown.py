@@ -20,11 +20,11 @@ from vmtrace.errors import VmtraceError
 from vmtrace.schema import EVENT_CODE, ROLE_VCPU
 from vmtrace.trace import Trace
 
+from . import cache
 from .holders import split_summary
 from .intervals import dense_codes, lost_windows, rank_in
 from .jsonform import bql_json, hex_or_none, records
 from .partition import COMPONENTS, exit_breakdown
-from .runs import run_cycles
 
 __all__ = ["Breakdown", "bql_breakdown", "histogram", "summarize", "timed_loop_exits"]
 
@@ -275,7 +275,7 @@ def bql_breakdown(trace: Trace, port: int | None = None, timed_loop: bool = True
     notes = list(trace.meta.get("notes") or [])
     excluded = 0
     if len(lost_windows(trace.events)):
-        cyc = run_cycles(trace).cycles
+        cyc = cache.vcpu_run_cycles(trace).cycles
         excluded = int((cyc["complete"] & cyc["lost"]).sum())
         notes.append(f"{excluded:,} exits span lost events and are left out")
     elif trace.lost_events:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from vmtrace.trace import Trace
 
-from . import pairing
+from . import pairing, runs
 
 __all__ = ["cached", "clear", "futex_calls", "futex_waits", "offcpu_spans", "lock_spans"]
 
@@ -102,3 +102,11 @@ def lock_spans(trace: Trace) -> pd.DataFrame:
         "lock_spans",
         lambda: pairing.pair_spans(trace.events, "lock_begin", "lock_acquired", keys=("tid", "name")),
     )
+
+
+def vcpu_run_cycles(trace: Trace) -> runs.RunCycles:
+    """``runs.run_cycles`` of the trace's vCPU threads (``runs.vcpu_threads``),
+    once per trace: the exit breakdown, the exit statistics and the holders
+    all start from it."""
+    rc = cached(trace, "vcpu_run_cycles", lambda: runs.run_cycles(trace, runs.vcpu_threads(trace)))
+    return runs.RunCycles(_copy(rc.cycles), _copy(rc.decodes), rc.completions_traced)

@@ -31,6 +31,7 @@ import pandas as pd
 from vmtrace.errors import MissingEventsError
 from vmtrace.trace import Trace
 
+from . import cache
 from .intervals import events_usable, lost_windows, missing_events, present_events, rank_in, thread_spans_lost
 from .runs import DECODE_EVENTS, event_codes, exit_reason_name, run_cycles, vcpu_threads
 
@@ -247,7 +248,9 @@ def _concat_labels(a: pd.Categorical, b: pd.Categorical) -> pd.Categorical[str]:
 
 
 def _from_runs(trace: Trace, tids: dict[int, int]) -> tuple[pd.DataFrame, int]:
-    rc = run_cycles(trace, tids)
+    # The breakdown's cycles when these are its vCPU threads (they are, but
+    # for a trace whose vCPUs only kvm_exit names).
+    rc = cache.vcpu_run_cycles(trace) if tids == vcpu_threads(trace) else run_cycles(trace, tids)
     good = (rc.cycles["complete"] & ~rc.cycles["lost"]).to_numpy()
     c = rc.cycles[good]
     reason = c["reason"].to_numpy(dtype=np.float64, na_value=np.nan)

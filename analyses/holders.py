@@ -70,7 +70,6 @@ from vmtrace.trace import Trace
 from . import cache
 from .arithmetic import inside_by_thread, last_match, overlap_by_thread, rank_in
 from .lost import thread_spans_lost
-from .runs import run_cycles, vcpu_threads
 from .waits import BQL_NAME, trace_lock_waits
 
 __all__ = [
@@ -307,7 +306,7 @@ def _segments(trace: Trace) -> pd.DataFrame:
         if len(seg_h)
         else np.zeros(0, dtype=object)
     )
-    cyc = cache.cached(trace, "holders_run_cycles", lambda: run_cycles(trace, vcpu_threads(trace)).cycles)
+    cyc = cache.vcpu_run_cycles(trace).cycles
     c_tid = cyc["tid"].to_numpy(dtype=np.int64)
     at = (
         inside_by_thread(

@@ -32,7 +32,6 @@ from vmtrace.trace import Trace
 from . import cache
 from .intervals import ThreadWindows, inside_by_thread, pair_spans, require_events
 from .runnable import cpu_wait_spans, intersect_by_thread
-from .runs import run_cycles, vcpu_threads
 from .waits import trace_lock_waits
 
 __all__ = ["COMPONENTS", "compute_exit_breakdown", "exit_breakdown"]
@@ -71,8 +70,7 @@ def compute_exit_breakdown(trace: Trace) -> pd.DataFrame:
     """
     ev = trace.events
     require_events(ev, ["run_enter", "run_exit"], "the exit breakdown")
-    tids = vcpu_threads(trace)
-    cyc = run_cycles(trace, tids).cycles
+    cyc = cache.vcpu_run_cycles(trace).cycles
     cyc = cyc[(cyc["complete"] & ~cyc["lost"]).to_numpy()].reset_index(drop=True)
     if cyc.empty:
         return _empty_exits()

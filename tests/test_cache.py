@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vmtrace.analyses import cache, pairing, partition
+from vmtrace.analyses import cache, pairing, partition, runs
 from vmtrace.analyses.breakdown import bql_breakdown
+from vmtrace.analyses.exits import exit_stats
 from vmtrace.analyses.locks import lock_report
 from vmtrace.analyses.offcpu import offcpu_report
 from vmtrace.analyses.partition import exit_breakdown
@@ -39,6 +40,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     for name in ("offcpu_spans", "futex_waits", "futex_calls"):
         counting(pairing, name)
     counting(partition, "compute_exit_breakdown")
+    counting(runs, "run_cycles")
     return seen
 
 
@@ -48,8 +50,17 @@ def test_every_view_of_one_trace_computes_the_shared_parts_once(calls: Counter[s
     lock_report(t)
     offcpu_report(t)
     timeline(t)
+    exit_stats(t)
     bql_breakdown(t, timed_loop=False)
-    assert calls == {"offcpu_spans": 1, "futex_waits": 1, "futex_calls": 1, "compute_exit_breakdown": 1}
+    # The KVM_RUN cycles too: the partition, the holders and the exit
+    # statistics all start from them.
+    assert calls == {
+        "offcpu_spans": 1,
+        "futex_waits": 1,
+        "futex_calls": 1,
+        "compute_exit_breakdown": 1,
+        "run_cycles": 1,
+    }
 
 
 def test_another_trace_object_computes_again(calls: Counter[str]) -> None:
@@ -70,6 +81,9 @@ def test_a_caller_cannot_poison_the_cache() -> None:
     off = cache.offcpu_spans(t)
     off.iloc[:, 1] = 0
     assert (cache.offcpu_spans(t)["start_ns"] > 0).all()
+    cyc = cache.vcpu_run_cycles(t).cycles
+    cyc["tid"] = 0
+    assert (cache.vcpu_run_cycles(t).cycles["tid"] > 0).all()
     rule = trace_lock_waits(t)
     with pytest.raises(ValueError):
         rule.wait_start[0] = 0
