@@ -6,7 +6,7 @@ tracer, interleaved (round-robin, several rounds), and prints the
 guest-measured cycles per read as medians and as ratios to the untraced
 median of the same QEMU, plus trace-file bytes per event.  The vmtrace rows:
 default mode, ``--precise``, the ftrace backend, and BQL call sites
-(``--callsites full`` and ``sampled`` at ``--callsite-duty``, 0.1 by default); then the
+(``--callsites full`` and ``sampled`` at record's default ``--callsite-duty``); then the
 tracers that aggregate in the kernel: ``vmtrace top``, ``record
 --aggregate 1`` and, as an anchor, a bpftrace one-liner.
 
@@ -32,6 +32,7 @@ from vmtrace.bench import guest_image, parse_bench_output, vmm_command
 from vmtrace.errors import VmtraceError
 from vmtrace.qemu_versions import available_qemus, resolve_qemu
 from vmtrace.trace import read_trace
+from vmtrace.validate import DEFAULT_CALLSITE_DUTY
 
 TRACEPOINTS = [
     "syscalls:sys_enter_ioctl",
@@ -47,7 +48,7 @@ TRACEPOINTS = [
 ]
 VMTRACE = [sys.executable, "-m", "vmtrace.cli"]
 #: --callsite-duty of the sampled call-site row (set from the command line).
-CALLSITE_DUTY = 0.1
+CALLSITE_DUTY = DEFAULT_CALLSITE_DUTY
 #: Foreign tracers: the command each needs and the Debian package that has it.
 TOOLS = {
     "perf-record": ("perf", "linux-perf"),
@@ -194,7 +195,10 @@ def main() -> None:
     ap.add_argument("--qemu", default=None, help="QEMU versions or paths (default: every installed one of 7.2,10.0)")
     ap.add_argument("--no-install", action="store_true", help="skip missing perf/trace-cmd instead of installing them")
     ap.add_argument(
-        "--callsite-duty", type=float, default=CALLSITE_DUTY, help="duty of the sampled call-site row (default 0.1)"
+        "--callsite-duty",
+        type=float,
+        default=CALLSITE_DUTY,
+        help=f"duty of the sampled call-site row (default {DEFAULT_CALLSITE_DUTY}, record's)",
     )
     args = ap.parse_args()
     CALLSITE_DUTY = args.callsite_duty

@@ -24,6 +24,7 @@ import pandas as pd
 
 from vmtrace.schema import EVENT_TYPES
 from vmtrace.trace import normalize_events
+from vmtrace.validate import DEFAULT_CALLSITE_DUTY
 
 from .qemu import IDENTIFY_TIMEOUT_S
 
@@ -50,7 +51,7 @@ class RecordOptions:
     #: function's file and line; sampled keeps its uprobes on for
     #: ``callsite_duty`` of every ``callsite_period_s``.
     callsites: str | None = None
-    callsite_duty: float = 0.1
+    callsite_duty: float = DEFAULT_CALLSITE_DUTY
     callsite_period_s: float = 1.0
 
 

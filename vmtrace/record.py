@@ -39,6 +39,7 @@ from vmtrace.collectors.qemu import (
     vmm_binary,
 )
 from vmtrace.collectors.userspace import read_probe_spool
+from vmtrace.validate import DEFAULT_CALLSITE_DUTY
 
 from . import probes, procs, spool
 from .errors import HostError, TargetError, TraceFileError, VmtraceError
@@ -178,7 +179,7 @@ def record(
     duration: float | None = None,
     stdout: TextIO | None = None,
     callsites: str | None = None,
-    callsite_duty: float = 0.1,
+    callsite_duty: float = DEFAULT_CALLSITE_DUTY,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
     say: Callable[[str], None] | None = _say,

@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from ..errors import VmtraceError
-from ..validate import check_command, check_duration
+from ..validate import DEFAULT_CALLSITE_DUTY, check_command, check_duration
 from .common import err_console, friendly
 
 __all__ = ["RecordCommand", "record", "recover", "top"]
@@ -58,7 +58,9 @@ def record(
         help="QEMU: read the BQL's call sites (file:line) at its uprobes: full (every acquisition) or sampled (uprobes on in windows, see --callsite-duty). Shown by report --callsites.",
     ),
     callsite_duty: float = typer.Option(
-        0.1, "--callsite-duty", help="--callsites=sampled: share of each second the call-site uprobes are on."
+        DEFAULT_CALLSITE_DUTY,
+        "--callsite-duty",
+        help="--callsites=sampled: share of each second the call-site uprobes are on.",
     ),
     aggregate: float | None = typer.Option(
         None,
