@@ -3,7 +3,7 @@
 # (scripts/setup.sh, idempotent), then runs pytest.  Live tests (KVM, BPF,
 # tracefs, QEMU, a browser, the wheel install) run here; under CI=true a live
 # test that cannot run fails.  Arguments go to pytest:
-#   bash scripts/test.sh -m "not live"   # the quick tier: no root needed, under a minute
+#   bash scripts/test.sh -m "not live"   # the quick tier: no root needed (add -n 2 for both cores)
 #   bash scripts/test.sh -m live         # only what needs the host
 # First `ruff check`, `ruff format --check` and `mypy` (the same checks as the
 # pre-commit hooks); the first that fails stops the run.  VMTRACE_LINT=0 skips
