@@ -192,8 +192,14 @@ def test_stress_detects_a_reader_that_does_not_announce_itself(monkeypatch) -> N
         self.depth += 1
 
     monkeypatch.setattr(RcuReader, "lock", lock_without_ctr)
-    errors, _, rebuilds = rcu_stress(1.5, 3, 2)
-    assert rebuilds > 50
+    # A race shows when the scheduler lets it: on a loaded host (or the
+    # free-threaded run at 4x scale beside other tests) one 1.5 s round can
+    # pass clean, so up to five rounds get the chance.
+    for _ in range(5):
+        errors, _, rebuilds = rcu_stress(1.5, 3, 2)
+        assert rebuilds > 50
+        if errors:
+            break
     assert errors, "the stress test did not notice readers that grace periods ignore"
 
 
