@@ -527,18 +527,7 @@ def exit_split(trace: Trace, exits: pd.DataFrame) -> pd.DataFrame:
             }
         )
         grouped = pd.concat([grouped, extra], ignore_index=True)
-        grouped = (
-            grouped.groupby(["exit", "activity"], sort=False)
-            .agg(
-                role=("role", "first"),
-                kind=("kind", "first"),
-                addr=("addr", "first"),
-                preempted=("preempted", "first"),
-                holder=("holder", "first"),
-                wait_ns=("wait_ns", "sum"),
-            )
-            .reset_index()
-        )
+        grouped = _sum_by_activity(grouped, "exit")
     grouped = grouped[grouped["wait_ns"] > 0]
     grouped["addr"] = grouped["addr"].astype("UInt64")
     return grouped[cols].sort_values(["exit", "wait_ns"], ascending=[True, False], kind="stable").reset_index(drop=True)
