@@ -34,6 +34,7 @@ from vmtrace.collectors.qsp import hmp_command, qsp_args, sync_profile
 from vmtrace.qemu_versions import resolve_qemu
 from vmtrace.record import record
 from vmtrace.trace import Trace, read_trace
+from vmtrace.validate import DEFAULT_CALLSITE_DUTY
 
 
 @pytest.fixture
@@ -69,7 +70,18 @@ def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> t
     t = threading.Thread(target=monitor, daemon=True)
     with open(out_path, "w") as out:
         t.start()
-        record(tmp / "run.vmtrace", cmd=cmd, stdout=out, callsites=mode, duration=300, backend=backend)
+        # A quarter of each second, not record's default 4%: this run's
+        # PM-timer loop lasts about a second, and the test needs windows in it.
+        duty = 0.25 if mode == "sampled" else DEFAULT_CALLSITE_DUTY
+        record(
+            tmp / "run.vmtrace",
+            cmd=cmd,
+            stdout=out,
+            callsites=mode,
+            callsite_duty=duty,
+            duration=300,
+            backend=backend,
+        )
     t.join(30)
     assert "qsp" in got, "the guest never printed its end record"
     return read_trace(tmp / "run.vmtrace"), got["qsp"], int(got["until_ns"])
