@@ -35,16 +35,20 @@ def ref_traces(tmp_path_factory: pytest.TempPathFactory, live: None) -> dict[tup
 
 
 def _bql(path: Path) -> tuple[float, float]:
-    """Mean BQL wait per exit in cycles, and its share of the exit."""
-    b = bql_breakdown(read_trace(path))
-    return b.components["bql_wait"], b.components["bql_wait"] / b.components["total"]
+    """Mean BQL wait per exit (ns), and its share of the exit, counting the
+    part of the wait the analysis carves out as runnable: with 4 vCPU
+    threads on 2 CPUs a woken waiter often waits for a CPU too, and how much
+    depends on what else the host runs, not on the BQL."""
+    x = bql_breakdown(read_trace(path)).exits
+    waited = (x["bql_wait_ns"] + x["runnable_bql_wait_ns"]).mean()
+    return float(waited), float(waited / x["total_ns"].mean())
 
 
 def test_bql_wait_grows_with_vcpus(live: None, ref_traces) -> None:
     (one, one_share), (four, four_share) = _bql(ref_traces[("bql", 1)]), _bql(ref_traces[("bql", 4)])
     # Four vCPUs (on two host CPUs) queue on the BQL for PM-timer reads; one
     # vCPU only meets the main loop's occasional hold.  Seen here: 4-6% of
-    # the exit at 1 vCPU's ~2k cycles, 10-40% at 4 vCPUs depending on load.
+    # the exit at 1 vCPU, 10-40% at 4 vCPUs depending on load.
     assert four > 5 * one, (one, four)
     assert four_share > 0.05 and four_share > 1.25 * one_share, (one_share, four_share)
 
