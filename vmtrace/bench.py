@@ -209,22 +209,29 @@ def vmm_command(
         return cmd
     if vmm == "reference":
         start = reference_vmm_command(python) if python else [sys.executable, "-m", "vmtrace.reference_vmm"]
-        cmd = [
-            *start,
-            "run",
-            "--image",
-            str(image),
-            "--vcpus",
-            str(vcpus),
-            "--locking",
-            locking or "bql",
-            "--append",
-            append,
-        ]
-        if disk is not None:
-            cmd += ["--disk", str(disk), "--blk", blk or "bql"]
-        return cmd
+        return reference_run_command(start, image, vcpus, locking or "bql", append, disk=disk, blk=blk)
     raise VmtraceError(f"unknown VMM {vmm!r}: choose one of {', '.join(VMMS)}")
+
+
+def reference_run_command(
+    start: list[str],
+    image: Path,
+    vcpus: int,
+    locking: str,
+    append: str,
+    disk: Path | None = None,
+    blk: str | None = None,
+    mem_mb: int | None = None,
+) -> list[str]:
+    """The reference VMM's ``run`` command line after ``start`` (its
+    interpreter and module): what ``bench`` and ``vmm run`` both start."""
+    cmd = [*start, "run", "--image", str(image), "--vcpus", str(vcpus), "--locking", locking]
+    if mem_mb is not None:
+        cmd += ["--mem", str(mem_mb)]
+    cmd += ["--append", append]
+    if disk is not None:
+        cmd += ["--disk", str(disk), "--blk", blk or "bql"]
+    return cmd
 
 
 def _qemu_blk_args(disk: Path, blk: str) -> list[str]:

@@ -294,7 +294,10 @@ MP_STATE_INIT_RECEIVED = 2
 MP_STATE_HALTED = 3
 MP_STATE_SIPI_RECEIVED = 4
 
-#: KVM_EXIT_* numbers and names, for messages.
+#: KVM_EXIT_* numbers and names, for messages.  vmtrace.schema has the same
+#: table for the analyses on purpose: the reference VMM is a target that runs
+#: on an interpreter where only its own package and vmtrace.probes exist, and
+#: the analyses never import the target.
 EXIT_REASONS: dict[int, str] = {
     0: "UNKNOWN",
     1: "EXCEPTION",

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -300,12 +301,7 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
     rec = None
     try:
         out = tmp_path / "run.vmtrace"
-        rec = subprocess.Popen(
-            VMTRACE + ["record", "-o", str(out), "-p", str(qemu.pid)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        rec = _record_by_pid(qemu.pid, out)
         with Monitor(pid=qemu.pid) as top:
             # record's programs loaded and stable, and the BQL named by both
             end = time.monotonic() + 120
@@ -320,10 +316,7 @@ def test_top_agrees_with_record_on_the_same_run(live: None, tmp_path: Path, vers
         rec_out, rec_err = rec.communicate(timeout=120)
         assert rec.returncode == 0, rec_err
     finally:
-        for p in (qemu, rec):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_left(qemu, rec)
     assert header["vmm"] == "qemu" and (header["vmm_version"] or "").startswith(version)
     trace = read_trace(out)
     assert_top_agrees_with_record(counters, trace, vcpus)
@@ -344,12 +337,7 @@ def test_top_agrees_with_record_on_one_reference_vmm_run(live: None, tmp_path: P
             time.sleep(0.1)
         assert vmm.poll() is None and _threads_named(vmm.pid, "CPU 1/KVM"), "the reference VMM did not start paused"
         out = tmp_path / "run.vmtrace"
-        rec = subprocess.Popen(
-            VMTRACE + ["record", "-o", str(out), "-p", str(vmm.pid)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        rec = _record_by_pid(vmm.pid, out)
         with Monitor(pid=vmm.pid) as top:
             assert rec.stderr is not None
             said = ""
@@ -366,12 +354,27 @@ def test_top_agrees_with_record_on_one_reference_vmm_run(live: None, tmp_path: P
         _, rec_err = rec.communicate(timeout=120)
         assert rec.returncode == 0, rec_err
     finally:
-        for p in (vmm, rec):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_left(vmm, rec)
     assert header["vmm"] == "reference"
     assert_top_agrees_with_record(counters, read_trace(out), vcpus)
+
+
+def _record_by_pid(pid: int, out: Path) -> subprocess.Popen[str]:
+    """``vmtrace record -o OUT -p PID``, its stdout and stderr piped."""
+    return subprocess.Popen(
+        VMTRACE + ["record", "-o", str(out), "-p", str(pid)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_left(*procs: subprocess.Popen[Any] | None) -> None:
+    """Whatever an agreement test started and a failure left running."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def _threads_named(pid: int, name: str) -> bool:

@@ -171,7 +171,7 @@ def vmm_run(
 
     vmtrace vmm run --image ... --vcpus 2 --disk disk.img --blk dataplane -- bench=blk_randread qd=16
     """
-    from ..bench import LOCKING_MODES, note_on_stderr
+    from ..bench import LOCKING_MODES, note_on_stderr, reference_run_command
     from ..blk import BLK_MODES, check_disk
     from ..interpreter import reference_vmm_command, resolve_python
     from ..procs import interrupt_on_signals, run_child
@@ -186,23 +186,9 @@ def vmm_run(
         raise VmtraceError("--blk needs --disk")
     guest_args = [a for a in ctx.args if a != "--"]
     start = reference_vmm_command(resolve_python(python, note_on_stderr))
-    cmd = [
-        *start,
-        "run",
-        "--image",
-        str(image),
-        "--vcpus",
-        str(vcpus),
-        "--locking",
-        locking,
-        "--mem",
-        str(mem),
-        "--append",
-        " ".join(guest_args),
-    ]
     if disk is not None:
         check_disk(disk)
-        cmd += ["--disk", str(disk), "--blk", blk_mode or "bql"]
+    cmd = reference_run_command(start, image, vcpus, locking, " ".join(guest_args), disk, blk_mode, mem_mb=mem)
     with interrupt_on_signals():
         status = run_child(cmd).returncode
     raise typer.Exit(128 - status if status < 0 else status)
