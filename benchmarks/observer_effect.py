@@ -4,7 +4,11 @@ Runs the benchmark guest's inl_pmtimer loop on QEMU at 1 and 2 vCPUs, on
 every installed QEMU (7.2 and 10.0: ``--qemu``), untraced and under each
 tracer, interleaved (round-robin, several rounds), and prints the
 guest-measured cycles per read as medians and as ratios to the untraced
-median of the same QEMU, plus trace-file bytes per event.  The vmtrace rows:
+median of the same QEMU, plus trace-file bytes per event.  Each ratio is
+followed by the interquartile range of the per-round ratios (each round's
+run over the same round's untraced run), and ``untraced-again`` runs the
+untraced command a second time in every round: its row is this host's noise
+floor, the smallest overhead the table can tell from none.  The vmtrace rows:
 default mode, ``--precise``, the ftrace backend, and BQL call sites
 (``--callsites full`` and ``sampled`` at record's default ``--callsite-duty``); then the
 tracers that aggregate in the kernel: ``vmtrace top``, ``record
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from vmtrace.bench import guest_image, parse_bench_output, vmm_command
 from vmtrace.errors import VmtraceError
-from vmtrace.qemu_versions import available_qemus, resolve_qemu
+from vmtrace.qemu_versions import QemuBinary, available_qemus, resolve_qemu
 from vmtrace.trace import read_trace
 from vmtrace.validate import DEFAULT_CALLSITE_DUTY
 
@@ -101,7 +105,7 @@ def cannot_run(tracer: str) -> str | None:
 def wrap(tracer: str, out: Path, cmd: list[str]) -> list[str]:
     if tracer in AGGREGATING:
         return wrap_aggregating(tracer, out, cmd)
-    if tracer == "untraced":
+    if tracer in ("untraced", "untraced-again"):
         return cmd
     if tracer == "vmtrace":
         return VMTRACE + ["record", "-o", str(out), "--backend", "bcc", "--", *cmd]
@@ -189,7 +193,7 @@ def main() -> None:
     ap.add_argument("--vcpus", default="1,2")
     ap.add_argument(
         "--tracers",
-        default="untraced,vmtrace,vmtrace-precise,vmtrace-ftrace,vmtrace-callsites,"
+        default="untraced,untraced-again,vmtrace,vmtrace-precise,vmtrace-ftrace,vmtrace-callsites,"
         "vmtrace-callsites-sampled,perf-record,trace-cmd,vmtrace-top,vmtrace-aggregate,bpftrace-hist",
     )
     ap.add_argument("--qemu", default=None, help="QEMU versions or paths (default: every installed one of 7.2,10.0)")
@@ -235,12 +239,35 @@ def main() -> None:
                             if n:
                                 sizes.setdefault((q, tracer), []).append(out.stat().st_size / n)
                         print(f"# round {rnd} QEMU {q} {vcpus} vCPU {tracer}: {results[key][-1]:.0f}", file=sys.stderr)
-    print(f"guest-measured cycles per PM-timer read (median of {args.rounds} interleaved rounds)")
+    print_table(args, tracers, binaries, results, sizes)
+
+
+def round_ratios(vals: list[float], base: list[float]) -> tuple[float, float]:
+    """Interquartile range of the paired per-round ratios ``vals[r] /
+    base[r]`` (rounds where both ran; results are appended in round order
+    and a failed run is skipped, so pairs are taken only when both lists are
+    complete)."""
+    pairs = [v / b for v, b in zip(vals, base, strict=False)] if len(vals) == len(base) else []
+    if len(pairs) < 2:
+        return float("nan"), float("nan")
+    q = statistics.quantiles(pairs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def print_table(
+    args: argparse.Namespace,
+    tracers: list[str],
+    binaries: dict[str, QemuBinary],
+    results: dict[tuple[str, int, str], list[float]],
+    sizes: dict[tuple[str, str], list[float]],
+) -> None:
+    print(f"guest-measured cycles per PM-timer read (median of {args.rounds} interleaved rounds;")
+    print("[p25-p75] of the per-round ratios to the same round's untraced run)")
     if "vmtrace-callsites-sampled" in tracers:
         print(f"vmtrace-callsites-sampled: --callsites sampled --callsite-duty {CALLSITE_DUTY}")
     print(
         f"{'QEMU':<8}{'tracer':<27}"
-        + "".join(f"{v + ' vCPU':>22}" for v in args.vcpus.split(","))
+        + "".join(f"{v + ' vCPU':>30}" for v in args.vcpus.split(","))
         + f"{'bytes/event':>14}"
     )
     for q, binary in binaries.items():
@@ -250,10 +277,12 @@ def main() -> None:
                 vals = results.get((q, vcpus, tracer))
                 base = results.get((q, vcpus, "untraced"))
                 if not vals or not base:
-                    cells.append(f"{'-':>22}")
+                    cells.append(f"{'-':>30}")
                     continue
                 med, b = statistics.median(vals), statistics.median(base)
-                cells.append(f"{med:>12,.0f} ({med / b:4.2f}x)")
+                lo, hi = round_ratios(vals, base)
+                spread = f"[{lo:4.2f}-{hi:4.2f}]" if lo == lo else " " * 11
+                cells.append(f"{med:>10,.0f} {med / b:4.2f}x {spread}")
             sz = sizes.get((q, tracer))
             size = f"{statistics.median(sz):>14.1f}" if sz else f"{'-':>14}"
             print(f"{binary.version:<8}{tracer:<27}" + "".join(cells) + size)

@@ -7,11 +7,11 @@
 //
 // The record layout is mirrored once, as a numpy dtype, in bcc_backend.py.
 // EV_* codes are passed in with -D from vmtrace.schema.EVENT_TYPES; HAVE_*
-// flags say which tracepoints this host has.
+// flags say which tracepoints this host has; CHUNK_RECS comes from
+// bcc_backend.py, which decodes the chunks.
 
 #include <uapi/linux/ptrace.h>
 
-#define CHUNK_RECS 128
 #define KVM_RUN_CMD 0xAE80
 #define NR_IOCTL 16   // x86_64 syscall numbers: KVM here is x86 only
 #define NR_FUTEX 202

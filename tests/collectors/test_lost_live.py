@@ -104,12 +104,20 @@ def check_markers(col: Collected, exact: bool) -> pd.DataFrame:
     return marks
 
 
-def check_accounting(col: Collected, marks: pd.DataFrame, calls: int) -> None:
+# ftrace's own count can fall a few records short: in one CI run, 377,565
+# recorded + 222,433 overrun of 600,000, and the next six runs here (idle
+# and with both CPUs busy) were exact.  A page holds ~100 of these records,
+# so a slack of 8 still catches a page lost or mis-decoded by vmtrace.
+FTRACE_SHORT_SLACK = 8
+
+
+def check_accounting(col: Collected, marks: pd.DataFrame, calls: int, short_slack: int = 0) -> None:
     """Recorded futex records plus lost records = the storm's calls (x2)."""
     ev = col.events
     recorded = int(ev["event"].isin(["futex_enter", "futex_exit"]).sum())
     lost = sum(col.lost_per_cpu.values())
-    assert 2 * calls <= recorded + lost <= 2 * calls + STARTUP_SLACK, (recorded, lost, marks["value"].sum())
+    got = recorded + lost
+    assert 2 * calls - short_slack <= got <= 2 * calls + STARTUP_SLACK, (recorded, lost, marks["value"].sum())
 
 
 def test_ftrace_tiny_buffer_emits_lost_markers(root, tmp_path, target_factory) -> None:
@@ -121,7 +129,7 @@ def test_ftrace_tiny_buffer_emits_lost_markers(root, tmp_path, target_factory) -
         stats = dict(c._stats)
     assert tracefs_state() == before
     marks = check_markers(col, exact=False)
-    check_accounting(col, marks, CALLS)
+    check_accounting(col, marks, CALLS, short_slack=FTRACE_SHORT_SLACK)
     # The page flags carry the overrun counts: where every flagged page had
     # room to store its count, the markers of that CPU add up to its overrun.
     for cpu in sorted(set(marks["cpu"].astype(int).tolist())):
