@@ -24,7 +24,7 @@ import pandas as pd
 
 from vmtrace.schema import EVENT_TYPES
 from vmtrace.trace import normalize_events
-from vmtrace.validate import DEFAULT_CALLSITE_DUTY
+from vmtrace.validate import DEFAULT_CALLSITE_DUTY, DEFAULT_CALLSITE_PERIOD_S
 
 from .qemu import IDENTIFY_TIMEOUT_S
 
@@ -52,7 +52,7 @@ class RecordOptions:
     #: ``callsite_duty`` of every ``callsite_period_s``.
     callsites: str | None = None
     callsite_duty: float = DEFAULT_CALLSITE_DUTY
-    callsite_period_s: float = 1.0
+    callsite_period_s: float = DEFAULT_CALLSITE_PERIOD_S
 
 
 @dataclass

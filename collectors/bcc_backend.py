@@ -42,7 +42,7 @@ from .qemu import (
     symbol_file_offset,
     uprobe_plan,
 )
-from .uprobe_pmu import PerfUprobe, attach_uprobe
+from .uprobe_pmu import PerfUprobe, attach_uprobe, close_all
 
 #: The BPF function in bpf/vmtrace.bpf.c behind each role of ``qemu.uprobe_plan``.
 _BPF_FN = {
@@ -345,9 +345,7 @@ class BccCollector(Collector):
     def _detach_uprobes(self, keep: tuple[str, ...] = ()) -> None:
         """Close every uprobe whose role is not in ``keep``."""
         kept = [(p, r) for p, r in zip(self._uprobes, self._roles, strict=True) if r in keep]
-        for probe, role in zip(self._uprobes, self._roles, strict=True):
-            if role not in keep:
-                probe.close()
+        close_all([p for p, r in zip(self._uprobes, self._roles, strict=True) if r not in keep])
         if self._uprobes and not kept:
             self._uprobes_detached_ns = time.monotonic_ns()
         self._uprobes = [p for p, _ in kept]

@@ -27,7 +27,7 @@ __all__ = ["CALLSITE_MODES", "check_callsites", "site_label", "assign_sites", "S
 CALLSITE_MODES = ("full", "sampled")
 
 
-def check_callsites(mode: str | None, duty: float) -> str | None:
+def check_callsites(mode: str | None, duty: float, period_s: float = 1.0) -> str | None:
     """``mode`` if valid (None: no call sites); raises VmtraceError."""
     if mode is None:
         return None
@@ -35,6 +35,8 @@ def check_callsites(mode: str | None, duty: float) -> str | None:
         raise VmtraceError(f"--callsites takes {' or '.join(CALLSITE_MODES)}, not {mode!r}")
     if mode == "sampled" and not (isinstance(duty, (int, float)) and 0 < duty <= 1):
         raise VmtraceError(f"--callsite-duty takes a share of time above 0 and at most 1, not {duty!r}")
+    if mode == "sampled" and not (isinstance(period_s, (int, float)) and 0.01 <= period_s <= 3600):
+        raise VmtraceError(f"--callsite-period takes seconds from 0.01 to 3600, not {period_s!r}")
     return mode
 
 

@@ -120,7 +120,14 @@ def test_assign_sites_indexes_file_and_line() -> None:
 def test_site_label_and_mode_checks() -> None:
     assert site_label("../../system/physmem.c", 7) == "system/physmem.c:7"
     assert check_callsites(None, 0.1) is None and check_callsites("sampled", 0.5) == "sampled"
-    for bad in (("sometimes", 0.1), ("sampled", 0.0), ("sampled", 1.5)):
+    assert check_callsites("sampled", 0.04, 5.0) == "sampled"
+    for bad in (
+        ("sometimes", 0.1),
+        ("sampled", 0.0),
+        ("sampled", 1.5),
+        ("sampled", 0.1, 0.0),
+        ("sampled", 0.1, float("nan")),
+    ):
         with pytest.raises(VmtraceError):
             check_callsites(*bad)
 

@@ -39,7 +39,7 @@ from vmtrace.collectors.qemu import (
     vmm_binary,
 )
 from vmtrace.collectors.userspace import read_probe_spool
-from vmtrace.validate import DEFAULT_CALLSITE_DUTY
+from vmtrace.validate import DEFAULT_CALLSITE_DUTY, DEFAULT_CALLSITE_PERIOD_S
 
 from . import probes, procs, spool
 from .errors import HostError, TargetError, TraceFileError, VmtraceError
@@ -180,6 +180,7 @@ def record(
     stdout: TextIO | None = None,
     callsites: str | None = None,
     callsite_duty: float = DEFAULT_CALLSITE_DUTY,
+    callsite_period_s: float = DEFAULT_CALLSITE_PERIOD_S,
     extra_meta: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     on_tick: Callable[[float], None] | None = None,
     say: Callable[[str], None] | None = _say,
@@ -196,7 +197,8 @@ def record(
     ``say`` gets one-line notices (leftovers removed, an attached PID that
     never entered KVM_RUN), on stderr by default.  ``callsites`` ("full"
     or "sampled", QEMU only) reads the BQL function's file and line at a
-    uprobe; sampled keeps the uprobes on for ``callsite_duty`` of each second.
+    uprobe; sampled keeps the uprobes on for ``callsite_duty`` of every
+    ``callsite_period_s`` seconds.
     ``aggregate`` records no events: one snapshot of top's in-kernel
     counters every that many seconds, in the metadata's ``aggregate``.
     """
@@ -204,7 +206,7 @@ def record(
         raise VmtraceError("give either a command after -- or -p PID")
     if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
         raise VmtraceError(f"--duration takes a finite number of seconds above 0, not {duration!r}")
-    check_callsites(callsites, callsite_duty)
+    check_callsites(callsites, callsite_duty, callsite_period_s)
     say = say or (lambda _line: None)
     output = Path(output)
     host.require_root("vmtrace record")
@@ -241,8 +243,9 @@ def record(
         spool_dir=spool_dir,
         precise=precise,
         vmm_binary=binary,
-        callsites=check_callsites(callsites, callsite_duty),
+        callsites=check_callsites(callsites, callsite_duty, callsite_period_s),
         callsite_duty=callsite_duty,
+        callsite_period_s=callsite_period_s,
     )
     probe_spool = spool_dir / "probes.bin"
     stop = _StopFlag()

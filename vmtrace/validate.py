@@ -34,12 +34,18 @@ U64_MAX = (1 << 64) - 1
 #: The benchmark guest reads iterations= as a 32-bit unsigned integer.
 U32_MAX = (1 << 32) - 1
 
-#: Share of each second the sampled call-site uprobes are on.  Full call
+#: Share of each period the sampled call-site uprobes are on.  Full call
 #: sites cost 4.4-5.9x per PM-timer read on this project's 2-CPU host (three
-#: uprobes per BQL acquisition, ~13 us each); at 0.04 the sampled runs
-#: measured 0.99-1.09x (benchmarks/observer_effect.py), inside the 1.25x
-#: budget with room for a slower host; 0.1 measured up to 1.4x under load.
+#: uprobes per BQL acquisition, ~13 us each).
 DEFAULT_CALLSITE_DUTY = 0.04
+#: Seconds from one sampling window to the next.  Each window also costs a
+#: fixed tail: closing a uprobe takes ~90-160 ms here (the kernel waits for
+#: grace periods under one mutex, so the three closes run one after another)
+#: and each probe keeps trapping until its own close returns, ~350 ms of
+#: probes after every window.  With 1 s periods that tail made the 4% duty
+#: cost 1.35-1.63x on long runs; 5 s periods spread it over five times the
+#: work.  (Runs shorter than one period see only the window at attach.)
+DEFAULT_CALLSITE_PERIOD_S = 5.0
 
 
 def shown(text: Any, limit: int = 40) -> str:

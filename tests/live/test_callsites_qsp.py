@@ -70,8 +70,9 @@ def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> t
     t = threading.Thread(target=monitor, daemon=True)
     with open(out_path, "w") as out:
         t.start()
-        # A quarter of each second, not record's default 4%: this run's
-        # PM-timer loop lasts about a second, and the test needs windows in it.
+        # A quarter of each second, not record's default 4% of 5 s: this
+        # run's PM-timer loop lasts about a second, and the test needs
+        # windows in it.
         duty = 0.25 if mode == "sampled" else DEFAULT_CALLSITE_DUTY
         record(
             tmp / "run.vmtrace",
@@ -79,6 +80,7 @@ def _run_with_qsp(tmp: Path, version: str, mode: str, backend: str = "bcc") -> t
             stdout=out,
             callsites=mode,
             callsite_duty=duty,
+            callsite_period_s=1.0,
             duration=300,
             backend=backend,
         )

@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from ..errors import VmtraceError
-from ..validate import DEFAULT_CALLSITE_DUTY, check_command, check_duration
+from ..validate import DEFAULT_CALLSITE_DUTY, DEFAULT_CALLSITE_PERIOD_S, check_command, check_duration
 from .common import err_console, friendly
 
 __all__ = ["RecordCommand", "record", "recover", "top"]
@@ -60,7 +60,12 @@ def record(
     callsite_duty: float = typer.Option(
         DEFAULT_CALLSITE_DUTY,
         "--callsite-duty",
-        help="--callsites=sampled: share of each second the call-site uprobes are on.",
+        help="--callsites=sampled: share of each period the call-site uprobes are on.",
+    ),
+    callsite_period: float = typer.Option(
+        DEFAULT_CALLSITE_PERIOD_S,
+        "--callsite-period",
+        help="--callsites=sampled: seconds from one window to the next.  Each window also pays a fixed ~0.35 s of uprobe removal on this kind of host, so short periods cost more than the duty says.",
     ),
     aggregate: float | None = typer.Option(
         None,
@@ -98,6 +103,7 @@ def record(
         duration=duration,
         callsites=callsites,
         callsite_duty=callsite_duty,
+        callsite_period_s=callsite_period,
         aggregate=aggregate,
     )
     lost = f", {result.lost} events LOST" if result.lost else ", no events lost"
