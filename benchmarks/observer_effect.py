@@ -36,7 +36,7 @@ from vmtrace.bench import guest_image, parse_bench_output, vmm_command
 from vmtrace.errors import VmtraceError
 from vmtrace.qemu_versions import QemuBinary, available_qemus, resolve_qemu
 from vmtrace.trace import read_trace
-from vmtrace.validate import DEFAULT_CALLSITE_DUTY
+from vmtrace.validate import DEFAULT_CALLSITE_DUTY, DEFAULT_CALLSITE_PERIOD_S
 
 TRACEPOINTS = [
     "syscalls:sys_enter_ioctl",
@@ -264,7 +264,10 @@ def print_table(
     print(f"guest-measured cycles per PM-timer read (median of {args.rounds} interleaved rounds;")
     print("[p25-p75] of the per-round ratios to the same round's untraced run)")
     if "vmtrace-callsites-sampled" in tracers:
-        print(f"vmtrace-callsites-sampled: --callsites sampled --callsite-duty {CALLSITE_DUTY}")
+        print(
+            f"vmtrace-callsites-sampled: --callsites sampled --callsite-duty {CALLSITE_DUTY} "
+            f"--callsite-period {DEFAULT_CALLSITE_PERIOD_S:g} (runs shorter than a period see one window)"
+        )
     print(
         f"{'QEMU':<8}{'tracer':<27}"
         + "".join(f"{v + ' vCPU':>30}" for v in args.vcpus.split(","))
