@@ -42,7 +42,7 @@ from .qemu import (
     symbol_file_offset,
     uprobe_plan,
 )
-from .uprobe_pmu import PerfUprobe, attach_uprobe, close_all
+from .uprobe_pmu import PerfUprobe, attach_uprobe
 
 #: The BPF function in bpf/vmtrace.bpf.c behind each role of ``qemu.uprobe_plan``.
 _BPF_FN = {
@@ -59,10 +59,10 @@ _BPF_FN = {
 __all__ = ["BccCollector", "bcc_available", "check_bcc_host", "REC_DTYPE", "decode_chunks"]
 
 _SOURCE = Path(__file__).with_name("bpf") / "vmtrace.bpf.c"
-#: Records per chunk.  The recorder's Python callback, not the copy, is what
-#: it pays per chunk: at 128 a 2-vCPU QEMU cost it ~4% of a CPU, taken from
-#: the vCPUs on a host with as many cores; 512 (20 KiB, well under the 32 KiB
-#: a per-CPU map value may hold) calls it a quarter as often.
+#: Records per chunk.  The recorder pays a Python callback and a spool write
+#: per chunk, and on a host with as many CPUs as vCPUs that time is taken
+#: from the vCPUs: recording a 2-vCPU QEMU took 2.7-2.8% of a CPU at 128 and
+#: 2.0% at 512 (20 KiB, well under the 32 KiB a per-CPU map value may hold).
 CHUNK_RECS = 512
 EV_COMM = 255
 
@@ -345,7 +345,9 @@ class BccCollector(Collector):
     def _detach_uprobes(self, keep: tuple[str, ...] = ()) -> None:
         """Close every uprobe whose role is not in ``keep``."""
         kept = [(p, r) for p, r in zip(self._uprobes, self._roles, strict=True) if r in keep]
-        close_all([p for p, r in zip(self._uprobes, self._roles, strict=True) if r not in keep])
+        for probe, role in zip(self._uprobes, self._roles, strict=True):
+            if role not in keep:
+                probe.close()
         if self._uprobes and not kept:
             self._uprobes_detached_ns = time.monotonic_ns()
         self._uprobes = [p for p, _ in kept]

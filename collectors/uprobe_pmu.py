@@ -22,12 +22,11 @@ import ctypes
 import errno
 import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vmtrace.errors import HostError
 
-__all__ = ["PerfUprobe", "attach_uprobe", "close_all", "uprobe_einval_hint"]
+__all__ = ["PerfUprobe", "attach_uprobe", "uprobe_einval_hint"]
 
 _PMU = Path("/sys/bus/event_source/devices/uprobe")
 _NR_PERF_EVENT_OPEN = 298  # x86_64
@@ -122,6 +121,11 @@ class PerfUprobe:
         self.is_return = is_return
 
     def close(self) -> None:
+        """Remove the uprobe.  This blocks ~90-160 ms on this host (the kernel
+        waits for grace periods, holding one mutex, so closes never overlap:
+        three take ~350 ms, from one thread or three), and the breakpoint
+        keeps trapping until it returns; PERF_EVENT_IOC_DISABLE does not
+        take it out sooner."""
         if self.fd < 0:
             return
         try:
@@ -171,21 +175,3 @@ def attach_uprobe(
             probe.close()
             raise HostError(f"{what} on a uprobe on {symbol} in {binary} failed: {os.strerror(err)}")
     return probe
-
-
-def close_all(probes: list[PerfUprobe]) -> None:
-    """Close ``probes`` concurrently.
-
-    Closing a uprobe's perf event blocks for ~90-160 ms on this host (the
-    kernel waits for a grace period), and its breakpoint keeps trapping
-    (~13 us a hit) until the close returns; PERF_EVENT_IOC_DISABLE does not
-    take it out earlier.  One after another, the three call-site probes kept
-    a 2-vCPU QEMU ~5x slower for ~350 ms after each sampling window; side by
-    side it is one close's time.
-    """
-    if len(probes) <= 1:
-        for probe in probes:
-            probe.close()
-        return
-    with ThreadPoolExecutor(max_workers=len(probes)) as pool:
-        list(pool.map(PerfUprobe.close, probes))  # list(): re-raise a failure

@@ -43,8 +43,9 @@ DEFAULT_CALLSITE_DUTY = 0.04
 #: grace periods under one mutex, so the three closes run one after another)
 #: and each probe keeps trapping until its own close returns, ~350 ms of
 #: probes after every window.  With 1 s periods that tail made the 4% duty
-#: cost 1.35-1.63x on long runs; 5 s periods spread it over five times the
-#: work.  (Runs shorter than one period see only the window at attach.)
+#: cost 1.35-1.63x on long runs; with 5 s periods it measured 1.01-1.14x
+#: (benchmarks/observer_effect.py --iterations 800000).  Runs shorter than
+#: one period see only the window at attach.
 DEFAULT_CALLSITE_PERIOD_S = 5.0
 
 
