@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from vmtrace.errors import VmtraceError
+from vmtrace.validate import DEFAULT_CALLSITE_PERIOD_S
 
 __all__ = ["CALLSITE_MODES", "check_callsites", "site_label", "assign_sites", "SamplingWindows"]
 
@@ -27,7 +28,7 @@ __all__ = ["CALLSITE_MODES", "check_callsites", "site_label", "assign_sites", "S
 CALLSITE_MODES = ("full", "sampled")
 
 
-def check_callsites(mode: str | None, duty: float, period_s: float = 1.0) -> str | None:
+def check_callsites(mode: str | None, duty: float, period_s: float = DEFAULT_CALLSITE_PERIOD_S) -> str | None:
     """``mode`` if valid (None: no call sites); raises VmtraceError."""
     if mode is None:
         return None

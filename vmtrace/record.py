@@ -206,7 +206,7 @@ def record(
         raise VmtraceError("give either a command after -- or -p PID")
     if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
         raise VmtraceError(f"--duration takes a finite number of seconds above 0, not {duration!r}")
-    check_callsites(callsites, callsite_duty, callsite_period_s)
+    callsite_mode = check_callsites(callsites, callsite_duty, callsite_period_s)
     say = say or (lambda _line: None)
     output = Path(output)
     host.require_root("vmtrace record")
@@ -243,7 +243,7 @@ def record(
         spool_dir=spool_dir,
         precise=precise,
         vmm_binary=binary,
-        callsites=check_callsites(callsites, callsite_duty, callsite_period_s),
+        callsites=callsite_mode,
         callsite_duty=callsite_duty,
         callsite_period_s=callsite_period_s,
     )

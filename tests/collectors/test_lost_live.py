@@ -105,8 +105,8 @@ def check_markers(col: Collected, exact: bool) -> pd.DataFrame:
 
 
 # ftrace's own count can fall a few records short: in one CI run, 377,565
-# recorded + 222,433 overrun of 600,000, and the next six runs here (idle
-# and with both CPUs busy) were exact.  A page holds ~100 of these records,
+# recorded + 222,433 overrun of 600,000, and the next fourteen runs here
+# (idle and with both CPUs busy) were exact.  A page holds ~100 of these records,
 # so a slack of 8 still catches a page lost or mis-decoded by vmtrace.
 FTRACE_SHORT_SLACK = 8
 
